@@ -1,0 +1,38 @@
+"""facelib: monocular inverse face rendering in PyTorch (model -> parameters -> image formation ->
+networks -> losses -> training -> evaluation)."""
+
+from .facemodel import FaceModel, ModelFileError, geometry, reflectance
+from .device import pick_device
+
+__version__ = "0.1.0"
+
+
+def load_model(model: str = "open", device=None) -> FaceModel:
+    """A face model by name or path.
+
+    ``"open"``: our procedurally built open model (built on first use and cached, see
+    :mod:`facelib.open_model`); a ``.npz`` written by :meth:`FaceModel.save`; a Basel Face Model 2009
+    ``.mat``; or a folder of OBJ files (:func:`facelib.loaders.load_obj_folder`).
+    """
+    from pathlib import Path
+
+    if model == "open":
+        from .open_model import open_model
+        m = open_model()
+    else:
+        p = Path(model)
+        if p.is_dir():
+            from .loaders import load_obj_folder
+            m = load_obj_folder(p)
+        elif p.suffix == ".mat":
+            from .loaders import load_bfm2009
+            m = load_bfm2009(p)
+        elif p.suffix == ".npz":
+            m = FaceModel.load(p)
+        elif not p.exists():
+            raise ModelFileError(f"{model}: no such file or folder, and not a built-in model name "
+                                 "(built-in: 'open')")
+        else:
+            raise ModelFileError(f"{model}: unknown face-model format {p.suffix!r}; expected 'open', "
+                                 "a .npz, a Basel Face Model 2009 .mat or a folder of OBJ files")
+    return m if device is None else m.to(pick_device(device))
