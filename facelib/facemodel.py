@@ -137,7 +137,8 @@ class FaceModel:
         for k in f32:
             v = getattr(self, k)
             if v is not None:
-                setattr(self, k, _t(v).float())
+                v = _t(v)
+                setattr(self, k, v if v.is_floating_point() else v.float())
         for k in ("triangles", "region", "landmarks", "contour_candidates"):
             v = getattr(self, k)
             if v is not None:

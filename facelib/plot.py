@@ -1,0 +1,90 @@
+"""Plots: quick static pictures of face meshes with matplotlib (no renderer needed).
+
+A painter's-algorithm preview: triangles sorted back to front, flat Lambertian shading with an
+ambient term.  It is for looking at the model (``facelib model preview``), not for training; the
+differentiable renderer lives in :mod:`facelib.render`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _rot(yaw_deg=0.0, pitch_deg=0.0):
+    a, b = np.deg2rad(pitch_deg), np.deg2rad(yaw_deg)
+    Rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    Ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    return Ry @ Rx
+
+
+def draw_mesh(ax, P, tris, colors, yaw=0.0, pitch=0.0, light=(0.3, 0.5, 1.0), ambient=0.35,
+              landmarks=None, title=None):
+    """Draw mesh ``P`` (V, 3) mm with triangles (T, 3) and per-vertex ``colors`` (V, 3) on ``ax``.
+
+    Orthographic view along -z after rotating by ``yaw`` / ``pitch`` degrees; back faces culled.
+    """
+    from matplotlib.collections import PolyCollection
+
+    P = np.asarray(P, float) @ _rot(yaw, pitch).T
+    tris = np.asarray(tris)
+    a, b, c = P[tris[:, 0]], P[tris[:, 1]], P[tris[:, 2]]
+    n = np.cross(b - a, c - a)
+    area = np.linalg.norm(n, axis=1)
+    keep = (n[:, 2] > 0) & (area > 1e-9)
+    n = n[keep] / area[keep, None]
+    t = tris[keep]
+    l = np.asarray(light, float) / np.linalg.norm(light)
+    shade = ambient + (1 - ambient) * np.clip(n @ l, 0, None)
+    col = np.asarray(colors, float)[t].mean(1) * shade[:, None]
+    order = np.argsort(P[t].mean(1)[:, 2])
+    polys = P[t[order]][:, :, :2]
+    pc = PolyCollection(polys, facecolors=np.clip(col[order], 0, 1), edgecolors="none", antialiased=False)
+    ax.add_collection(pc)
+    if landmarks is not None:
+        L = P[np.asarray(landmarks)]
+        ax.scatter(L[:, 0], L[:, 1], s=6, c="lime", zorder=3)
+    ax.set_xlim(P[:, 0].min() - 5, P[:, 0].max() + 5)
+    ax.set_ylim(P[:, 1].min() - 5, P[:, 1].max() + 5)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x [mm]")
+    ax.set_ylabel("y [mm]")
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def model_preview(model, path, yaw=0.0, components=(0,), show_landmarks=False):
+    """Figure: the mean face and +-3 sigma along the first shape, expression and reflectance components.
+
+    Rows: shape, expression, reflectance; columns: -3 sigma, mean, +3 sigma (and a side view).
+    Saved to ``path`` (PNG).  Returns the path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import torch
+
+    tris = model.triangles.cpu().numpy()
+    rows = [("shape", "theta_s"), ("expression", "theta_e"), ("reflectance", "theta_r")]
+    fig, axes = plt.subplots(3, 4, figsize=(13, 12))
+    for r, (label, _) in enumerate(rows):
+        for cidx, s in enumerate([-3.0, 0.0, 3.0, 0.0]):
+            ts = torch.zeros(1, model.n_shape)
+            te = torch.zeros(1, model.n_expression)
+            tr = torch.zeros(1, model.n_reflectance)
+            k = components[0]
+            if cidx == 3:
+                s = 3.0
+            {"shape": ts, "expression": te, "reflectance": tr}[label][0, k] = s
+            P = model.geometry(ts, te)[0].numpy()
+            C = model.reflectance(tr)[0].numpy()
+            yw = 55.0 if cidx == 3 else yaw
+            draw_mesh(axes[r, cidx], P, tris, C, yaw=yw,
+                      landmarks=model.landmarks.numpy() if (show_landmarks and cidx == 1) else None,
+                      title=f"{label} component {k + 1}: {s:+.0f} sigma" + (" (side)" if cidx == 3 else ""))
+    fig.suptitle(f"face model '{model.name}': mean and +-3 sigma along the first components")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path
