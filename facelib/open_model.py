@@ -93,7 +93,7 @@ def _eye_q(U, V, du=0.0, dv=0.0):
     y = V - (EYE_C[1] + dv)
     y = np.where(y >= 0, y / EYE_HU, y / EYE_HL)
     # a slightly pointed almond: |x|^1.6 makes the corners sharper than an ellipse
-    return np.sqrt(np.abs(x) ** 1.6 * (1 + 0.0 * x) + y * y), s
+    return np.sqrt(np.abs(x) ** 1.6 + y * y), s
 
 
 def _mouth_q(U, V):
@@ -495,10 +495,6 @@ def _rotate_jaw(T, S, angle_deg):
 
 
 # ----------------------------------------------------------------------------------- expressions
-def _bs(T, **kw):
-    return kw
-
-
 def blendshape_specs(T: Template) -> dict:
     """The artist-style blendshapes: name -> expression spec for :func:`positions`.
 
@@ -564,9 +560,6 @@ def blendshape_specs(T: Template) -> dict:
     d = z3(); d[:, 2] = -1.5 * lips
     specs["mouth_shrug"] = dict(dV=2.5 * _g(U, V, 0, -50, 18, 10), d3=d)
     return specs
-
-
-BLENDSHAPE_NAMES = None  # filled lazily by build_open_model (kept for documentation)
 
 
 # ----------------------------------------------------------------------------------- reflectance
@@ -725,8 +718,6 @@ def labels_and_regions(T: Template):
 
 # iBUG 68 in canonical (U, V) mm; image left = subject's right = -U.  Jaw points are placed on the
 # frontal silhouette of the mean face by :func:`landmarks_and_contours`.
-_EYE_PTS = [(-EYE_HW, 0.0, "c"), (-5.5, 1, "u"), (5.5, 1, "u"), (EYE_HW, 0.0, "c"), (5.5, -1, "l"), (-5.5, -1, "l")]
-
 
 def landmark_targets():
     pts, kinds = [], []
@@ -743,11 +734,8 @@ def landmark_targets():
         pts.append((u, v)); kinds.append("nose")
     for side in (-1, 1):
         cu = side * EYE_C[0]
-        order = [(EYE_HW, 0, "c"), (5.5, 1, "u"), (-5.5, 1, "u"), (-EYE_HW, 0, "c"), (-5.5, -1, "l"), (5.5, -1, "l")]
-        if side == 1:
-            order = [(-EYE_HW, 0, "c"), (-5.5, 1, "u"), (5.5, 1, "u"), (EYE_HW, 0, "c"), (5.5, -1, "l"), (-5.5, -1, "l")]
-        else:
-            order = [(-EYE_HW, 0, "c"), (-5.5, 1, "u"), (5.5, 1, "u"), (EYE_HW, 0, "c"), (5.5, -1, "l"), (-5.5, -1, "l")]
+        # iBUG goes left to right in the image along the upper lid, back along the lower lid
+        order = [(-EYE_HW, 0, "c"), (-5.5, 1, "u"), (5.5, 1, "u"), (EYE_HW, 0, "c"), (5.5, -1, "l"), (-5.5, -1, "l")]
         for du, dvs, kind in order:
             dv = EYE_HU * 0.95 if dvs > 0 else (-EYE_HL * 0.95 if dvs < 0 else 0.0)
             pts.append((cu + du, EYE_C[1] + dv)); kinds.append("eye_" + ("right" if side < 0 else "left"))

@@ -11,10 +11,13 @@ import numpy as np
 
 
 def _rot(yaw_deg=0.0, pitch_deg=0.0):
-    a, b = np.deg2rad(pitch_deg), np.deg2rad(yaw_deg)
-    Rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    Ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
-    return Ry @ Rx
+    """Rot_xyz of InverseFaceNet Sec. 4.2 for a pitch (about x) and a yaw (about y), numpy (3, 3)."""
+    import torch
+
+    from .params import rot_xyz
+
+    ang = torch.tensor([[np.deg2rad(pitch_deg), np.deg2rad(yaw_deg), 0.0]], dtype=torch.float64)
+    return rot_xyz(ang)[0].numpy()
 
 
 def draw_mesh(ax, P, tris, colors, yaw=0.0, pitch=0.0, light=(0.3, 0.5, 1.0), ambient=0.35,
