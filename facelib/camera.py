@@ -43,6 +43,7 @@ __all__ = [
     "weak_perspective_project",
     "image_hw",
     "focal_from_fov",
+    "look_at",
     "Camera",
     "default_camera",
     "DEFAULT_DISTANCE_MM",
@@ -177,6 +178,34 @@ def weak_perspective_project(v: torch.Tensor, R: torch.Tensor, t2d, scale, image
     return torch.stack([x, y, depth_offset - q[..., 2]], dim=-1)
 
 
+def look_at(eye: torch.Tensor, target: torch.Tensor | None = None,
+            up: torch.Tensor | None = None) -> tuple:
+    """``R (B, 3, 3)``, ``t (B, 3)`` of ``Phi`` for a camera at model-space ``eye (B, 3)`` mm looking at
+    ``target (B, 3)`` (default the origin) with ``up (B, 3)`` (default +y) pointing up in the image.
+
+    The camera's -z axis points from ``eye`` to ``target``, so ``Phi(eye) = 0`` and ``Phi(target)``
+    lies on the optical axis.  ``eye = (0, 0, d)`` gives ``R = I``, ``t = (0, 0, -d)``.
+    """
+    eye = torch.as_tensor(eye)
+    if not eye.is_floating_point() or eye.shape[-1:] != (3,) or eye.ndim not in (1, 2):
+        raise ValueError(f"eye has shape {tuple(eye.shape)}; expected (B, 3) or (3,) floats (mm)")
+    target = torch.zeros_like(eye) if target is None else torch.as_tensor(target).to(eye)
+    up = torch.tensor([0.0, 1.0, 0.0]).to(eye) if up is None else torch.as_tensor(up).to(eye)
+    for name, x in (("eye", eye), ("target", target), ("up", up)):
+        _check_finite(x, name)
+    eye, target, up = torch.broadcast_tensors(eye, target, up)
+    z = eye - target
+    x = torch.cross(up, z, dim=-1)
+    if (z.norm(dim=-1) == 0).any() or (x.norm(dim=-1) == 0).any():
+        raise ValueError("look_at needs eye != target and up not parallel to the viewing direction")
+    z = z / z.norm(dim=-1, keepdim=True)
+    x = x / x.norm(dim=-1, keepdim=True)
+    y = torch.cross(z, x, dim=-1)
+    R = torch.stack([x, y, z], dim=-2)  # rows: the camera axes in model space
+    t = -(R @ eye.unsqueeze(-1)).squeeze(-1)  # Phi(eye) = 0
+    return R, t
+
+
 # ---------------------------------------------------------------------------------- defaults
 def focal_from_fov(fov_deg: float, size: int) -> float:
     """Focal length in pixels for a field of view of ``fov_deg`` degrees across ``size`` pixels."""
@@ -213,6 +242,8 @@ def default_camera(image_size, fov_deg: float | None = None, distance: float = D
     With ``fov_deg=None`` the vertical field of view is chosen so that a face ``face_height`` mm tall
     at ``distance`` covers the fraction ``fill`` of the image height (about 25 degrees for the defaults);
     otherwise ``fov_deg`` is the vertical field of view.  The principal point is the image centre.
+    (The open model's origin lies behind the face mask, whose front is then ~130 mm closer, so the mean
+    face covers about 80 % of a 224-pixel image with the defaults.)
     """
     H, W = image_hw(image_size)
     for name, val in (("distance", distance), ("face_height", face_height), ("fill", fill)):

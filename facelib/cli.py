@@ -62,6 +62,40 @@ def _model_preview(args) -> int:
     return 0
 
 
+def _render(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from . import load_model
+    from .export import save_image
+    from .params import sample_sec5
+    from .render import render
+
+    m = load_model(args.model, device=args.device)
+    theta = sample_sec5(m, 1, seed=args.seed, device=m.device)
+    with torch.no_grad():
+        r = render(m, theta, args.size, background=args.background)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    save_image(args.out, r.image[0].cpu())
+    print(f"wrote {args.out}: a {args.size}x{args.size} face drawn from the Sec. 5 sampler (seed {args.seed})")
+    return 0
+
+
+def _bench_render(args) -> int:
+    from .bench import bench_render
+
+    res = bench_render(size=args.size, batch=args.batch, device=args.device, batches=args.batches,
+                       model=args.model)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{res['faces_per_s']:.0f} faces/s at {res['size']}x{res['size']}, batch {res['batch']}, "
+              f"{res['device']} ({res['vertices']} vertices, {res['triangles']} triangles); "
+              f"peak memory {res['peak_mem_mb']:.0f} MB")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facelib", description="Monocular inverse face rendering toolkit.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -77,7 +111,31 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--model", default="open")
     prev.add_argument("--out", default="out/model_preview.png")
     prev.set_defaults(func=_model_preview)
+    ren = sub.add_parser("render", help="render one face drawn from the InverseFaceNet Sec. 5 sampler")
+    ren.add_argument("--seed", type=int, default=0)
+    ren.add_argument("--size", type=_positive_int, default=240)
+    ren.add_argument("--out", default="face.png")
+    ren.add_argument("--model", default="open")
+    ren.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
+    ren.add_argument("--background", type=float, default=0.0, help="grey level of the background, 0..1")
+    ren.set_defaults(func=_render)
+    bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="sub", required=True)
+    br = bench.add_parser("render", help="full pipeline speed: coefficients -> shaded RGB + mask")
+    br.add_argument("--size", type=_positive_int, default=240)
+    br.add_argument("--batch", type=_positive_int, default=32)
+    br.add_argument("--batches", type=_positive_int, default=10, help="timed batches after warm-up")
+    br.add_argument("--device", default="auto")
+    br.add_argument("--model", default="open")
+    br.add_argument("--json", action="store_true", help="print one JSON object")
+    br.set_defaults(func=_bench_render)
     return p
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
+    return v
 
 
 def main(argv=None) -> int:
@@ -86,7 +144,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ModelFileError as e:
+    except (ModelFileError, ValueError) as e:
         print(f"facelib: error: {e}", file=sys.stderr)
         return 2
 

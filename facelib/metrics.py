@@ -295,10 +295,11 @@ def point_to_surface_distance(points, verts, faces, method: str = "pruned",
     against a scan).  Differentiable in ``points`` and ``verts`` (the nearest triangle is chosen
     without gradients, the distance to it then recomputed with them).
 
-    ``method="pruned"`` (default) is exact and fast: the distance to the triangles around the
-    nearest vertex gives an upper bound ``u`` per point; only triangles whose centroid lies within
-    ``u + r_max`` (``r_max`` = the largest centroid-to-corner distance) can be closer, and those
-    candidates (a scipy ``cKDTree`` ball query) are all measured exactly.  ``method="brute"``
+    ``method="pruned"`` (default) is exact and fast (about 1.5 s for the 22.6k vertices of the open
+    model against its own 44.6k triangles, float64, 2 CPU cores): the distance to a triangle at the
+    nearest mesh vertex gives an upper bound ``u`` per point; only triangles whose centroid lies
+    within ``u + r`` (``r`` = the triangle's largest centroid-to-corner distance) can be closer, and
+    those candidates (scipy ``cKDTree`` ball queries) are all measured exactly.  ``method="brute"``
     measures every point against every triangle in chunks of ``chunk`` pairs (a reference, and
     fine for small meshes).
     """
@@ -329,29 +330,46 @@ def point_to_surface_distance(points, verts, faces, method: str = "pruned",
 
 
 def _nearest_triangle_pruned(points, verts, faces, tri, chunk: int) -> torch.Tensor:
-    """Index ``(P,)`` of the nearest triangle per point, exact, with kd-tree candidate pruning."""
+    """Index ``(P,)`` of the nearest triangle per point, exact, with kd-tree candidate pruning.
+
+    ``u`` (distance to a triangle at the nearest mesh vertex) bounds the answer from above; a
+    triangle with centroid ``c`` and circumradius-about-centroid ``r`` can only beat it if
+    ``|p - c| <= u + r``.  Triangles are grouped by ``r`` so that a few large ones do not widen the
+    search for all.
+    """
+    from itertools import chain
+
     from scipy.spatial import cKDTree
 
-    P, F = len(points), len(faces)
+    P = len(points)
     pts = points.detach().double().cpu().numpy()
     t_np = tri.detach().double().cpu().numpy()
+    f_np = faces.cpu().numpy()
     cen = t_np.mean(1)
-    r_max = float(np.linalg.norm(t_np - cen[:, None], axis=-1).max())
-    # upper bound u: the distance to a triangle incident to the nearest vertex
-    _, vi = cKDTree(verts.detach().double().cpu().numpy()).query(pts)
-    incident = np.full(len(verts), -1, dtype=np.int64)
-    incident[faces.cpu().numpy().ravel()] = np.repeat(np.arange(F), 3)
-    f0 = incident[vi]
-    has = f0 >= 0  # a point whose nearest vertex is on no face is tested against every triangle
-    radius = np.full(P, np.inf)
-    u = np.sqrt(_pair_sq_dist(points, tri, np.flatnonzero(has), f0[has], chunk))
-    radius[has] = (u + r_max) * (1 + 1e-9) + 1e-9
-    c0 = cen.mean(0)
-    radius[~has] = np.linalg.norm(pts[~has] - c0, axis=-1) + \
-        np.linalg.norm(cen - c0, axis=-1).max() + 1.0  # covers every centroid
-    cand = cKDTree(cen).query_ball_point(pts, radius)
-    pi = np.repeat(np.arange(P), [len(c) for c in cand])
-    fi = np.concatenate([np.asarray(c, dtype=np.int64) for c in cand])
+    r = np.linalg.norm(t_np - cen[:, None], axis=-1).max(1)  # (F,)
+    used = np.unique(f_np)  # vertices on some face; each point gets one of their triangles
+    incident = np.empty(len(verts), dtype=np.int64)
+    incident[f_np.ravel()] = np.repeat(np.arange(len(f_np)), 3)
+    _, k = cKDTree(verts.detach().double().cpu().numpy()[used]).query(pts)
+    f0 = incident[used[k]]
+    u = np.sqrt(_pair_sq_dist(points, tri, np.arange(P), f0, chunk))
+    pis, fis = [], []
+    edges = np.unique(np.quantile(r, [0.5, 0.9, 0.99, 1.0]))
+    lo = -np.inf
+    for hi in edges:  # groups of triangles by size
+        g = np.flatnonzero((r > lo) & (r <= hi))
+        lo = hi
+        if len(g) == 0:
+            continue
+        cand = cKDTree(cen[g]).query_ball_point(pts, (u + hi) * (1 + 1e-9) + 1e-9,
+                                                 return_sorted=False)
+        counts = np.fromiter((len(c) for c in cand), dtype=np.int64, count=P)
+        pi = np.repeat(np.arange(P), counts)
+        fi = g[np.fromiter(chain.from_iterable(cand), dtype=np.int64, count=int(counts.sum()))]
+        keep = np.linalg.norm(pts[pi] - cen[fi], axis=-1) <= (u[pi] + r[fi]) * (1 + 1e-9) + 1e-9
+        pis.append(pi[keep])
+        fis.append(fi[keep])
+    pi, fi = np.concatenate(pis), np.concatenate(fis)
     d2 = _pair_sq_dist(points, tri, pi, fi, chunk)
     order = np.lexsort((d2, pi))  # by point, then distance
     first = np.unique(pi[order], return_index=True)[1]

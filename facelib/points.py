@@ -99,10 +99,14 @@ def sample_image(image: torch.Tensor, u: torch.Tensor, padding_mode: str = "bord
         raise ValueError(f"u has shape {got}; expected ({image.shape[0]}, V, 2) pixel coordinates")
     if not torch.isfinite(u).all():
         raise ValueError("u contains NaN or infinite values")
+    if not image.is_floating_point() or not u.is_floating_point():
+        raise ValueError(f"image ({image.dtype}) and u ({u.dtype}) must be floating-point")
+    dtype = torch.promote_types(image.dtype, u.dtype)
+    image, u = image.to(dtype), u.to(dtype)
     H, W = image.shape[-2:]
     size = torch.tensor([W, H], dtype=u.dtype, device=u.device)
     grid = (2.0 * u / size - 1.0).unsqueeze(1)  # (B, 1, V, 2) in [-1, 1], pixel edges at +-1
-    out = F.grid_sample(image.to(u.dtype), grid, mode="bilinear", padding_mode=padding_mode,
+    out = F.grid_sample(image, grid, mode="bilinear", padding_mode=padding_mode,
                         align_corners=False)  # (B, C, 1, V)
     return out[:, :, 0].transpose(1, 2)
 
