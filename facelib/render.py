@@ -78,14 +78,13 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
     normals = vertex_normals(verts_cam, faces)
     colors = shade(albedo, normals, p["illumination"])  # Eq. 5
     screen = perspective_project(verts_cam, cam.focal, cam.principal_point)
-    frags = rasterize(screen, faces, image_size, backend=backend)
+    frags = rasterize(screen, faces, image_size, cull_backfaces=True, backend=backend)  # closed winding
     img = interpolate(colors, frags, faces, detach_bary=detach_bary)[..., 0, :]  # (B, H, W, 3)
     pix = frags.pix_to_face[..., 0]
     mask = pix >= 0
     F = faces.shape[0]
     mouth = face_labels(model)["mouth_interior"]
-    inside_mouth = torch.zeros_like(mask)
-    inside_mouth[mask] = mouth[pix[mask] % F]
+    inside_mouth = mouth[(pix % F).clamp_min(0)] & mask  # per-pixel lookup of the triangle label
     image = torch.where(mask[..., None], img, torch.full_like(img, background)).permute(0, 3, 1, 2)
     depth = torch.where(mask, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))
     return Render(image, mask, mask & ~inside_mouth, depth, frags, screen, verts_cam, normals, colors)

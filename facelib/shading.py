@@ -84,12 +84,12 @@ def _check_normals(n, name: str = "normals") -> torch.Tensor:
 def sh_basis(n: torch.Tensor) -> torch.Tensor:
     """``(..., 3)`` unit normals -> ``(..., 9)`` real orthonormal SH ``Y_lm(n)``, bands 0-2."""
     _check_normals(n)
-    x, y, z = n.unbind(-1)
+    x, y, z = n.movedim(-1, 0).contiguous()  # contiguous planes: elementwise ops run 3x faster
     return torch.stack([
         torch.full_like(x, _Y00),
         _C1 * y, _C1 * z, _C1 * x,
         _C2 * x * y, _C2 * y * z, _C20 * (3.0 * z * z - 1.0), _C2 * x * z, _C22 * (x * x - y * y),
-    ], dim=-1)
+    ], dim=0).movedim(0, -1)  # (..., 9), a view of (9, ...) planes
 
 
 def _band_constants(normalize: bool, ref: torch.Tensor) -> torch.Tensor:
@@ -147,8 +147,9 @@ def shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -> t
     if normals.ndim < 2 or g.shape[0] not in (1, B):
         raise ValueError(f"gamma has batch size {g.shape[0]}; normals {tuple(normals.shape)} have "
                          f"batch size {B}")
-    H = sh_irradiance_basis(normals)  # (B, ..., 9)
-    irradiance = (H.reshape(B, -1, N_SH) @ g.to(H.dtype)).reshape(normals.shape)  # sum_b gamma_b H_b
+    H = sh_irradiance_basis(normals).movedim(-1, 0).reshape(N_SH, B, -1)  # (9, B, P) planes
+    irradiance = torch.einsum("kbp,bkc->bpc", H, g.to(H.dtype).expand(B, N_SH, 3))  # sum_b gamma_b H_b
+    irradiance = irradiance.reshape(normals.shape)
     return albedo * irradiance  # Eq. 5
 
 
@@ -185,12 +186,17 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12)
     Each vertex sums the cross products of its triangles (which weights them by area) and normalises;
     faces must wind counter-clockwise seen from outside.  Vertices in no triangle get ``(0, 0, 0)``.
     """
-    fn = face_normals(verts, faces)  # (B, F, 3)
+    _check_mesh(verts, faces)
     idx = faces.to(device=verts.device, dtype=torch.long)
-    n = torch.zeros_like(verts)
+    B, V = verts.shape[:2]
+    # vertex-major layout (V, B * 3): row gathers and row scatters are several times faster on the CPU
+    vt = verts.permute(1, 0, 2).reshape(V, B * 3)
+    v0, v1, v2 = (vt.index_select(0, idx[:, k]).view(-1, B, 3) for k in range(3))
+    fn = torch.cross(v1 - v0, v2 - v0, dim=-1).reshape(-1, B * 3)  # = face_normals, (F, B * 3)
+    n = vt.new_zeros(V, B * 3)
     for k in range(3):
-        n = n.index_add(1, idx[:, k], fn)
-    return F.normalize(n, dim=-1, eps=eps)
+        n = n.index_add(0, idx[:, k], fn)
+    return F.normalize(n.view(V, B, 3).permute(1, 0, 2), dim=-1, eps=eps)
 
 
 # ---------------------------------------------------------------------------------- first order
