@@ -402,3 +402,32 @@ def test_bad_inputs_raise():
         sample_image(torch.zeros(1, 3, 4, 4), torch.zeros(1, 2, 3))
     with pytest.raises(ValueError, match="fov_deg"):
         default_camera(64, fov_deg=200.0)
+
+
+def test_vertex_normals_numba_twin_matches_autograd_path():
+    """Under no_grad the Numba twin runs; it must give the PyTorch path's normals."""
+    from facelib.shading import vertex_normals
+
+    g = torch.Generator().manual_seed(0)
+    verts = torch.randn(3, 40, 3, generator=g, dtype=torch.float64)
+    faces = torch.randint(0, 40, (60, 3), generator=g)
+    faces = faces[(faces[:, 0] != faces[:, 1]) & (faces[:, 1] != faces[:, 2]) & (faces[:, 0] != faces[:, 2])]
+    with torch.no_grad():
+        a = vertex_normals(verts, faces)
+    b = vertex_normals(verts.clone().requires_grad_(True), faces)
+    assert b.requires_grad
+    torch.testing.assert_close(a, b.detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_shade_numba_twin_matches_autograd_path():
+    from facelib.shading import shade
+
+    g = torch.Generator().manual_seed(1)
+    n = torch.nn.functional.normalize(torch.randn(2, 50, 3, generator=g, dtype=torch.float64), dim=-1)
+    a = torch.rand(2, 50, 3, generator=g, dtype=torch.float64)
+    for gamma in (torch.randn(2, 27, generator=g, dtype=torch.float64), torch.randn(2, 9, generator=g, dtype=torch.float64)):
+        with torch.no_grad():
+            x = shade(a, n, gamma)
+        y = shade(a.clone().requires_grad_(True), n, gamma)
+        assert y.requires_grad
+        torch.testing.assert_close(x, y.detach(), rtol=1e-10, atol=1e-12)
