@@ -23,7 +23,8 @@ from .params import ParamLayout, rot_xyz
 from .raster import Fragments, interpolate, rasterize
 from .shading import shade, vertex_normals
 
-__all__ = ["Render", "face_camera", "render", "depth_map", "pncc_colors", "landmarks_2d", "face_labels"]
+__all__ = ["Render", "face_camera", "render", "depth_map", "pncc_colors", "pncc_map", "normal_map",
+           "landmarks_2d", "face_labels"]
 
 
 class Render(NamedTuple):
@@ -103,6 +104,21 @@ def pncc_colors(model) -> torch.Tensor:
     v = model.mean_shape
     lo, hi = v.min(0).values, v.max(0).values
     return (v - lo) / (hi - lo)
+
+
+def pncc_map(model, fragments: Fragments) -> torch.Tensor:
+    """PNCC image (Richardson Sec. 3.2.1): ``(B, 3, H, W)``, the normalised mean-face coordinates of the
+    surface point seen at each pixel (0 outside the face)."""
+    c = pncc_colors(model).to(fragments.bary_coords.dtype)
+    return interpolate(c, fragments, model.triangles)[..., 0, :].permute(0, 3, 1, 2)
+
+
+def normal_map(model, fragments: Fragments, normals: torch.Tensor) -> torch.Tensor:
+    """Normal map (Richardson Sec. 3.2.1): per-vertex unit normals ``(B, V, 3)`` interpolated and
+    renormalised, ``(B, 3, H, W)`` with components in [-1, 1] (0 outside the face)."""
+    n = interpolate(normals, fragments, model.triangles)[..., 0, :]
+    n = torch.nn.functional.normalize(n, dim=-1) * (fragments.pix_to_face[..., :1] >= 0)
+    return n.permute(0, 3, 1, 2)
 
 
 def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:

@@ -110,3 +110,22 @@ def test_cli_render_and_bench(tmp_path, open_model):
     assert d["faces_per_s"] > 0 and d["size"] == 32
     r = subprocess.run([sys.executable, "-m", "facelib", "render", "--size", "0"], capture_output=True, text=True)
     assert r.returncode != 0 and "positive" in r.stderr
+
+
+def test_pncc_and_normal_maps(open_model):
+    from facelib.render import normal_map, pncc_map
+
+    layout, theta = _frontal(open_model)
+    with torch.no_grad():
+        r = render(open_model, theta, 48)
+        P = pncc_map(open_model, r.fragments)
+        N = normal_map(open_model, r.fragments, r.normals_cam)
+    m = r.mask[0]
+    assert P.shape == (1, 3, 48, 48) and float(P.min()) >= 0 and float(P.max()) <= 1
+    assert (P[0][:, ~m] == 0).all() and (N[0][:, ~m] == 0).all()
+    assert torch.allclose(N[0][:, m].norm(dim=0), torch.ones(int(m.sum())), atol=1e-4)
+    # a frontal face looks at the camera: the normals' z component is mostly positive
+    assert float((N[0, 2][m] > 0).float().mean()) > 0.9
+    # PNCC x grows from the subject's right (image left) to the left (image right)
+    row = P[0, 0, 24][m[24]]
+    assert float(row[-1]) > float(row[0])
