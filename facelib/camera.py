@@ -37,6 +37,8 @@ from typing import NamedTuple
 
 import torch
 
+from ._checks import check_vectors
+
 __all__ = [
     "rigid_transform",
     "perspective_project",
@@ -56,14 +58,7 @@ DEFAULT_FACE_HEIGHT_MM = 200.0  # chin to top of forehead, roughly
 
 # ---------------------------------------------------------------------------------- checks
 def _check_points(x, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[-1] != 3:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} has shape {got}; expected (B, V, 3)")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} has dtype {x.dtype}; expected a floating-point tensor")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return x
+    return check_vectors(x, name, batched=True)
 
 
 def _check_finite(x: torch.Tensor, name: str) -> torch.Tensor:

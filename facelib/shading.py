@@ -40,6 +40,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ._checks import check_vectors
+
 __all__ = [
     "N_SH",
     "SH_IRRADIANCE_CONSTANTS",
@@ -107,14 +109,7 @@ except ImportError:  # pragma: no cover
 
 
 def _check_normals(n, name: str = "normals") -> torch.Tensor:
-    if not isinstance(n, torch.Tensor) or n.ndim < 1 or n.shape[-1] != 3:
-        got = tuple(n.shape) if isinstance(n, torch.Tensor) else type(n).__name__
-        raise ValueError(f"{name} has shape {got}; expected (..., 3)")
-    if not n.is_floating_point():
-        raise ValueError(f"{name} has dtype {n.dtype}; expected a floating-point tensor")
-    if not torch.isfinite(n).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return n
+    return check_vectors(n, name, batched=False)
 
 
 # ---------------------------------------------------------------------------------- SH bases
