@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import check_vectors
+from ._checks import all_finite, check_vectors
 
 __all__ = [
     "rigid_transform",
@@ -62,7 +62,7 @@ def _check_points(x, name: str) -> torch.Tensor:
 
 
 def _check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    if not torch.isfinite(x).all():
+    if not all_finite(x):
         raise ValueError(f"{name} contains NaN or infinite values")
     return x
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
+from ._checks import all_finite
 import torch.nn.functional as F
 
 from .camera import _check_points, image_hw, perspective_project, rigid_transform
@@ -97,7 +99,7 @@ def sample_image(image: torch.Tensor, u: torch.Tensor, padding_mode: str = "bord
     if not isinstance(u, torch.Tensor) or u.ndim != 3 or u.shape[-1] != 2 or u.shape[0] != image.shape[0]:
         got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
         raise ValueError(f"u has shape {got}; expected ({image.shape[0]}, V, 2) pixel coordinates")
-    if not torch.isfinite(u).all():
+    if not all_finite(u):
         raise ValueError("u contains NaN or infinite values")
     if not image.is_floating_point() or not u.is_floating_point():
         raise ValueError(f"image ({image.dtype}) and u ({u.dtype}) must be floating-point")

@@ -40,6 +40,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from ._checks import all_finite
+
 try:  # optional: the fast CPU visibility pass
     import numba
     from numba import njit, prange
@@ -109,7 +111,7 @@ def _check_inputs(verts_screen, faces, faces_per_pixel=1, backend="auto"):
     if faces.numel() and (int(faces.min()) < 0 or int(faces.max()) >= V):
         raise ValueError(f"faces index vertices {int(faces.min())}..{int(faces.max())}; "
                          f"expected indices in [0, {V - 1}] for {V} vertices")
-    if not bool(torch.isfinite(verts_screen).all()):
+    if not all_finite(verts_screen):
         raise ValueError("verts_screen contains NaN or infinite values; check the projection "
                          "(e.g. division by a zero depth)")
     if isinstance(faces_per_pixel, bool) or not isinstance(faces_per_pixel, (int, np.integer)) \

@@ -86,8 +86,10 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
     F = faces.shape[0]
     mouth = face_labels(model)["mouth_interior"]
     inside_mouth = mouth[(pix % F).clamp_min(0)] & mask  # per-pixel lookup of the triangle label
-    image = torch.where(mask[..., None], img, torch.full_like(img, background)).permute(0, 3, 1, 2)
-    depth = torch.where(mask, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))
+    if background:  # interpolate leaves zeros where no face
+        img = img + background * (~mask)[..., None].to(img.dtype)
+    image = img.permute(0, 3, 1, 2)
+    depth = frags.zbuf[..., 0].clamp_min(0.0)  # -1 where no face -> 0 (valid depths are > 0)
     return Render(image, mask, mask & ~inside_mouth, depth, frags, screen, verts_cam, normals, colors)
 
 

@@ -40,7 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ._checks import check_vectors
+from ._checks import all_finite, check_vectors
 
 __all__ = [
     "N_SH",
@@ -155,7 +155,7 @@ def illumination_gamma(gamma: torch.Tensor) -> torch.Tensor:
         gamma = gamma.unsqueeze(-1).expand(shape[0], N_SH, 3)  # monochrome
     elif not (gamma.ndim == 3 and shape[1:] == (N_SH, 3)):
         raise ValueError(f"gamma has shape {shape}; expected (B, 27), (B, 9, 3) or monochrome (B, 9)")
-    if not torch.isfinite(gamma).all():
+    if not all_finite(gamma):
         raise ValueError("gamma contains NaN or infinite values")
     return gamma
 
@@ -199,7 +199,7 @@ def shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -> t
     if not isinstance(albedo, torch.Tensor) or albedo.shape != normals.shape:
         got = tuple(albedo.shape) if isinstance(albedo, torch.Tensor) else type(albedo).__name__
         raise ValueError(f"albedo has shape {got}; expected the normals' shape {tuple(normals.shape)}")
-    if not torch.isfinite(albedo).all():
+    if not all_finite(albedo):
         raise ValueError("albedo contains NaN or infinite values")
     g = illumination_gamma(gamma)
     B = normals.shape[0] if normals.ndim >= 2 else 0
@@ -224,7 +224,7 @@ def _check_mesh(verts, faces) -> None:
     if not isinstance(verts, torch.Tensor) or verts.ndim != 3 or verts.shape[-1] != 3:
         got = tuple(verts.shape) if isinstance(verts, torch.Tensor) else type(verts).__name__
         raise ValueError(f"verts has shape {got}; expected (B, V, 3)")
-    if not verts.is_floating_point() or not torch.isfinite(verts).all():
+    if not verts.is_floating_point() or not all_finite(verts):
         raise ValueError("verts must be a finite floating-point tensor")
     if not isinstance(faces, torch.Tensor) or faces.ndim != 2 or faces.shape[-1] != 3:
         got = tuple(faces.shape) if isinstance(faces, torch.Tensor) else type(faces).__name__
@@ -292,7 +292,7 @@ def shade_first_order(albedo: torch.Tensor, normals: torch.Tensor, l: torch.Tens
             or l.shape[0] not in (1, B) or (l.ndim == 3 and l.shape[2] != albedo.shape[-1]):
         got = tuple(l.shape) if isinstance(l, torch.Tensor) else type(l).__name__
         raise ValueError(f"l has shape {got}; expected ({B}, 4) or ({B}, 4, {albedo.shape[-1]})")
-    if not torch.isfinite(l).all() or not torch.isfinite(albedo).all():
+    if not all_finite(l) or not all_finite(albedo):
         raise ValueError("albedo and l must be finite")
     lc = l.unsqueeze(-1) if l.ndim == 2 else l  # (B, 4, 1 or C)
     s = Y.reshape(B, -1, 4) @ lc  # (B, N, 1 or C)
