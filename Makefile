@@ -5,21 +5,26 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.facelib-installed
 
-.PHONY: setup book model preview test clean
+.PHONY: setup book html model preview test test-unit clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[book,test]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (facelib)" > /dev/null
 	@touch $(STAMP)
 
 setup: $(STAMP)
 
-# Main job. Until the book exists (issue 4) it builds the open face model and renders a preview.
+# Main job: execute every notebooks/NN_*.ipynb with papermill (cpu profile) into book/, write
+# results/<chapter>.json, and build the HTML into book/_build/html (stops at the first failing cell).
 book: $(STAMP)
-	$(PY) -m facelib model info
-	$(PY) -m facelib model preview --out out/open_model_preview.png
+	$(PY) scripts/build_book.py all --profile cpu
+
+# Only the HTML, from the executed chapters already in book/ (no execution).
+html: $(STAMP)
+	$(PY) scripts/build_book.py html
 
 model: $(STAMP)
 	$(PY) -m facelib model build
@@ -27,8 +32,16 @@ model: $(STAMP)
 preview: $(STAMP)
 	$(PY) -m facelib model preview --out out/open_model_preview.png
 
+# Unit tests, every notebook in the ci profile (papermill), nbval on the committed chapter 1, and the
+# headless-Chromium check of the HTML book (built here from the committed chapters, no execution).
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not browser"
+	$(PY) -m pytest -q --nbval-lax book/01_face_model.ipynb -p no:cacheprovider
+	$(PY) scripts/build_book.py html
+	$(PY) -m pytest -q -m browser tests/test_browser.py
+
+test-unit: $(STAMP)
+	$(PY) -m pytest -q -m "not browser and not notebooks"
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache book/_build

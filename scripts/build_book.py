@@ -1,0 +1,181 @@
+"""Book pipeline: execute the chapter notebooks with papermill, then build the HTML with Jupyter Book.
+
+    python scripts/build_book.py execute [--profile cpu] [--out book] [NOTEBOOK ...]
+    python scripts/build_book.py html                 # jupyter-book build . -> book/_build/html
+    python scripts/build_book.py all [--profile cpu]  # both: what `make book` runs
+
+``execute`` runs every ``notebooks/NN_name.ipynb`` (or the ones named) top to bottom on a fresh
+kernel with ``-p profile <profile>``, in the notebook's own folder (as JupyterLab would), and writes
+the executed copy to ``<out>/NN_name.ipynb`` only when every cell succeeded. At the first failing cell
+it stops with ``make book: notebooks/NN_name.ipynb failed at cell N ...``, keeps the partly executed
+notebook in ``out/failed/`` and exits with status 1. Timing metadata that papermill records is
+stripped, so re-running an unchanged chapter changes as little as possible of the committed file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+BOOK = ROOT / "book"
+HTML = BOOK / "_build" / "html"
+KERNEL = "python3"
+
+
+def chapter_notebooks(folder: Path = NOTEBOOKS) -> list[Path]:
+    """The chapter sources ``NN_name.ipynb`` in ``folder``, in chapter order."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb") if p.is_file())
+
+
+def _rel(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def _clean_metadata(nb) -> None:
+    """Drop papermill's wall-clock fields (start/end times, durations) from an executed notebook."""
+    pm = nb.metadata.get("papermill", {})
+    for key in ("start_time", "end_time", "duration", "exception", "input_path", "output_path"):
+        pm.pop(key, None)
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell_pm = cell.metadata.get("papermill")
+        if cell_pm is not None:
+            for key in ("start_time", "end_time", "duration", "exception", "status"):
+                cell_pm.pop(key, None)
+            if not cell_pm:
+                cell.metadata.pop("papermill")
+
+
+def _source_cell_number(nb, failing_index: int) -> int:
+    """1-based number of the failing cell in the *source* notebook (papermill inserts one cell)."""
+    injected = [i for i, c in enumerate(nb.cells) if "injected-parameters" in c.metadata.get("tags", [])]
+    return failing_index + 1 - (1 if injected and injected[0] < failing_index else 0)
+
+
+class NotebookFailed(RuntimeError):
+    """A chapter failed; ``str()`` is the one-line message for the user."""
+
+
+def execute_notebook(src: Path, dst: Path, profile: str, *, parameters: dict | None = None,
+                     failed_dir: Path | None = None, log_output: bool = False) -> float:
+    """Execute ``src`` with papermill (``profile`` plus ``parameters``) into ``dst``; returns seconds.
+
+    Raises :class:`NotebookFailed` naming the notebook and the failing cell. ``dst`` is written only on
+    success; the partly executed notebook goes to ``failed_dir`` (default ``out/failed``).
+    """
+    import nbformat
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    src, dst = Path(src), Path(dst)
+    failed_dir = Path(failed_dir) if failed_dir else ROOT / "out" / "failed"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.stem}.partial.ipynb")
+    params = {"profile": profile, **(parameters or {})}
+    t0 = time.perf_counter()
+    try:
+        pm.execute_notebook(str(src), str(tmp), parameters=params, kernel_name=KERNEL,
+                            cwd=str(src.parent), progress_bar=False, log_output=log_output,
+                            request_save_on_cell_execute=False)
+    except PapermillExecutionError as err:
+        failed_dir.mkdir(parents=True, exist_ok=True)
+        kept = failed_dir / dst.name
+        number = err.cell_index + 1
+        if tmp.exists():
+            nb = nbformat.read(tmp, as_version=4)
+            number = _source_cell_number(nb, err.cell_index)
+            shutil.move(tmp, kept)
+        first_line = next((ln for ln in (err.source or "").splitlines() if ln.strip()), "")
+        raise NotebookFailed(
+            f"{_rel(src)} failed at cell {number} (In [{err.exec_count}]: {first_line.strip()[:80]}): "
+            f"{err.ename}: {err.evalue}\n    the partly executed notebook, with the traceback, is in "
+            f"{_rel(kept)}") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    nb = nbformat.read(tmp, as_version=4)
+    _clean_metadata(nb)
+    nbformat.write(nb, tmp)
+    os.replace(tmp, dst)
+    return time.perf_counter() - t0
+
+
+def execute_all(notebooks: list[Path], out: Path, profile: str) -> None:
+    """Execute the chapters in order, one progress line each; stops at the first failure."""
+    if not notebooks:
+        print(f"make book: no chapter notebooks (NN_name.ipynb) in {_rel(NOTEBOOKS)}/", flush=True)
+        return
+    total = time.perf_counter()
+    for i, src in enumerate(notebooks, 1):
+        dst = Path(out) / src.name
+        print(f"[{i}/{len(notebooks)}] {_rel(src)} -> {_rel(dst)} (profile {profile}) ...", flush=True)
+        seconds = execute_notebook(src, dst, profile)
+        print(f"[{i}/{len(notebooks)}] {_rel(src)} done in {seconds:.1f} s", flush=True)
+    print(f"executed {len(notebooks)} notebook(s) in {time.perf_counter() - total:.1f} s", flush=True)
+
+
+def jupyter_book() -> list[str]:
+    """The ``jupyter-book`` command of this environment."""
+    exe = Path(sys.executable).parent / "jupyter-book"
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which("jupyter-book")
+    if not found:
+        raise SystemExit("jupyter-book is not installed: pip install -e '.[book]' (or run `make setup`)")
+    return [found]
+
+
+def build_html(strict: bool = False) -> float:
+    """``jupyter-book build .`` with the output in ``book/_build/html`` (execution is off in _config.yml)."""
+    cmd = jupyter_book() + ["build", str(ROOT), "--path-output", str(BOOK), "--builder", "html"]
+    if strict:
+        cmd += ["--warningiserror", "--keep-going"]
+    print("building the HTML:", " ".join(cmd[1:]), flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"make book: jupyter-book build failed (exit {proc.returncode}); see the output above")
+    seconds = time.perf_counter() - t0
+    print(f"HTML built in {seconds:.1f} s: {_rel(HTML / 'index.html')}", flush=True)
+    return seconds
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("execute", "all"):
+        p = sub.add_parser(name)
+        p.add_argument("--profile", default="cpu", choices=("ci", "cpu", "gpu"))
+        p.add_argument("--out", type=Path, default=BOOK, help="folder for the executed notebooks")
+        p.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_name.ipynb")
+    html = sub.add_parser("html")
+    for p in (html, sub.choices["all"]):
+        p.add_argument("--strict", action="store_true", help="turn Sphinx warnings into errors")
+    args = parser.parse_args(argv)
+
+    try:
+        if args.command in ("execute", "all"):
+            execute_all([Path(p) for p in args.notebooks] or chapter_notebooks(), args.out, args.profile)
+        if args.command in ("html", "all"):
+            build_html(strict=args.strict)
+    except NotebookFailed as err:
+        print(f"make book: {err}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("make book: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
