@@ -25,7 +25,7 @@ PROFILES = ("ci", "cpu", "gpu")
 SETTINGS = {
     "01_face_model": {
         "ci": dict(image_size=96, slider_frames=5, sphere_res=24, grid_faces=4),
-        "cpu": dict(image_size=240, slider_frames=13, sphere_res=48, grid_faces=8),
+        "cpu": dict(image_size=240, slider_frames=9, sphere_res=48, grid_faces=8),
         "gpu": dict(image_size=240, slider_frames=25, sphere_res=64, grid_faces=16),
     },
 }

@@ -52,9 +52,10 @@ __all__ = [
     "live_panel",
 ]
 
-# JupyterLab renders the mimetype bundle; the static book (and classic Notebook) use the HTML one,
-# whose plotly.js is embedded inline once per notebook (no CDN needed, works offline).
-BOOK_RENDERER = "plotly_mimetype+notebook"
+# One HTML bundle per figure with plotly.js embedded inline once per notebook: it shows in JupyterLab
+# (trusted outputs), in the classic Notebook and in the static book, offline (no CDN is reachable).
+# Adding the "plotly_mimetype" bundle as well would store every figure twice in the committed chapters.
+BOOK_RENDERER = "notebook"
 
 MM_AXES = ("x [mm]", "y [mm]", "z [mm]")
 # Plotly's own lighting for albedo-coloured meshes: enough diffuse light that the shape reads.
