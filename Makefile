@@ -36,7 +36,7 @@ preview: $(STAMP)
 # headless-Chromium check of the HTML book (built here from the committed chapters, no execution).
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not browser"
-	$(PY) -m pytest -q --nbval-lax book/01_face_model.ipynb -p no:cacheprovider
+	FACELIB_RESULTS=$$(mktemp -d) $(PY) -m pytest -q --nbval-lax book/01_face_model.ipynb -p no:cacheprovider
 	$(PY) scripts/build_book.py html
 	$(PY) -m pytest -q -m browser tests/test_browser.py
 

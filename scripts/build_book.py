@@ -48,6 +48,9 @@ def _clean_metadata(nb) -> None:
         pm.pop(key, None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            tags.append("remove-cell")  # the book shows the parameters cell once, not papermill's copy
         cell_pm = cell.metadata.get("papermill")
         if cell_pm is not None:
             for key in ("start_time", "end_time", "duration", "exception", "status"):
