@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import time
 
 import numpy as np
@@ -208,6 +207,7 @@ def slider_figure(frames_verts, faces, colors, values, label: str = "expression 
     fig.update_layout(title=dict(text=title), scene=_scene(), height=height, showlegend=False,
                       margin=dict(l=0, r=0, t=50, b=10),
                       sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix=label + ": "),
+                                    transition=dict(duration=0),
                                     pad=dict(t=10, b=10))])
     return fig
 
@@ -269,6 +269,7 @@ def image_slider_figure(images, values, label: str = "expression component 1 [si
     fig.update_layout(title=dict(text=title), height=int(H * min(1.0, 600 / W)) + 200, width=None,
                       margin=dict(l=60, r=10, t=50, b=10),
                       sliders=[dict(active=active, steps=steps, currentvalue=dict(prefix=label + ": "),
+                                    transition=dict(duration=0),
                                     pad=dict(t=50))])
     _pixel_axes(fig)
     return fig
@@ -376,8 +377,8 @@ def raster_figure(r, index: int = 0, landmarks=None, n_faces: int | None = None)
     depth = r.depth[index].cpu().numpy().astype(np.float32)
     depth = np.where(r.mask[index].cpu().numpy(), np.round(depth, 1), np.nan).astype(np.float32)
     mask = r.mask[index].cpu().numpy().astype(np.uint8) + r.input_mask[index].cpu().numpy().astype(np.uint8)
-    titles = ("rendered image", "pix_to_face (triangle index)", "depth [mm]",
-              "masks: face (grey), input mask (white)")
+    titles = ("rendered image + landmarks", "pix_to_face (triangle index)",
+              "masks: input (white), mouth (grey)", "depth [mm]")
     fig = make_subplots(1, 4, subplot_titles=titles, horizontal_spacing=0.05)
     fig.add_trace(go.Image(source=_png_source(r.image[index]), hoverinfo="x+y"), 1, 1)
     if landmarks is not None:
@@ -386,10 +387,10 @@ def raster_figure(r, index: int = 0, landmarks=None, n_faces: int | None = None)
                                  marker=dict(size=4, color="#00e676", line=dict(width=0.5, color="black"))), 1, 1)
     fig.add_trace(go.Heatmap(z=face, colorscale="Turbo", showscale=False, hovertemplate="face %{z}<extra></extra>"), 1, 2)
     fig.add_trace(go.Heatmap(z=depth, colorscale="Viridis", reversescale=True,
-                             colorbar=dict(title=dict(text="mm"), x=0.74, len=0.8, thickness=12),
-                             hovertemplate="depth %{z} mm<extra></extra>"), 1, 3)
+                             colorbar=dict(title=dict(text="mm"), x=1.0, len=0.8, thickness=12),
+                             hovertemplate="depth %{z} mm<extra></extra>"), 1, 4)
     fig.add_trace(go.Heatmap(z=mask, colorscale=[[0, "black"], [0.5, "grey"], [1, "white"]], zmin=0, zmax=2,
-                             showscale=False, hovertemplate="%{z}<extra></extra>"), 1, 4)
+                             showscale=False, hovertemplate="%{z}<extra></extra>"), 1, 3)
     for c in range(1, 5):
         _pixel_axes(fig, 1, c)
         fig.update_yaxes(autorange="reversed", scaleanchor=f"x{c if c > 1 else ''}", row=1, col=c)
