@@ -33,11 +33,12 @@ preview: $(STAMP)
 	$(PY) -m facelib model preview --out out/open_model_preview.png
 
 # Unit tests, every notebook in the ci profile (papermill), nbval on the committed chapter 1, and the
-# headless-Chromium check of the HTML book (built here from the committed chapters, no execution).
+# headless-Chromium check of the HTML book (built here from the committed chapters, no execution;
+# --strict: a Sphinx warning, e.g. an unknown citation key, fails the test).
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not browser"
 	FACELIB_RESULTS=$$(mktemp -d) $(PY) -m pytest -q --nbval-lax book/01_face_model.ipynb -p no:cacheprovider
-	$(PY) scripts/build_book.py html
+	$(PY) scripts/build_book.py html --strict
 	$(PY) -m pytest -q -m browser tests/test_browser.py
 
 test-unit: $(STAMP)

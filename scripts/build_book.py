@@ -9,17 +9,21 @@ kernel with ``-p profile <profile>``, in the notebook's own folder (as JupyterLa
 the executed copy to ``<out>/NN_name.ipynb`` only when every cell succeeded. At the first failing cell
 it stops with ``make book: notebooks/NN_name.ipynb failed at cell N ...``, keeps the partly executed
 notebook in ``out/failed/`` and exits with status 1. Timing metadata that papermill records is
-stripped, so re-running an unchanged chapter changes as little as possible of the committed file.
+stripped and the random ids of figures, widgets and the injected cell are made stable, so re-running
+an unchanged chapter changes as little as possible of the committed file.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,13 +45,27 @@ def _rel(path: Path) -> str:
         return str(path)
 
 
+_PLOTLY_MATHJAX = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*"></script>')
+
+
 def _clean_metadata(nb) -> None:
-    """Drop papermill's wall-clock fields (start/end times, durations) from an executed notebook."""
+    """Drop papermill's wall-clock fields (start/end times, durations), the saved widget state and
+    Plotly's MathJax-from-CDN tags from an executed notebook."""
+    # The saved ipywidgets state (megabytes: the live panel's FigureWidget mesh) would only make the
+    # static book load require.js and the widget manager from a CDN to draw sliders with no kernel
+    # behind them; the book's static sliders are Plotly's own. The widget outputs stay.
+    nb.metadata.pop("widgets", None)
     pm = nb.metadata.get("papermill", {})
     for key in ("start_time", "end_time", "duration", "exception", "input_path", "output_path"):
         pm.pop(key, None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
+        for output in cell.get("outputs", []):
+            html = output.get("data", {}).get("text/html")
+            if isinstance(html, str) and _PLOTLY_MATHJAX.search(html):
+                # Plotly's HTML loads MathJax from a CDN once per figure; the book's pages have Sphinx's
+                # MathJax already, and a second MathJax on the page would fight it.
+                output["data"]["text/html"] = _PLOTLY_MATHJAX.sub("", html)
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")  # the book shows the parameters cell once, not papermill's copy
@@ -57,6 +75,57 @@ def _clean_metadata(nb) -> None:
                 cell_pm.pop(key, None)
             if not cell_pm:
                 cell.metadata.pop("papermill")
+
+
+_UUID = re.compile(r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b")
+_IPY_MODEL = re.compile(r"IPY_MODEL_([0-9a-f]{32})")
+
+
+def _stable_ids(nb, name: str):
+    """Replace the random ids of an executed notebook by ids that depend only on its structure.
+
+    Plotly names every figure's ``<div>`` with a fresh UUID, ipywidgets every model with a fresh
+    32-hex id, papermill its injected cell with a fresh cell id; all three change on every run. They
+    are renamed in order of first appearance (widget models: those the outputs show, then the models
+    they refer to), so re-running an unchanged chapter rewrites only what it measured.
+    """
+    import nbformat
+
+    cells_text = json.dumps([c.get("outputs", []) for c in nb.cells], sort_keys=True)
+    mapping: dict[str, str] = {}
+    texts = [cells_text]
+    state = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    order = list(dict.fromkeys(re.findall(r'"model_id": "([0-9a-f]{32})"', cells_text)))
+    if not state:
+        for k, old in enumerate(order):
+            mapping[old] = uuid.uuid5(uuid.NAMESPACE_URL, f"facelib-book/{name}/widget/{k}").hex
+    else:
+        order = [m for m in order if m in state]
+        seen = set(order)
+        i = 0
+        while i < len(order):
+            for ref in _IPY_MODEL.findall(json.dumps(state[order[i]], sort_keys=True)):
+                if ref in state and ref not in seen:
+                    seen.add(ref)
+                    order.append(ref)
+            i += 1
+        rest = sorted((m for m in state if m not in seen),
+                      key=lambda m: json.dumps(state[m], sort_keys=True))
+        for k, old in enumerate(order + rest):
+            mapping[old] = uuid.uuid5(uuid.NAMESPACE_URL, f"facelib-book/{name}/widget/{k}").hex
+        texts += [json.dumps(state[m], sort_keys=True) for m in order + rest]
+    uuids = dict.fromkeys(u for text in texts for u in _UUID.findall(text))
+    for k, old in enumerate(uuids):
+        mapping[old] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"facelib-book/{name}/uuid/{k}"))
+
+    for cell in nb.cells:
+        if "injected-parameters" in cell.metadata.get("tags", []):
+            cell["id"] = "injected-parameters"
+    if not mapping:
+        return nb
+    text = nbformat.writes(nb)
+    pattern = re.compile("|".join(re.escape(k) for k in sorted(mapping, key=len, reverse=True)))
+    return nbformat.reads(pattern.sub(lambda m: mapping[m.group(0)], text), as_version=4)
 
 
 def _source_cell_number(nb, failing_index: int) -> int:
@@ -108,6 +177,7 @@ def execute_notebook(src: Path, dst: Path, profile: str, *, parameters: dict | N
         raise
     nb = nbformat.read(tmp, as_version=4)
     _clean_metadata(nb)
+    nb = _stable_ids(nb, dst.stem)
     nbformat.write(nb, tmp)
     os.replace(tmp, dst)
     return time.perf_counter() - t0
