@@ -60,17 +60,20 @@ def face_labels(model) -> dict:
 
 def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | None = None,
            camera: Camera | None = None, background: float = 0.0, backend: str = "auto",
-           detach_bary: bool = False) -> Render:
+           detach_bary: bool = False, geometry: torch.Tensor | None = None,
+           albedo: torch.Tensor | None = None) -> Render:
     """Render faces from InverseFaceNet parameter vectors ``theta (B, m)`` (Eq. 1 layout).
 
     The rotation of theta turns the head in front of ``camera`` (default :func:`face_camera`).
+    ``geometry`` ``(B, V, 3)`` model-space vertices and ``albedo`` ``(B, V, 3)`` replace Eq. 2 and
+    Eq. 3 when given (faces with detail the model cannot express, :mod:`facelib.wild`).
     """
     layout = layout or ParamLayout.from_model(model)
     p = layout.unpack(theta)
     cam = camera or face_camera(image_size, device=theta.device, dtype=theta.dtype)
     B = theta.shape[0]
-    verts = model.geometry(p["shape"], p["expression"])  # Eq. 2
-    albedo = model.reflectance(p["reflectance"])  # Eq. 3
+    verts = model.geometry(p["shape"], p["expression"]) if geometry is None else geometry  # Eq. 2
+    albedo = model.reflectance(p["reflectance"]) if albedo is None else albedo  # Eq. 3
     R = rot_xyz(p["rotation"])  # Sec. 4.2
     t = cam.t.to(theta).expand(B, 3)
     R = cam.R.to(theta) @ R

@@ -1,0 +1,141 @@
+"""Networks: the image -> parameter regressors (InverseFaceNet Sec. 6.1; MoFA's encoder).
+
+Both take a masked face crop ``(B, 3, N, N)`` with colours in [-0.5, 0.5] (Sec. 6.1) and return
+``(B, out_dim)`` parameters.  No ImageNet weights can be downloaded here, so they train from scratch;
+``width`` scales every channel count so that the ``ci`` and ``cpu`` profiles fit a 2-core CPU, and
+``width=1`` is the paper's size (AlexNet; our ResNet is a ResNet-18-style stack, the paper used
+ResNet-101).  As in the paper the last fully-connected layer has biases 0 and weights ~ N(0, 0.01)
+(Caffe's ``gaussian`` filler, standard deviation 0.01).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["AlexNet", "ResNet", "make_encoder", "init_last_layer", "count_parameters"]
+
+
+def _ch(c: int, width: float) -> int:
+    return max(8, int(round(c * width)))
+
+
+def init_last_layer(layer: nn.Linear, std: float = 0.01) -> nn.Linear:
+    """Sec. 6.1: biases 0, weights ~ N(0, std) (in place); returns ``layer``."""
+    nn.init.normal_(layer.weight, 0.0, std)
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _check_input(x: torch.Tensor, size: int) -> None:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"input has shape {tuple(x.shape)}; expected (B, 3, {size}, {size}) RGB crops")
+    if x.shape[-1] < 32 or x.shape[-2] < 32:
+        raise ValueError(f"input is {x.shape[-2]}x{x.shape[-1]} pixels; the networks need at least 32x32")
+
+
+class AlexNet(nn.Module):
+    """AlexNet (Krizhevsky et al.) with the last layer resized to ``out_dim`` (InverseFaceNet Sec. 6.1).
+
+    conv 11x11/4 - pool - conv 5x5 - pool - conv 3x3 x3 - pool - fc - fc - fc(out_dim), ReLU and
+    dropout as in the original; the max pools pad by one pixel and an adaptive pool to 6x6 follows, so
+    inputs down to 32 pixels work (at 227 pixels the feature maps are one pixel larger than AlexNet's).
+
+    Args:
+        out_dim: number of outputs (350 for the paper's face space).
+        size: the input side N (checked, for error messages only; any N >= 32 works).
+        width: channel multiplier (1 = AlexNet: 96, 256, 384, 384, 256 channels and 4096-wide fc).
+        fc: width of the two hidden fully-connected layers (default ``4096 * width``).
+        dropout: dropout probability of the hidden fc layers.
+    Shapes: ``(B, 3, N, N) -> (B, out_dim)``.
+    """
+
+    def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, fc: int | None = None,
+                 dropout: float = 0.5):
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be >= 1; got {out_dim}")
+        c = [_ch(k, width) for k in (96, 256, 384, 384, 256)]
+        fc = fc or _ch(4096, width)
+        self.size = size
+        self.features = nn.Sequential(
+            nn.Conv2d(3, c[0], 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(c[0], c[1], 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(c[1], c[2], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[2], c[3], 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(c[3], c[4], 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(6)
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(c[4] * 36, fc), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(fc, fc), nn.ReLU(inplace=True),
+        )
+        self.last = init_last_layer(nn.Linear(fc, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.size)
+        h = self.pool(self.features(x)).flatten(1)
+        return self.last(self.classifier(h))
+
+
+class _Block(nn.Module):
+    """ResNet basic block: two 3x3 convolutions with batch norm and an identity (or 1x1) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout))
+        self.skip = (nn.Identity() if stride == 1 and cin == cout else
+                     nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)))
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.skip(x))
+
+
+class ResNet(nn.Module):
+    """A ResNet (He et al.) regressor: stem 7x7/2 + pool, four stages of basic blocks, global average
+    pool, fc(out_dim) (the paper's ResNet-101 variant of Sec. 8.1, made smaller for a CPU).
+
+    Args:
+        out_dim: number of outputs.  size: input side N (for messages).
+        width: channel multiplier (1: 64, 128, 256, 512 channels as ResNet-18).
+        blocks: basic blocks per stage (``(2, 2, 2, 2)`` is ResNet-18).
+    Shapes: ``(B, 3, N, N) -> (B, out_dim)``.
+    """
+
+    def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, blocks=(2, 2, 2, 2)):
+        super().__init__()
+        if out_dim < 1:
+            raise ValueError(f"out_dim must be >= 1; got {out_dim}")
+        c = [_ch(k, width) for k in (64, 128, 256, 512)]
+        self.size = size
+        layers = [nn.Conv2d(3, c[0], 7, 2, 3, bias=False), nn.BatchNorm2d(c[0]), nn.ReLU(inplace=True),
+                  nn.MaxPool2d(3, 2, 1)]
+        cin = c[0]
+        for i, (cout, n) in enumerate(zip(c, blocks)):
+            for j in range(n):
+                layers.append(_Block(cin, cout, 2 if (j == 0 and i > 0) else 1))
+                cin = cout
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
+        self.last = init_last_layer(nn.Linear(cin, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.size)
+        return self.last(self.features(x).flatten(1))
+
+
+def make_encoder(kind: str, out_dim: int, size: int, width: float = 1.0, **kwargs) -> nn.Module:
+    """``"alexnet"`` -> :class:`AlexNet`, ``"resnet"`` -> :class:`ResNet` (``kwargs`` passed on).
+
+    Input ``(B, 3, size, size)`` in [-0.5, 0.5], output ``(B, out_dim)``.
+    """
+    kinds = {"alexnet": AlexNet, "resnet": ResNet}
+    if kind not in kinds:
+        raise ValueError(f"unknown encoder {kind!r}; expected one of {sorted(kinds)}")
+    return kinds[kind](out_dim, size=size, width=width, **kwargs)
+
+
+def count_parameters(net: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in net.parameters() if p.requires_grad)

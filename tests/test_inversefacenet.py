@@ -1,0 +1,288 @@
+"""InverseFaceNet library: networks, pre-processing, corpus, wild generator, losses, training, breeding,
+evaluation (Kim et al. 2018 Secs. 5-8)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import facelib
+from facelib.corpus import (SyntheticCorpus, crop_to_box, landmark_box, landmark_mask, network_input,
+                            polygon_mask, render_crops, to_network)
+from facelib.inversefacenet import (TensorCorpus, breed, coefficient_displacement, euclidean_loss,
+                                    evaluate, evaluate_theta, make_test_set, model_space_loss,
+                                    model_space_weights, paired_test, summarize, train)
+from facelib.nets import AlexNet, ResNet, make_encoder
+from facelib.params import ParamLayout, sample_sec5
+from facelib.wild import directional_sh, sample_wild, wild_batch
+
+
+@pytest.fixture(scope="module")
+def model():
+    return facelib.load_model("open")
+
+
+# ---------------------------------------------------------------------------------------- networks
+@pytest.mark.parametrize("kind", ["alexnet", "resnet"])
+def test_encoder_shapes_and_last_layer_init(kind):
+    torch.manual_seed(0)
+    net = make_encoder(kind, 350, 64, width=0.125)
+    assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 350)
+    assert net(torch.zeros(1, 3, 96, 80)).shape == (1, 350)  # any size >= 32
+    assert torch.all(net.last.bias == 0)
+    assert abs(net.last.weight.std().item() - 0.01) < 0.001  # Sec. 6.1: N(0, 0.01)
+    with pytest.raises(ValueError, match="expected"):
+        net(torch.zeros(2, 1, 64, 64))
+    with pytest.raises(ValueError, match="at least 32"):
+        net(torch.zeros(2, 3, 16, 16))
+
+
+def test_make_encoder_rejects_unknown():
+    with pytest.raises(ValueError, match="unknown encoder"):
+        make_encoder("vgg", 10, 64)
+    assert isinstance(make_encoder("alexnet", 3, 64, 0.1), AlexNet)
+    assert isinstance(make_encoder("resnet", 3, 64, 0.1), ResNet)
+
+
+# ---------------------------------------------------------------------------------- pre-processing
+def _point_in_polygon(x, y, poly):
+    """Brute-force even-odd test for one point (float64)."""
+    inside = False
+    n = len(poly)
+    for i in range(n):
+        (ax, ay), (bx, by) = poly[i], poly[(i + 1) % n]
+        if (ay > y) != (by > y) and x < ax + (y - ay) * (bx - ax) / (by - ay):
+            inside = not inside
+    return inside
+
+
+def test_polygon_mask_matches_brute_force():
+    g = torch.Generator().manual_seed(0)
+    H, W = 17, 23
+    for _ in range(3):
+        ang = torch.sort(torch.rand(9, generator=g) * 2 * np.pi).values
+        rad = 3 + 5 * torch.rand(9, generator=g)
+        poly = torch.stack([11 + rad * torch.cos(ang), 8 + rad * torch.sin(ang)], -1).double()
+        got = polygon_mask(poly[None], H, W)[0]
+        ref = torch.tensor([[_point_in_polygon(x + 0.5, y + 0.5, poly.tolist()) for x in range(W)]
+                            for y in range(H)])
+        assert torch.equal(got, ref)
+
+
+def test_network_input_crop_box_and_landmarks(model):
+    theta = sample_sec5(model, 4, seed=3)
+    out = render_crops(model, theta, 48)
+    assert out["crop"].shape == (4, 3, 48, 48) and out["mask"].shape == (4, 48, 48)
+    lm = out["landmarks"]
+    # the landmark box is square, centred and fills 1 / (1 + 2 margin) of the crop
+    lo, hi = lm.min(1).values, lm.max(1).values
+    side = (hi - lo).max(-1).values
+    assert torch.allclose(side, torch.full_like(side, 48 / 1.16), atol=1e-3)
+    assert torch.allclose((lo + hi) / 2, torch.full_like(lo, 24.0), atol=1e-3)
+    # outside the mask the crop is exactly 0; the mask covers a good part of the crop
+    assert torch.all(out["crop"].permute(1, 0, 2, 3)[:, ~out["mask"]] == 0)
+    assert 0.25 < out["mask"].float().mean() < 0.9
+    # the mouth interior is removed: the inner-lip polygon is outside the mask
+    inner = landmark_mask(lm, 48, 48)
+    assert torch.equal(out["mask"] & ~inner, torch.zeros_like(out["mask"]))
+
+
+def test_crop_to_box_identity():
+    img = torch.rand(1, 3, 10, 10)
+    box = torch.tensor([[5.0, 5.0, 10.0]])
+    assert torch.allclose(crop_to_box(img, box, 10), img, atol=1e-6)
+    assert torch.allclose(landmark_box(torch.tensor([[[0.0, 0.0], [4.0, 2.0]]]).expand(1, 2, 2), 0.0),
+                          torch.tensor([[2.0, 1.0, 4.0]]))
+
+
+def test_network_input_bad_input():
+    with pytest.raises(ValueError, match="RGB"):
+        network_input(torch.zeros(1, 4, 8, 8), torch.zeros(1, 68, 2), 16)
+    with pytest.raises(ValueError, match="landmarks"):
+        network_input(torch.zeros(1, 3, 8, 8), torch.zeros(1, 5, 2), 16)
+    assert to_network(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)).max() == 0.5
+
+
+# ------------------------------------------------------------------------------------------ corpus
+def test_synthetic_corpus_is_seeded_and_cached(model, tmp_path):
+    a = SyntheticCorpus(model, 40, seed=5, size=32, cache=tmp_path, chunk=16, progress=False)
+    assert len(list(tmp_path.rglob("*.npz"))) == 3 and not list(tmp_path.rglob("*tmp*"))
+    b = SyntheticCorpus(model, 40, seed=5, size=32, cache=tmp_path, chunk=16, progress=False)  # from disk
+    c = SyntheticCorpus(model, 40, seed=5, size=32, cache=False, chunk=16, progress=False)
+    assert torch.equal(a.images, b.images) and torch.equal(a.images, c.images)
+    assert torch.equal(a.theta, sample_sec5(model, 16, seed=5 * 1_000_003)[:16].float()) or \
+        torch.allclose(a.theta[:16], sample_sec5(model, 16, seed=5 * 1_000_003).float())
+    d = SyntheticCorpus(model, 16, seed=6, size=32, cache=False, chunk=16, progress=False)
+    assert not torch.equal(a.images[:16], d.images)
+    x, th = a[0]
+    assert x.shape == (3, 32, 32) and -0.5 <= x.min() and x.max() <= 0.5 and th.shape == (a.theta.shape[1],)
+    with pytest.raises(ValueError, match="positive integer"):
+        SyntheticCorpus(model, 0, seed=1, size=32, cache=False)
+
+
+def test_damaged_shard_is_rerendered(model, tmp_path):
+    a = SyntheticCorpus(model, 8, seed=2, size=32, cache=tmp_path, chunk=8, progress=False)
+    shard = next(tmp_path.rglob("*.npz"))
+    shard.write_bytes(b"not a zip")
+    b = SyntheticCorpus(model, 8, seed=2, size=32, cache=tmp_path, chunk=8, progress=False)
+    assert torch.equal(a.images, b.images)
+
+
+# -------------------------------------------------------------------------------------------- wild
+def test_wild_distribution_differs_from_sec5(model):
+    layout = ParamLayout.from_model(model)
+    w = layout.unpack(sample_wild(model, 2000, seed=1))
+    s = layout.unpack(sample_sec5(model, 2000, seed=1))
+    yaw_w, yaw_s = torch.rad2deg(w["rotation"][:, 1]), torch.rad2deg(s["rotation"][:, 1])
+    assert yaw_w.std() < 16 and yaw_s.std() > 20  # near-frontal vs U(-40, 40)
+    assert yaw_w.abs().max() <= 40.0 + 1e-4
+    # sparse expressions: most coefficients are exactly 0 (Sec. 5: none are)
+    e = w["expression"].clone()
+    e[:, model.mouth_component] = 1
+    assert (e == 0).float().mean() > 0.8 and (s["expression"] == 0).float().mean() == 0
+    # coloured light (Sec. 5 is monochrome: R = G = B)
+    ill_w, ill_s = w["illumination"].reshape(-1, 9, 3), s["illumination"].reshape(-1, 9, 3)
+    assert (ill_w[..., 0] - ill_w[..., 2]).abs().mean() > 0.01
+    assert torch.equal(ill_s[..., 0], ill_s[..., 2])
+    # skin tones cluster on reflectance component 1
+    hist = torch.histc(w["reflectance"][:, 0], bins=30, min=-3, max=3)  # bins of 0.2
+    peak, valley = hist[7:9].max(), hist[11:13].min()  # the cluster at -1.4, the gap around -0.65
+    assert valley < 0.75 * peak
+
+
+def test_directional_sh_matches_clamped_cosine():
+    d = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
+    gamma = directional_sh(d, torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64),
+                           torch.ones(1, 3, dtype=torch.float64)).reshape(1, 9, 3)
+    from facelib.shading import shade
+    t = torch.linspace(0, np.pi, 7, dtype=torch.float64)
+    n = torch.stack([torch.sin(t), torch.zeros_like(t), torch.cos(t)], -1)[None]
+    c = shade(torch.ones(1, 7, 3, dtype=torch.float64), n, gamma)[0, :, 0]
+    # closed form of the band-limited (l <= 2) irradiance of a unit directional light (Ramamoorthi and
+    # Hanrahan): E = 1/4 + 1/2 cos t + 5/16 P2(cos t); the clamped cosine max(0, cos t) it approximates
+    ref = 0.25 + 0.5 * torch.cos(t) + 0.3125 * (3 * torch.cos(t) ** 2 - 1) / 2
+    assert torch.allclose(c, ref, atol=1e-10)
+    assert (c - torch.cos(t).clamp_min(0)).abs().max() < 0.1
+
+
+def test_wild_batch_is_seeded_and_has_ground_truth(model):
+    a = wild_batch(model, 2, seed=4, size=64)
+    b = wild_batch(model, 2, seed=4, size=64)
+    for k in ("image", "landmarks", "theta", "verts_model"):
+        assert torch.equal(a[k], b[k])
+    assert a["image"].shape == (2, 3, 64, 64) and a["landmarks"].shape == (2, 68, 2)
+    assert 0 <= a["image"].min() and a["image"].max() <= 1
+    # background is cluttered, not constant; out-of-model detail moves the mesh off the model's surface
+    assert a["image"][:, :, ~a["mask"][0]].std() > 0.05
+    p = ParamLayout.from_model(model).unpack(a["theta"])
+    base = model.geometry(p["shape"], p["expression"])
+    d = (a["verts_model"] - base).norm(dim=-1)
+    assert 0.05 < d.max() < 5.0
+    assert (a["landmarks"] - a["landmarks_gt"]).abs().max() > 0
+    c = wild_batch(model, 2, seed=5, size=64)
+    assert not torch.equal(a["image"], c["image"])
+
+
+# ------------------------------------------------------------------------------------------ losses
+def test_model_space_loss_is_eq_6_to_8(model):
+    layout = ParamLayout.from_model(model)
+    sigma = model_space_weights(model)
+    assert sigma.shape == (layout.size,)
+    assert torch.allclose(sigma[layout["rotation"]], torch.full((3,), 400.0))
+    assert torch.allclose(sigma[layout["shape"]], 50 * model.sigma_s.float())
+    assert torch.allclose(sigma[layout["expression"]], 50 * model.sigma_e.float())
+    assert torch.allclose(sigma[layout["reflectance"]], 100 * model.sigma_r.float())
+    assert torch.allclose(sigma[layout["illumination"]], torch.full((27,), 20.0))
+    g = torch.Generator().manual_seed(0)
+    p, th = torch.randn(3, layout.size, generator=g, dtype=torch.float64), torch.randn(3, layout.size, generator=g,
+                                                                                        dtype=torch.float64)
+    S = torch.diag(sigma.double())
+    A = S.T @ S  # Eq. 7
+    ref = torch.stack([(p[i] - th[i]) @ A @ (p[i] - th[i]) for i in range(3)]).mean()
+    assert torch.allclose(model_space_loss(p, th, sigma.double()), ref, rtol=1e-10)
+    assert torch.allclose(euclidean_loss(p, th), ((p - th) ** 2).sum(1).mean())
+    small = sigma.double()[:6] / sigma.double()[:6].max()
+    assert torch.autograd.gradcheck(lambda a: model_space_loss(a, th[:, :6], small),
+                                    (p[:, :6].clone().requires_grad_(),))
+    with pytest.raises(ValueError, match="do not match"):
+        model_space_loss(p[:, :5], th, sigma)
+
+
+def test_coefficient_displacement_decreases_with_pca_order(model):
+    d = coefficient_displacement(model)
+    assert d["shape"].shape == (model.n_shape,)
+    assert d["shape"][0] > d["shape"][-1] * 10  # the first components move the mesh most (Sec. 6.2)
+    basis = model.shape_basis[0].double()
+    ref = (model.sigma_s[0].double() * basis).norm(dim=-1).square().mean().sqrt()
+    assert torch.allclose(d["shape"][0].double(), ref, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------- training, breeding
+class _Linear(torch.nn.Module):
+    """A tiny regressor for the loop tests: mean colour per channel -> parameters."""
+
+    def __init__(self, m):
+        super().__init__()
+        self.fc = torch.nn.Linear(3, m)
+
+    def forward(self, x):
+        return self.fc(x.mean((2, 3)))
+
+
+def test_train_lowers_loss_is_seeded_and_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (64, 3, 8, 8), generator=g, dtype=torch.uint8)
+    theta = to_network(imgs).mean((2, 3)) @ torch.randn(3, 5, generator=g)  # learnable target
+    corpus = TensorCorpus(imgs, theta)
+    nets = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        net = _Linear(5)
+        log = train(net, corpus, euclidean_loss, 200, batch=16, lr=0.02, seed=1, progress=False)
+        nets.append(net)
+    assert np.mean(log["loss"][-20:]) < 0.1 * np.mean(log["loss"][:5])
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()))
+    torch.manual_seed(0)
+    n1 = _Linear(5)
+    l1 = train(n1, corpus, euclidean_loss, 30, batch=16, seed=2, progress=False, cache_key={"t": 1})
+    torch.manual_seed(1)
+    n2 = _Linear(5)
+    l2 = train(n2, corpus, euclidean_loss, 30, batch=16, seed=2, progress=False, cache_key={"t": 1})
+    assert not l1["cached"] and l2["cached"] and l1["loss"] == l2["loss"]
+    assert torch.equal(n1.fc.weight, n2.fc.weight)
+
+
+def test_breed_runs_algorithm_1(model):
+    torch.manual_seed(0)
+    layout = ParamLayout.from_model(model)
+    net = make_encoder("alexnet", layout.size, 32, width=0.05, fc=16)
+    real = wild_batch(model, 3, seed=1, size=48)
+    x = to_network(network_input(real["image"], real["landmarks"], 32)["crop"])
+    hist = breed(net, model, x, rounds=2, iters=2, loss_fn=euclidean_loss, size=32, batch=4, progress=False)
+    assert len(hist["theta_r"]) == 3 and hist["theta_r"][0].shape == (3, layout.size)
+    assert [c.shape[0] for c in hist["children"]] == [6, 6]  # two children per parent
+    assert len(hist["loss"]) == 4 and hist["train_s"] > 0
+
+
+def test_evaluate_oracle_and_paired_test(model):
+    test = make_test_set(model, "synthetic", 6, seed=2, size=40)
+    e = evaluate_theta(model, test["theta"], test)
+    assert torch.all(e["geometric_mm"] < 1e-4) and torch.all(e["iou_pct"] == 100)
+    assert torch.all(e["photometric_8bit"] < 0.6)  # uint8 rounding of the stored crops only
+    worse = test["theta"].clone()
+    worse[:, ParamLayout.from_model(model)["shape"]] += 1.0
+    e2 = evaluate_theta(model, worse, test)
+    assert torch.all(e2["geometric_mm"] > 1.0)
+    net = make_encoder("alexnet", test["theta"].shape[1], 40, width=0.05, fc=16)
+    e3 = evaluate(model, net, test)
+    assert e3["theta"].shape == test["theta"].shape and e3["test_ms"] > 0
+    s = summarize(torch.tensor([1.0, 3.0, float("nan")]))
+    assert s["mean"] == 2.0 and abs(s["std"] - np.sqrt(2)) < 1e-9
+    a = torch.arange(20.0)
+    r = paired_test(a, a + 1 + 0.01 * torch.arange(20.0))
+    assert r["mean_diff"] > 1 and r["p_value"] < 1e-3 and r["n"] == 20
+    assert paired_test(a, a)["p_value"] == 1.0
+    with pytest.raises(ValueError, match="kind"):
+        make_test_set(model, "celeba", 2, seed=0, size=32)
