@@ -28,6 +28,41 @@ SETTINGS = {
         "cpu": dict(image_size=240, slider_frames=9, sphere_res=48, grid_faces=8),
         "gpu": dict(image_size=240, slider_frames=25, sphere_res=64, grid_faces=16),
     },
+    # InverseFaceNet (chapters 2-4 share it, so a network trained in one chapter is reused by the next):
+    # size N of the network input, Sec. 5 corpus size, mini-batches per Table 1 row (ResNet: twice),
+    # the regressors' widths, Algorithm 1's rounds, the corpus R and the held-out test sets.
+    "inversefacenet": {
+        "ci": dict(size=48, n_train=512, iters=40, batch=16, lr=1e-3, alexnet_width=0.125, alexnet_fc=128,
+                   resnet_width=0.125, resnet_blocks=(1, 1, 1, 1), breed_rounds=2, n_real=64, n_test=48,
+                   n_hist=500, n_show=8),
+        "cpu": dict(size=96, n_train=6144, iters=1500, batch=32, lr=1e-3, alexnet_width=0.25, alexnet_fc=512,
+                    resnet_width=0.25, resnet_blocks=(2, 2, 2, 2), breed_rounds=4, n_real=768, n_test=256,
+                    n_hist=4000, n_show=16),
+        "gpu": dict(size=240, n_train=100_000, iters=75_000, batch=32, lr=1e-3, alexnet_width=1.0,
+                    alexnet_fc=4096, resnet_width=1.0, resnet_blocks=(3, 4, 6, 3), breed_rounds=8,
+                    n_real=5000, n_test=1000, n_hist=20_000, n_show=16),
+    },
+    # Richardson et al. (chapter 7): model components kept, CoarseNet's input size and FineNet's grid,
+    # CoarseNet width / blocks / steps (the GMSE and the MSE net each), feedback iterations, the fine
+    # detail (mm, pool of fields), FineNet training / held-out faces, its width and steps (the full
+    # criterion; each ablation), end-to-end steps.
+    "07_coarse_fine": {
+        "ci": dict(n_shape=30, n_expression=10, coarse_size=64, fine_size=64, coarse_width=8,
+                   coarse_blocks=(1, 1, 1, 1), coarse_steps=40, coarse_batch=8, coarse_lr=2e-3, iterations=4,
+                   detail_mm=2.0, detail_pool=8, fine_faces=24, test_faces=12, eval_batch=12, fine_width=8,
+                   fine_head=16, fine_steps=20, ablation_steps=10, fine_batch=4, fine_lr=1e-3, e2e_steps=4,
+                   e2e_batch=4),
+        "cpu": dict(n_shape=30, n_expression=10, coarse_size=64, fine_size=128, coarse_width=16,
+                    coarse_blocks=(1, 1, 1, 1), coarse_steps=700, coarse_batch=32, coarse_lr=2e-3, iterations=4,
+                    detail_mm=2.0, detail_pool=64, fine_faces=192, test_faces=64, eval_batch=32, fine_width=16,
+                    fine_head=32, fine_steps=300, ablation_steps=120, fine_batch=8, fine_lr=1e-3, e2e_steps=60,
+                    e2e_batch=8),
+        "gpu": dict(n_shape=80, n_expression=20, coarse_size=128, fine_size=200, coarse_width=32,
+                    coarse_blocks=(2, 2, 2, 2), coarse_steps=3000, coarse_batch=64, coarse_lr=2e-3, iterations=4,
+                    detail_mm=2.0, detail_pool=256, fine_faces=1024, test_faces=256, eval_batch=64,
+                    fine_width=32, fine_head=64, fine_steps=1500, ablation_steps=500, fine_batch=16, fine_lr=1e-3,
+                    e2e_steps=300, e2e_batch=16),
+    },
 }
 
 

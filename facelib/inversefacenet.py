@@ -32,7 +32,7 @@ from .params import ParamLayout, breed_children
 __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_loss", "coefficient_displacement",
            "TensorCorpus", "train", "predict", "test_time_ms", "breed", "make_test_set", "evaluate_theta",
            "evaluate",
-           "summarize", "paired_test", "checkpoint_dir"]
+           "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "make_regressor", "row_loss", "train_row"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
@@ -350,3 +350,99 @@ def paired_test(a: torch.Tensor, b: torch.Tensor) -> dict:
     if x.size < 2 or np.allclose(x, y):
         return {"mean_diff": float(np.mean(y - x)) if x.size else float("nan"), "p_value": 1.0, "n": int(x.size)}
     return {"mean_diff": float(np.mean(y - x)), "p_value": float(wilcoxon(x, y).pvalue), "n": int(x.size)}
+
+
+# ------------------------------------------------------------------------------------------- Table 1
+# The rows of Table 1: (encoder, loss, breeding).  Our ResNet trains twice the iterations, as the paper's
+# ResNet-101 row (150K vs 75K).
+TRAIN_VERSION = 1  # bump when training, breeding or the networks change (invalidates cached checkpoints)
+TABLE1_ROWS = {
+    "AlexNet": ("alexnet", "euclidean", False),
+    "+ model-space loss": ("alexnet", "model_space", False),
+    "+ breeding (= InverseFaceNet)": ("alexnet", "model_space", True),
+    "ResNet + model-space loss": ("resnet", "model_space", False),
+}
+
+
+def make_regressor(model, cfg: dict, kind: str, seed: int = 0) -> torch.nn.Module:
+    """The profile's AlexNet or ResNet for ``model``'s parameter count, initialised from ``seed``.
+
+    ``cfg`` keys: ``size``, ``alexnet_width``, ``alexnet_fc``, ``resnet_width``, ``resnet_blocks``."""
+    from .nets import make_encoder
+
+    m = ParamLayout.from_model(model).size
+    torch.manual_seed(seed)
+    if kind == "alexnet":
+        return make_encoder("alexnet", m, cfg["size"], cfg["alexnet_width"], fc=cfg["alexnet_fc"])
+    if kind == "resnet":
+        return make_encoder("resnet", m, cfg["size"], cfg["resnet_width"], blocks=tuple(cfg["resnet_blocks"]))
+    raise ValueError(f"unknown regressor {kind!r}; expected 'alexnet' or 'resnet'")
+
+
+def row_loss(model, loss: str):
+    """``"euclidean"`` -> :func:`euclidean_loss`; ``"model_space"`` -> Eq. 6-8 with the model's sigmas."""
+    if loss == "euclidean":
+        return euclidean_loss
+    if loss == "model_space":
+        sigma = model_space_weights(model)
+        return lambda p, theta: model_space_loss(p, theta, sigma)
+    raise ValueError(f"unknown loss {loss!r}; expected 'euclidean' or 'model_space'")
+
+
+def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None = None, seed: int = 0,
+              device=None, progress: bool = True) -> tuple:
+    """Train one row of Table 1 (see :data:`TABLE1_ROWS`) with the profile's budget ``cfg``.
+
+    Baselines train ``cfg["iters"]`` mini-batches on the Sec. 5 ``corpus`` (ResNet: twice that).
+    Breeding follows Sec. 7: ``iters / 5`` on the corpus, then ``cfg["breed_rounds"]`` rounds of
+    Algorithm 1 on the images of R (``real_x``) sharing the remaining 4/5 of the budget.  Runs are
+    cached by their full configuration (:func:`train`), so a second chapter asking for the same row
+    loads the weights instead of training again; ``train_s`` is always the time of the original run.
+
+    Returns ``(net, info)``; ``info`` has ``train_s``, ``iters``, ``loss`` and, for breeding,
+    ``history`` (:func:`breed`'s estimates per round).
+    """
+    kind, loss, bred = TABLE1_ROWS[name] if name in TABLE1_ROWS else (None, None, None)
+    if kind is None:
+        raise ValueError(f"unknown Table 1 row {name!r}; expected one of {list(TABLE1_ROWS)}")
+    net = make_regressor(model, cfg, kind, seed).to(device or "cpu")
+    loss_fn = row_loss(model, loss)
+    from .corpus import _model_key
+
+    key = {"version": TRAIN_VERSION, "model": _model_key(model),
+           "corpus": [corpus.n, corpus.seed, corpus.size, corpus.render_size, getattr(corpus, "chunk", 0)],
+           "kind": kind, "loss": loss, "seed": seed, "batch": cfg["batch"], "lr": cfg["lr"],
+           "net": [cfg["size"], cfg["alexnet_width"], cfg["alexnet_fc"], cfg["resnet_width"],
+                   list(cfg["resnet_blocks"])]}
+    iters = cfg["iters"] * (2 if kind == "resnet" else 1)
+    if not bred:
+        log = train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, device=device,
+                    progress=progress, desc=name, cache_key=dict(key, iters=iters))
+        return net, {"train_s": log["train_s"], "iters": iters, "loss": log["loss"], "cached": log["cached"]}
+    if real_x is None:
+        raise ValueError("the breeding row needs the images of R (real_x)")
+    pre = iters // 5
+    rounds = cfg["breed_rounds"]
+    per_round = (iters - pre) // rounds
+    bkey = dict(key, iters=pre, breed=[rounds, per_round, real_x.shape[0],
+                                       hashlib.sha256(real_x.cpu().numpy().tobytes()).hexdigest()[:16]])
+    path = checkpoint_dir() / f"{_key(bkey)}.pt"
+    if path.exists():
+        try:
+            ck = torch.load(path, map_location=device or "cpu", weights_only=False)
+            net.load_state_dict(ck["net"])
+            return net, dict(ck["info"], cached=True)
+        except Exception:
+            path.unlink(missing_ok=True)
+    log = train(net, corpus, loss_fn, pre, cfg["batch"], cfg["lr"], seed=seed, device=device,
+                progress=progress, desc=f"{name}: synthetic pre-training", cache_key=dict(key, iters=pre))
+    hist = breed(net, model, real_x, rounds, per_round, loss_fn, cfg["size"], cfg["batch"], cfg["lr"],
+                 seed=seed, progress=progress, optimizer_state=log["optimizer"], render_size=corpus.render_size)
+    info = {"train_s": log["train_s"] + hist["train_s"], "iters": pre + rounds * per_round,
+            "loss": log["loss"] + hist["loss"], "pretrain_iters": pre, "rounds": rounds, "per_round": per_round,
+            "history": {"theta_r": hist["theta_r"], "children": hist["children"]}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save({"net": net.state_dict(), "info": info}, tmp)
+    os.replace(tmp, path)
+    return net, dict(info, cached=False)

@@ -33,6 +33,8 @@ from .params import ParamLayout, rot_xyz
 from .shading import N_SH, sh_basis, shade
 
 __all__ = [
+    "histogram_figure",
+    "curves_figure",
     "BOOK_RENDERER",
     "setup_plotly",
     "hex_colors",
@@ -495,3 +497,45 @@ class LivePanel:
 def live_panel(model, image_size: int = 160) -> LivePanel:
     """A :class:`LivePanel` for ``model``; ``display(panel)`` in JupyterLab."""
     return LivePanel(model, image_size=image_size)
+
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def histogram_figure(panels: dict, title: str, cols: int = 3, bins: int = 40, height: int | None = None) -> go.Figure:
+    """Overlaid, normalised histograms in a grid of panels.
+
+    ``panels``: ``{panel title (with units): {series label: 1-D values}}``; each series keeps its colour
+    across panels (the legend shows it once).
+    """
+    names = list(panels)
+    rows = -(-len(names) // cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=names, horizontal_spacing=0.07,
+                        vertical_spacing=0.16 if rows > 1 else 0.1)
+    labels = list(dict.fromkeys(lbl for p in panels.values() for lbl in p))
+    for i, name in enumerate(names):
+        for label, values in panels[name].items():
+            v = np.asarray(torch.as_tensor(values).detach().cpu().double()).ravel()
+            j = labels.index(label)
+            fig.add_trace(go.Histogram(x=v, nbinsx=bins, histnorm="probability density", name=label,
+                                       legendgroup=label, showlegend=i == 0, opacity=0.55,
+                                       marker_color=_PALETTE[j % len(_PALETTE)]),
+                          row=i // cols + 1, col=i % cols + 1)
+    fig.update_layout(title=dict(text=title), barmode="overlay", height=height or 260 * rows + 90,
+                      margin=dict(l=50, r=10, t=80, b=40), legend=dict(orientation="h", y=-0.08))
+    fig.update_yaxes(title_text="density", col=1)
+    return fig
+
+
+def curves_figure(series: dict, title: str, xaxis: str, yaxis: str, log_y: bool = False, mode: str = "lines",
+                  height: int = 380) -> go.Figure:
+    """Line plot of ``{label: (x, y)}`` with axis titles (give units) and an optional log y axis."""
+    fig = go.Figure()
+    for j, (label, (x, y)) in enumerate(series.items()):
+        fig.add_trace(go.Scatter(x=np.asarray(x), y=np.asarray(y), mode=mode, name=label,
+                                 line=dict(color=_PALETTE[j % len(_PALETTE)])))
+    fig.update_layout(title=dict(text=title), xaxis_title=xaxis, yaxis_title=yaxis, height=height,
+                      margin=dict(l=60, r=10, t=60, b=50))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig

@@ -286,3 +286,75 @@ def test_evaluate_oracle_and_paired_test(model):
     assert paired_test(a, a)["p_value"] == 1.0
     with pytest.raises(ValueError, match="kind"):
         make_test_set(model, "celeba", 2, seed=0, size=32)
+
+
+# ------------------------------------------------------------------------------------------ photos
+def _write_photos(folder, model):
+    """Two rendered faces on a grey background as JPEG and PNG, one broken file, one text file."""
+    from PIL import Image
+
+    w = wild_batch(model, 2, seed=9, size=160, jpeg=False)
+    for i, ext in enumerate(("jpg", "png")):
+        arr = (w["image"][i].permute(1, 2, 0) * 255).round().byte().numpy()
+        Image.fromarray(arr).save(folder / f"face{i}.{ext}")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    (folder / "notes.txt").write_text("not a photo")
+
+
+def test_load_photos_central_square(model, tmp_path):
+    from facelib.photos import load_photos
+
+    _write_photos(tmp_path, model)
+    out = load_photos(tmp_path, 48, detector=None, progress=False)
+    assert out["crop"].shape == (2, 3, 48, 48) and len(out["files"]) == 2
+    assert [p.endswith("broken.jpg") for p, _ in out["skipped"]] == [True]
+    assert torch.all(out["crop"][:, :, ~out["mask"][0]] == 0) and out["crop"].max() > 0.2
+    with pytest.raises(ValueError, match="not a directory"):
+        load_photos(tmp_path / "face0.jpg", 48)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no photos"):
+        load_photos(empty, 48, detector=None)
+    with pytest.raises(ValueError, match="unknown detector"):
+        load_photos(tmp_path, 48, detector="dlib")
+
+
+def test_load_photos_haar(model, tmp_path):
+    pytest.importorskip("cv2")
+    from facelib.photos import haar_face_boxes, load_photos
+
+    _write_photos(tmp_path, model)
+    blank = tmp_path / "blank"
+    blank.mkdir()
+    from PIL import Image
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(blank / "grey.png")
+    assert haar_face_boxes(np.full((64, 64, 3), 128, np.uint8)) == []
+    with pytest.raises(ValueError, match="no face found"):
+        load_photos(blank, 48, progress=False)
+    out = load_photos(tmp_path, 48, progress=False)  # rendered faces may or may not trigger the cascade
+    assert out["crop"].shape[0] == len(out["files"]) and out["crop"].shape[0] + len(out["skipped"]) == 3
+
+
+def test_train_row_table1_rows_and_cache(model, tmp_path, monkeypatch):
+    from facelib.inversefacenet import TABLE1_ROWS, train_row
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    cfg = dict(size=32, iters=10, batch=4, lr=1e-3, alexnet_width=0.05, alexnet_fc=16, resnet_width=0.05,
+               resnet_blocks=(1, 1, 1, 1), breed_rounds=2)
+    corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
+    real = wild_batch(model, 3, seed=1, size=48)
+    x = to_network(network_input(real["image"], real["landmarks"], 32)["crop"])
+    net, info = train_row(model, cfg, "+ breeding (= InverseFaceNet)", corpus, real_x=x, progress=False)
+    assert info["pretrain_iters"] == 2 and info["per_round"] == 4 and info["iters"] == 10
+    assert len(info["history"]["children"]) == 2 and not info["cached"]
+    net2, info2 = train_row(model, cfg, "+ breeding (= InverseFaceNet)", corpus, real_x=x, progress=False)
+    assert info2["cached"] and info2["train_s"] == info["train_s"]
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
+    _, info3 = train_row(model, cfg, "ResNet + model-space loss", corpus, progress=False)
+    assert info3["iters"] == 20  # the ResNet row trains twice as long, as in Table 1
+    assert set(TABLE1_ROWS) == {"AlexNet", "+ model-space loss", "+ breeding (= InverseFaceNet)",
+                                "ResNet + model-space loss"}
+    with pytest.raises(ValueError, match="unknown Table 1 row"):
+        train_row(model, cfg, "VGG", corpus)
+    with pytest.raises(ValueError, match="real_x"):
+        train_row(model, cfg, "+ breeding (= InverseFaceNet)", corpus)
