@@ -1,8 +1,20 @@
-"""Benchmarks: speed and memory of the full rendering pipeline (used by ``facelib bench render``)."""
+"""Benchmarks: speed and memory of the full rendering pipeline (used by ``facelib bench render``).
+
+What is timed, per batch: drawing B parameter vectors from the Sec. 5 sampler, then
+:func:`facelib.render.render` from those coefficients to the shaded RGB image and the masks: Eq. 2-3
+(geometry and reflectance), the rigid transform and projection, vertex normals, SH shading (Eq. 5),
+rasterization and interpolation. On the CPU without gradients that is the fused Numba path; its
+just-in-time compilation (or, once compiled, the load from Numba's on-disk cache) happens in a warm-up
+call that is timed separately (``first_call_s``). The machine may be shared: the figures are medians
+over ``repeats`` runs, and the load average before and after is reported with them.
+"""
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
+import statistics
 import time
 
 import torch
@@ -10,34 +22,93 @@ import torch
 from .device import pick_device
 
 
+def _rss_mb() -> float:
+    """Current resident set size of this process, MiB (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def _load() -> float:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return float("nan")
+
+
 def bench_render(size: int = 240, batch: int = 32, device="auto", batches: int = 10, model="open",
-                 seed: int = 0) -> dict:
-    """Render ``batches`` batches of Sec. 5 faces (coefficients -> shaded RGB + mask) after one warm-up
-    batch (JIT compilation); returns faces/s and peak memory (GPU: allocator peak; CPU: process max RSS)."""
+                 seed: int = 0, repeats: int = 5, outputs: str = "image", all_fields: bool = True) -> dict:
+    """Render ``repeats`` runs of ``batches`` batches of Sec. 5 faces (coefficients -> shaded RGB + mask)
+    after a warm-up call; returns the median faces/s and the per-run figures, peak memory (GPU:
+    allocator peak; CPU: process max RSS), the warm-up (compile) time and the machine load.
+
+    ``outputs`` is passed to :func:`facelib.render.render`: ``"image"`` (image, masks, depth: what a
+    corpus renderer keeps) for the headline figure; with ``all_fields`` the default ``"all"`` (every
+    :class:`facelib.render.Render` field, fragments included) is timed as well (``faces_per_s_all``).
+    """
     from . import load_model
     from .params import sample_sec5
-    from .render import render
+    from .raster import HAVE_NUMBA
+    from .render import _fused_unavailable, face_camera, render
 
+    for name, v in (("size", size), ("batch", batch), ("batches", batches), ("repeats", repeats)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer; got {v!r}")
     dev = pick_device(device)
     m = load_model(model, device=dev)
-    thetas = [sample_sec5(m, batch, seed=seed + i, device=dev) for i in range(batches + 1)]
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    rss_model = _rss_mb()
+    load_before = _load()
+
+    cpu = []  # process CPU seconds of the timed runs (all threads): less sensitive to other load
+
+    def run(n_batches, first_seed, outs):
+        t, c = time.perf_counter(), time.process_time()
+        for i in range(n_batches):
+            theta = sample_sec5(m, batch, seed=first_seed + i, device=dev)  # coefficients
+            r = render(m, theta, size, outputs=outs)  # -> shaded RGB + masks
+            r.image.sum().item()  # the work is done (CUDA is asynchronous)
+        sync()
+        cpu.append((time.process_time() - c) / n_batches)
+        return time.perf_counter() - t
+
     with torch.no_grad():
-        render(m, thetas[0], size)  # warm-up: numba JIT, allocator
+        theta0 = sample_sec5(m, batch, seed=seed, device=dev)
+        fused = HAVE_NUMBA and not _fused_unavailable(m, theta0, face_camera(size, device=dev), "auto")
+        first = run(1, seed, outputs)  # warm-up: Numba compilation or cache load, allocator
         if dev.type == "cuda":
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        for th in thetas[1:]:
-            r = render(m, th, size)
-            r.image.sum().item()  # make sure the work is done (CUDA is asynchronous)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t
-    if dev.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(faces_per_s=round(batch * batches / dt, 1), ms_per_batch=round(1000 * dt / batches, 2),
-                size=size, batch=batch, batches=batches, device=str(dev), vertices=m.n_vertices,
-                triangles=m.n_triangles, peak_mem_mb=round(peak, 1), threads=torch.get_num_threads(),
-                torch=torch.__version__)
+        times = [run(batches, seed + 1 + k * batches, outputs) for k in range(repeats)]
+        cpu_per_batch = statistics.median(cpu[1:])
+        times_all = [run(batches, seed + 1 + k * batches, "all") for k in range(repeats)] if all_fields else []
+    fps = [batch * batches / t for t in times]
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _peak_rss_mb()
+    res = dict(
+        faces_per_s=round(statistics.median(fps), 1),
+        ms_per_batch=round(1000 * statistics.median(times) / batches, 2),
+        faces_per_s_runs=[round(x, 1) for x in fps],
+        size=size, batch=batch, batches=batches, repeats=repeats, outputs=outputs,
+        pipeline="sample_sec5 -> render(): Eq. 2-3, Phi, projection, normals, SH shading, "
+                 "z-buffer, interpolation -> shaded RGB + mask + input mask + depth",
+        device=str(dev), fused=bool(fused), vertices=m.n_vertices, triangles=m.n_triangles,
+        cpu_ms_per_batch=round(1000 * cpu_per_batch, 2),
+        first_call_s=round(first, 3),
+        peak_mem_mb=round(peak, 1), rss_after_model_load_mb=round(rss_model, 1),
+        load_avg_1min_before=load_before, load_avg_1min_after=_load(), cpu_count=os.cpu_count(),
+        threads=torch.get_num_threads(), torch=torch.__version__, machine=platform.machine(),
+    )
+    if times_all:
+        fps_all = [batch * batches / t for t in times_all]
+        res["faces_per_s_all"] = round(statistics.median(fps_all), 1)
+        res["faces_per_s_all_runs"] = [round(x, 1) for x in fps_all]
+    if HAVE_NUMBA:
+        import numba
+
+        res["numba"] = numba.__version__
+    return res

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ __all__ = ["landmark_outline", "polygon_mask", "landmark_mask", "landmark_box", 
            "network_input", "to_network", "from_network", "render_crops", "SyntheticCorpus",
            "corpus_dir", "CORPUS_VERSION"]
 
-CORPUS_VERSION = 1  # bump when the rendering or pre-processing changes (invalidates cached shards)
+CORPUS_VERSION = 2  # bump when the rendering or pre-processing changes (invalidates cached shards)
 CROP_MARGIN = 0.08  # the landmark box grows by this fraction on each side before resizing
 
 
@@ -149,7 +150,7 @@ def render_crops(model, theta: torch.Tensor, size: int, render_size: int | None 
     """
     render_size = render_size or int(math.ceil(1.5 * size))
     with torch.no_grad():
-        r = render(model, theta, render_size, layout=layout)
+        r = render(model, theta, render_size, layout=layout, outputs=("screen",))
         lm = landmarks_2d(model, r.screen)
         out = network_input(r.image, lm, size, mask=r.input_mask)
     out["landmarks_frame"] = lm
@@ -184,7 +185,8 @@ class SyntheticCorpus(torch.utils.data.Dataset):
         chunk: faces rendered per batch.  progress: show a progress bar.  device: render device.
         sampler: a function ``(model, batch, seed) -> theta`` (default :func:`sample_sec5`); the
             corpus key includes its name.
-    Items: ``(x (3, N, N) float32 in [-0.5, 0.5], theta (m,) float32)``.  Attributes ``images``
+    Items: ``(x (3, N, N) float32 in [-0.5, 0.5], theta (m,) float32)``.  Attributes ``render_s``
+    (seconds it took to render, stored with the shards, so also known when they are loaded), ``images``
     ``(n, 3, N, N) uint8``, ``theta (n, m)``, ``masks (n, N, N) bool``, ``landmarks (n, 68, 2)``.
     """
 
@@ -210,10 +212,12 @@ class SyntheticCorpus(torch.utils.data.Dataset):
         return None if self.folder is None else self.folder / f"chunk{c:05d}.npz"
 
     def _render_chunk(self, c: int, count: int) -> dict:
+        t0 = time.perf_counter()
         theta = self.sampler(self.model, self.chunk, seed=self.seed * 1_000_003 + c).to(
             self.device or self.model.device, torch.float32)
         out = render_crops(self.model, theta, self.size, self.render_size, self.layout)
         return {"images": (out["crop"] * 255).round().to(torch.uint8).cpu().numpy(),
+                "render_s": np.array(time.perf_counter() - t0),
                 "theta": theta.cpu().numpy(), "masks": out["mask"].cpu().numpy(),
                 "landmarks": out["landmarks"].float().cpu().numpy()}
 
@@ -222,7 +226,7 @@ class SyntheticCorpus(torch.utils.data.Dataset):
         if path is not None and path.exists():
             try:
                 with np.load(path) as z:
-                    return {k: z[k] for k in ("images", "theta", "masks", "landmarks")}
+                    return {k: z[k] for k in ("images", "theta", "masks", "landmarks", "render_s")}
             except Exception:  # a damaged shard is re-rendered, not trusted
                 path.unlink(missing_ok=True)
         data = self._render_chunk(c, self.chunk)
@@ -239,7 +243,9 @@ class SyntheticCorpus(torch.utils.data.Dataset):
         n_chunks = -(-self.n // self.chunk)
         parts = [self._load_or_render(c) for c in tqdm(range(n_chunks), desc="Sec. 5 corpus",
                                                        unit="chunk", disable=not progress)]
-        cat = {k: torch.from_numpy(np.concatenate([p[k] for p in parts])[: self.n]) for k in parts[0]}
+        self.render_s = float(sum(p["render_s"] for p in parts))  # time it took to render, even if loaded
+        cat = {k: torch.from_numpy(np.concatenate([p[k] for p in parts])[: self.n]) for k in parts[0]
+               if k != "render_s"}
         self.images, self.theta, self.masks, self.landmarks = (cat["images"], cat["theta"], cat["masks"],
                                                                cat["landmarks"])
 

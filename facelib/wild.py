@@ -130,7 +130,7 @@ def _smooth_noise(points: torch.Tensor, g: torch.Generator, B: int, wavelength: 
     k = torch.randn(B, waves, 3, generator=g, dtype=torch.float64)
     k = k / k.norm(dim=-1, keepdim=True) * (2 * math.pi / wavelength)
     phase = _u(g, (B, waves, 1), 0, 2 * math.pi)
-    return torch.cos(k @ points.T + phase).sum(1) / math.sqrt(waves / 2)
+    return (torch.cos((k @ points.T + phase).float()).sum(1) / math.sqrt(waves / 2)).double()
 
 
 def wild_albedo(model, albedo: torch.Tensor, seed: int) -> torch.Tensor:
@@ -163,7 +163,7 @@ def wild_albedo(model, albedo: torch.Tensor, seed: int) -> torch.Tensor:
         if n == 0 or skin_idx.numel() == 0:
             continue
         centres = P[skin_idx[torch.randint(skin_idx.numel(), (n,), generator=g)]]
-        dist = torch.cdist(P, centres).min(1).values
+        dist = (P[:, None, :] - centres[None]).square().sum(-1).min(1).values.sqrt()
         spot = torch.exp(-0.5 * (dist / 1.3) ** 2)[:, None]
         out[b] = out[b] * (1 - 0.6 * spot)
     return out.clamp(0, 1).to(albedo)
@@ -174,25 +174,30 @@ def wild_background(batch: int, size: int, seed: int) -> torch.Tensor:
     rectangles and ellipses, and low-frequency texture."""
     g, B = _gen(seed), batch
     H = W = size
-    y = torch.linspace(0, 1, H, dtype=torch.float64)[:, None].expand(H, W)
-    x = torch.linspace(0, 1, W, dtype=torch.float64)[None, :].expand(H, W)
-    c0, c1 = torch.rand(B, 3, 1, 1, generator=g, dtype=torch.float64), torch.rand(B, 3, 1, 1, generator=g,
-                                                                                    dtype=torch.float64)
-    a = _u(g, (B, 1, 1, 1), 0, 2 * math.pi)
-    t = (0.5 + 0.5 * (torch.cos(a) * (x - .5) + torch.sin(a) * (y - .5)) * 1.4).clamp(0, 1)
+    y = torch.linspace(0, 1, H)[:, None].expand(H, W)
+    x = torch.linspace(0, 1, W)[None, :].expand(H, W)
+    c0 = torch.rand(B, 3, 1, 1, generator=g, dtype=torch.float64).float()
+    c1 = torch.rand(B, 3, 1, 1, generator=g, dtype=torch.float64).float()
+    a = _u(g, (B, 1, 1, 1), 0, 2 * math.pi).float()
+    t = (0.5 + 0.7 * (torch.cos(a) * (x - 0.5) + torch.sin(a) * (y - 0.5))).clamp(0, 1)
     img = c0 * (1 - t) + c1 * t
     for b in range(B):
         for _ in range(int(torch.randint(10, 21, (1,), generator=g))):
-            cx, cy = torch.rand(2, generator=g, dtype=torch.float64)
-            rx, ry = _u(g, (2,), 0.04, 0.3)
-            col = torch.rand(3, 1, 1, generator=g, dtype=torch.float64)
-            if torch.rand(1, generator=g) < 0.5:
-                m = ((x - cx).abs() < rx) & ((y - cy).abs() < ry)
-            else:
-                m = ((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 < 1
-            img[b] = torch.where(m, col, img[b])
-    tex = F.interpolate(torch.rand(B, 3, 8, 8, generator=g, dtype=torch.float64), size=(H, W), mode="bicubic",
-                        align_corners=False)
+            cx, cy = torch.rand(2, generator=g, dtype=torch.float64).tolist()
+            rx, ry = _u(g, (2,), 0.04, 0.3).tolist()
+            col = torch.rand(3, 1, generator=g, dtype=torch.float64).float()
+            rect = bool(torch.rand(1, generator=g) < 0.5)
+            # paint only inside the shape's bounding box
+            i0, i1 = max(0, int((cy - ry) * (H - 1))), min(H, int((cy + ry) * (H - 1)) + 2)
+            j0, j1 = max(0, int((cx - rx) * (W - 1))), min(W, int((cx + rx) * (W - 1)) + 2)
+            if i0 >= i1 or j0 >= j1:
+                continue
+            xs, ys = x[i0:i1, j0:j1], y[i0:i1, j0:j1]
+            m = (((xs - cx).abs() < rx) & ((ys - cy).abs() < ry)) if rect else \
+                (((xs - cx) / rx) ** 2 + ((ys - cy) / ry) ** 2 < 1)
+            img[b, :, i0:i1, j0:j1][:, m] = col.expand(3, int(m.sum()))
+    tex = F.interpolate(torch.rand(B, 3, 8, 8, generator=g, dtype=torch.float64).float(), size=(H, W),
+                        mode="bicubic", align_corners=False)
     return (img + 0.15 * (tex - 0.5)).clamp(0, 1)
 
 

@@ -4,9 +4,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
+from facelib.camera import Camera
 from facelib.params import ParamLayout, sample_sec5
+from facelib.raster import HAVE_NUMBA
 from facelib.render import depth_map, landmarks_2d, pncc_colors, render
 
 
@@ -57,12 +60,18 @@ def test_gradients_reach_every_parameter_group(open_model):
 
 
 def test_no_grad_render_equals_differentiable_render(open_model):
+    """The no-grad render (the fused Numba path where it applies) gives the autograd path's picture."""
     theta = sample_sec5(open_model, 2, seed=3)
     with torch.no_grad():
         a = render(open_model, theta, 48)
     b = render(open_model, theta.clone().requires_grad_(True), 48)
-    assert torch.equal(a.mask, b.mask)
-    torch.testing.assert_close(a.image, b.image.detach(), atol=1e-4, rtol=1e-4)
+    assert b.image.requires_grad and not a.image.requires_grad
+    b = b._replace(fragments=type(b.fragments)(*(x.detach() for x in b.fragments)))
+    assert _ties_only(a, b) <= 1e-3 * a.mask.numel()
+    same = (a.fragments.pix_to_face == b.fragments.pix_to_face)[..., 0]
+    assert torch.equal(a.mask[same], b.mask[same])
+    torch.testing.assert_close(torch.where(same[:, None], a.image, 0), torch.where(same[:, None], b.image.detach(), 0),
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_depth_map_gradient_matches_finite_differences_on_visible_pixels(open_model):
@@ -129,3 +138,158 @@ def test_pncc_and_normal_maps(open_model):
     # PNCC x grows from the subject's right (image left) to the left (image right)
     row = P[0, 0, 24][m[24]]
     assert float(row[-1]) > float(row[0])
+
+
+# ------------------------------------------------------------------------------------------------
+# the fused no-grad CPU path (one Numba kernel per face) against the PyTorch / Numba-twin path
+
+needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+
+
+def _ties_only(a, b, edge_px=1e-3, rel_depth=1e-3):
+    """Number of pixels where the face index of two renders differs; each must be a tie: the pixel
+    centre lies within ``edge_px`` of an edge of a covering triangle (the two paths evaluate Eq. 2 with
+    float32 sums in different orders, which moves vertices by ~1e-5 px), or both renders see surfaces
+    within ``rel_depth`` of each other (neighbouring triangles, touching surfaces)."""
+    pa, pb = a.fragments.pix_to_face, b.fragments.pix_to_face
+    diff = pa != pb
+    if bool(diff.any()):
+        da, db = a.fragments.dists[diff], b.fragments.dists[diff]
+        near_edge = ((pa[diff] >= 0) & (da.abs() <= edge_px)) | ((pb[diff] >= 0) & (db.abs() <= edge_px))
+        za, zb = a.fragments.zbuf[diff], b.fragments.zbuf[diff]
+        same_depth = (pa[diff] >= 0) & (pb[diff] >= 0) & ((za - zb).abs() <= rel_depth * za.abs())
+        assert bool((near_edge | same_depth).all()), "pix_to_face differs away from ties"
+    return int(diff.sum())
+
+
+@needs_numba
+@pytest.mark.parametrize("size", [(48, 40), 7, (3, 5)])
+def test_fused_render_equals_the_pytorch_path(open_model, size):
+    theta = sample_sec5(open_model, 3, seed=11)
+    with torch.no_grad():
+        a = render(open_model, theta, size, background=0.3, fused=True)
+        b = render(open_model, theta, size, background=0.3, fused=False)
+    H, W = (size, size) if isinstance(size, int) else size
+    assert a.image.shape == (3, 3, H, W) and a.fragments.bary_coords.shape == (3, H, W, 1, 3)
+    assert _ties_only(a, b) <= 1e-3 * a.mask.numel()
+    same = a.fragments.pix_to_face == b.fragments.pix_to_face  # (B, H, W, 1): compare the rest there
+    assert torch.equal(a.mask[same[..., 0]], b.mask[same[..., 0]])
+    assert torch.equal(a.input_mask[same[..., 0]], b.input_mask[same[..., 0]])
+    fa, fb = a.fragments, b.fragments
+    # barycentrics of sub-pixel triangles move ~1e-4 with the ~1e-5 px float32 differences of Eq. 2
+    for x, y, m, tol in [(a.image, b.image, same[..., 0][:, None], 1e-4), (a.depth, b.depth, same[..., 0], 1e-4),
+                         (fa.zbuf, fb.zbuf, same, 1e-4), (fa.bary_coords, fb.bary_coords, same[..., None], 1e-3),
+                         (fa.dists, fb.dists, same, 1e-3)]:
+        torch.testing.assert_close(torch.where(m, x, 0), torch.where(m, y, 0), rtol=tol, atol=tol)
+    for name in ("screen", "verts_cam", "normals_cam", "colors"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-4, atol=1e-3)
+
+
+@needs_numba
+def test_fused_render_equals_the_pytorch_path_at_240(open_model):
+    """The benchmark's setting: the whole batch agrees (visibility except at ties, colours to 1e-4)."""
+    theta = sample_sec5(open_model, 4, seed=5)
+    with torch.no_grad():
+        a = render(open_model, theta, 240, fused=True)
+        b = render(open_model, theta, 240, fused=False)
+        c = render(open_model, theta, 240, outputs="image")
+    assert _ties_only(a, b) <= 1e-4 * a.mask.numel()
+    same = (a.fragments.pix_to_face == b.fragments.pix_to_face)[..., 0]
+    assert torch.equal(a.mask[same], b.mask[same])
+    torch.testing.assert_close(torch.where(same[:, None], a.image, 0), torch.where(same[:, None], b.image, 0),
+                               rtol=1e-4, atol=1e-4)
+    assert c.fragments is None and c.screen is None and c.colors is None
+    assert torch.equal(c.image, a.image) and torch.equal(c.input_mask, a.input_mask) and torch.equal(c.depth, a.depth)
+
+
+def _soup_model(T=120, seed=0):
+    """A face model whose mean shape is a soup of T unshared triangles in front of a test camera
+    (focal 100 px, 10 mm away): sizes from 0.2 to 40 px, random winding (half are back faces),
+    overlapping, some partly off-screen, one behind the camera, one degenerate."""
+    from facelib.facemodel import FaceModel
+
+    g = torch.Generator().manual_seed(seed)
+    V = 3 * T
+    size = torch.cat([0.2 + 3 * torch.rand(T // 2, generator=g), 3 + 37 * torch.rand(T - T // 2, generator=g)])
+    centre = torch.rand(T, 1, 2, generator=g) * torch.tensor([80.0, 64.0]) - 8  # pixels of a 64 x 48 image
+    xy = centre + (torch.rand(T, 3, 2, generator=g) - 0.5) * size[:, None, None]
+    d = 2 + 6 * torch.rand(T, 3, generator=g)  # depth, mm
+    d[0, 1] = -1.0  # behind the camera
+    xy[1, 2] = xy[1, 0] + 0.5 * (xy[1, 1] - xy[1, 0])  # degenerate
+    d[1, 2] = d[1, 0] + 0.5 * (d[1, 1] - d[1, 0])
+    f, cx, cy = 100.0, 32.0, 24.0
+    model_xyz = torch.stack([(xy[..., 0] - cx) * d / f, -(xy[..., 1] - cy) * d / f, 10 - d], -1).reshape(V, 3)
+    z1 = torch.zeros(1, V, 3)
+    model = FaceModel(name="soup", mean_shape=model_xyz, shape_basis=z1, sigma_s=torch.ones(1),
+                      expression_basis=z1, sigma_e=torch.ones(1), mean_albedo=torch.rand(V, 3, generator=g),
+                      albedo_basis=z1, sigma_r=torch.ones(1), triangles=torch.arange(V).reshape(T, 3),
+                      masks={"mouth_interior": torch.rand(V, generator=g) < 0.7})
+    cam = Camera(f, (cx, cy), torch.eye(3), torch.tensor([0.0, 0.0, -10.0]), (48, 64), 0.0)
+    return model, cam
+
+
+@needs_numba
+@pytest.mark.parametrize("size", [(48, 64), (3, 2), (1, 1), (5, 4)])
+def test_fused_rasterizer_on_a_triangle_soup(size):
+    """Every size class of the fused z-buffer (2x2 blocks, 4x2 / 2x4 blocks, pixel by pixel, images
+    smaller than the blocks), culling, clipping, triangles behind the camera and degenerate ones, against
+    the Numba visibility kernel + PyTorch fragments (themselves checked against a brute-force reference
+    in test_raster.py)."""
+    model, cam = _soup_model()
+    layout = ParamLayout.from_model(model)
+    theta = layout.zeros(2)
+    theta[:, layout["illumination"].start] = 1.0
+    theta[1, layout["illumination"]] += 0.2 * torch.randn(27, generator=torch.Generator().manual_seed(1))
+    theta[1, layout["rotation"]] = torch.tensor([0.01, -0.02, 0.03])
+    with torch.no_grad():
+        a = render(model, theta, size, camera=cam, fused=True)
+        b = render(model, theta, size, camera=cam, fused=False)
+    assert torch.equal(a.fragments.pix_to_face, b.fragments.pix_to_face)
+    assert torch.equal(a.mask, b.mask) and torch.equal(a.input_mask, b.input_mask)
+    if size == (48, 64):
+        assert 0.2 < float(a.mask.float().mean()) < 0.9 and bool((~a.input_mask & a.mask).any())
+    for x, y in [(a.image, b.image), (a.depth, b.depth)] + list(zip(a.fragments[1:], b.fragments[1:])):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_is_used_only_without_gradients(open_model):
+    theta = sample_sec5(open_model, 1, seed=0).requires_grad_(True)
+    with pytest.raises(ValueError, match="gradient"):
+        render(open_model, theta, 16, fused=True)
+    r = render(open_model, theta, 16)  # falls back to the differentiable path
+    assert r.image.requires_grad
+    with pytest.raises(ValueError, match="float32"):
+        with torch.no_grad():
+            render(open_model, theta.double(), 16, fused=True)
+    with pytest.raises(ValueError, match="outputs"):
+        render(open_model, theta, 16, outputs="pixels")
+    with torch.no_grad():
+        lean = render(open_model, theta, 16, outputs="image", fused=False)
+    assert lean.fragments is None and lean.screen is None and lean.image.shape == (1, 3, 16, 16)
+
+
+@needs_numba
+def test_fused_render_of_an_empty_batch_and_non_finite_theta(open_model):
+    layout = ParamLayout.from_model(open_model)
+    with torch.no_grad():
+        r = render(open_model, torch.zeros(0, layout.size), 8)
+        assert r.image.shape == (0, 3, 8, 8) and r.mask.shape == (0, 8, 8)
+        theta = layout.zeros(1)
+        theta[0, 0] = float("nan")
+        with pytest.raises(ValueError, match="NaN"):
+            render(open_model, theta, 8)
+
+
+def test_outputs_select_the_render_fields(open_model):
+    """``outputs`` names the optional fields to fill (the rest are None), on both paths."""
+    theta = sample_sec5(open_model, 2, seed=4)
+    with torch.no_grad():
+        full = render(open_model, theta, 24)
+        for fused in ([None, False] if HAVE_NUMBA else [False]):
+            r = render(open_model, theta, 24, outputs=("screen", "image"), fused=fused)
+            assert r.fragments is None and r.verts_cam is None and r.normals_cam is None and r.colors is None
+            torch.testing.assert_close(r.screen, full.screen, rtol=1e-5, atol=1e-3)
+            assert torch.equal(r.mask, full.mask) and torch.equal(r.input_mask, full.input_mask)
+    for bad in (("pixels",), 3, "everything"):
+        with pytest.raises(ValueError, match="outputs"):
+            render(open_model, theta, 24, outputs=bad)
