@@ -45,23 +45,41 @@ SETTINGS = {
     # Richardson et al. (chapter 7): model components kept, CoarseNet's input size and FineNet's grid,
     # CoarseNet width / blocks / steps (the GMSE and the MSE net each), feedback iterations, the fine
     # detail (mm, pool of fields), FineNet training / held-out faces, its width and steps (the full
-    # criterion; each ablation), end-to-end steps.
+    # criterion; each ablation), end-to-end steps, CPU threads (1 on the shared 2-core CPU).
     "07_coarse_fine": {
-        "ci": dict(n_shape=30, n_expression=10, coarse_size=64, fine_size=64, coarse_width=8,
-                   coarse_blocks=(1, 1, 1, 1), coarse_steps=40, coarse_batch=8, coarse_lr=2e-3, iterations=4,
-                   detail_mm=2.0, detail_pool=8, fine_faces=24, test_faces=12, eval_batch=12, fine_width=8,
-                   fine_head=16, fine_steps=20, ablation_steps=10, fine_batch=4, fine_lr=1e-3, e2e_steps=4,
-                   e2e_batch=4),
-        "cpu": dict(n_shape=30, n_expression=10, coarse_size=64, fine_size=128, coarse_width=16,
-                    coarse_blocks=(1, 1, 1, 1), coarse_steps=700, coarse_batch=32, coarse_lr=2e-3, iterations=4,
-                    detail_mm=2.0, detail_pool=64, fine_faces=192, test_faces=64, eval_batch=32, fine_width=16,
-                    fine_head=32, fine_steps=300, ablation_steps=120, fine_batch=8, fine_lr=1e-3, e2e_steps=60,
-                    e2e_batch=8),
+        "ci": dict(n_shape=30, n_expression=10, coarse_size=48, fine_size=64, coarse_width=8,
+                   coarse_blocks=(1, 1, 1, 1), coarse_steps=30, coarse_batch=8, coarse_lr=1e-3, iterations=4,
+                   detail_mm=2.0, detail_pool=8, fine_faces=16, test_faces=8, eval_batch=8, fine_width=8,
+                   fine_head=16, fine_steps=15, ablation_steps=6, fine_batch=4, fine_lr=1e-3, e2e_steps=3,
+                   e2e_batch=4, threads=1),
+        "cpu": dict(n_shape=30, n_expression=10, coarse_size=48, fine_size=96, coarse_width=8,
+                    coarse_blocks=(1, 1, 1, 1), coarse_steps=3000, coarse_batch=16, coarse_lr=1e-3, iterations=4,
+                    detail_mm=2.0, detail_pool=48, fine_faces=128, test_faces=48, eval_batch=16, fine_width=8,
+                    fine_head=32, fine_steps=250, ablation_steps=80, fine_batch=8, fine_lr=1e-3, e2e_steps=40,
+                    e2e_batch=8, threads=1),
         "gpu": dict(n_shape=80, n_expression=20, coarse_size=128, fine_size=200, coarse_width=32,
-                    coarse_blocks=(2, 2, 2, 2), coarse_steps=3000, coarse_batch=64, coarse_lr=2e-3, iterations=4,
+                    coarse_blocks=(2, 2, 2, 2), coarse_steps=6000, coarse_batch=64, coarse_lr=1e-3, iterations=4,
                     detail_mm=2.0, detail_pool=256, fine_faces=1024, test_faces=256, eval_batch=64,
                     fine_width=32, fine_head=64, fine_steps=1500, ablation_steps=500, fine_batch=16, fine_lr=1e-3,
-                    e2e_steps=300, e2e_batch=16),
+                    e2e_steps=300, e2e_batch=16, threads=None),
+    },
+    # MoFA / the multi-level model (chapters 5-6; chapter 6 reuses chapter 5's stage-1 network and
+    # corpora): input size, decimated template, encoder, wild training / test faces, stage-1 steps,
+    # batch, learning rate and CPU threads (1: on a shared 2-core CPU two threads spin against each
+    # other and a step takes 100x longer).
+    "05_mofa": {
+        "ci": dict(size=64, n_vertices=600, encoder="resnet", width=0.125, encoder_kwargs=dict(blocks=(1, 1, 1, 1)),
+                   train_images=48, test_images=16, steps1=50, batch=8, lr=1e-3, threads=1),
+        "cpu": dict(size=64, n_vertices=1500, encoder="resnet", width=0.25, encoder_kwargs=dict(blocks=(1, 1, 1, 1)),
+                    train_images=1536, test_images=128, steps1=4000, batch=8, lr=1e-3, threads=1),
+        "gpu": dict(size=128, n_vertices=22594, encoder="alexnet", width=1.0, encoder_kwargs={},
+                    train_images=8192, test_images=512, steps1=12000, batch=16, lr=1e-3, threads=None),
+    },
+    # Correctives (chapter 6): C of the main run, the C sweep, stage-2 steps, encoder-speed repeats.
+    "06_correctives": {
+        "ci": dict(C=16, Cs=[0, 16], steps2=10, hz_repeats=3),
+        "cpu": dict(C=500, Cs=[0, 100, 250, 500], steps2=800, hz_repeats=10),
+        "gpu": dict(C=500, Cs=[0, 100, 250, 500], steps2=3000, hz_repeats=50),
     },
 }
 
@@ -76,7 +94,15 @@ def settings(chapter: str, profile: str) -> dict:
 
 
 def setup(seed: int = 0, device="auto") -> torch.device:
-    """Seed every generator (Python, NumPy, PyTorch) and pick the device; returns the device."""
+    """Seed every generator (Python, NumPy, PyTorch) and pick the device; returns the device.
+
+    ``$FACELIB_THREADS`` sets PyTorch's CPU threads: on a CPU shared with other jobs, ``1`` avoids
+    OpenMP threads spinning against each other (we measured a training step 10x slower with 2 threads
+    than with 1 on our 2-core machine under load); unset, PyTorch's default is kept.
+    """
+    threads = os.environ.get("FACELIB_THREADS")
+    if threads:
+        torch.set_num_threads(int(threads))
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

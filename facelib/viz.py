@@ -514,12 +514,16 @@ def histogram_figure(panels: dict, title: str, cols: int = 3, bins: int = 40, he
                         vertical_spacing=0.16 if rows > 1 else 0.1)
     labels = list(dict.fromkeys(lbl for p in panels.values() for lbl in p))
     for i, name in enumerate(names):
-        for label, values in panels[name].items():
-            v = np.asarray(torch.as_tensor(values).detach().cpu().double()).ravel()
+        data = {k: np.asarray(torch.as_tensor(v).detach().cpu().double()).ravel() for k, v in panels[name].items()}
+        allv = np.concatenate(list(data.values()))
+        lo, hi = float(allv.min()), float(allv.max())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)  # shared bins: the book stores counts only
+        for label, v in data.items():
+            dens, _ = np.histogram(v, bins=edges, density=True)
             j = labels.index(label)
-            fig.add_trace(go.Histogram(x=v, nbinsx=bins, histnorm="probability density", name=label,
-                                       legendgroup=label, showlegend=i == 0, opacity=0.55,
-                                       marker_color=_PALETTE[j % len(_PALETTE)]),
+            fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=np.round(dens, 5), width=edges[1] - edges[0],
+                                 name=label, legendgroup=label, showlegend=i == 0, opacity=0.55,
+                                 marker_color=_PALETTE[j % len(_PALETTE)], marker_line_width=0),
                           row=i // cols + 1, col=i % cols + 1)
     fig.update_layout(title=dict(text=title), barmode="overlay", height=height or 260 * rows + 90,
                       margin=dict(l=50, r=10, t=80, b=40), legend=dict(orientation="h", y=-0.08))

@@ -1,0 +1,148 @@
+"""FineNet's shape-from-shading criterion (facelib.sfs, Richardson et al. Eq. 8-14): closed forms,
+least-squares references and float64 gradchecks."""
+
+import numpy as np
+import pytest
+import torch
+
+from facelib.sfs import (LAMBDA_F, LAMBDA_SH, LAMBDA_SM, depth_normals, e_f, e_sh, e_sm, laplacian,
+                         sfs_loss, shading_image, solve_albedo, solve_lighting)
+from facelib.shading import sh_first_order_basis
+
+D = torch.float64
+
+
+def sphere_depth(H=24, W=28, radius_px=40.0, pixel_mm=1.5, offset=500.0):
+    """Depth (mm) of a sphere cap seen from +z, and its analytic normals (x right, y up, z to viewer)."""
+    rows, cols = torch.meshgrid(torch.arange(H, dtype=D), torch.arange(W, dtype=D), indexing="ij")
+    X = (cols - W / 2) * pixel_mm
+    Y = -(rows - H / 2) * pixel_mm
+    R = radius_px * pixel_mm
+    Z = torch.sqrt(R * R - X * X - Y * Y)
+    n = torch.stack([X, Y, Z], -1) / R
+    return (offset - Z)[None], n[None]
+
+
+def test_normals_of_a_plane_are_exact():
+    H, W, p = 9, 11, 0.7
+    rows, cols = torch.meshgrid(torch.arange(H, dtype=D), torch.arange(W, dtype=D), indexing="ij")
+    a, b = 0.3, -0.8  # mm of depth per column / per row
+    depth = (500 + a * cols + b * rows)[None]
+    n, valid = depth_normals(depth, p)
+    want = torch.tensor([a, -b, p], dtype=D)
+    want = want / want.norm()
+    assert valid[0, 1:-1, 1:-1].all() and not valid[0, 0].any() and not valid[0, :, -1].any()
+    assert torch.allclose(n[valid], want.expand(int(valid.sum()), 3), atol=1e-12)
+
+
+def test_normals_of_a_sphere_match_the_analytic_ones():
+    depth, n_true = sphere_depth()
+    n, valid = depth_normals(depth, 1.5)
+    err = torch.rad2deg(torch.acos((n * n_true).sum(-1).clamp(-1, 1)))[valid]
+    assert err.max() < 1.0  # central differences: O(h^2) on a smooth surface
+    # the mask removes pixels whose neighbours are outside it
+    mask = torch.zeros_like(depth, dtype=torch.bool)
+    mask[:, 5:15, 5:20] = True
+    _, v2 = depth_normals(depth, 1.5, mask)
+    assert v2.sum() == 8 * 13 and not v2[:, 5].any()
+
+
+def test_laplacian_of_a_quadratic():
+    rows, cols = torch.meshgrid(torch.arange(8, dtype=D), torch.arange(9, dtype=D), indexing="ij")
+    z = (0.5 * cols ** 2 - 2.0 * rows ** 2 + 3 * rows * cols)[None]
+    L = laplacian(z)[0, 1:-1, 1:-1]
+    assert torch.allclose(L, torch.full_like(L, 2 * 0.5 - 2 * 2.0))
+
+
+def _scene(B=2, K=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    depth, n = sphere_depth()
+    depth, n = depth.expand(B, -1, -1).clone(), n.expand(B, -1, -1, -1).clone()
+    H, W = depth.shape[1:]
+    mu = 0.4 + 0.2 * torch.rand(B, H, W, generator=g, dtype=D)
+    A = 0.05 * torch.randn(B, K, H, W, generator=g, dtype=D)
+    alpha = torch.randn(B, K, generator=g, dtype=D)
+    l = torch.tensor([[0.8, 0.2, 0.3, 0.6], [1.0, -0.3, 0.1, 0.5]], dtype=D)[:B]
+    rho = mu + (A * alpha[:, :, None, None]).sum(1)
+    mask = torch.isfinite(depth) & (torch.rand(B, H, W, generator=g, dtype=D) > 0.1)
+    return dict(depth=depth, n=n, mu=mu, A=A, alpha=alpha, l=l, rho=rho, mask=mask)
+
+
+def test_lighting_least_squares_recovers_the_light_and_matches_numpy():
+    s = _scene()
+    I = s["rho"] * shading_image(s["l"], s["n"])
+    assert torch.allclose(solve_lighting(I, s["rho"], s["n"], s["mask"]), s["l"], atol=1e-8)
+    # with noise it is the least-squares solution over the masked pixels (numpy reference)
+    I_noisy = I + 0.05 * torch.randn(I.shape, generator=torch.Generator().manual_seed(1), dtype=D)
+    l = solve_lighting(I_noisy, s["mu"], s["n"], s["mask"])
+    for b in range(2):
+        m = s["mask"][b]
+        A = (s["mu"][b][m][:, None] * sh_first_order_basis(s["n"][b][m])).numpy()
+        ref = np.linalg.lstsq(A, I_noisy[b][m].numpy(), rcond=None)[0]
+        assert np.allclose(l[b].numpy(), ref, atol=1e-8)
+
+
+def test_albedo_least_squares_recovers_the_coefficients():
+    s = _scene()
+    I = s["rho"] * shading_image(s["l"], s["n"])
+    alpha, rho = solve_albedo(I, s["mu"], s["A"], s["l"], s["n"], s["mask"])
+    assert torch.allclose(alpha, s["alpha"], atol=1e-7)
+    assert torch.allclose(rho, s["rho"], atol=1e-8)
+    # numpy reference on a noisy image
+    I_noisy = I + 0.05 * torch.randn(I.shape, generator=torch.Generator().manual_seed(2), dtype=D)
+    alpha, _ = solve_albedo(I_noisy, s["mu"], s["A"], s["l"], s["n"], s["mask"])
+    sh = shading_image(s["l"], s["n"])
+    for b in range(2):
+        m = s["mask"][b]
+        A = (s["A"][b][:, m] * sh[b][m]).T.numpy()
+        rhs = (I_noisy[b][m] - s["mu"][b][m] * sh[b][m]).numpy()
+        assert np.allclose(alpha[b].numpy(), np.linalg.lstsq(A, rhs, rcond=None)[0], atol=1e-7)
+
+
+def test_gradchecks_of_the_three_terms():
+    g = torch.Generator().manual_seed(3)
+    B, H, W = 2, 6, 7
+    z = (500 + 3 * torch.randn(B, H, W, generator=g, dtype=D)).requires_grad_(True)
+    z0 = 500 + 3 * torch.randn(B, H, W, generator=g, dtype=D)
+    I = torch.rand(B, H, W, generator=g, dtype=D)
+    rho = 0.5 + 0.1 * torch.rand(B, H, W, generator=g, dtype=D)
+    l = torch.tensor([[0.7, 0.2, -0.3, 0.5], [0.9, 0.0, 0.2, 0.6]], dtype=D)
+    mask = torch.ones(B, H, W, dtype=torch.bool)
+    mask[0, 0, :3] = False
+    p = torch.tensor([1.2, 0.8], dtype=D)
+    assert torch.autograd.gradcheck(lambda z: e_sh(z, I, rho, l, p, mask), (z,))
+    assert torch.autograd.gradcheck(lambda z: e_f(z, z0, mask), (z,))
+    assert torch.autograd.gradcheck(lambda z: e_sm(z, mask), (z,))  # |.| is smooth away from 0
+
+
+def test_sfs_loss_is_zero_shading_error_on_the_true_surface():
+    """An image made by Eq. 8 from a depth map with the mean albedo (the assumption of Eq. 11): l* and
+    alpha_T* (= 0) are recovered from that depth, E_sh vanishes there and grows for a perturbed depth."""
+    s = _scene(K=3)
+    s["alpha"].zero_()
+    p = 1.5
+    n, valid = depth_normals(s["depth"], p)
+    img = 0.8 * s["mu"] * shading_image(s["l"], n)  # in [0, 1]; the loss works in grey levels
+    mask = torch.ones_like(valid)
+    out = sfs_loss(s["depth"], s["depth"], img, s["mu"], s["A"], mask, p)
+    assert torch.allclose(out["l"], 0.8 * 255 * s["l"], atol=1e-6)
+    assert torch.allclose(out["alpha_T"], s["alpha"], atol=1e-6)
+    assert out["E_sh"].max() < 1e-9  # grey levels^2 and out["E_f"].abs().max() == 0
+    assert torch.allclose(out["loss"], LAMBDA_SH * out["E_sh"] + LAMBDA_F * out["E_f"] + LAMBDA_SM * out["E_sm"])
+    bump = s["depth"] + 0.5 * torch.sin(torch.arange(s["depth"].shape[2], dtype=D))
+    worse = sfs_loss(bump, s["depth"], img, s["mu"], s["A"], mask, p)
+    assert (worse["E_sh"] > 1.0).all() and (worse["E_f"] > 0).all()
+    # l* and alpha_T* come from z0 and carry no gradient
+    z0 = s["depth"].clone().requires_grad_(True)
+    o = sfs_loss(bump, z0, img, s["mu"], s["A"], mask, p)
+    assert not o["l"].requires_grad and not o["rho"].requires_grad
+
+
+def test_errors():
+    z = torch.zeros(1, 4, 4)
+    with pytest.raises(ValueError, match="depth"):
+        depth_normals(torch.zeros(4, 4), 1.0)
+    with pytest.raises(ValueError, match="pixel_mm"):
+        depth_normals(z, -1.0)
+    with pytest.raises(ValueError, match="A_T"):
+        solve_albedo(z, z, torch.zeros(1, 3, 4), torch.zeros(1, 4), torch.zeros(1, 4, 4, 3), z.bool())
