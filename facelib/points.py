@@ -30,6 +30,7 @@ __all__ = [
     "inside_image",
     "sample_image",
     "render_points",
+    "backproject_rays",
 ]
 
 
@@ -127,3 +128,21 @@ def render_points(v: torch.Tensor, albedo: torch.Tensor, faces: torch.Tensor, R:
     c = shade(albedo, n_cam, gamma)  # Eq. 5
     visible = backface_visibility(n_cam, p.v_cam) & inside_image(p.u, image_size) & (p.depth > 0)
     return PointRendering(p.u, c, visible, p.depth, p.v_cam, n_cam)
+
+
+def backproject_rays(f: torch.Tensor, focal, principal_point) -> torch.Tensor:
+    """Unit directions ``(B, L, 3)`` of the camera rays through the pixel positions ``f (B, L, 2)``.
+
+    The inverse of :func:`facelib.camera.perspective_project` up to depth: the ray from the camera
+    centre (the origin) through ``f``; ``focal`` pixels (float or ``(B,)``), ``principal_point`` ``(B, 2)``
+    or ``(2,)`` pixels.  Used by the sliding contour points of Tewari et al. 2018 Eq. 10.
+    """
+    if not isinstance(f, torch.Tensor) or f.ndim != 3 or f.shape[-1] != 2:
+        got = tuple(f.shape) if isinstance(f, torch.Tensor) else type(f).__name__
+        raise ValueError(f"f has shape {got}; expected (B, L, 2) pixel positions")
+    fl = torch.as_tensor(focal, dtype=f.dtype, device=f.device).reshape(-1, 1)
+    c = torch.as_tensor(principal_point, dtype=f.dtype, device=f.device).reshape(-1, 1, 2)
+    x = (f[..., 0] - c[..., 0]) / fl
+    y = -(f[..., 1] - c[..., 1]) / fl  # image y points down, camera y up
+    d = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # the camera looks down -z
+    return F.normalize(d, dim=-1)

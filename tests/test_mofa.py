@@ -1,0 +1,222 @@
+"""MoFA / multi-level autoencoder: the network's decoder, learning-rate groups, stage-1 -> stage-2
+hand-over, resumable training, evaluation and the encoder benchmark (tiny sizes)."""
+
+import pytest
+import torch
+
+from facelib.mofa import (STAGE2_LR, MoFA, build_mofa, encoder_hz, evaluate, init_translation, loss_terms,
+                          make_corpus, render_level, train)
+from facelib.multilevel import decimate
+from facelib.points import render_points
+from facelib.render import face_camera, render
+from facelib.params import ParamLayout, rot_xyz, sample_sec5
+from facelib.selfsup import STAGE1, STAGE2
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def small(open_model):
+    model, keep = decimate(open_model, 400)
+    corpus = make_corpus(open_model, 6, SIZE, seed=0, keep=keep, chunk=6, progress=False)
+    return model, keep, corpus
+
+
+def net_for(model, C=0, seed=0, kind="linear"):
+    torch.manual_seed(123)  # must not matter: MoFA seeds its own initialisation
+    return MoFA(model, SIZE, "alexnet", width=0.125, n_corrective=C, corrective=kind, seed=seed)
+
+
+def test_corpus_fields(small, open_model):
+    model, keep, c = small
+    assert c["image"].shape == (6, 3, SIZE, SIZE) and 0 <= c["image"].min() and c["image"].max() <= 1
+    assert c["landmarks"].shape == (6, 68, 2) and c["verts_model"].shape == (6, 400, 3)
+
+
+def test_initialisation_is_seeded_and_code_starts_at_offsets(small):
+    model, _, c = small
+    a, b = net_for(model, 4), net_for(model, 4)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    code = a.eval().encode(c["image"][:2])
+    parts = a.layout.unpack(code)
+    assert torch.allclose(parts["illumination"][:, :3], torch.full((2, 3), 0.8), atol=0.1)  # ambient start
+    assert parts["rotation"].abs().max() < 0.1
+
+
+def test_decoder_is_the_sec5_image_formation(small):
+    model, _, c = small
+    net = net_for(model, 3).eval()
+    with torch.no_grad():
+        code = net.encode(c["image"][:2])
+        d = net.decode(code)
+        p = net.layout.unpack(code)
+        v = model.geometry(p["shape"], p["expression"])
+        R = face_camera(SIZE).R @ rot_xyz(p["rotation"])
+        t = face_camera(SIZE).t + p["translation"]
+        ref = render_points(v, model.reflectance(p["reflectance"]), model.triangles, R, t, p["illumination"],
+                            face_camera(SIZE).focal, SIZE)
+    assert torch.allclose(d.base.u, ref.u, atol=1e-3) and torch.allclose(d.base.c, ref.c, atol=1e-5)
+    assert torch.allclose(d.levels.v_f - d.levels.v_b, d.levels.F_g, atol=1e-4)
+    assert d.final is not d.base
+
+
+def test_param_groups_and_stage2_handover(small):
+    model, _, c = small
+    s1 = net_for(model, 0)
+    s2 = net_for(model, 5, seed=1)
+    s2.load_stage1(s1.state_dict())
+    s2.start_stage2()
+    with torch.no_grad():
+        c1, c2 = s1.eval().encode(c["image"][:2]), s2.eval().encode(c["image"][:2])
+    n = s1.layout.size
+    assert torch.allclose(c1, c2[:, :n])  # the base code is the stage-1 network's
+    lay = s2.layout
+    assert torch.allclose(c2[:, lay["illumination_final"]], c2[:, lay["illumination"]])  # gamma_f starts = gamma_b
+    groups = s2.param_groups(2, 0.01)
+    lrs = {g["name"]: g["lr"] for g in groups}
+    assert lrs == pytest.approx({k: 0.01 * v for k, v in STAGE2_LR.items()})
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(s2.parameters()))  # every parameter exactly once
+    assert id(s2.decoder.F_g.layers[0].weight) in {id(p) for p in groups[1]["params"]}
+    assert id(s2.decoder.F_r.layers[0].weight) in {id(p) for p in groups[2]["params"]}
+    with pytest.raises(ValueError, match="stage"):
+        s2.param_groups(3, 0.01)
+
+
+def test_loss_terms_per_stage_and_ablation(small):
+    model, _, c = small
+    net = net_for(model, 4)
+    out = net(c["image"][:2])
+    t1 = loss_terms(net, out, c["image"][:2], c["landmarks"][:2], STAGE1, 1)
+    assert set(t1) == {"photo", "sparse", "std"}
+    t2 = loss_terms(net, out, c["image"][:2], c["landmarks"][:2], STAGE2, 2)
+    assert set(t2) == {"photo", "sparse", "std", "smo", "ref", "glo", "sta"}
+    assert (t2["photo"] > t1["photo"]).all()  # Eq. 9 adds the final level in stage 2
+    abl = loss_terms(net, out, c["image"][:2], c["landmarks"][:2], STAGE2.replace(smo=0, sta=0), 2)
+    assert set(abl) == {"photo", "sparse", "std", "ref", "glo"}
+    for v in t2.values():
+        assert v.shape == (2,) and torch.isfinite(v).all()
+
+
+def test_training_resumes_exactly(small, tmp_path):
+    model, _, c = small
+    a = net_for(model, 0)
+    train(a, c, 4, 1, lr=1e-3, batch=2, seed=3, progress=False)
+    b = net_for(model, 0)
+    ck = tmp_path / "s1.pt"
+    train(b, c, 2, 1, lr=1e-3, batch=2, seed=3, checkpoint=ck, checkpoint_every=1, progress=False)
+    b2 = net_for(model, 0)  # a fresh process would start here
+    hist = train(b2, c, 4, 1, lr=1e-3, batch=2, seed=3, checkpoint=ck, checkpoint_every=1, progress=False)
+    assert len(hist) == 4
+    for (k, p), q in zip(a.state_dict().items(), b2.state_dict().values()):
+        assert torch.allclose(p, q, atol=1e-6), k
+    # a finished checkpoint loads without training
+    b3 = net_for(model, 0)
+    train(b3, c, 4, 1, lr=1e-3, batch=2, seed=3, checkpoint=ck, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(b2.state_dict().values(), b3.state_dict().values()))
+
+
+def test_stage2_step_moves_correctives(small):
+    model, _, c = small
+    net = net_for(model, 4)
+    before = net.decoder.F_g.layers[0].weight.clone()
+    hist = train(net, c, 2, 2, lr=1e-3, batch=2, progress=False)
+    assert set(hist[0]) >= {"photo", "sparse", "std", "smo", "ref", "glo", "sta", "total"}
+    assert not torch.equal(before, net.decoder.F_g.layers[0].weight)
+
+
+def test_init_translation_matches_landmark_scale(small):
+    model, _, c = small
+    net = net_for(model, 0)
+    init_translation(net, c["landmarks"])
+    code = net.code_offset[None]
+    u = net.decode(code, final=False).base.u[0, net.decoder.landmarks]
+    lm = c["landmarks"]
+    assert torch.allclose(u.mean(0), lm.mean(1).mean(0), atol=1.0)
+    assert abs(float(u.std(0).norm() / lm.std(1).norm(dim=-1).mean()) - 1) < 0.05
+
+
+def test_render_level_matches_rasterizer(open_model):
+    m = open_model
+    th = sample_sec5(m, 1, seed=2)
+    lay = ParamLayout.from_model(m)
+    p = lay.unpack(th)
+    cam = face_camera(SIZE)
+    R = cam.R @ rot_xyz(p["rotation"])
+    pr = render_points(m.geometry(p["shape"], p["expression"]), m.reflectance(p["reflectance"]), m.triangles, R,
+                       cam.t, p["illumination"], cam.focal, SIZE)
+    img, mask = render_level(pr, m.triangles, cam.focal, SIZE)
+    ref = render(m, th, SIZE)
+    inter = (mask & ref.mask).sum() / (mask | ref.mask).sum()
+    assert inter > 0.97
+    both = mask & ref.mask
+    assert (img - ref.image).abs().amax(1)[both].median() < 1e-4
+
+
+def test_evaluate_and_build(small, open_model):
+    model, keep, c = small
+    net = net_for(model, 3)
+    ev = evaluate(net, c, batch=4)
+    for lvl in ("base", "final"):
+        for k in ("photometric_rgb", "geometric_mm"):
+            assert ev[lvl][k].shape == (6,) and torch.isfinite(ev[lvl][k]).all()
+    assert (ev["base"]["photometric_rgb"] < 1.8).all()
+    net2, keep2 = build_mofa(open_model, net.config)
+    assert torch.equal(keep2, keep)
+    net2.load_state_dict(net.state_dict())
+
+
+def test_encoder_hz_positive(small):
+    model, _, _ = small
+    assert encoder_hz(net_for(model, 0), batch=2, size=SIZE, repeats=2, warmup=1) > 0
+
+
+def test_panels_and_mark_points(small):
+    from facelib.mofa import mark_points, panels
+
+    model, _, c = small
+    net = net_for(model, 3)
+    p = panels(net, c["image"][:2])
+    for k in ("input", "overlay", "geometry", "reflectance", "illumination"):
+        assert p[k].shape == (2, 3, SIZE, SIZE) and p[k].min() >= 0 and p[k].max() <= 1
+    pts = torch.tensor([[[3.5, 5.5]], [[10.2, 1.7]]])
+    m = mark_points(torch.zeros(2, 3, 8, 16), pts, color=(1.0, 0.0, 0.5))
+    assert torch.equal(m[0, :, 5, 3], torch.tensor([1.0, 0.0, 0.5])) and m[1, 0, 1, 10] == 1
+    assert m.sum() == 2 * 1.5
+
+
+def test_photo_corpus_with_a_stand_in_detector(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from facelib.mofa import photo_corpus
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 255, (120, 100, 3), dtype=np.uint8)).save(tmp_path / f"p{i}.png")
+    (tmp_path / "notes.txt").write_text("not a photo")
+    lm = torch.stack([torch.linspace(30, 70, 68), torch.linspace(40, 90, 68)], -1)
+
+    def detect(rgb):  # a fixed face in the first photo, none in the second
+        return lm.clone() if rgb[0, 0, 0] == np.asarray(Image.open(tmp_path / "p0.png"))[0, 0, 0] else None
+
+    c = photo_corpus(tmp_path, 32, margin=0.25, detect=detect, progress=False)
+    assert c["image"].shape == (1, 3, 32, 32) and c["files"][0].endswith("p0.png")
+    out = c["landmarks"][0]  # the landmark box is centred in the crop, with the margin around it
+    assert out.min() > 2 and out.max() < 30
+    assert abs(float((out[:, 0].min() + out[:, 0].max()) / 2) - 16) < 1.5
+    with pytest.raises(ValueError, match="no face"):
+        photo_corpus(tmp_path, 32, detect=lambda rgb: None, progress=False)
+
+
+def test_optional_dlib_detector_finds_landmarks():
+    pytest.importorskip("dlib")
+    import numpy as np
+
+    from facelib.mofa import landmark_detector
+
+    try:
+        detect = landmark_detector()
+    except ImportError as e:
+        pytest.skip(str(e))
+    assert detect(np.zeros((64, 64, 3), np.uint8)) is None  # no face in a black image
