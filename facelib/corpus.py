@@ -160,8 +160,9 @@ def render_crops(model, theta: torch.Tensor, size: int, render_size: int | None 
 
 def corpus_dir() -> Path:
     """Where corpus shards are cached: ``$FACELIB_CACHE/corpus`` or ``~/.cache/facelib/corpus``."""
-    root = os.environ.get("FACELIB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "facelib")
-    return Path(root) / "corpus"
+    from .open_model import cache_dir
+
+    return cache_dir() / "corpus"
 
 
 def _model_key(model) -> str:

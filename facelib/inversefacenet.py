@@ -108,8 +108,9 @@ class TensorCorpus:
 
 def checkpoint_dir() -> Path:
     """``$FACELIB_CACHE/checkpoints`` or ``~/.cache/facelib/checkpoints``."""
-    root = os.environ.get("FACELIB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "facelib")
-    return Path(root) / "checkpoints"
+    from .open_model import cache_dir
+
+    return cache_dir() / "checkpoints"
 
 
 def _key(config: dict) -> str:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from .camera import Camera
 from .detail import apply_detail, detail_displacement
-from .params import ParamLayout
+from .params import ParamLayout, _uniform
 from .render import face_camera, landmarks_2d, render
 from .shading import gamma_from_radiance, sh_basis
 
@@ -65,8 +65,7 @@ def _gen(seed) -> torch.Generator:
     return g
 
 
-def _u(g, shape, lo, hi):
-    return lo + (hi - lo) * torch.rand(shape, generator=g, dtype=torch.float64)
+_u = _uniform  # U(lo, hi) in float64 on the CPU, the samplers' one helper
 
 
 def directional_sh(direction: torch.Tensor, strength: torch.Tensor, ambient: torch.Tensor,
