@@ -116,6 +116,7 @@ def fused_stages(size=240, batch=32, reps=3):
         f32 = np.float32
         vc, sc, nrm, col = (np.empty((V, 3), np.float32) for _ in range(4))
         iz = np.empty(V, np.float32)
+        pk = np.zeros((V, R._NP), np.float32)
         zb = np.empty(H * W, np.int64)
         ws_f32 = np.empty((2 * (R._NT + R._NC) + 8) * R._CH + 1, np.float32)
         ws_i32 = np.empty(8 * R._CH, np.int32)
@@ -131,10 +132,11 @@ def fused_stages(size=240, batch=32, reps=3):
                 geo[b], m.mean_shape.numpy(), Rm[b], t3[b], f32(cam.focal), *pp, vc, sc, iz),
             "vertex normals": lambda b: R._fz_normals(faces, vc, nrm),
             "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], m.mean_albedo.numpy(), g[b], col),
+            "pack vertex records": lambda b: R._fz_pack(sc, iz, col, pk),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
-                sc, faces, H, W, zb, ws_f32, ws_i32, ws_i64),
+                pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(
-                zb, b, faces, sc, iz, col, mouth, H, W, f32(0), image, mask, imask, depth, False,
+                zb, b, faces, pk, mouth, H, W, f32(0), image, mask, imask, depth, False,
                 np.empty((0, 0, 1), np.int64), e4, e5, e4),
         }
         per = {k: [] for k in steps}

@@ -20,7 +20,10 @@ PyTorch code; ``outputs="image"`` skips the fields a corpus renderer does not ke
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
+import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
@@ -208,7 +211,8 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
 # depth of each other: ties, for the tests.
 
 _CH = 256  # triangles per chunk
-_NT = 9  # rows of the gathered triangle chunk: x0 y0 x1 y1 x2 y2 (pixels), z0 z1 z2 (depth)
+_NT = 9  # rows of the gathered triangle chunk: x0 y0 x1 y1 x2 y2 (pixels), 1/z0 1/z1 1/z2 (1 / depth)
+_NP = 8  # columns of the packed per-vertex records: screen x, y, 1 / depth, r, g, b, (2 unused: 32 bytes)
 _NC = 9  # rows of the setup chunk (see _fz_setup)
 _KEY_LO = (1 << 32) - 1
 
@@ -320,22 +324,36 @@ if HAVE_NUMBA:
             col[3 * v + 2] = (mean_a[3 * v + 2] + alb[3 * v + 2]) * e2
 
     @njit(**_JIT)
-    def _fz_gather(n, ids, sc, faces, T):
-        """Triangle chunk ``T`` (_NT * _CH,): screen x, y and depth of the vertices of faces ``ids[:n]``."""
+    def _fz_pack(sc, iz, col, pk):
+        """The packed vertex records ``pk`` (V, _NP) the z-buffer and the per-pixel pass read: screen x,
+        y, 1 / depth and the colour of a vertex in one 32-byte record (one cache line per two vertices;
+        a separate loop, so that the kernels above stay vectorised)."""
+        for v in range(sc.shape[0]):
+            pk[v, 0] = sc[v, 0]
+            pk[v, 1] = sc[v, 1]
+            pk[v, 2] = iz[v]
+            pk[v, 3] = col[v, 0]
+            pk[v, 4] = col[v, 1]
+            pk[v, 5] = col[v, 2]
+
+    @njit(**_JIT)
+    def _fz_gather(n, ids, pk, faces, T):
+        """Triangle chunk ``T`` (_NT * _CH,): screen x, y and 1 / depth of the vertices of faces
+        ``ids[:n]`` from the packed vertex records ``pk``."""
         for k in range(n):
             f = ids[k]
             a = faces[f, 0]
             b = faces[f, 1]
             c = faces[f, 2]
-            T[0 * _CH + k] = sc[a, 0]
-            T[1 * _CH + k] = sc[a, 1]
-            T[2 * _CH + k] = sc[b, 0]
-            T[3 * _CH + k] = sc[b, 1]
-            T[4 * _CH + k] = sc[c, 0]
-            T[5 * _CH + k] = sc[c, 1]
-            T[6 * _CH + k] = sc[a, 2]
-            T[7 * _CH + k] = sc[b, 2]
-            T[8 * _CH + k] = sc[c, 2]
+            T[0 * _CH + k] = pk[a, 0]
+            T[1 * _CH + k] = pk[a, 1]
+            T[2 * _CH + k] = pk[b, 0]
+            T[3 * _CH + k] = pk[b, 1]
+            T[4 * _CH + k] = pk[c, 0]
+            T[5 * _CH + k] = pk[c, 1]
+            T[6 * _CH + k] = pk[a, 2]
+            T[7 * _CH + k] = pk[b, 2]
+            T[8 * _CH + k] = pk[c, 2]
 
     @njit(**_JIT)
     def _fz_setup(n, T, H, W, C):
@@ -360,9 +378,9 @@ if HAVE_NUMBA:
             y1 = T[3 * _CH + k]
             x2 = T[4 * _CH + k]
             y2 = T[5 * _CH + k]
-            z0 = T[6 * _CH + k]
-            z1 = T[7 * _CH + k]
-            z2 = T[8 * _CH + k]
+            q0 = T[6 * _CH + k]  # 1 / depth, 0 behind the camera
+            q1 = T[7 * _CH + k]
+            q2 = T[8 * _CH + k]
             fj0 = max(zero, np.ceil(min(x0, min(x1, x2)) - half))
             fj1 = min(Wm, np.floor(max(x0, max(x1, x2)) - half))
             fi0 = max(zero, np.ceil(min(y0, min(y1, y2)) - half))
@@ -372,7 +390,7 @@ if HAVE_NUMBA:
             ex2 = x2 - x0
             ey2 = y2 - y0
             area = ex1 * ey2 - ey1 * ex2
-            ok = (fj0 <= fj1) & (fi0 <= fi1) & (area < -eps) & (z0 > zero) & (z1 > zero) & (z2 > zero)
+            ok = (fj0 <= fj1) & (fi0 <= fi1) & (area < -eps) & (q0 > zero) & (q1 > zero) & (q2 > zero)
             dj = fj1 - fj0
             di = fi1 - fi0
             o = one if ok else zero
@@ -384,9 +402,8 @@ if HAVE_NUMBA:
             C[3 * _CH + k] = one if di > one else zero
             C[4 * _CH + k] = fi0
             C[5 * _CH + k] = fj0
-            q0 = one / z0
-            d1 = one / z1 - q0
-            d2 = one / z2 - q0
+            d1 = q1 - q0
+            d2 = q2 - q0
             inv = one / area
             C[6 * _CH + k] = q0
             C[7 * _CH + k] = (d1 * ey2 - d2 * ey1) * inv
@@ -487,10 +504,10 @@ if HAVE_NUMBA:
                     zb[p] = max(zb[p], (np.int64(qi[0]) << 32) | lo)
 
     @njit(**_JIT)
-    def _fz_flush(m, ids4, sc, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb):
+    def _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb):
         """Depth test of the m collected triangles larger than 2x2: gathered and set up again, 4x2 /
         2x4 blocks, then pixel by pixel for the rest."""
-        _fz_gather(m, ids4, sc, faces, T4)
+        _fz_gather(m, ids4, pk, faces, T4)
         _fz_setup(m, T4, H, W, C4)
         _fz_candidates(m, T4, C4, H, W, 4, 4, 1, Q, P)
         _fz_keys(m, 8, ids4, Qi, K)
@@ -500,7 +517,7 @@ if HAVE_NUMBA:
                 _fz_large(r, ids4[r], T4, C4, H, W, q32, qi, zb)
 
     @njit(**_JIT)
-    def _fz_zbuffer(sc, faces, H, W, zb, ws_f32, ws_i32, ws_i64):
+    def _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64):
         """Visibility of one face: ``zb`` (H W,) int64 keys, 0 where no triangle covers the centre."""
         F = faces.shape[0]
         zb[:] = 0
@@ -522,7 +539,7 @@ if HAVE_NUMBA:
             n = min(_CH, F - start)
             for k in range(n):
                 ids[k] = start + k
-            _fz_gather(n, ids, sc, faces, T)
+            _fz_gather(n, ids, pk, faces, T)
             _fz_setup(n, T, H, W, C)
             _fz_candidates(n, T, C, H, W, 2, 2, 0, Q, P)
             _fz_keys(n, 4, ids, Qi, K)
@@ -531,19 +548,20 @@ if HAVE_NUMBA:
                 ids4[m] = start + k
                 m += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
             if m >= _CH:
-                _fz_flush(np.int64(_CH), ids4, sc, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
+                _fz_flush(np.int64(_CH), ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
                 m -= _CH
                 for r in range(m):
                     ids4[r] = ids4[_CH + r]
         if m:
-            _fz_flush(m, ids4, sc, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
+            _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
 
     @njit(**_JIT)
-    def _fz_resolve(zb, b, faces, sc, iz, col, mouth, H, W, bg, image, mask, imask, depth, frags,
+    def _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image, mask, imask, depth, frags,
                     p2f, zbuf, bary, dists):
         """Per pixel: the winning face's perspective-correct barycentrics (float32, the formulas of
         :func:`facelib.raster.fragments_from_pix_to_face`), Eq. 6 colour, masks, depth; with ``frags``
-        also the Fragments (K = 1)."""
+        also the Fragments (K = 1). Vertex data come from the packed records ``pk`` (V, _NP): screen
+        x, y, 1 / depth and the colour of a vertex share one 32-byte record."""
         F = faces.shape[0]
         one = np.float32(1.0)
         half = np.float32(0.5)
@@ -570,74 +588,128 @@ if HAVE_NUMBA:
                 a = faces[f, 0]
                 b_ = faces[f, 1]
                 c = faces[f, 2]
-                x0 = sc[a, 0] - px
-                y0 = sc[a, 1] - py
-                x1 = sc[b_, 0] - px
-                y1 = sc[b_, 1] - py
-                x2 = sc[c, 0] - px
-                y2 = sc[c, 1] - py
+                x0 = pk[a, 0] - px
+                y0 = pk[a, 1] - py
+                x1 = pk[b_, 0] - px
+                y1 = pk[b_, 1] - py
+                x2 = pk[c, 0] - px
+                y2 = pk[c, 1] - py
                 w0 = x1 * y2 - y1 * x2
                 w1 = x2 * y0 - y2 * x0
                 w2 = x0 * y1 - y0 * x1
                 s = w0 + w1 + w2
                 if abs(s) < tiny:
                     s = tiny
-                q0 = w0 * iz[a]  # b_i / z_i up to the common factor 1 / s
-                q1 = w1 * iz[b_]
-                q2 = w2 * iz[c]
+                q0 = w0 * pk[a, 2]  # b_i / z_i up to the common factor 1 / s
+                q1 = w1 * pk[b_, 2]
+                q2 = w2 * pk[c, 2]
                 d = one / (q0 + q1 + q2)
                 q0 *= d
                 q1 *= d
                 q2 *= d
                 d *= s
-                b0 = q0
-                b1 = q1
-                b2 = q2
                 for ch in range(3):  # Eq. 6
-                    image[ch, i, j] = b0 * col[a, ch] + b1 * col[b_, ch] + b2 * col[c, ch]
+                    image[ch, i, j] = q0 * pk[a, 3 + ch] + q1 * pk[b_, 3 + ch] + q2 * pk[c, 3 + ch]
                 mask[i, j] = True
                 imask[i, j] = not mouth[f]
                 depth[i, j] = d
                 if frags:
                     p2f[i, j, 0] = b * F + f
                     zbuf[i, j, 0] = d
-                    bary[i, j, 0, 0] = b0
-                    bary[i, j, 0, 1] = b1
-                    bary[i, j, 0, 2] = b2
+                    bary[i, j, 0, 0] = q0
+                    bary[i, j, 0, 1] = q1
+                    bary[i, j, 0, 2] = q2
                     sg = one if s > 0 else -one
                     e0 = w0 * sg / max(np.sqrt((x2 - x1) ** 2 + (y2 - y1) ** 2), tiny)
                     e1 = w1 * sg / max(np.sqrt((x0 - x2) ** 2 + (y0 - y2) ** 2), tiny)
                     e2 = w2 * sg / max(np.sqrt((x1 - x0) ** 2 + (y1 - y0) ** 2), tiny)
                     dists[i, j, 0] = -min(e0, e1, e2)
 
+    @njit(**_JIT)
+    def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg,
+                  image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
+                  vc_s, sc_s, nrm_s, col_s, iz, pk, zb, ws_f32, ws_i32, ws_i64):
+        """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets to the pixels: the per-face kernels
+        in order. ``keep`` (4,) bool: write camera-space vertices, screen vertices, normals, colours to
+        ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3) (else to the scratch arrays ``*_s`` (V, 3)).
+        One call per few faces: Numba unboxes the ~40 arguments with the GIL held, once."""
+        for b in range(b0, b1):
+            vc = vc_o[b] if keep[0] else vc_s
+            sc = sc_o[b] if keep[1] else sc_s
+            nrm = nrm_o[b] if keep[2] else nrm_s
+            col = col_o[b] if keep[3] else col_s
+            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, iz)
+            _fz_normals(faces, vc, nrm)
+            _fz_shade(nrm, alb[b], mean_a, gamma[b], col)
+            _fz_pack(sc, iz, col, pk)
+            _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64)
+            _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b],
+                        frags, p2f[b], zbuf[b], bary[b], dists[b])
+
+
+_FACES_PER_CALL = 2  # faces per call of _fz_faces: few GIL-held unboxings, balanced load at the end
 
 
 def _render_faces(args, outs, queue, frags: bool, keep: tuple) -> None:
-    """Render the faces whose batch indices ``queue`` hands out until it is empty, for
-    :func:`_render_fused`. Several threads call this at once (the kernels release the GIL) and take
-    faces as they become free: the load stays balanced when faces differ in cost or a core is busy
-    with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into ``outs``. The
-    Python loop over faces costs ~10 us per face and keeps the compile time of the kernels down (a
-    Numba driver would link and optimise them all again)."""
+    """Render the faces whose batch indices ``queue`` hands out (``_FACES_PER_CALL`` at a time) until
+    it is empty, for :func:`_render_fused`. Several threads call this at once (the kernels release the
+    GIL) and take faces as they become free: the load stays balanced when faces differ in cost or a
+    core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
+    ``outs``."""
     geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg = args
-    image, mask, imask, depth, p2f, zbuf, bary, dists = outs[:8]
     B, V = geo.shape[0], mean_s.shape[0]
-    scratch = [np.empty((V, 3), np.float32) for _ in range(4)]  # verts_cam, screen, normals, colours
-    iz = np.empty(V, np.float32)
-    zb = np.empty(H * W, np.int64)
-    ws_f32 = np.empty((2 * (_NT + _NC) + 8) * _CH + 1, np.float32)
-    ws_i32 = np.empty(8 * _CH, np.int32)
-    ws_i64 = np.empty(12 * _CH, np.int64)
-    for b in queue:
-        if b >= B:
-            break
-        vc, sc, nrm, col = (o[b] if k else w for o, k, w in zip(outs[8:], keep, scratch))
-        _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, iz)
-        _fz_normals(faces, vc, nrm)
-        _fz_shade(nrm, alb[b], mean_a, gamma[b], col)
-        _fz_zbuffer(sc, faces, H, W, zb, ws_f32, ws_i32, ws_i64)
-        _fz_resolve(zb, b, faces, sc, iz, col, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b],
-                    frags, p2f[b], zbuf[b], bary[b], dists[b])
+    keep = np.array(keep, dtype=np.bool_)
+    with _workspace(V, H, W) as ws:
+        for b0 in queue:
+            if b0 >= B:
+                break
+            _fz_faces(b0, min(B, b0 + _FACES_PER_CALL), *args, *outs[:4], frags, *outs[4:], keep, *ws)
+
+
+_WORKSPACES: dict = {}  # (V, H, W) -> free per-thread workspaces of _render_faces
+_WORKSPACE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _workspace(V: int, H: int, W: int):
+    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, screen, normals, colours, 1 /
+    depth, packed records, z-buffer, chunk workspaces), taken from a free list and given back: fresh
+    allocations of a few MB per call cost page faults, which are slow on virtual machines."""
+    key = (V, H, W)
+    with _WORKSPACE_LOCK:
+        free = _WORKSPACES.setdefault(key, [])
+        ws = free.pop() if free else None
+        if len(_WORKSPACES) > 4:  # other image sizes or meshes: keep the memory bounded
+            for k in [k for k in _WORKSPACES if k != key]:
+                del _WORKSPACES[k]
+    if ws is None:
+        ws = [np.empty((V, 3), np.float32) for _ in range(4)] + [
+            np.empty(V, np.float32), np.zeros((V, _NP), np.float32), np.empty(H * W, np.int64),
+            np.empty((2 * (_NT + _NC) + 8) * _CH + 1, np.float32), np.empty(8 * _CH, np.int32),
+            np.empty(12 * _CH, np.int64)]
+    try:
+        yield ws
+    finally:
+        with _WORKSPACE_LOCK:
+            free = _WORKSPACES.setdefault(key, [])
+            if len(free) < 8:
+                free.append(ws)
+
+
+_POOL: list = [None, 0, 0]  # the worker threads of the fused path: executor, size, process id
+
+
+def _thread_pool(n: int):
+    """A persistent pool of ``n`` threads (recreated when ``n`` changes or after a fork): starting
+    threads on every call costs time, and their sleeping costs nothing."""
+    with _WORKSPACE_LOCK:
+        pool, size, pid = _POOL
+        if pool is None or size != n or pid != os.getpid():
+            if pool is not None and pid == os.getpid():
+                pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(n, thread_name_prefix="facelib-render")
+            _POOL[:] = [pool, n, os.getpid()]
+        return pool
 
 
 _MODEL_CACHE: dict = {}  # id(model) -> (the tensors used, their versions, arrays derived from them)
@@ -697,10 +769,55 @@ def _fused_unavailable(model, theta, cam, backend) -> str:
     return ""
 
 
+def _blas_one_thread():
+    """A context manager that keeps NumPy's BLAS to one thread (threadpoolctl), or None where
+    threadpoolctl or a BLAS it knows is missing."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            ctl = ThreadpoolController().select(user_api="blas")
+            _BLAS_CONTROLLER = ctl if len(ctl.lib_controllers) else False
+        except Exception:  # noqa: BLE001 (not installed, or an unusual BLAS): fall back to torch
+            _BLAS_CONTROLLER = False
+    return _BLAS_CONTROLLER.limit(limits=1) if _BLAS_CONTROLLER else None
+
+
+_BLAS_CONTROLLER = None
+
+
+def _offsets(pairs, n_jobs: int, pool) -> list:
+    """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis (K, N))`` pair, float32 NumPy.
+
+    The columns are split into ``n_jobs`` blocks computed on the threads of ``pool`` by NumPy's BLAS
+    held to one thread each: no BLAS or OpenMP worker threads are left spinning after the call, which
+    would steal the cores from the per-face kernels that follow (and OpenBLAS is faster than the MKL
+    of the torch wheel on AMD CPUs). Without threadpoolctl: ``torch.mm``."""
+    limit = _blas_one_thread()
+    if limit is None:
+        return [torch.mm(c, b).numpy() for c, b in pairs]
+    arrays = [(c.numpy(), b.numpy()) for c, b in pairs]
+    outs = [np.empty((c.shape[0], b.shape[1]), np.float32) for c, b in arrays]
+
+    def block(j):
+        for (c, b), o in zip(arrays, outs):
+            n = b.shape[1]
+            lo, hi = (n * j // n_jobs) // 16 * 16, (n * (j + 1) // n_jobs) // 16 * 16 if j + 1 < n_jobs else n
+            np.matmul(c, b[:, lo:hi], out=o[:, lo:hi])
+
+    with limit:
+        if pool is None:
+            for j in range(n_jobs):
+                block(j)
+        else:
+            list(pool.map(block, range(n_jobs)))
+    return outs
+
+
 def _render_fused(model, p: dict, cam: Camera, image_size, background: float, want: set) -> Render:
-    """The no-grad CPU twin of :func:`render`: Eq. 2-3 as two float32 GEMMs over the batch (torch,
-    ``torch.get_num_threads()`` threads), then :func:`_render_faces` on ``torch.get_num_threads()`` threads, one face at a
-    time each."""
+    """The no-grad CPU twin of :func:`render`: Eq. 2-3 as two float32 GEMMs over the batch
+    (:func:`_offsets`), then :func:`_render_faces`; both on ``torch.get_num_threads()`` threads."""
     H, W = _image_hw(image_size)
     theta_r = p["reflectance"]
     B = theta_r.shape[0]
@@ -709,16 +826,16 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
     V = model.n_vertices
     ns, nr = p["shape"].shape[1], theta_r.shape[1]
     ne = p["expression"].shape[1] if "expression" in p else 0
-
+    n_jobs = max(1, min(B, torch.get_num_threads()))
+    # threads that sleep while they wait (no spin-waiting: robust when the CPU is shared)
+    pool = _thread_pool(torch.get_num_threads()) if n_jobs > 1 else None
     with torch.no_grad():
         coef = [p["shape"].detach() * model.sigma_s[:ns]]
         if ne:
             coef.append(p["expression"].detach() * model.sigma_e[:ne])
-        # torch's GEMM, not NumPy's: OpenBLAS leaves its threads spinning for ~0.1 s after a call,
-        # which halves the speed of the kernels that follow
-        geo = torch.mm(torch.cat(coef, 1), _geometry_basis(model, ns, ne)).numpy()  # Eq. 2 offsets (B, 3 V)
-        alb = torch.mm(theta_r.detach() * model.sigma_r[:nr],
-                       model.albedo_basis[:nr].reshape(nr, -1)).numpy()  # Eq. 3 offsets (B, 3 V)
+        geo, alb = _offsets([(torch.cat(coef, 1), _geometry_basis(model, ns, ne)),  # Eq. 2 offsets (B, 3 V)
+                             (p["reflectance"].detach() * model.sigma_r[:nr],  # Eq. 3 offsets (B, 3 V)
+                              model.albedo_basis[:nr].reshape(nr, -1))], n_jobs, pool)
         f32 = dict(dtype=torch.float32)
         R = (cam.R.to(**f32) @ rot_xyz(p["rotation"].detach())).contiguous()  # Sec. 4.2, camera @ head
         t = cam.t.to(**f32).expand(B, 3).contiguous()
@@ -744,14 +861,12 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
                 faces, mouth, H, W, np.float32(background)]
         outs = [image.numpy(), mask.numpy(), imask.numpy(), depth.numpy(), p2f.numpy(), zbuf.numpy(),
                 bary.numpy(), dists.numpy()] + [x.numpy() for x in per_vertex]
-        n_jobs = max(1, min(B, torch.get_num_threads()))
-        queue = itertools.count()  # next() is atomic under the GIL: a shared queue of face indices
-        if n_jobs == 1:
+        queue = itertools.count(0, _FACES_PER_CALL)  # next() is atomic under the GIL: a shared queue
+        if pool is None:
             _render_faces(args, outs, queue, frags, keep)
-        else:  # threads that sleep while they wait (no spin-waiting: robust when the CPU is shared)
-            with ThreadPoolExecutor(n_jobs) as pool:
-                for job in [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs)]:
-                    job.result()
+        else:
+            for job in [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs)]:
+                job.result()
     vc, sc, nrm, col = (x if k else None for x, k in zip(per_vertex, keep))
     fr = Fragments(p2f, zbuf, bary, dists) if frags else None
     return Render(image, mask, imask, depth, fr, sc, vc, nrm, col)
