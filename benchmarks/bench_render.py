@@ -115,10 +115,9 @@ def fused_stages(size=240, batch=32, reps=3):
         faces, mouth = R._mesh_arrays(m)
         f32 = np.float32
         vc, sc, nrm, col = (np.empty((V, 3), np.float32) for _ in range(4))
-        iz = np.empty(V, np.float32)
         pk = np.zeros((V, R._NP), np.float32)
         zb = np.empty(H * W, np.int64)
-        ws_f32 = np.empty((2 * (R._NT + R._NC) + 8) * R._CH + 1, np.float32)
+        ws_f32 = np.empty(R._ws_f32_size(W), np.float32)
         ws_i32 = np.empty(8 * R._CH, np.int32)
         ws_i64 = np.empty(12 * R._CH, np.int64)
         image = np.empty((3, H, W), np.float32)
@@ -129,10 +128,9 @@ def fused_stages(size=240, batch=32, reps=3):
         pp = (f32(cam.principal_point[0]), f32(cam.principal_point[1]))
         steps = {
             "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
-                geo[b], m.mean_shape.numpy(), Rm[b], t3[b], f32(cam.focal), *pp, vc, sc, iz),
+                geo[b], m.mean_shape.numpy(), Rm[b], t3[b], f32(cam.focal), *pp, vc, sc, pk),
             "vertex normals": lambda b: R._fz_normals(faces, vc, nrm),
-            "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], m.mean_albedo.numpy(), g[b], col),
-            "pack vertex records": lambda b: R._fz_pack(sc, iz, col, pk),
+            "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], m.mean_albedo.numpy(), g[b], col, pk),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
                 pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(

@@ -216,14 +216,20 @@ _NP = 8  # columns of the packed per-vertex records: screen x, y, 1 / depth, r, 
 _NC = 9  # rows of the setup chunk (see _fz_setup)
 _KEY_LO = (1 << 32) - 1
 
+
+def _ws_f32_size(W: int) -> int:
+    """Floats of the float32 workspace of :func:`_fz_zbuffer` for images W pixels wide."""
+    return (2 * (_NT + _NC) + 8) * _CH + max(W, 1)
+
 if HAVE_NUMBA:
     _JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy error model: no zero-division branches
 
     @njit(**_JIT)
-    def _fz_vertices(geo, mean_s, R, t, focal, ppx, ppy, vc, sc, iz):
+    def _fz_vertices(geo, mean_s, R, t, focal, ppx, ppy, vc, sc, pk):
         """Eq. 2 (the mean plus the offsets ``geo`` (3 V,)), Phi and the full
         perspective projection of one face, float32 in the order of the PyTorch code: ``vc`` (V, 3)
-        camera space, ``sc`` (V, 3) screen (x, y, depth), ``iz`` (V,) 1 / depth (0 behind the camera)."""
+        camera space, ``sc`` (V, 3) screen (x, y, depth), and columns 0-2 of the packed vertex records
+        ``pk`` (V, _NP): screen x, y and 1 / depth (0 behind the camera)."""
         r00 = R[0, 0]; r01 = R[0, 1]; r02 = R[0, 2]  # noqa: E702
         r10 = R[1, 0]; r11 = R[1, 1]; r12 = R[1, 2]  # noqa: E702
         r20 = R[2, 0]; r21 = R[2, 1]; r22 = R[2, 2]  # noqa: E702
@@ -233,6 +239,7 @@ if HAVE_NUMBA:
         m = mean_s.reshape(-1)  # flat (3 V,) views: unit strides that LLVM vectorises
         vc = vc.reshape(-1)
         sc = sc.reshape(-1)
+        pf = pk.reshape(-1)  # flat, constant stride _NP: the loop stays vectorised
         for v in range(mean_s.shape[0]):
             x = m[3 * v] + geo[3 * v]  # Eq. 2
             y = m[3 * v + 1] + geo[3 * v + 1]
@@ -245,10 +252,14 @@ if HAVE_NUMBA:
             vc[3 * v + 2] = Z
             d = -Z
             inv = one / max(d, eps)
-            sc[3 * v] = ppx + focal * X * inv  # Tewari Sec. 5, u = Pi(v), y down
-            sc[3 * v + 1] = ppy - focal * Y * inv
+            u = ppx + focal * X * inv  # Tewari Sec. 5, u = Pi(v), y down
+            w = ppy - focal * Y * inv
+            sc[3 * v] = u
+            sc[3 * v + 1] = w
             sc[3 * v + 2] = d
-            iz[v] = one / d if d > 0 else np.float32(0.0)
+            pf[_NP * v] = u
+            pf[_NP * v + 1] = w
+            pf[_NP * v + 2] = one / d if d > 0 else np.float32(0.0)
 
     @njit(**_JIT)
     def _fz_normals(faces, vc, nrm):
@@ -273,9 +284,10 @@ if HAVE_NUMBA:
                 nrm[i, 2] += nz
 
     @njit(**_JIT)
-    def _fz_shade(nrm, alb, mean_a, g, col):
+    def _fz_shade(nrm, alb, mean_a, g, col, pk):
         """Normalise ``nrm`` (V, 3) in place and shade (Tewari Eq. 5): ``col = (mean_a + alb) * sum_b
-        gamma_b H_b(n)`` with ``g`` (9, 3) and the normalised irradiance basis of :mod:`facelib.shading`."""
+        gamma_b H_b(n)`` with ``g`` (9, 3) and the normalised irradiance basis of :mod:`facelib.shading`;
+        the colours also go to columns 3-5 of the packed vertex records ``pk`` (V, _NP)."""
         one = np.float32(1.0)
         eps = np.float32(1e-12)
         three = np.float32(3.0)
@@ -297,6 +309,7 @@ if HAVE_NUMBA:
         nrm = nrm.reshape(-1)
         mean_a = mean_a.reshape(-1)
         col = col.reshape(-1)
+        pf = pk.reshape(-1)  # flat, constant stride _NP: the loop stays vectorised
         for v in range(V):
             x = nrm[3 * v]
             y = nrm[3 * v + 1]
@@ -319,22 +332,15 @@ if HAVE_NUMBA:
             e0 = g00 + h1 * g10 + h2 * g20 + h3 * g30 + h4 * g40 + h5 * g50 + h6 * g60 + h7 * g70 + h8 * g80
             e1 = g01 + h1 * g11 + h2 * g21 + h3 * g31 + h4 * g41 + h5 * g51 + h6 * g61 + h7 * g71 + h8 * g81
             e2 = g02 + h1 * g12 + h2 * g22 + h3 * g32 + h4 * g42 + h5 * g52 + h6 * g62 + h7 * g72 + h8 * g82
-            col[3 * v] = (mean_a[3 * v] + alb[3 * v]) * e0  # Eq. 3 and Eq. 5
-            col[3 * v + 1] = (mean_a[3 * v + 1] + alb[3 * v + 1]) * e1
-            col[3 * v + 2] = (mean_a[3 * v + 2] + alb[3 * v + 2]) * e2
-
-    @njit(**_JIT)
-    def _fz_pack(sc, iz, col, pk):
-        """The packed vertex records ``pk`` (V, _NP) the z-buffer and the per-pixel pass read: screen x,
-        y, 1 / depth and the colour of a vertex in one 32-byte record (one cache line per two vertices;
-        a separate loop, so that the kernels above stay vectorised)."""
-        for v in range(sc.shape[0]):
-            pk[v, 0] = sc[v, 0]
-            pk[v, 1] = sc[v, 1]
-            pk[v, 2] = iz[v]
-            pk[v, 3] = col[v, 0]
-            pk[v, 4] = col[v, 1]
-            pk[v, 5] = col[v, 2]
+            c0 = (mean_a[3 * v] + alb[3 * v]) * e0  # Eq. 3 and Eq. 5
+            c1 = (mean_a[3 * v + 1] + alb[3 * v + 1]) * e1
+            c2 = (mean_a[3 * v + 2] + alb[3 * v + 2]) * e2
+            col[3 * v] = c0
+            col[3 * v + 1] = c1
+            col[3 * v + 2] = c2
+            pf[_NP * v + 3] = c0
+            pf[_NP * v + 4] = c1
+            pf[_NP * v + 5] = c2
 
     @njit(**_JIT)
     def _fz_gather(n, ids, pk, faces, T):
@@ -354,6 +360,25 @@ if HAVE_NUMBA:
             T[6 * _CH + k] = pk[a, 2]
             T[7 * _CH + k] = pk[b, 2]
             T[8 * _CH + k] = pk[c, 2]
+
+    @njit(**_JIT)
+    def _fz_gather_range(start, n, pk, faces, T):
+        """:func:`_fz_gather` of the faces ``start .. start + n - 1``."""
+        fl = faces.reshape(-1)
+        pf = pk.reshape(-1)
+        for k in range(n):
+            a = fl[3 * (start + k)] * _NP
+            b = fl[3 * (start + k) + 1] * _NP
+            c = fl[3 * (start + k) + 2] * _NP
+            T[0 * _CH + k] = pf[a]
+            T[1 * _CH + k] = pf[a + 1]
+            T[2 * _CH + k] = pf[b]
+            T[3 * _CH + k] = pf[b + 1]
+            T[4 * _CH + k] = pf[c]
+            T[5 * _CH + k] = pf[c + 1]
+            T[6 * _CH + k] = pf[a + 2]
+            T[7 * _CH + k] = pf[b + 2]
+            T[8 * _CH + k] = pf[c + 2]
 
     @njit(**_JIT)
     def _fz_setup(n, T, H, W, C):
@@ -470,8 +495,10 @@ if HAVE_NUMBA:
                 zb[p] = max(zb[p], K[c * _CH + k])
 
     @njit(**_JIT)
-    def _fz_large(k, f, T, C, H, W, q32, qi, zb):
-        """Scalar z-buffer of one triangle larger than the blocks (rare on the face mesh)."""
+    def _fz_large(k, f, T, C, H, W, qrow, zb):
+        """Z-buffer of one triangle larger than the blocks, row by row: the inside test and 1/z of the
+        row's pixel centres into ``qrow`` (float32, 0 outside), then the depth test against the row of
+        ``zb``; both loops are branch-free, so LLVM vectorises them (same formulas as the blocks)."""
         zero = np.float32(0.0)
         half = np.float32(0.5)
         x0 = T[0 * _CH + k]
@@ -488,23 +515,29 @@ if HAVE_NUMBA:
         i1 = int(min(np.float32(H - 1), np.floor(max(y0, max(y1, y2)) - half)))
         j1 = int(min(np.float32(W - 1), np.floor(max(x0, max(x1, x2)) - half)))
         lo = _KEY_LO - f
+        n = j1 - j0 + 1
+        qri = qrow.view(np.int32)
         for i in range(i0, i1 + 1):
             py = np.float32(i) + half
-            for j in range(j0, j1 + 1):
-                px = np.float32(j) + half
+            ay = y0 - py
+            by = y1 - py
+            cy = y2 - py
+            for jj in range(n):
+                px = np.float32(j0 + jj) + half
                 ax = x0 - px
-                ay = y0 - py
                 bx = x1 - px
-                by = y1 - py
                 cx = x2 - px
-                cy = y2 - py
-                if (bx * cy - by * cx <= zero) & (cx * ay - cy * ax <= zero) & (ax * by - ay * bx <= zero):
-                    q32[0] = q0 - gx * ax - gy * ay
-                    p = i * W + j
-                    zb[p] = max(zb[p], (np.int64(qi[0]) << 32) | lo)
+                inside = (bx * cy - by * cx <= zero) & (cx * ay - cy * ax <= zero) & (ax * by - ay * bx <= zero)
+                q = q0 - gx * ax - gy * ay
+                qrow[jj] = q if inside else zero
+            p0 = i * W + j0
+            for jj in range(n):
+                qb = qri[jj]
+                key = ((np.int64(qb) << 32) | lo) if qb > 0 else np.int64(0)
+                zb[p0 + jj] = max(zb[p0 + jj], key)
 
     @njit(**_JIT)
-    def _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb):
+    def _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb):
         """Depth test of the m collected triangles larger than 2x2: gathered and set up again, 4x2 /
         2x4 blocks, then pixel by pixel for the rest."""
         _fz_gather(m, ids4, pk, faces, T4)
@@ -514,7 +547,7 @@ if HAVE_NUMBA:
         _fz_blocks(m, 8, P, K, idx, zb)
         for r in range(m):
             if C4[2 * _CH + r] != 0:
-                _fz_large(r, ids4[r], T4, C4, H, W, q32, qi, zb)
+                _fz_large(r, ids4[r], T4, C4, H, W, qrow, zb)
 
     @njit(**_JIT)
     def _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64):
@@ -527,8 +560,7 @@ if HAVE_NUMBA:
         C4 = ws_f32[(2 * _NT + _NC) * _CH: 2 * (_NT + _NC) * _CH]
         Q = ws_f32[2 * (_NT + _NC) * _CH: (2 * (_NT + _NC) + 8) * _CH]
         Qi = Q.view(np.int32)
-        q32 = ws_f32[(2 * (_NT + _NC) + 8) * _CH: (2 * (_NT + _NC) + 8) * _CH + 1]
-        qi = q32.view(np.int32)
+        qrow = ws_f32[(2 * (_NT + _NC) + 8) * _CH:]  # W floats: one image row
         P = ws_i32[: 8 * _CH]
         K = ws_i64[: 8 * _CH]
         ids = ws_i64[8 * _CH: 9 * _CH]
@@ -539,7 +571,7 @@ if HAVE_NUMBA:
             n = min(_CH, F - start)
             for k in range(n):
                 ids[k] = start + k
-            _fz_gather(n, ids, pk, faces, T)
+            _fz_gather_range(start, n, pk, faces, T)
             _fz_setup(n, T, H, W, C)
             _fz_candidates(n, T, C, H, W, 2, 2, 0, Q, P)
             _fz_keys(n, 4, ids, Qi, K)
@@ -548,12 +580,12 @@ if HAVE_NUMBA:
                 ids4[m] = start + k
                 m += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
             if m >= _CH:
-                _fz_flush(np.int64(_CH), ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
+                _fz_flush(np.int64(_CH), ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
                 m -= _CH
                 for r in range(m):
                     ids4[r] = ids4[_CH + r]
         if m:
-            _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
+            _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
 
     @njit(**_JIT)
     def _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image, mask, imask, depth, frags,
@@ -628,7 +660,7 @@ if HAVE_NUMBA:
     @njit(**_JIT)
     def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg,
                   image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
-                  vc_s, sc_s, nrm_s, col_s, iz, pk, zb, ws_f32, ws_i32, ws_i64):
+                  vc_s, sc_s, nrm_s, col_s, pk, zb, ws_f32, ws_i32, ws_i64):
         """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets to the pixels: the per-face kernels
         in order. ``keep`` (4,) bool: write camera-space vertices, screen vertices, normals, colours to
         ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3) (else to the scratch arrays ``*_s`` (V, 3)).
@@ -638,10 +670,9 @@ if HAVE_NUMBA:
             sc = sc_o[b] if keep[1] else sc_s
             nrm = nrm_o[b] if keep[2] else nrm_s
             col = col_o[b] if keep[3] else col_s
-            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, iz)
+            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, pk)
             _fz_normals(faces, vc, nrm)
-            _fz_shade(nrm, alb[b], mean_a, gamma[b], col)
-            _fz_pack(sc, iz, col, pk)
+            _fz_shade(nrm, alb[b], mean_a, gamma[b], col, pk)
             _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64)
             _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b],
                         frags, p2f[b], zbuf[b], bary[b], dists[b])
@@ -672,8 +703,8 @@ _WORKSPACE_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _workspace(V: int, H: int, W: int):
-    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, screen, normals, colours, 1 /
-    depth, packed records, z-buffer, chunk workspaces), taken from a free list and given back: fresh
+    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, screen, normals, colours,
+    packed records, z-buffer, chunk workspaces), taken from a free list and given back: fresh
     allocations of a few MB per call cost page faults, which are slow on virtual machines."""
     key = (V, H, W)
     with _WORKSPACE_LOCK:
@@ -684,8 +715,8 @@ def _workspace(V: int, H: int, W: int):
                 del _WORKSPACES[k]
     if ws is None:
         ws = [np.empty((V, 3), np.float32) for _ in range(4)] + [
-            np.empty(V, np.float32), np.zeros((V, _NP), np.float32), np.empty(H * W, np.int64),
-            np.empty((2 * (_NT + _NC) + 8) * _CH + 1, np.float32), np.empty(8 * _CH, np.int32),
+            np.zeros((V, _NP), np.float32), np.empty(H * W, np.int64),
+            np.empty(_ws_f32_size(W), np.float32), np.empty(8 * _CH, np.int32),
             np.empty(12 * _CH, np.int64)]
     try:
         yield ws

@@ -1,0 +1,872 @@
+"""Image formation: the renders built from the primitives (parameters -> image).
+
+The pipeline of InverseFaceNet Sec. 4.2 / Tewari Sec. 5 for a batch of parameter vectors theta:
+Eq. 2-3 (geometry and reflectance), ``Rot_xyz`` and the rigid transformation ``Phi``, per-vertex
+normals in camera space, SH shading (Eq. 5), full-perspective projection, rasterization into
+:class:`facelib.raster.Fragments`, and interpolation of the per-vertex colours.  Also the depth map
+(Richardson's rendering layer), PNCC and normal maps (Richardson Sec. 3.2.1) and landmark positions.
+
+Which barycentrics: :func:`render` interpolates colours with barycentrics that carry gradients to the
+vertex positions (``detach_bary=False``); :func:`depth_map` follows Richardson Eq. 7 and treats them as
+fixed (``detach_bary=True``): the gradient reaches the visible vertices weighted by the barycentric
+coordinates, and none reaches hidden vertices.
+
+Two implementations of :func:`render`: the PyTorch code (differentiable, any device; the reference)
+and, on the CPU when no gradient is asked for, a fused Numba path (:func:`_render_fused`: two GEMMs
+for Eq. 2-3, then one kernel per face from the vertices to the pixels) that gives the same numbers,
+up to float32 rounding and ties in the visibility decision. ``render(..., fused=False)`` forces the
+PyTorch code; ``outputs="image"`` skips the fields a corpus renderer does not keep.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from ._checks import all_finite
+from .camera import Camera, default_camera, perspective_project, rigid_transform
+from .params import ParamLayout, rot_xyz
+from .raster import HAVE_NUMBA, Fragments, _image_hw, interpolate, rasterize
+from .shading import (SH_IRRADIANCE_CONSTANTS, SH_SHADING_SCALE, _C1, _C2, _C20, _C22, _Y00,
+                      illumination_gamma, shade, vertex_normals)
+
+if HAVE_NUMBA:
+    from numba import njit
+
+# the normalised irradiance basis H_b of facelib.shading as constants times monomials of n
+_K0 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[0] * _Y00  # H_1 = 1
+_K1 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[1] * _C1  # y, z, x
+_K2 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[2] * _C2  # xy, yz, xz
+_K20 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[2] * _C20  # 3 z^2 - 1
+_K22 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[2] * _C22  # x^2 - y^2
+
+__all__ = ["Render", "face_camera", "render", "depth_map", "pncc_colors", "pncc_map", "normal_map",
+           "landmarks_2d", "face_labels"]
+
+
+class Render(NamedTuple):
+    """Outputs of :func:`render` (B images of H x W).
+
+    image ``(B, 3, H, W)`` shaded RGB over ``background``; mask ``(B, H, W)`` bool, any face pixel;
+    input_mask ``(B, H, W)`` bool, face pixels without the mouth interior (InverseFaceNet's network
+    input mask); depth ``(B, H, W)`` mm (0 outside); fragments; screen ``(B, V, 3)`` projected vertices;
+    verts_cam ``(B, V, 3)`` and normals_cam ``(B, V, 3)``; colors ``(B, V, 3)`` shaded per-vertex colours.
+    """
+
+    image: torch.Tensor
+    mask: torch.Tensor
+    input_mask: torch.Tensor
+    depth: torch.Tensor
+    fragments: Fragments
+    screen: torch.Tensor
+    verts_cam: torch.Tensor
+    normals_cam: torch.Tensor
+    colors: torch.Tensor
+
+
+def face_camera(image_size, device=None, dtype=None) -> Camera:
+    """The default camera for renders of the open model: 600 mm away, the face fills the frame."""
+    return default_camera(image_size, distance=600.0, face_height=215.0, fill=0.95, device=device, dtype=dtype)
+
+
+def face_labels(model) -> dict:
+    """Per-triangle labels (T,) bool: ``mouth_interior`` (all three vertices in the cavity)."""
+    tri, m = model.triangles, model.masks["mouth_interior"]
+    return {"mouth_interior": m[tri[:, 0]] & m[tri[:, 1]] & m[tri[:, 2]]}
+
+
+def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | None = None,
+           camera: Camera | None = None, background: float = 0.0, backend: str = "auto",
+           detach_bary: bool = False, outputs: str = "all", fused: bool | None = None,
+           geometry: torch.Tensor | None = None, albedo: torch.Tensor | None = None) -> Render:
+    """Render faces from InverseFaceNet parameter vectors ``theta (B, m)`` (Eq. 1 layout).
+
+    The rotation of theta turns the head in front of ``camera`` (default :func:`face_camera`).
+
+    ``outputs``: ``"all"`` (default) fills every field of :class:`Render`; ``"image"`` only ``image``,
+    ``mask``, ``input_mask`` and ``depth`` (the others are None): what a corpus renderer needs, and
+    less memory to write; or a collection of field names to add to those four (e.g.
+    ``("screen",)`` for landmarks). ``fused``: on the CPU without gradients (``torch.no_grad()`` or nothing that
+    requires grad), float32, the whole pipeline runs as one Numba kernel per face (:func:`_render_fused`,
+    the twin of the PyTorch code below, which stays the differentiable reference); ``None`` (default)
+    uses it whenever it applies, ``False`` never, ``True`` insists (ValueError where it cannot run).
+
+    ``geometry`` ``(B, V, 3)`` model-space vertices and ``albedo`` ``(B, V, 3)`` replace Eq. 2 and Eq. 3
+    when given (faces with detail the model cannot express, used by :mod:`facelib.wild`; NOTE to
+    maintainers: keep these two arguments, other modules depend on them).
+    """
+    want = _wanted_fields(outputs)
+    layout = layout or ParamLayout.from_model(model)
+    p = layout.unpack(theta)
+    cam = camera or face_camera(image_size, device=theta.device, dtype=theta.dtype)
+    why = _fused_unavailable(model, theta, cam, backend)
+    if geometry is not None or albedo is not None:
+        why = why or "geometry or albedo overrides are given"
+    if fused and why:
+        raise ValueError(f"fused=True, but the fused renderer cannot run here: {why}")
+    if fused is not False and not why:
+        return _render_fused(model, p, cam, image_size, background, want)
+    B = theta.shape[0]
+    verts = model.geometry(p["shape"], p["expression"]) if geometry is None else geometry  # Eq. 2
+    albedo = model.reflectance(p["reflectance"]) if albedo is None else albedo  # Eq. 3
+    R = rot_xyz(p["rotation"])  # Sec. 4.2
+    t = cam.t.to(theta).expand(B, 3)
+    R = cam.R.to(theta) @ R
+    verts_cam = rigid_transform(verts, R, t)  # Phi
+    faces = model.triangles
+    normals = vertex_normals(verts_cam, faces)
+    colors = shade(albedo, normals, p["illumination"])  # Eq. 5
+    screen = perspective_project(verts_cam, cam.focal, cam.principal_point)
+    frags = rasterize(screen, faces, image_size, cull_backfaces=True, backend=backend)  # closed winding
+    img = interpolate(colors, frags, faces, detach_bary=detach_bary)[..., 0, :]  # (B, H, W, 3)
+    pix = frags.pix_to_face[..., 0]
+    mask = pix >= 0
+    F = faces.shape[0]
+    mouth = face_labels(model)["mouth_interior"]
+    inside_mouth = mouth[(pix % F).clamp_min(0)] & mask  # per-pixel lookup of the triangle label
+    if background:  # interpolate leaves zeros where no face
+        img = img + background * (~mask)[..., None].to(img.dtype)
+    image = img.permute(0, 3, 1, 2)
+    depth = frags.zbuf[..., 0].clamp_min(0.0)  # -1 where no face -> 0 (valid depths are > 0)
+    r = Render(image, mask, mask & ~inside_mouth, depth, frags, screen, verts_cam, normals, colors)
+    return r._replace(**{k: None for k in _OPTIONAL_FIELDS if k not in want})
+
+
+_OPTIONAL_FIELDS = ("fragments", "screen", "verts_cam", "normals_cam", "colors")
+
+
+def _wanted_fields(outputs) -> set:
+    """The optional :class:`Render` fields that ``outputs`` asks for (see :func:`render`)."""
+    if isinstance(outputs, str):
+        if outputs in ("all", "image"):
+            return set(_OPTIONAL_FIELDS) if outputs == "all" else set()
+    elif isinstance(outputs, (list, tuple, set, frozenset)) and all(isinstance(k, str) for k in outputs):
+        want = {k for k in outputs if k not in ("image", "mask", "input_mask", "depth")}
+        if want <= set(_OPTIONAL_FIELDS):
+            return want
+    raise ValueError(f"outputs must be 'all', 'image' or a collection of Render field names; got {outputs!r}")
+
+
+def depth_map(screen: torch.Tensor, faces: torch.Tensor, image_size, backend: str = "auto") -> torch.Tensor:
+    """Richardson's rendering layer (Sec. 4.1, Eq. 5-7): ``(B, V, 3)`` screen vertices -> ``(B, H, W)``
+    depth (0 where no face), z-buffered, barycentric interpolation with fixed barycentrics (Eq. 7)."""
+    frags = rasterize(screen, faces, image_size, perspective_correct=False, backend=backend)
+    z = interpolate(screen[..., 2:3], frags, faces, detach_bary=True)[..., 0, 0]
+    return torch.where(frags.pix_to_face[..., 0] >= 0, z, torch.zeros_like(z))
+
+
+def pncc_colors(model) -> torch.Tensor:
+    """PNCC (Richardson Sec. 3.2.1): the mean shape normalised to [0, 1] per axis, ``(V, 3)``."""
+    v = model.mean_shape
+    lo, hi = v.min(0).values, v.max(0).values
+    return (v - lo) / (hi - lo)
+
+
+def pncc_map(model, fragments: Fragments) -> torch.Tensor:
+    """PNCC image (Richardson Sec. 3.2.1): ``(B, 3, H, W)``, the normalised mean-face coordinates of the
+    surface point seen at each pixel (0 outside the face)."""
+    c = pncc_colors(model).to(fragments.bary_coords.dtype)
+    return interpolate(c, fragments, model.triangles)[..., 0, :].permute(0, 3, 1, 2)
+
+
+def normal_map(model, fragments: Fragments, normals: torch.Tensor) -> torch.Tensor:
+    """Normal map (Richardson Sec. 3.2.1): per-vertex unit normals ``(B, V, 3)`` interpolated and
+    renormalised, ``(B, 3, H, W)`` with components in [-1, 1] (0 outside the face)."""
+    n = interpolate(normals, fragments, model.triangles)[..., 0, :]
+    n = torch.nn.functional.normalize(n, dim=-1) * (fragments.pix_to_face[..., :1] >= 0)
+    return n.permute(0, 3, 1, 2)
+
+
+def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
+    """Projected landmark positions ``(B, 68, 2)`` in pixels from screen vertices ``(B, V, 3)``."""
+    return screen[:, model.landmarks, :2]
+
+
+# ------------------------------------------------------------------------------------------------
+# the fused no-grad path (CPU, Numba): coefficients -> image, one kernel per face
+#
+# Twins of the PyTorch code above, used by :func:`render` when no gradient is asked for on the CPU
+# (corpus rendering, benchmarks); the PyTorch path stays the differentiable reference and the tests
+# compare the two. Eq. 2-3 are two float32 GEMMs over the batch (torch); then, on
+# torch.get_num_threads() threads that take faces from a shared queue, a few Numba kernels per face do
+# Phi and the projection, the vertex normals, SH shading (Eq. 5), a z-buffer and the per-pixel
+# interpolation (Eq. 6), writing the image, masks and depth directly: no (B, H, W, K, ...)
+# intermediates and no fragments unless asked for. The z-buffer takes the triangles _CH at a time:
+# the per-triangle setup (bounding box, back-face culling, the 1/z plane) and the inside test of the
+# 2x2 block of pixel centres at the corner of each triangle's bounding box run in loops that LLVM
+# vectorises (flat chunk arrays with constant offsets, float32); the few larger triangles are
+# collected and drawn as 4x2 / 2x4 blocks or, larger still, pixel by pixel. The depth test is a max
+# over 64-bit keys (float32 bits of 1/z above, the complement of the face index below: the nearest
+# wins, ties go to the lower face index), so it needs no branch. The inside test uses the visibility
+# kernel's edge functions (inclusive), in float32, so coverage can differ from the float64 decision
+# only for pixel centres within ~1e-6 px of an edge, and depth only for surfaces within ~1e-7 relative
+# depth of each other: ties, for the tests.
+
+_CH = 256  # triangles per chunk
+_NT = 9  # rows of the gathered triangle chunk: x0 y0 x1 y1 x2 y2 (pixels), 1/z0 1/z1 1/z2 (1 / depth)
+_NP = 8  # columns of the packed per-vertex records: screen x, y, 1 / depth, r, g, b, (2 unused: 32 bytes)
+_NC = 9  # rows of the setup chunk (see _fz_setup)
+_KEY_LO = (1 << 32) - 1
+
+if HAVE_NUMBA:
+    _JIT = dict(cache=False, nogil=True, error_model="numpy")  # numpy error model: no zero-division branches
+
+    @njit(**_JIT)
+    def _fz_vertices(geo, mean_s, R, t, focal, ppx, ppy, vc, sc, iz):
+        """Eq. 2 (the mean plus the offsets ``geo`` (3 V,)), Phi and the full
+        perspective projection of one face, float32 in the order of the PyTorch code: ``vc`` (V, 3)
+        camera space, ``sc`` (V, 3) screen (x, y, depth), ``iz`` (V,) 1 / depth (0 behind the camera)."""
+        r00 = R[0, 0]; r01 = R[0, 1]; r02 = R[0, 2]  # noqa: E702
+        r10 = R[1, 0]; r11 = R[1, 1]; r12 = R[1, 2]  # noqa: E702
+        r20 = R[2, 0]; r21 = R[2, 1]; r22 = R[2, 2]  # noqa: E702
+        t0 = t[0]; t1 = t[1]; t2 = t[2]  # noqa: E702
+        one = np.float32(1.0)
+        eps = np.float32(1e-8)
+        m = mean_s.reshape(-1)  # flat (3 V,) views: unit strides that LLVM vectorises
+        vc = vc.reshape(-1)
+        sc = sc.reshape(-1)
+        for v in range(mean_s.shape[0]):
+            x = m[3 * v] + geo[3 * v]  # Eq. 2
+            y = m[3 * v + 1] + geo[3 * v + 1]
+            z = m[3 * v + 2] + geo[3 * v + 2]
+            X = x * r00 + y * r01 + z * r02 + t0  # Phi(v) = R v + t
+            Y = x * r10 + y * r11 + z * r12 + t1
+            Z = x * r20 + y * r21 + z * r22 + t2
+            vc[3 * v] = X
+            vc[3 * v + 1] = Y
+            vc[3 * v + 2] = Z
+            d = -Z
+            inv = one / max(d, eps)
+            sc[3 * v] = ppx + focal * X * inv  # Tewari Sec. 5, u = Pi(v), y down
+            sc[3 * v + 1] = ppy - focal * Y * inv
+            sc[3 * v + 2] = d
+            iz[v] = one / d if d > 0 else np.float32(0.0)
+
+    @njit(**_JIT)
+    def _fz_normals(faces, vc, nrm):
+        """Area-weighted vertex normal sums (not normalised) of one face, as :func:`vertex_normals`."""
+        nrm[:] = 0
+        for f in range(faces.shape[0]):
+            a = faces[f, 0]
+            b = faces[f, 1]
+            c = faces[f, 2]
+            ax = vc[b, 0] - vc[a, 0]
+            ay = vc[b, 1] - vc[a, 1]
+            az = vc[b, 2] - vc[a, 2]
+            bx = vc[c, 0] - vc[a, 0]
+            by = vc[c, 1] - vc[a, 1]
+            bz = vc[c, 2] - vc[a, 2]
+            nx = ay * bz - az * by
+            ny = az * bx - ax * bz
+            nz = ax * by - ay * bx
+            for i in (a, b, c):
+                nrm[i, 0] += nx
+                nrm[i, 1] += ny
+                nrm[i, 2] += nz
+
+    @njit(**_JIT)
+    def _fz_shade(nrm, alb, mean_a, g, col):
+        """Normalise ``nrm`` (V, 3) in place and shade (Tewari Eq. 5): ``col = (mean_a + alb) * sum_b
+        gamma_b H_b(n)`` with ``g`` (9, 3) and the normalised irradiance basis of :mod:`facelib.shading`."""
+        one = np.float32(1.0)
+        eps = np.float32(1e-12)
+        three = np.float32(3.0)
+        k1 = np.float32(_K1)
+        k2 = np.float32(_K2)
+        k20 = np.float32(_K20)
+        k22 = np.float32(_K22)
+        k0 = np.float32(_K0)
+        g00 = g[0, 0] * k0; g01 = g[0, 1] * k0; g02 = g[0, 2] * k0  # noqa: E702
+        g10 = g[1, 0]; g11 = g[1, 1]; g12 = g[1, 2]  # noqa: E702
+        g20 = g[2, 0]; g21 = g[2, 1]; g22 = g[2, 2]  # noqa: E702
+        g30 = g[3, 0]; g31 = g[3, 1]; g32 = g[3, 2]  # noqa: E702
+        g40 = g[4, 0]; g41 = g[4, 1]; g42 = g[4, 2]  # noqa: E702
+        g50 = g[5, 0]; g51 = g[5, 1]; g52 = g[5, 2]  # noqa: E702
+        g60 = g[6, 0]; g61 = g[6, 1]; g62 = g[6, 2]  # noqa: E702
+        g70 = g[7, 0]; g71 = g[7, 1]; g72 = g[7, 2]  # noqa: E702
+        g80 = g[8, 0]; g81 = g[8, 1]; g82 = g[8, 2]  # noqa: E702
+        V = nrm.shape[0]
+        nrm = nrm.reshape(-1)
+        mean_a = mean_a.reshape(-1)
+        col = col.reshape(-1)
+        for v in range(V):
+            x = nrm[3 * v]
+            y = nrm[3 * v + 1]
+            z = nrm[3 * v + 2]
+            s = max(np.sqrt(x * x + y * y + z * z), eps)  # F.normalize
+            x = x / s
+            y = y / s
+            z = z / s
+            nrm[3 * v] = x
+            nrm[3 * v + 1] = y
+            nrm[3 * v + 2] = z
+            h1 = k1 * y
+            h2 = k1 * z
+            h3 = k1 * x
+            h4 = k2 * x * y
+            h5 = k2 * y * z
+            h6 = k20 * (three * z * z - one)
+            h7 = k2 * x * z
+            h8 = k22 * (x * x - y * y)
+            e0 = g00 + h1 * g10 + h2 * g20 + h3 * g30 + h4 * g40 + h5 * g50 + h6 * g60 + h7 * g70 + h8 * g80
+            e1 = g01 + h1 * g11 + h2 * g21 + h3 * g31 + h4 * g41 + h5 * g51 + h6 * g61 + h7 * g71 + h8 * g81
+            e2 = g02 + h1 * g12 + h2 * g22 + h3 * g32 + h4 * g42 + h5 * g52 + h6 * g62 + h7 * g72 + h8 * g82
+            col[3 * v] = (mean_a[3 * v] + alb[3 * v]) * e0  # Eq. 3 and Eq. 5
+            col[3 * v + 1] = (mean_a[3 * v + 1] + alb[3 * v + 1]) * e1
+            col[3 * v + 2] = (mean_a[3 * v + 2] + alb[3 * v + 2]) * e2
+
+    @njit(**_JIT)
+    def _fz_pack(sc, iz, col, pk):
+        """The packed vertex records ``pk`` (V, _NP) the z-buffer and the per-pixel pass read: screen x,
+        y, 1 / depth and the colour of a vertex in one 32-byte record (one cache line per two vertices;
+        a separate loop, so that the kernels above stay vectorised)."""
+        for v in range(sc.shape[0]):
+            pk[v, 0] = sc[v, 0]
+            pk[v, 1] = sc[v, 1]
+            pk[v, 2] = iz[v]
+            pk[v, 3] = col[v, 0]
+            pk[v, 4] = col[v, 1]
+            pk[v, 5] = col[v, 2]
+
+    @njit(**_JIT)
+    def _fz_gather(n, ids, pk, faces, T):
+        """Triangle chunk ``T`` (_NT * _CH,): screen x, y and 1 / depth of the vertices of faces
+        ``ids[:n]`` from the packed vertex records ``pk``."""
+        for k in range(n):
+            f = ids[k]
+            a = faces[f, 0]
+            b = faces[f, 1]
+            c = faces[f, 2]
+            T[0 * _CH + k] = pk[a, 0]
+            T[1 * _CH + k] = pk[a, 1]
+            T[2 * _CH + k] = pk[b, 0]
+            T[3 * _CH + k] = pk[b, 1]
+            T[4 * _CH + k] = pk[c, 0]
+            T[5 * _CH + k] = pk[c, 1]
+            T[6 * _CH + k] = pk[a, 2]
+            T[7 * _CH + k] = pk[b, 2]
+            T[8 * _CH + k] = pk[c, 2]
+
+    @njit(**_JIT)
+    def _fz_setup(n, T, H, W, C):
+        """Per-triangle setup (vectorised, float32). A triangle is drawn when front-facing (negative
+        signed area, as ``cull_backfaces``), not degenerate, in front of the camera, with a pixel centre
+        in its clipped bounding box. Rows of ``C``: 0 draw as a 2x2 block, 1 as a 4x2 / 2x4 block, 2
+        pixel by pixel (larger), 3 the 4x2 block is tall (else wide), 4-5 the bounding box corner
+        (row, column), 6-8 1/z = q0 + gx (x - x0) + gy (y - y0) (perspective-correct: 1/z is affine on
+        the screen)."""
+        zero = np.float32(0.0)
+        one = np.float32(1.0)
+        half = np.float32(0.5)
+        eps = np.float32(1e-10)
+        s2 = (H >= 2) & (W >= 2)
+        s4 = (H >= 4) & (W >= 4)
+        Hm = np.float32(H - 1)
+        Wm = np.float32(W - 1)
+        for k in range(n):
+            x0 = T[0 * _CH + k]
+            y0 = T[1 * _CH + k]
+            x1 = T[2 * _CH + k]
+            y1 = T[3 * _CH + k]
+            x2 = T[4 * _CH + k]
+            y2 = T[5 * _CH + k]
+            q0 = T[6 * _CH + k]  # 1 / depth, 0 behind the camera
+            q1 = T[7 * _CH + k]
+            q2 = T[8 * _CH + k]
+            fj0 = max(zero, np.ceil(min(x0, min(x1, x2)) - half))
+            fj1 = min(Wm, np.floor(max(x0, max(x1, x2)) - half))
+            fi0 = max(zero, np.ceil(min(y0, min(y1, y2)) - half))
+            fi1 = min(Hm, np.floor(max(y0, max(y1, y2)) - half))
+            ex1 = x1 - x0
+            ey1 = y1 - y0
+            ex2 = x2 - x0
+            ey2 = y2 - y0
+            area = ex1 * ey2 - ey1 * ex2
+            ok = (fj0 <= fj1) & (fi0 <= fi1) & (area < -eps) & (q0 > zero) & (q1 > zero) & (q2 > zero)
+            dj = fj1 - fj0
+            di = fi1 - fi0
+            o = one if ok else zero
+            f2 = one if s2 & (dj <= one) & (di <= one) else zero
+            f8 = one if s4 & (((di <= 3) & (dj <= one)) | ((di <= one) & (dj <= 3))) else zero
+            C[0 * _CH + k] = o * f2
+            C[1 * _CH + k] = o * (one - f2) * f8
+            C[2 * _CH + k] = o * (one - f2) * (one - f8)
+            C[3 * _CH + k] = one if di > one else zero
+            C[4 * _CH + k] = fi0
+            C[5 * _CH + k] = fj0
+            d1 = q1 - q0
+            d2 = q2 - q0
+            inv = one / area
+            C[6 * _CH + k] = q0
+            C[7 * _CH + k] = (d1 * ey2 - d2 * ey1) * inv
+            C[8 * _CH + k] = (d2 * ex1 - d1 * ex2) * inv
+
+    @njit(**_JIT)
+    def _fz_candidates(n, T, C, H, W, tall_rows, wide_rows, row, Q, P):
+        """1/z (float32) at the pixel centres of a block of ``tall_rows`` x 2 (tall) or 2 x ``wide_rows``
+        (wide) pixels at the clipped bounding-box corner of each triangle whose flag ``C[row]`` is set,
+        0 where the centre is outside, and the pixel indices ``P`` (vectorised, float32). The edge
+        functions are those of the visibility kernel (inclusive: a centre on an edge is inside)."""
+        zero = np.float32(0.0)
+        half = np.float32(0.5)
+        Hf = np.float32(H)
+        Wf = np.float32(W)
+        for c in range(2 * tall_rows):
+            for k in range(n):
+                tall = C[3 * _CH + k] != zero
+                di = np.float32(c // 2) if tall else np.float32(c % 2)
+                dj = np.float32(c % 2) if tall else np.float32(c // 2)
+                bh = np.float32(tall_rows) if tall else np.float32(2)
+                bw = np.float32(2) if tall else np.float32(wide_rows)
+                i = min(C[4 * _CH + k], Hf - bh) + di
+                j = min(C[5 * _CH + k], Wf - bw) + dj
+                py = i + half
+                px = j + half
+                ax = T[0 * _CH + k] - px
+                ay = T[1 * _CH + k] - py
+                bx = T[2 * _CH + k] - px
+                by = T[3 * _CH + k] - py
+                cx = T[4 * _CH + k] - px
+                cy = T[5 * _CH + k] - py
+                w0 = bx * cy - by * cx
+                w1 = cx * ay - cy * ax
+                w2 = ax * by - ay * bx
+                q = C[6 * _CH + k] - C[7 * _CH + k] * ax - C[8 * _CH + k] * ay
+                inside = (C[row * _CH + k] != zero) & (w0 <= zero) & (w1 <= zero) & (w2 <= zero)
+                Q[c * _CH + k] = q if inside else zero
+                P[c * _CH + k] = np.int32(i) * np.int32(W) + np.int32(j)
+
+    @njit(**_JIT)
+    def _fz_keys(n, ncand, ids, Qi, K):
+        """Depth-test keys: float32 bits of 1/z (positive floats order as integers) above, ~face below."""
+        for c in range(ncand):
+            for k in range(n):
+                qi = Qi[c * _CH + k]
+                K[c * _CH + k] = ((np.int64(qi) << 32) | (_KEY_LO - ids[k])) if qi > 0 else np.int64(0)
+
+    @njit(**_JIT)
+    def _fz_blocks(n, ncand, P, K, idx, zb):
+        """Depth test of the candidate blocks: zb = max(zb, key) (the nearest wins), no branches, for
+        the triangles with a pixel centre inside (compacted into ``idx`` first, without branches)."""
+        cnt = 0
+        for k in range(n):
+            idx[cnt] = k
+            hit = K[k]
+            for c in range(1, ncand):
+                hit |= K[c * _CH + k]
+            cnt += hit != 0
+        for r in range(cnt):
+            k = idx[r]
+            for c in range(ncand):
+                p = P[c * _CH + k]
+                zb[p] = max(zb[p], K[c * _CH + k])
+
+    @njit(**_JIT)
+    def _fz_large(k, f, T, C, H, W, q32, qi, zb):
+        """Scalar z-buffer of one triangle larger than the blocks (rare on the face mesh)."""
+        zero = np.float32(0.0)
+        half = np.float32(0.5)
+        x0 = T[0 * _CH + k]
+        y0 = T[1 * _CH + k]
+        x1 = T[2 * _CH + k]
+        y1 = T[3 * _CH + k]
+        x2 = T[4 * _CH + k]
+        y2 = T[5 * _CH + k]
+        q0 = C[6 * _CH + k]
+        gx = C[7 * _CH + k]
+        gy = C[8 * _CH + k]
+        i0 = int(C[4 * _CH + k])
+        j0 = int(C[5 * _CH + k])
+        i1 = int(min(np.float32(H - 1), np.floor(max(y0, max(y1, y2)) - half)))
+        j1 = int(min(np.float32(W - 1), np.floor(max(x0, max(x1, x2)) - half)))
+        lo = _KEY_LO - f
+        for i in range(i0, i1 + 1):
+            py = np.float32(i) + half
+            for j in range(j0, j1 + 1):
+                px = np.float32(j) + half
+                ax = x0 - px
+                ay = y0 - py
+                bx = x1 - px
+                by = y1 - py
+                cx = x2 - px
+                cy = y2 - py
+                if (bx * cy - by * cx <= zero) & (cx * ay - cy * ax <= zero) & (ax * by - ay * bx <= zero):
+                    q32[0] = q0 - gx * ax - gy * ay
+                    p = i * W + j
+                    zb[p] = max(zb[p], (np.int64(qi[0]) << 32) | lo)
+
+    @njit(**_JIT)
+    def _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb):
+        """Depth test of the m collected triangles larger than 2x2: gathered and set up again, 4x2 /
+        2x4 blocks, then pixel by pixel for the rest."""
+        _fz_gather(m, ids4, pk, faces, T4)
+        _fz_setup(m, T4, H, W, C4)
+        _fz_candidates(m, T4, C4, H, W, 4, 4, 1, Q, P)
+        _fz_keys(m, 8, ids4, Qi, K)
+        _fz_blocks(m, 8, P, K, idx, zb)
+        for r in range(m):
+            if C4[2 * _CH + r] != 0:
+                _fz_large(r, ids4[r], T4, C4, H, W, q32, qi, zb)
+
+    @njit(**_JIT)
+    def _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64):
+        """Visibility of one face: ``zb`` (H W,) int64 keys, 0 where no triangle covers the centre."""
+        F = faces.shape[0]
+        zb[:] = 0
+        T = ws_f32[: _NT * _CH]
+        C = ws_f32[_NT * _CH: (_NT + _NC) * _CH]
+        T4 = ws_f32[(_NT + _NC) * _CH: (2 * _NT + _NC) * _CH]
+        C4 = ws_f32[(2 * _NT + _NC) * _CH: 2 * (_NT + _NC) * _CH]
+        Q = ws_f32[2 * (_NT + _NC) * _CH: (2 * (_NT + _NC) + 8) * _CH]
+        Qi = Q.view(np.int32)
+        q32 = ws_f32[(2 * (_NT + _NC) + 8) * _CH: (2 * (_NT + _NC) + 8) * _CH + 1]
+        qi = q32.view(np.int32)
+        P = ws_i32[: 8 * _CH]
+        K = ws_i64[: 8 * _CH]
+        ids = ws_i64[8 * _CH: 9 * _CH]
+        ids4 = ws_i64[9 * _CH: 11 * _CH]  # room for two chunks' worth
+        idx = ws_i64[11 * _CH: 12 * _CH]
+        m = np.int64(0)  # faces larger than 2x2 collected over chunks (long vector loops pay)
+        for start in range(0, F, _CH):
+            n = min(_CH, F - start)
+            for k in range(n):
+                ids[k] = start + k
+            _fz_gather(n, ids, pk, faces, T)
+            _fz_setup(n, T, H, W, C)
+            _fz_candidates(n, T, C, H, W, 2, 2, 0, Q, P)
+            _fz_keys(n, 4, ids, Qi, K)
+            _fz_blocks(n, 4, P, K, idx, zb)
+            for k in range(n):  # branch-free compaction
+                ids4[m] = start + k
+                m += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
+            if m >= _CH:
+                _fz_flush(np.int64(_CH), ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
+                m -= _CH
+                for r in range(m):
+                    ids4[r] = ids4[_CH + r]
+        if m:
+            _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, q32, qi, zb)
+
+    @njit(**_JIT)
+    def _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image, mask, imask, depth, frags,
+                    p2f, zbuf, bary, dists):
+        """Per pixel: the winning face's perspective-correct barycentrics (float32, the formulas of
+        :func:`facelib.raster.fragments_from_pix_to_face`), Eq. 6 colour, masks, depth; with ``frags``
+        also the Fragments (K = 1). Vertex data come from the packed records ``pk`` (V, _NP): screen
+        x, y, 1 / depth and the colour of a vertex share one 32-byte record."""
+        F = faces.shape[0]
+        one = np.float32(1.0)
+        half = np.float32(0.5)
+        tiny = np.float32(1.1754944e-38)  # torch.finfo(float32).tiny
+        for i in range(H):
+            py = np.float32(i) + half
+            image[0, i] = bg  # each row: the background first (vectorised, stays in cache), then the
+            image[1, i] = bg  # covered pixels
+            image[2, i] = bg
+            mask[i] = False
+            imask[i] = False
+            depth[i] = 0.0
+            if frags:
+                p2f[i] = -1
+                zbuf[i] = -1.0
+                bary[i] = -1.0
+                dists[i] = -1.0
+            for j in range(W):
+                key = zb[i * W + j]
+                if key == 0:
+                    continue
+                px = np.float32(j) + half
+                f = _KEY_LO - (key & _KEY_LO)
+                a = faces[f, 0]
+                b_ = faces[f, 1]
+                c = faces[f, 2]
+                x0 = pk[a, 0] - px
+                y0 = pk[a, 1] - py
+                x1 = pk[b_, 0] - px
+                y1 = pk[b_, 1] - py
+                x2 = pk[c, 0] - px
+                y2 = pk[c, 1] - py
+                w0 = x1 * y2 - y1 * x2
+                w1 = x2 * y0 - y2 * x0
+                w2 = x0 * y1 - y0 * x1
+                s = w0 + w1 + w2
+                if abs(s) < tiny:
+                    s = tiny
+                q0 = w0 * pk[a, 2]  # b_i / z_i up to the common factor 1 / s
+                q1 = w1 * pk[b_, 2]
+                q2 = w2 * pk[c, 2]
+                d = one / (q0 + q1 + q2)
+                q0 *= d
+                q1 *= d
+                q2 *= d
+                d *= s
+                for ch in range(3):  # Eq. 6
+                    image[ch, i, j] = q0 * pk[a, 3 + ch] + q1 * pk[b_, 3 + ch] + q2 * pk[c, 3 + ch]
+                mask[i, j] = True
+                imask[i, j] = not mouth[f]
+                depth[i, j] = d
+                if frags:
+                    p2f[i, j, 0] = b * F + f
+                    zbuf[i, j, 0] = d
+                    bary[i, j, 0, 0] = q0
+                    bary[i, j, 0, 1] = q1
+                    bary[i, j, 0, 2] = q2
+                    sg = one if s > 0 else -one
+                    e0 = w0 * sg / max(np.sqrt((x2 - x1) ** 2 + (y2 - y1) ** 2), tiny)
+                    e1 = w1 * sg / max(np.sqrt((x0 - x2) ** 2 + (y0 - y2) ** 2), tiny)
+                    e2 = w2 * sg / max(np.sqrt((x1 - x0) ** 2 + (y1 - y0) ** 2), tiny)
+                    dists[i, j, 0] = -min(e0, e1, e2)
+
+    @njit(**_JIT)
+    def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg,
+                  image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
+                  vc_s, sc_s, nrm_s, col_s, iz, pk, zb, ws_f32, ws_i32, ws_i64):
+        """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets to the pixels: the per-face kernels
+        in order. ``keep`` (4,) bool: write camera-space vertices, screen vertices, normals, colours to
+        ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3) (else to the scratch arrays ``*_s`` (V, 3)).
+        One call per few faces: Numba unboxes the ~40 arguments with the GIL held, once."""
+        for b in range(b0, b1):
+            vc = vc_o[b] if keep[0] else vc_s
+            sc = sc_o[b] if keep[1] else sc_s
+            nrm = nrm_o[b] if keep[2] else nrm_s
+            col = col_o[b] if keep[3] else col_s
+            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, iz)
+            _fz_normals(faces, vc, nrm)
+            _fz_shade(nrm, alb[b], mean_a, gamma[b], col)
+            _fz_pack(sc, iz, col, pk)
+            _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64)
+            _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b],
+                        frags, p2f[b], zbuf[b], bary[b], dists[b])
+
+
+_FACES_PER_CALL = 2  # faces per call of _fz_faces: few GIL-held unboxings, balanced load at the end
+
+
+def _render_faces(args, outs, queue, frags: bool, keep: tuple) -> None:
+    """Render the faces whose batch indices ``queue`` hands out (``_FACES_PER_CALL`` at a time) until
+    it is empty, for :func:`_render_fused`. Several threads call this at once (the kernels release the
+    GIL) and take faces as they become free: the load stays balanced when faces differ in cost or a
+    core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
+    ``outs``."""
+    geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg = args
+    B, V = geo.shape[0], mean_s.shape[0]
+    keep = np.array(keep, dtype=np.bool_)
+    with _workspace(V, H, W) as ws:
+        for b0 in queue:
+            if b0 >= B:
+                break
+            _fz_faces(b0, min(B, b0 + _FACES_PER_CALL), *args, *outs[:4], frags, *outs[4:], keep, *ws)
+
+
+_WORKSPACES: dict = {}  # (V, H, W) -> free per-thread workspaces of _render_faces
+_WORKSPACE_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _workspace(V: int, H: int, W: int):
+    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, screen, normals, colours, 1 /
+    depth, packed records, z-buffer, chunk workspaces), taken from a free list and given back: fresh
+    allocations of a few MB per call cost page faults, which are slow on virtual machines."""
+    key = (V, H, W)
+    with _WORKSPACE_LOCK:
+        free = _WORKSPACES.setdefault(key, [])
+        ws = free.pop() if free else None
+        if len(_WORKSPACES) > 4:  # other image sizes or meshes: keep the memory bounded
+            for k in [k for k in _WORKSPACES if k != key]:
+                del _WORKSPACES[k]
+    if ws is None:
+        ws = [np.empty((V, 3), np.float32) for _ in range(4)] + [
+            np.empty(V, np.float32), np.zeros((V, _NP), np.float32), np.empty(H * W, np.int64),
+            np.empty((2 * (_NT + _NC) + 8) * _CH + 1, np.float32), np.empty(8 * _CH, np.int32),
+            np.empty(12 * _CH, np.int64)]
+    try:
+        yield ws
+    finally:
+        with _WORKSPACE_LOCK:
+            free = _WORKSPACES.setdefault(key, [])
+            if len(free) < 8:
+                free.append(ws)
+
+
+_POOL: list = [None, 0, 0]  # the worker threads of the fused path: executor, size, process id
+
+
+def _thread_pool(n: int):
+    """A persistent pool of ``n`` threads (recreated when ``n`` changes or after a fork): starting
+    threads on every call costs time, and their sleeping costs nothing."""
+    with _WORKSPACE_LOCK:
+        pool, size, pid = _POOL
+        if pool is None or size != n or pid != os.getpid():
+            if pool is not None and pid == os.getpid():
+                pool.shutdown(wait=False)
+            pool = ThreadPoolExecutor(n, thread_name_prefix="facelib-render")
+            _POOL[:] = [pool, n, os.getpid()]
+        return pool
+
+
+_MODEL_CACHE: dict = {}  # id(model) -> (the tensors used, their versions, arrays derived from them)
+
+
+def _cached(model, key: str, tensors: tuple, build):
+    """``build()``, cached per model and ``key`` while ``tensors`` are the same objects, unmodified."""
+    versions = tuple(x._version for x in tensors)
+    hit = _MODEL_CACHE.get((id(model), key))
+    if hit is not None and all(a is b for a, b in zip(hit[0], tensors)) and hit[1] == versions:
+        return hit[2]
+    out = build()
+    if len(_MODEL_CACHE) > 8:
+        _MODEL_CACHE.clear()
+    _MODEL_CACHE[(id(model), key)] = (tensors, versions, out)
+    try:  # forget it with the model
+        weakref.finalize(model, _MODEL_CACHE.pop, (id(model), key), None)
+    except TypeError:
+        pass
+    return out
+
+
+def _mesh_arrays(model) -> tuple:
+    """The triangles as int32 and :func:`face_labels`' ``mouth_interior`` as NumPy arrays (the torch
+    ops behind face_labels spin up threads: slow on a shared CPU)."""
+    tri, m = model.triangles, model.masks["mouth_interior"]
+    return _cached(model, "mesh", (tri, m), lambda: (
+        np.ascontiguousarray(tri.numpy(), dtype=np.int32), m.numpy()[tri.numpy()].all(1)))
+
+
+def _geometry_basis(model, ns: int, ne: int) -> torch.Tensor:
+    """``[shape_basis[:ns]; expression_basis[:ne]]`` as one ``(ns + ne, 3 V)`` matrix: Eq. 2 is then one
+    GEMM with one output (43 MB for the open model, built once)."""
+    S, E = model.shape_basis, model.expression_basis
+    return _cached(model, f"geometry{ns},{ne}", (S, E), lambda: torch.cat(
+        [S[:ns].reshape(ns, -1), E[:ne].reshape(ne, -1)]).contiguous())
+
+
+_MODEL_TENSORS = ("mean_shape", "shape_basis", "sigma_s", "expression_basis", "sigma_e", "mean_albedo",
+                  "albedo_basis", "sigma_r")
+
+
+def _fused_unavailable(model, theta, cam, backend) -> str:
+    """Why :func:`_render_fused` cannot run for these inputs ('' when it can)."""
+    if not HAVE_NUMBA:
+        return "numba is not installed"
+    if backend not in ("auto", "numba"):
+        return f"backend={backend!r}"
+    tensors = [theta] + [getattr(model, k) for k in _MODEL_TENSORS] + [
+        x for x in (cam.R, cam.t, cam.focal, cam.principal_point) if isinstance(x, torch.Tensor)]
+    if any(x.device.type != "cpu" for x in tensors):
+        return "tensors are not on the CPU"
+    if any(x.dtype != torch.float32 for x in tensors[:len(_MODEL_TENSORS) + 1]):
+        return "theta and the model must be float32"
+    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+        return "a gradient is asked for (the fused path is no-grad only)"
+    return ""
+
+
+def _blas_one_thread():
+    """A context manager that keeps NumPy's BLAS to one thread (threadpoolctl), or None where
+    threadpoolctl or a BLAS it knows is missing."""
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            ctl = ThreadpoolController().select(user_api="blas")
+            _BLAS_CONTROLLER = ctl if len(ctl.lib_controllers) else False
+        except Exception:  # noqa: BLE001 (not installed, or an unusual BLAS): fall back to torch
+            _BLAS_CONTROLLER = False
+    return _BLAS_CONTROLLER.limit(limits=1) if _BLAS_CONTROLLER else None
+
+
+_BLAS_CONTROLLER = None
+
+
+def _offsets(pairs, n_jobs: int, pool) -> list:
+    """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis (K, N))`` pair, float32 NumPy.
+
+    The columns are split into ``n_jobs`` blocks computed on the threads of ``pool`` by NumPy's BLAS
+    held to one thread each: no BLAS or OpenMP worker threads are left spinning after the call, which
+    would steal the cores from the per-face kernels that follow (and OpenBLAS is faster than the MKL
+    of the torch wheel on AMD CPUs). Without threadpoolctl: ``torch.mm``."""
+    limit = _blas_one_thread()
+    if limit is None:
+        return [torch.mm(c, b).numpy() for c, b in pairs]
+    arrays = [(c.numpy(), b.numpy()) for c, b in pairs]
+    outs = [np.empty((c.shape[0], b.shape[1]), np.float32) for c, b in arrays]
+
+    def block(j):
+        for (c, b), o in zip(arrays, outs):
+            n = b.shape[1]
+            lo, hi = (n * j // n_jobs) // 16 * 16, (n * (j + 1) // n_jobs) // 16 * 16 if j + 1 < n_jobs else n
+            np.matmul(c, b[:, lo:hi], out=o[:, lo:hi])
+
+    with limit:
+        if pool is None:
+            for j in range(n_jobs):
+                block(j)
+        else:
+            list(pool.map(block, range(n_jobs)))
+    return outs
+
+
+def _render_fused(model, p: dict, cam: Camera, image_size, background: float, want: set) -> Render:
+    """The no-grad CPU twin of :func:`render`: Eq. 2-3 as two float32 GEMMs over the batch
+    (:func:`_offsets`), then :func:`_render_faces`; both on ``torch.get_num_threads()`` threads."""
+    H, W = _image_hw(image_size)
+    theta_r = p["reflectance"]
+    B = theta_r.shape[0]
+    if not all(all_finite(x) for x in p.values()):
+        raise ValueError("theta contains NaN or infinite values")
+    V = model.n_vertices
+    ns, nr = p["shape"].shape[1], theta_r.shape[1]
+    ne = p["expression"].shape[1] if "expression" in p else 0
+    n_jobs = max(1, min(B, torch.get_num_threads()))
+    # threads that sleep while they wait (no spin-waiting: robust when the CPU is shared)
+    pool = _thread_pool(torch.get_num_threads()) if n_jobs > 1 else None
+    with torch.no_grad():
+        coef = [p["shape"].detach() * model.sigma_s[:ns]]
+        if ne:
+            coef.append(p["expression"].detach() * model.sigma_e[:ne])
+        geo, alb = _offsets([(torch.cat(coef, 1), _geometry_basis(model, ns, ne)),  # Eq. 2 offsets (B, 3 V)
+                             (p["reflectance"].detach() * model.sigma_r[:nr],  # Eq. 3 offsets (B, 3 V)
+                              model.albedo_basis[:nr].reshape(nr, -1))], n_jobs, pool)
+        f32 = dict(dtype=torch.float32)
+        R = (cam.R.to(**f32) @ rot_xyz(p["rotation"].detach())).contiguous()  # Sec. 4.2, camera @ head
+        t = cam.t.to(**f32).expand(B, 3).contiguous()
+        focal = torch.as_tensor(cam.focal, **f32).reshape(-1).expand(B).contiguous()
+        pp = torch.as_tensor(cam.principal_point, **f32).reshape(-1, 2).expand(B, 2).contiguous()
+        gamma = illumination_gamma(p["illumination"].detach()).to(**f32).contiguous()
+        faces, mouth = _mesh_arrays(model)
+    frags = "fragments" in want
+    keep = tuple(k in want for k in ("verts_cam", "screen", "normals_cam", "colors"))
+    image = torch.empty(B, 3, H, W)
+    mask = torch.empty(B, H, W, dtype=torch.bool)
+    imask = torch.empty(B, H, W, dtype=torch.bool)
+    depth = torch.empty(B, H, W)
+    hw = (H, W) if frags else (0, 0)
+    p2f = torch.empty(B, *hw, 1, dtype=torch.int64)
+    zbuf = torch.empty(B, *hw, 1)
+    bary = torch.empty(B, *hw, 1, 3)
+    dists = torch.empty(B, *hw, 1)
+    per_vertex = [torch.empty(B, V if k else 0, 3) for k in keep]  # verts_cam, screen, normals, colors
+    if B:
+        args = [geo, model.mean_shape.numpy(), alb, model.mean_albedo.numpy(), R.numpy(), t.numpy(),
+                focal.numpy(), pp[:, 0].contiguous().numpy(), pp[:, 1].contiguous().numpy(), gamma.numpy(),
+                faces, mouth, H, W, np.float32(background)]
+        outs = [image.numpy(), mask.numpy(), imask.numpy(), depth.numpy(), p2f.numpy(), zbuf.numpy(),
+                bary.numpy(), dists.numpy()] + [x.numpy() for x in per_vertex]
+        queue = itertools.count(0, _FACES_PER_CALL)  # next() is atomic under the GIL: a shared queue
+        if pool is None:
+            _render_faces(args, outs, queue, frags, keep)
+        else:
+            for job in [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs)]:
+                job.result()
+    vc, sc, nrm, col = (x if k else None for x, k in zip(per_vertex, keep))
+    fr = Fragments(p2f, zbuf, bary, dists) if frags else None
+    return Render(image, mask, imask, depth, fr, sc, vc, nrm, col)
