@@ -195,15 +195,18 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
 #
 # Twins of the PyTorch code above, used by :func:`render` when no gradient is asked for on the CPU
 # (corpus rendering, benchmarks); the PyTorch path stays the differentiable reference and the tests
-# compare the two. Eq. 2-3 are two float32 GEMMs over the batch (torch); then, on
-# torch.get_num_threads() threads that take faces from a shared queue, a few Numba kernels per face do
-# Phi and the projection, the vertex normals, SH shading (Eq. 5), a z-buffer and the per-pixel
-# interpolation (Eq. 6), writing the image, masks and depth directly: no (B, H, W, K, ...)
-# intermediates and no fragments unless asked for. The z-buffer takes the triangles _CH at a time:
+# compare the two. Eq. 2-3 are two float32 GEMMs over the batch (:func:`_offsets`: NumPy's BLAS, one
+# thread per block of columns); then, on torch.get_num_threads() threads that take two faces at a time
+# from a shared queue (:func:`_fz_faces`: one Numba call, so one GIL-held argument unboxing, per two
+# faces), a few Numba kernels per face do Phi and the projection, the vertex normals, SH shading
+# (Eq. 5), a z-buffer and the per-pixel interpolation (Eq. 6), writing the image, masks and depth
+# directly: no (B, H, W, K, ...) intermediates and no fragments unless asked for. Screen x, y, 1 / depth
+# and the colour of each vertex are packed into one 32-byte record (``pk``) for the two passes that
+# gather them per triangle and per pixel. The z-buffer takes the triangles _CH at a time:
 # the per-triangle setup (bounding box, back-face culling, the 1/z plane) and the inside test of the
 # 2x2 block of pixel centres at the corner of each triangle's bounding box run in loops that LLVM
-# vectorises (flat chunk arrays with constant offsets, float32); the few larger triangles are
-# collected and drawn as 4x2 / 2x4 blocks or, larger still, pixel by pixel. The depth test is a max
+# vectorises (flat chunk arrays with constant offsets, float32); the larger triangles are
+# collected and drawn as 4x2 / 2x4 blocks or, larger still, row by row. The depth test is a max
 # over 64-bit keys (float32 bits of 1/z above, the complement of the face index below: the nearest
 # wins, ties go to the lower face index), so it needs no branch. The inside test uses the visibility
 # kernel's edge functions (inclusive), in float32, so coverage can differ from the float64 decision
@@ -730,6 +733,18 @@ def _workspace(V: int, H: int, W: int):
 _POOL: list = [None, 0, 0]  # the worker threads of the fused path: executor, size, process id
 
 
+def _after_fork_in_child() -> None:
+    """A forked child (e.g. a DataLoader worker) has none of the parent's worker threads, and a lock
+    another thread held at the fork stays held: start afresh."""
+    global _WORKSPACE_LOCK
+    _WORKSPACE_LOCK = threading.Lock()
+    _POOL[:] = [None, 0, 0]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _thread_pool(n: int):
     """A persistent pool of ``n`` threads (recreated when ``n`` changes or after a fork): starting
     threads on every call costs time, and their sleeping costs nothing."""
@@ -737,7 +752,7 @@ def _thread_pool(n: int):
         pool, size, pid = _POOL
         if pool is None or size != n or pid != os.getpid():
             if pool is not None and pid == os.getpid():
-                pool.shutdown(wait=False)
+                pool.shutdown(wait=False)  # its idle threads exit
             pool = ThreadPoolExecutor(n, thread_name_prefix="facelib-render")
             _POOL[:] = [pool, n, os.getpid()]
         return pool

@@ -1,8 +1,11 @@
 """The render pipeline: parameters -> shaded image, masks, depth; CLI render and bench."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -293,3 +296,78 @@ def test_outputs_select_the_render_fields(open_model):
     for bad in (("pixels",), 3, "everything"):
         with pytest.raises(ValueError, match="outputs"):
             render(open_model, theta, 24, outputs=bad)
+
+
+
+@needs_numba
+def test_fused_offsets_blas_and_torch_agree(open_model, monkeypatch):
+    """Eq. 2-3 offsets of the fused path: NumPy's BLAS split over threads (the default) against a
+    float64 reference, and the torch.mm fallback (used where threadpoolctl is missing) giving the same
+    renders to float32 rounding."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import facelib.render as R
+
+    g = torch.Generator().manual_seed(3)
+    coef, basis = torch.randn(7, 19, generator=g), torch.randn(19, 1001, generator=g)
+    ref = (coef.double() @ basis.double()).float()
+    with ThreadPoolExecutor(3) as pool:
+        for n_jobs, p in ((1, None), (3, pool)):
+            (out,) = R._offsets([(coef, basis)], n_jobs, p)
+            torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-5, atol=1e-5)
+    theta = sample_sec5(open_model, 5, seed=21)
+    with torch.no_grad():
+        a = render(open_model, theta, 40, outputs=("verts_cam", "colors"))
+        monkeypatch.setattr(R, "_blas_one_thread", lambda: None)
+        b = render(open_model, theta, 40, outputs=("verts_cam", "colors"))
+    torch.testing.assert_close(a.verts_cam, b.verts_cam, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(a.colors, b.colors, rtol=1e-5, atol=1e-5)
+    assert float((a.mask != b.mask).float().mean()) < 1e-3
+
+
+@needs_numba
+def test_fused_render_reuses_workspaces_across_sizes_and_threads(open_model):
+    """The per-thread workspaces and the worker pool are reused between calls: renders at changing
+    sizes and thread counts equal a render of the same input on its own (nothing leaks between calls)."""
+    theta = sample_sec5(open_model, 3, seed=8)
+    threads = torch.get_num_threads()
+    with torch.no_grad():
+        first = {s: render(open_model, theta, s, outputs="image") for s in (24, (16, 30))}
+        try:
+            for n in (1, 2, threads):
+                torch.set_num_threads(n)
+                for s in ((16, 30), 24, (16, 30)):
+                    r = render(open_model, theta, s, outputs="image")
+                    assert torch.equal(r.image, first[s].image) and torch.equal(r.depth, first[s].depth)
+        finally:
+            torch.set_num_threads(threads)
+
+
+@needs_numba
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_fused_render_in_a_forked_child(open_model):
+    """A forked child (a DataLoader worker, say) renders with its own worker threads: the parent's pool
+    is not inherited as if alive (that would hang). The child exits 0 when its render equals the
+    parent's."""
+    theta = sample_sec5(open_model, 4, seed=2)
+    with torch.no_grad():
+        parent = render(open_model, theta, 20, outputs="image").image  # the parent's pool exists now
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            with torch.no_grad():
+                code = 0 if torch.equal(render(open_model, theta, 20, outputs="image").image, parent) else 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the render in the forked child hung")
+        time.sleep(0.05)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
