@@ -128,7 +128,6 @@ def fused_stages(size=240, batch=32, reps=3):
         mask = np.empty((H, W), bool)
         imask = np.empty((H, W), bool)
         depth = np.empty((H, W), np.float32)
-        e4, e5 = np.empty((0, 0, 1), np.float32), np.empty((0, 0, 1, 3), np.float32)
         pp = (f32(cam.principal_point[0]), f32(cam.principal_point[1]))
         steps = {
             "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
@@ -138,8 +137,7 @@ def fused_stages(size=240, batch=32, reps=3):
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
                 pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(
-                zb, b, faces, pk, mouth, H, W, f32(0), image, mask, imask, depth, False,
-                np.empty((0, 0, 1), np.int64), e4, e5, e4),
+                zb, faces, pk, mouth, H, W, f32(0), image, mask, imask, depth),
         }
         per = {k: [] for k in steps}
         for _ in range(reps):

@@ -591,74 +591,105 @@ if HAVE_NUMBA:
             _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
 
     @njit(**_JIT)
-    def _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image, mask, imask, depth, frags,
-                    p2f, zbuf, bary, dists):
-        """Per pixel: the winning face's perspective-correct barycentrics (float32, the formulas of
-        :func:`facelib.raster.fragments_from_pix_to_face`), Eq. 6 colour, masks, depth; with ``frags``
-        also the Fragments (K = 1). Vertex data come from the packed records ``pk`` (V, _NP): screen
-        x, y, 1 / depth and the colour of a vertex share one 32-byte record."""
-        F = faces.shape[0]
+    def _fz_pixel(fl, pf, f, px, py):
+        """Perspective-correct barycentrics (float32, the formulas of
+        :func:`facelib.raster.fragments_from_pix_to_face`) of face ``f`` at the pixel centre (px, py):
+        the offsets ``a, b, c`` of its three vertex records in the flat packed records ``pf``, the edge
+        functions ``w0, w1, w2`` and their sum ``s``, barycentrics ``q0, q1, q2`` and the depth ``d``."""
         one = np.float32(1.0)
-        half = np.float32(0.5)
         tiny = np.float32(1.1754944e-38)  # torch.finfo(float32).tiny
+        a = _NP * fl[3 * f]  # offsets of the three vertex records
+        b = _NP * fl[3 * f + 1]
+        c = _NP * fl[3 * f + 2]
+        x0 = pf[a] - px
+        y0 = pf[a + 1] - py
+        x1 = pf[b] - px
+        y1 = pf[b + 1] - py
+        x2 = pf[c] - px
+        y2 = pf[c + 1] - py
+        w0 = x1 * y2 - y1 * x2
+        w1 = x2 * y0 - y2 * x0
+        w2 = x0 * y1 - y0 * x1
+        s = w0 + w1 + w2
+        if abs(s) < tiny:
+            s = tiny
+        q0 = w0 * pf[a + 2]  # b_i / z_i up to the common factor 1 / s
+        q1 = w1 * pf[b + 2]
+        q2 = w2 * pf[c + 2]
+        d = one / (q0 + q1 + q2)
+        return a, b, c, w0, w1, w2, s, q0 * d, q1 * d, q2 * d, d * s
+
+    @njit(**_JIT)
+    def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth):
+        """Per pixel: the winning face's barycentrics (:func:`_fz_pixel`), Eq. 6 colour, masks, depth.
+        Vertex data come from the packed records ``pk`` (V, _NP): screen x, y, 1 / depth and the colour
+        of a vertex share one 32-byte record."""
+        half = np.float32(0.5)
+        zero = np.float32(0.0)
+        fl = faces.reshape(-1)
+        pf = pk.reshape(-1)
         for i in range(H):
             py = np.float32(i) + half
-            image[0, i] = bg  # each row: the background first (vectorised, stays in cache), then the
-            image[1, i] = bg  # covered pixels
-            image[2, i] = bg
-            mask[i] = False
-            imask[i] = False
-            depth[i] = 0.0
-            if frags:
-                p2f[i] = -1
-                zbuf[i] = -1.0
-                bary[i] = -1.0
-                dists[i] = -1.0
-            for j in range(W):
+            for j in range(W):  # every pixel written once (the branch is predictable along a row)
                 key = zb[i * W + j]
                 if key == 0:
+                    image[0, i, j] = bg
+                    image[1, i, j] = bg
+                    image[2, i, j] = bg
+                    mask[i, j] = False
+                    imask[i, j] = False
+                    depth[i, j] = zero
                     continue
-                px = np.float32(j) + half
                 f = _KEY_LO - (key & _KEY_LO)
-                a = faces[f, 0]
-                b_ = faces[f, 1]
-                c = faces[f, 2]
-                x0 = pk[a, 0] - px
-                y0 = pk[a, 1] - py
-                x1 = pk[b_, 0] - px
-                y1 = pk[b_, 1] - py
-                x2 = pk[c, 0] - px
-                y2 = pk[c, 1] - py
-                w0 = x1 * y2 - y1 * x2
-                w1 = x2 * y0 - y2 * x0
-                w2 = x0 * y1 - y0 * x1
-                s = w0 + w1 + w2
-                if abs(s) < tiny:
-                    s = tiny
-                q0 = w0 * pk[a, 2]  # b_i / z_i up to the common factor 1 / s
-                q1 = w1 * pk[b_, 2]
-                q2 = w2 * pk[c, 2]
-                d = one / (q0 + q1 + q2)
-                q0 *= d
-                q1 *= d
-                q2 *= d
-                d *= s
-                for ch in range(3):  # Eq. 6
-                    image[ch, i, j] = q0 * pk[a, 3 + ch] + q1 * pk[b_, 3 + ch] + q2 * pk[c, 3 + ch]
+                a, b, c, _, _, _, _, q0, q1, q2, d = _fz_pixel(fl, pf, f, np.float32(j) + half, py)
+                image[0, i, j] = q0 * pf[a + 3] + q1 * pf[b + 3] + q2 * pf[c + 3]  # Eq. 6
+                image[1, i, j] = q0 * pf[a + 4] + q1 * pf[b + 4] + q2 * pf[c + 4]
+                image[2, i, j] = q0 * pf[a + 5] + q1 * pf[b + 5] + q2 * pf[c + 5]
                 mask[i, j] = True
                 imask[i, j] = not mouth[f]
                 depth[i, j] = d
-                if frags:
-                    p2f[i, j, 0] = b * F + f
-                    zbuf[i, j, 0] = d
-                    bary[i, j, 0, 0] = q0
-                    bary[i, j, 0, 1] = q1
-                    bary[i, j, 0, 2] = q2
-                    sg = one if s > 0 else -one
-                    e0 = w0 * sg / max(np.sqrt((x2 - x1) ** 2 + (y2 - y1) ** 2), tiny)
-                    e1 = w1 * sg / max(np.sqrt((x0 - x2) ** 2 + (y0 - y2) ** 2), tiny)
-                    e2 = w2 * sg / max(np.sqrt((x1 - x0) ** 2 + (y1 - y0) ** 2), tiny)
-                    dists[i, j, 0] = -min(e0, e1, e2)
+
+    @njit(**_JIT)
+    def _fz_fragments(zb, bi, faces, pk, H, W, p2f, zbuf, bary, dists):
+        """The Fragments (K = 1) of face ``bi`` of the batch from its z-buffer: pix_to_face (packed batch
+        index), zbuf, bary_coords and dists, -1 where no face (only when ``outputs`` asks for them)."""
+        one = np.float32(1.0)
+        half = np.float32(0.5)
+        tiny = np.float32(1.1754944e-38)
+        F = faces.shape[0]
+        fl = faces.reshape(-1)
+        pf = pk.reshape(-1)
+        for i in range(H):
+            py = np.float32(i) + half
+            for j in range(W):
+                key = zb[i * W + j]
+                if key == 0:
+                    p2f[i, j, 0] = -1
+                    zbuf[i, j, 0] = -one
+                    bary[i, j, 0, 0] = -one
+                    bary[i, j, 0, 1] = -one
+                    bary[i, j, 0, 2] = -one
+                    dists[i, j, 0] = -one
+                    continue
+                px = np.float32(j) + half
+                f = _KEY_LO - (key & _KEY_LO)
+                a, b, c, w0, w1, w2, s, q0, q1, q2, d = _fz_pixel(fl, pf, f, px, py)
+                p2f[i, j, 0] = bi * F + f
+                zbuf[i, j, 0] = d
+                bary[i, j, 0, 0] = q0
+                bary[i, j, 0, 1] = q1
+                bary[i, j, 0, 2] = q2
+                x0 = pf[a] - px
+                y0 = pf[a + 1] - py
+                x1 = pf[b] - px
+                y1 = pf[b + 1] - py
+                x2 = pf[c] - px
+                y2 = pf[c + 1] - py
+                sg = one if s > 0 else -one
+                e0 = w0 * sg / max(np.sqrt((x2 - x1) ** 2 + (y2 - y1) ** 2), tiny)
+                e1 = w1 * sg / max(np.sqrt((x0 - x2) ** 2 + (y0 - y2) ** 2), tiny)
+                e2 = w2 * sg / max(np.sqrt((x1 - x0) ** 2 + (y1 - y0) ** 2), tiny)
+                dists[i, j, 0] = -min(e0, e1, e2)
 
     @njit(**_JIT)
     def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg,
@@ -677,8 +708,9 @@ if HAVE_NUMBA:
             _fz_normals(faces, vc, nrm)
             _fz_shade(nrm, alb[b], mean_a, gamma[b], col, pk)
             _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64)
-            _fz_resolve(zb, b, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b],
-                        frags, p2f[b], zbuf[b], bary[b], dists[b])
+            _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b])
+            if frags:
+                _fz_fragments(zb, b, faces, pk, H, W, p2f[b], zbuf[b], bary[b], dists[b])
 
 
 _FACES_PER_CALL = 2  # faces per call of _fz_faces: few GIL-held unboxings, balanced load at the end
