@@ -768,8 +768,9 @@ _POOL: list = [None, 0, 0]  # the worker threads of the fused path: executor, si
 def _after_fork_in_child() -> None:
     """A forked child (e.g. a DataLoader worker) has none of the parent's worker threads, and a lock
     another thread held at the fork stays held: start afresh."""
-    global _WORKSPACE_LOCK
+    global _WORKSPACE_LOCK, _BLAS_LOCK
     _WORKSPACE_LOCK = threading.Lock()
+    _BLAS_LOCK = threading.Lock()
     _POOL[:] = [None, 0, 0]
 
 
@@ -847,9 +848,9 @@ def _fused_unavailable(model, theta, cam, backend) -> str:
     return ""
 
 
-def _blas_one_thread():
-    """A context manager that keeps NumPy's BLAS to one thread (threadpoolctl), or None where
-    threadpoolctl or a BLAS it knows is missing."""
+def _blas_controller():
+    """threadpoolctl's controller of NumPy's BLAS, or None where threadpoolctl or a BLAS it knows is
+    missing (then :func:`_offsets` uses torch.mm)."""
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
         try:
@@ -859,10 +860,11 @@ def _blas_one_thread():
             _BLAS_CONTROLLER = ctl if len(ctl.lib_controllers) else False
         except Exception:  # noqa: BLE001 (not installed, or an unusual BLAS): fall back to torch
             _BLAS_CONTROLLER = False
-    return _BLAS_CONTROLLER.limit(limits=1) if _BLAS_CONTROLLER else None
+    return _BLAS_CONTROLLER or None
 
 
 _BLAS_CONTROLLER = None
+_BLAS_LOCK = threading.Lock()
 
 
 def _offsets(pairs, n_jobs: int, pool) -> list:
@@ -872,8 +874,8 @@ def _offsets(pairs, n_jobs: int, pool) -> list:
     held to one thread each: no BLAS or OpenMP worker threads are left spinning after the call, which
     would steal the cores from the per-face kernels that follow (and OpenBLAS is faster than the MKL
     of the torch wheel on AMD CPUs). Without threadpoolctl: ``torch.mm``."""
-    limit = _blas_one_thread()
-    if limit is None:
+    ctl = _blas_controller()
+    if ctl is None:
         return [torch.mm(c, b).numpy() for c, b in pairs]
     arrays = [(c.numpy(), b.numpy()) for c, b in pairs]
     outs = [np.empty((c.shape[0], b.shape[1]), np.float32) for c, b in arrays]
@@ -884,7 +886,9 @@ def _offsets(pairs, n_jobs: int, pool) -> list:
             lo, hi = (n * j // n_jobs) // 16 * 16, (n * (j + 1) // n_jobs) // 16 * 16 if j + 1 < n_jobs else n
             np.matmul(c, b[:, lo:hi], out=o[:, lo:hi])
 
-    with limit:
+    # one limit at a time (limits from two threads at once would not restore the count), set and
+    # restored around the products
+    with _BLAS_LOCK, ctl.limit(limits=1):
         if pool is None:
             for j in range(n_jobs):
                 block(j)

@@ -318,7 +318,7 @@ def test_fused_offsets_blas_and_torch_agree(open_model, monkeypatch):
     theta = sample_sec5(open_model, 5, seed=21)
     with torch.no_grad():
         a = render(open_model, theta, 40, outputs=("verts_cam", "colors"))
-        monkeypatch.setattr(R, "_blas_one_thread", lambda: None)
+        monkeypatch.setattr(R, "_blas_controller", lambda: None)
         b = render(open_model, theta, 40, outputs=("verts_cam", "colors"))
     torch.testing.assert_close(a.verts_cam, b.verts_cam, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(a.colors, b.colors, rtol=1e-5, atol=1e-5)
@@ -371,3 +371,29 @@ def test_fused_render_in_a_forked_child(open_model):
             pytest.fail("the render in the forked child hung")
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+@needs_numba
+def test_fused_render_from_two_threads_at_once(open_model):
+    """Two threads rendering at the same time share the worker pool and get what they would alone;
+    NumPy's BLAS thread count is restored afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import facelib.render as R
+
+    thetas = [sample_sec5(open_model, 6, seed=s) for s in (30, 31)]
+    with torch.no_grad():
+        alone = [render(open_model, t, 32, outputs="image").image for t in thetas]
+    ctl = R._blas_controller()
+    before = [lib.num_threads for lib in ctl.lib_controllers] if ctl else None
+
+    def job(t):
+        with torch.no_grad():
+            return [render(open_model, t, 32, outputs="image").image for _ in range(3)]
+
+    with ThreadPoolExecutor(2) as users:
+        results = list(users.map(job, thetas))
+    for res, ref in zip(results, alone):
+        assert all(torch.equal(x, ref) for x in res)
+    if ctl:
+        assert [lib.num_threads for lib in ctl.lib_controllers] == before
