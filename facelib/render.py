@@ -348,31 +348,14 @@ if HAVE_NUMBA:
     @njit(**_JIT)
     def _fz_gather(n, ids, pk, faces, T):
         """Triangle chunk ``T`` (_NT * _CH,): screen x, y and 1 / depth of the vertices of faces
-        ``ids[:n]`` from the packed vertex records ``pk``."""
-        for k in range(n):
-            f = ids[k]
-            a = faces[f, 0]
-            b = faces[f, 1]
-            c = faces[f, 2]
-            T[0 * _CH + k] = pk[a, 0]
-            T[1 * _CH + k] = pk[a, 1]
-            T[2 * _CH + k] = pk[b, 0]
-            T[3 * _CH + k] = pk[b, 1]
-            T[4 * _CH + k] = pk[c, 0]
-            T[5 * _CH + k] = pk[c, 1]
-            T[6 * _CH + k] = pk[a, 2]
-            T[7 * _CH + k] = pk[b, 2]
-            T[8 * _CH + k] = pk[c, 2]
-
-    @njit(**_JIT)
-    def _fz_gather_range(start, n, pk, faces, T):
-        """:func:`_fz_gather` of the faces ``start .. start + n - 1``."""
+        ``ids[:n]`` from the packed vertex records ``pk`` (flat indices: no per-row strides)."""
         fl = faces.reshape(-1)
         pf = pk.reshape(-1)
         for k in range(n):
-            a = fl[3 * (start + k)] * _NP
-            b = fl[3 * (start + k) + 1] * _NP
-            c = fl[3 * (start + k) + 2] * _NP
+            f = 3 * ids[k]
+            a = fl[f] * _NP
+            b = fl[f + 1] * _NP
+            c = fl[f + 2] * _NP
             T[0 * _CH + k] = pf[a]
             T[1 * _CH + k] = pf[a + 1]
             T[2 * _CH + k] = pf[b]
@@ -388,7 +371,7 @@ if HAVE_NUMBA:
         """Per-triangle setup (vectorised, float32). A triangle is drawn when front-facing (negative
         signed area, as ``cull_backfaces``), not degenerate, in front of the camera, with a pixel centre
         in its clipped bounding box. Rows of ``C``: 0 draw as a 2x2 block, 1 as a 4x2 / 2x4 block, 2
-        pixel by pixel (larger), 3 the 4x2 block is tall (else wide), 4-5 the bounding box corner
+        row by row (larger), 3 the 4x2 block is tall (else wide), 4-5 the bounding box corner
         (row, column), 6-8 1/z = q0 + gx (x - x0) + gy (y - y0) (perspective-correct: 1/z is affine on
         the screen)."""
         zero = np.float32(0.0)
@@ -542,7 +525,7 @@ if HAVE_NUMBA:
     @njit(**_JIT)
     def _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb):
         """Depth test of the m collected triangles larger than 2x2: gathered and set up again, 4x2 /
-        2x4 blocks, then pixel by pixel for the rest."""
+        2x4 blocks, then row by row for the rest."""
         _fz_gather(m, ids4, pk, faces, T4)
         _fz_setup(m, T4, H, W, C4)
         _fz_candidates(m, T4, C4, H, W, 4, 4, 1, Q, P)
@@ -574,7 +557,7 @@ if HAVE_NUMBA:
             n = min(_CH, F - start)
             for k in range(n):
                 ids[k] = start + k
-            _fz_gather_range(start, n, pk, faces, T)
+            _fz_gather(n, ids, pk, faces, T)
             _fz_setup(n, T, H, W, C)
             _fz_candidates(n, T, C, H, W, 2, 2, 0, Q, P)
             _fz_keys(n, 4, ids, Qi, K)

@@ -234,7 +234,7 @@ def _soup_model(T=120, seed=0):
 @needs_numba
 @pytest.mark.parametrize("size", [(48, 64), (3, 2), (1, 1), (5, 4)])
 def test_fused_rasterizer_on_a_triangle_soup(size):
-    """Every size class of the fused z-buffer (2x2 blocks, 4x2 / 2x4 blocks, pixel by pixel, images
+    """Every size class of the fused z-buffer (2x2 blocks, 4x2 / 2x4 blocks, row by row, images
     smaller than the blocks), culling, clipping, triangles behind the camera and degenerate ones, against
     the Numba visibility kernel + PyTorch fragments (themselves checked against a brute-force reference
     in test_raster.py)."""
