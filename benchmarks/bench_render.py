@@ -116,14 +116,10 @@ def fused_stages(size=240, batch=32, reps=3):
         Rm = (cam.R @ rot_xyz(p["rotation"])).contiguous().numpy()
         t3 = cam.t.expand(batch, 3).contiguous().numpy()
         g = R.illumination_gamma(p["illumination"]).contiguous().numpy()
-        faces, mouth = R._mesh_arrays(m)
+        faces, mouth, chunks = R._mesh_arrays(m)
         f32 = np.float32
-        vc, sc, nrm, col = (np.empty((V, 3), np.float32) for _ in range(4))
-        pk = np.zeros((V, R._NP), np.float32)
-        zb = np.empty(H * W, np.int64)
-        ws_f32 = np.empty(R._ws_f32_size(W), np.float32)
-        ws_i32 = np.empty(8 * R._CH, np.int32)
-        ws_i64 = np.empty(12 * R._CH, np.int64)
+        ws_cm = R._workspace(V, H, W)  # the scratch arrays of one worker thread, as render() uses them
+        vc, sc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64 = ws_cm.__enter__()
         image = np.empty((3, H, W), np.float32)
         mask = np.empty((H, W), bool)
         imask = np.empty((H, W), bool)
@@ -131,11 +127,11 @@ def fused_stages(size=240, batch=32, reps=3):
         pp = (f32(cam.principal_point[0]), f32(cam.principal_point[1]))
         steps = {
             "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
-                geo[b], m.mean_shape.numpy(), Rm[b], t3[b], f32(cam.focal), *pp, vc, sc, pk),
+                geo[b], m.mean_shape.numpy(), Rm[b], t3[b], f32(cam.focal), *pp, vc, sc, pk, xyq),
             "vertex normals": lambda b: R._fz_normals(faces, vc, nrm),
             "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], m.mean_albedo.numpy(), g[b], col, pk),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
-                pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64),
+                pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(
                 zb, faces, pk, mouth, H, W, f32(0), image, mask, imask, depth),
         }
@@ -149,6 +145,7 @@ def fused_stages(size=240, batch=32, reps=3):
                     acc[k] += time.thread_time() - t
             for k in steps:
                 per[k].append(acc[k] / batch * 1e6)
+        ws_cm.__exit__(None, None, None)
         kernels = {k: round(statistics.median(v), 1) for k, v in per.items()}
         out["kernels (us per face, one thread)"] = kernels
         out["kernels total (us per face)"] = round(sum(kernels.values()), 1)

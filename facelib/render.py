@@ -202,7 +202,9 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
 # (Eq. 5), a z-buffer and the per-pixel interpolation (Eq. 6), writing the image, masks and depth
 # directly: no (B, H, W, K, ...) intermediates and no fragments unless asked for. Screen x, y, 1 / depth
 # and the colour of each vertex are packed into one 32-byte record (``pk``) for the two passes that
-# gather them per triangle and per pixel. The z-buffer takes the triangles _CH at a time:
+# gather them per triangle and per pixel. The z-buffer takes the triangles in chunks of at most _CH
+# (:func:`_triangle_chunks`; the strips of a grid mesh are copied with unit strides, other triangles
+# gathered):
 # the per-triangle setup (bounding box, back-face culling, the 1/z plane) and the inside test of the
 # 2x2 block of pixel centres at the corner of each triangle's bounding box run in loops that LLVM
 # vectorises (flat chunk arrays with constant offsets, float32); the larger triangles are
@@ -228,11 +230,12 @@ if HAVE_NUMBA:
     _JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy error model: no zero-division branches
 
     @njit(**_JIT)
-    def _fz_vertices(geo, mean_s, R, t, focal, ppx, ppy, vc, sc, pk):
+    def _fz_vertices(geo, mean_s, R, t, focal, ppx, ppy, vc, sc, pk, xyq):
         """Eq. 2 (the mean plus the offsets ``geo`` (3 V,)), Phi and the full
         perspective projection of one face, float32 in the order of the PyTorch code: ``vc`` (V, 3)
         camera space, ``sc`` (V, 3) screen (x, y, depth), and columns 0-2 of the packed vertex records
-        ``pk`` (V, _NP): screen x, y and 1 / depth (0 behind the camera)."""
+        ``pk`` (V, _NP): screen x, y and 1 / depth (0 behind the camera); the same three also as
+        ``xyq`` (3 V,): all x, then all y, then all 1 / depth (unit strides for :func:`_fz_copy`)."""
         r00 = R[0, 0]; r01 = R[0, 1]; r02 = R[0, 2]  # noqa: E702
         r10 = R[1, 0]; r11 = R[1, 1]; r12 = R[1, 2]  # noqa: E702
         r20 = R[2, 0]; r21 = R[2, 1]; r22 = R[2, 2]  # noqa: E702
@@ -243,7 +246,8 @@ if HAVE_NUMBA:
         vc = vc.reshape(-1)
         sc = sc.reshape(-1)
         pf = pk.reshape(-1)  # flat, constant stride _NP: the loop stays vectorised
-        for v in range(mean_s.shape[0]):
+        V = mean_s.shape[0]
+        for v in range(V):
             x = m[3 * v] + geo[3 * v]  # Eq. 2
             y = m[3 * v + 1] + geo[3 * v + 1]
             z = m[3 * v + 2] + geo[3 * v + 2]
@@ -263,6 +267,15 @@ if HAVE_NUMBA:
             pf[_NP * v] = u
             pf[_NP * v + 1] = w
             pf[_NP * v + 2] = one / d if d > 0 else np.float32(0.0)
+        # a loop of its own: with three more outputs in the loop above LLVM stops vectorising it
+        xs = xyq[:V]  # views: the index stays v >= 0 (V + v might be negative for all LLVM knows, and
+        ys = xyq[V: 2 * V]  # the select for negative indices stops the vectoriser)
+        qs = xyq[2 * V:]
+        for v in range(V):
+            d = sc[3 * v + 2]
+            xs[v] = sc[3 * v]
+            ys[v] = sc[3 * v + 1]
+            qs[v] = one / d if d > 0 else np.float32(0.0)
 
     @njit(**_JIT)
     def _fz_normals(faces, vc, nrm):
@@ -365,6 +378,22 @@ if HAVE_NUMBA:
             T[6 * _CH + k] = pf[a + 2]
             T[7 * _CH + k] = pf[b + 2]
             T[8 * _CH + k] = pf[c + 2]
+
+    @njit(**_JIT)
+    def _fz_copy(n, a, b, c, xyq, T):
+        """Triangle chunk ``T`` as :func:`_fz_gather` for a strip: triangle k of the chunk has the
+        vertices ``a + k, b + k, c + k``, so its data are unit-stride copies from ``xyq`` (3 V,) (x, y,
+        1 / depth of all vertices): vector loads instead of gathers."""
+        V = xyq.shape[0] // 3
+        a = np.int64(a)
+        b = np.int64(b)
+        c = np.int64(c)
+        offs = (a, V + a, b, V + b, c, V + c, 2 * V + a, 2 * V + b, 2 * V + c)
+        for r in range(_NT):  # one stream per loop: LLVM vectorises each
+            src = xyq[offs[r]:]  # views, so the index is k >= 0: no negative-index select,
+            dst = T[r * _CH:]  # which would stop the vectoriser
+            for k in range(n):
+                dst[k] = src[k]
 
     @njit(**_JIT)
     def _fz_setup(n, T, H, W, C):
@@ -536,9 +565,10 @@ if HAVE_NUMBA:
                 _fz_large(r, ids4[r], T4, C4, H, W, qrow, zb)
 
     @njit(**_JIT)
-    def _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64):
-        """Visibility of one face: ``zb`` (H W,) int64 keys, 0 where no triangle covers the centre."""
-        F = faces.shape[0]
+    def _fz_zbuffer(pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64):
+        """Visibility of one face: ``zb`` (H W,) int64 keys, 0 where no triangle covers the centre.
+        The triangles are taken in order, in the chunks of :func:`_triangle_chunks`."""
+        fl = faces.reshape(-1)
         zb[:] = 0
         T = ws_f32[: _NT * _CH]
         C = ws_f32[_NT * _CH: (_NT + _NC) * _CH]
@@ -553,11 +583,15 @@ if HAVE_NUMBA:
         ids4 = ws_i64[9 * _CH: 11 * _CH]  # room for two chunks' worth
         idx = ws_i64[11 * _CH: 12 * _CH]
         m = np.int64(0)  # faces larger than 2x2 collected over chunks (long vector loops pay)
-        for start in range(0, F, _CH):
-            n = min(_CH, F - start)
+        for ci in range(chunks.shape[0]):
+            start = chunks[ci, 0]
+            n = chunks[ci, 1]
             for k in range(n):
                 ids[k] = start + k
-            _fz_gather(n, ids, pk, faces, T)
+            if chunks[ci, 2]:
+                _fz_copy(n, fl[3 * start], fl[3 * start + 1], fl[3 * start + 2], xyq, T)
+            else:
+                _fz_gather(n, ids, pk, faces, T)
             _fz_setup(n, T, H, W, C)
             _fz_candidates(n, T, C, H, W, 2, 2, 0, Q, P)
             _fz_keys(n, 4, ids, Qi, K)
@@ -675,9 +709,9 @@ if HAVE_NUMBA:
                 dists[i, j, 0] = -min(e0, e1, e2)
 
     @njit(**_JIT)
-    def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg,
-                  image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
-                  vc_s, sc_s, nrm_s, col_s, pk, zb, ws_f32, ws_i32, ws_i64):
+    def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W,
+                  bg, image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
+                  vc_s, sc_s, nrm_s, col_s, pk, xyq, zb, ws_f32, ws_i32, ws_i64):
         """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets to the pixels: the per-face kernels
         in order. ``keep`` (4,) bool: write camera-space vertices, screen vertices, normals, colours to
         ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3) (else to the scratch arrays ``*_s`` (V, 3)).
@@ -687,10 +721,10 @@ if HAVE_NUMBA:
             sc = sc_o[b] if keep[1] else sc_s
             nrm = nrm_o[b] if keep[2] else nrm_s
             col = col_o[b] if keep[3] else col_s
-            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, pk)
+            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, pk, xyq)
             _fz_normals(faces, vc, nrm)
             _fz_shade(nrm, alb[b], mean_a, gamma[b], col, pk)
-            _fz_zbuffer(pk, faces, H, W, zb, ws_f32, ws_i32, ws_i64)
+            _fz_zbuffer(pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64)
             _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b])
             if frags:
                 _fz_fragments(zb, b, faces, pk, H, W, p2f[b], zbuf[b], bary[b], dists[b])
@@ -705,7 +739,7 @@ def _render_faces(args, outs, queue, frags: bool, keep: tuple) -> None:
     GIL) and take faces as they become free: the load stays balanced when faces differ in cost or a
     core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
     ``outs``."""
-    geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, H, W, bg = args
+    geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W, bg = args
     B, V = geo.shape[0], mean_s.shape[0]
     keep = np.array(keep, dtype=np.bool_)
     with _workspace(V, H, W) as ws:
@@ -733,7 +767,7 @@ def _workspace(V: int, H: int, W: int):
                 del _WORKSPACES[k]
     if ws is None:
         ws = [np.empty((V, 3), np.float32) for _ in range(4)] + [
-            np.zeros((V, _NP), np.float32), np.empty(H * W, np.int64),
+            np.zeros((V, _NP), np.float32), np.empty(3 * V, np.float32), np.empty(H * W, np.int64),
             np.empty(_ws_f32_size(W), np.float32), np.empty(8 * _CH, np.int32),
             np.empty(12 * _CH, np.int64)]
     try:
@@ -795,11 +829,47 @@ def _cached(model, key: str, tensors: tuple, build):
 
 
 def _mesh_arrays(model) -> tuple:
-    """The triangles as int32 and :func:`face_labels`' ``mouth_interior`` as NumPy arrays (the torch
-    ops behind face_labels spin up threads: slow on a shared CPU)."""
+    """The triangles as int32, :func:`face_labels`' ``mouth_interior`` and :func:`_triangle_chunks` as
+    NumPy arrays (the torch ops behind face_labels spin up threads: slow on a shared CPU)."""
     tri, m = model.triangles, model.masks["mouth_interior"]
-    return _cached(model, "mesh", (tri, m), lambda: (
-        np.ascontiguousarray(tri.numpy(), dtype=np.int32), m.numpy()[tri.numpy()].all(1)))
+
+    def build():
+        faces = np.ascontiguousarray(tri.numpy(), dtype=np.int32)
+        return faces, m.numpy()[tri.numpy()].all(1), _triangle_chunks(faces)
+    return _cached(model, "mesh", (tri, m), build)
+
+
+_RUN_MIN = 16  # shortest strip worth a chunk of its own in _triangle_chunks
+
+
+def _triangle_chunks(faces: np.ndarray) -> np.ndarray:
+    """Chunks of at most ``_CH`` consecutive triangles that cover ``faces`` (F, 3) in order, as rows
+    ``(start, count, strip)`` (int64). ``strip`` is 1 where the chunk is a strip, ``faces[start + k] ==
+    faces[start] + k`` for every k < count (the rows of a grid mesh such as the open model), whose
+    vertex data :func:`_fz_copy` copies with unit strides; other triangles are gathered. The order of
+    the triangles is kept (the depth test breaks ties by face index)."""
+    F = len(faces)
+    if F == 0:
+        return np.zeros((0, 3), np.int64)
+    steps = np.all(np.diff(faces.astype(np.int64), axis=0) == 1, axis=1)
+    bounds = np.concatenate([[0], np.flatnonzero(~steps) + 1, [F]])  # maximal strips [b_i, b_i+1)
+    rows, loose = [], None  # loose: start of the pending gathered chunk
+
+    def flush_loose(end):
+        for s in range(loose, end, _CH):
+            rows.append((s, min(_CH, end - s), 0))
+
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if e - s >= _RUN_MIN:
+            if loose is not None:
+                flush_loose(s)
+                loose = None
+            rows.extend((k, min(_CH, e - k), 1) for k in range(s, e, _CH))
+        elif loose is None:
+            loose = s
+    if loose is not None:
+        flush_loose(F)
+    return np.array(rows, np.int64).reshape(-1, 3)
 
 
 def _geometry_basis(model, ns: int, ne: int) -> torch.Tensor:
@@ -907,7 +977,7 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
         focal = torch.as_tensor(cam.focal, **f32).reshape(-1).expand(B).contiguous()
         pp = torch.as_tensor(cam.principal_point, **f32).reshape(-1, 2).expand(B, 2).contiguous()
         gamma = illumination_gamma(p["illumination"].detach()).to(**f32).contiguous()
-        faces, mouth = _mesh_arrays(model)
+        faces, mouth, chunks = _mesh_arrays(model)
     frags = "fragments" in want
     keep = tuple(k in want for k in ("verts_cam", "screen", "normals_cam", "colors"))
     image = torch.empty(B, 3, H, W)
@@ -923,7 +993,7 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
     if B:
         args = [geo, model.mean_shape.numpy(), alb, model.mean_albedo.numpy(), R.numpy(), t.numpy(),
                 focal.numpy(), pp[:, 0].contiguous().numpy(), pp[:, 1].contiguous().numpy(), gamma.numpy(),
-                faces, mouth, H, W, np.float32(background)]
+                faces, mouth, chunks, H, W, np.float32(background)]
         outs = [image.numpy(), mask.numpy(), imask.numpy(), depth.numpy(), p2f.numpy(), zbuf.numpy(),
                 bary.numpy(), dists.numpy()] + [x.numpy() for x in per_vertex]
         queue = itertools.count(0, _FACES_PER_CALL)  # next() is atomic under the GIL: a shared queue

@@ -299,6 +299,32 @@ def test_outputs_select_the_render_fields(open_model):
 
 
 
+def test_triangle_chunks_cover_the_triangles_in_order_and_mark_only_strips():
+    """The z-buffer's chunks (start, count, strip): every triangle once and in order, at most _CH per
+    chunk, and strip = 1 only where faces[start + k] == faces[start] + k (checked triangle by
+    triangle); long strips are found, short ones and irregular triangles are gathered."""
+    import numpy as np
+
+    import facelib.render as R
+
+    g = np.random.default_rng(0)
+    strip = lambda base, n: base + np.arange(n)[:, None] + np.array([0, 1, 40])  # noqa: E731
+    faces = np.concatenate([strip(0, 40), g.integers(0, 900, (5, 3)), strip(100, 600),
+                            strip(5, R._RUN_MIN - 1), g.integers(0, 900, (3, 3))]).astype(np.int32)
+    chunks = R._triangle_chunks(faces)
+    assert chunks.dtype == np.int64 and chunks.shape[1] == 3
+    assert chunks[0, 0] == 0 and np.all(chunks[1:, 0] == chunks[:-1, 0] + chunks[:-1, 1])
+    assert chunks[-1, 0] + chunks[-1, 1] == len(faces) and np.all((chunks[:, 1] > 0) & (chunks[:, 1] <= R._CH))
+    for start, n, is_strip in chunks:
+        if is_strip:
+            assert np.array_equal(faces[start:start + n], faces[start] + np.arange(n)[:, None])
+    covered = np.zeros(len(faces), bool)
+    for start, n, is_strip in chunks[chunks[:, 2] == 1]:
+        covered[start:start + n] = True
+    assert covered[:40].all() and covered[45:645].all() and not covered[40:45].any() and not covered[645:].any()
+    assert R._triangle_chunks(np.zeros((0, 3), np.int32)).shape == (0, 3)
+
+
 @needs_numba
 def test_fused_offsets_blas_and_torch_agree(open_model, monkeypatch):
     """Eq. 2-3 offsets of the fused path: NumPy's BLAS split over threads (the default) against a
