@@ -128,7 +128,7 @@ def fused_stages(size=240, batch=32, reps=3):
         steps = {
             "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
                 geo[b], m.mean_shape.numpy(), Rm[b], t3[b], f32(cam.focal), *pp, vc, sc, pk, xyq),
-            "vertex normals": lambda b: R._fz_normals(faces, vc, nrm),
+            "vertex normals": lambda b: R._fz_normals(faces, chunks, vc, nrm, ws_f32),
             "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], m.mean_albedo.numpy(), g[b], col, pk),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
                 pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64),

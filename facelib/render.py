@@ -278,26 +278,60 @@ if HAVE_NUMBA:
             qs[v] = one / d if d > 0 else np.float32(0.0)
 
     @njit(**_JIT)
-    def _fz_normals(faces, vc, nrm):
-        """Area-weighted vertex normal sums (not normalised) of one face, as :func:`vertex_normals`."""
+    def _fz_normals(faces, chunks, vc, nrm, tmp):
+        """Area-weighted vertex normal sums (not normalised) of one face, as :func:`vertex_normals`, over
+        the chunks of :func:`_triangle_chunks`. In a strip the k-th triangle's corners are ``a + k,
+        b + k, c + k``: its normals go to ``tmp`` (3 _CH,), then each corner is one pass of unit-stride
+        adds, which LLVM vectorises (no two triangles of a pass share a vertex); other triangles add
+        one by one."""
         nrm[:] = 0
-        for f in range(faces.shape[0]):
-            a = faces[f, 0]
-            b = faces[f, 1]
-            c = faces[f, 2]
-            ax = vc[b, 0] - vc[a, 0]
-            ay = vc[b, 1] - vc[a, 1]
-            az = vc[b, 2] - vc[a, 2]
-            bx = vc[c, 0] - vc[a, 0]
-            by = vc[c, 1] - vc[a, 1]
-            bz = vc[c, 2] - vc[a, 2]
-            nx = ay * bz - az * by
-            ny = az * bx - ax * bz
-            nz = ax * by - ay * bx
-            for i in (a, b, c):
-                nrm[i, 0] += nx
-                nrm[i, 1] += ny
-                nrm[i, 2] += nz
+        fl = faces.reshape(-1)
+        v = vc.reshape(-1)
+        nf = nrm.reshape(-1)
+        for ci in range(chunks.shape[0]):
+            start = chunks[ci, 0]
+            n = chunks[ci, 1]
+            if chunks[ci, 2]:
+                a = np.int64(fl[3 * start])
+                b = np.int64(fl[3 * start + 1])
+                c = np.int64(fl[3 * start + 2])
+                va = v[3 * a:]  # views: the indices stay >= 0 (no negative-index select)
+                vb = v[3 * b:]
+                vv = v[3 * c:]
+                for k in range(n):
+                    ax = vb[3 * k] - va[3 * k]
+                    ay = vb[3 * k + 1] - va[3 * k + 1]
+                    az = vb[3 * k + 2] - va[3 * k + 2]
+                    bx = vv[3 * k] - va[3 * k]
+                    by = vv[3 * k + 1] - va[3 * k + 1]
+                    bz = vv[3 * k + 2] - va[3 * k + 2]
+                    tmp[k] = ay * bz - az * by
+                    tmp[_CH + k] = az * bx - ax * bz
+                    tmp[2 * _CH + k] = ax * by - ay * bx
+                for o in (a, b, c):
+                    d = nf[3 * o:]
+                    for k in range(n):
+                        d[3 * k] += tmp[k]
+                        d[3 * k + 1] += tmp[_CH + k]
+                        d[3 * k + 2] += tmp[2 * _CH + k]
+                continue
+            for f in range(start, start + n):
+                a = faces[f, 0]
+                b = faces[f, 1]
+                c = faces[f, 2]
+                ax = vc[b, 0] - vc[a, 0]
+                ay = vc[b, 1] - vc[a, 1]
+                az = vc[b, 2] - vc[a, 2]
+                bx = vc[c, 0] - vc[a, 0]
+                by = vc[c, 1] - vc[a, 1]
+                bz = vc[c, 2] - vc[a, 2]
+                nx = ay * bz - az * by
+                ny = az * bx - ax * bz
+                nz = ax * by - ay * bx
+                for i in (a, b, c):
+                    nrm[i, 0] += nx
+                    nrm[i, 1] += ny
+                    nrm[i, 2] += nz
 
     @njit(**_JIT)
     def _fz_shade(nrm, alb, mean_a, g, col, pk):
@@ -722,7 +756,7 @@ if HAVE_NUMBA:
             nrm = nrm_o[b] if keep[2] else nrm_s
             col = col_o[b] if keep[3] else col_s
             _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, pk, xyq)
-            _fz_normals(faces, vc, nrm)
+            _fz_normals(faces, chunks, vc, nrm, ws_f32)
             _fz_shade(nrm, alb[b], mean_a, gamma[b], col, pk)
             _fz_zbuffer(pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64)
             _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b])
