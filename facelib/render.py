@@ -21,7 +21,6 @@ PyTorch code; ``outputs="image"`` skips the fields a corpus renderer does not ke
 from __future__ import annotations
 
 import contextlib
-import itertools
 import os
 import threading
 import weakref
@@ -764,53 +763,65 @@ if HAVE_NUMBA:
                 _fz_fragments(zb, b, faces, pk, H, W, p2f[b], zbuf[b], bary[b], dists[b])
 
 
-_FACES_PER_CALL = 2  # faces per call of _fz_faces: few GIL-held unboxings, balanced load at the end
+_FACES_PER_CALL = 2  # faces per call of _fz_faces: few GIL-held unboxings (one at a time at the end)
+
+
+def _face_ranges(B: int, n_jobs: int) -> list:
+    """Ranges ``(b0, b1)`` of the batch for the calls of :func:`_fz_faces`: ``_FACES_PER_CALL`` faces
+    per call, except the last ``2 n_jobs`` faces, one per call, so the threads finish together."""
+    single = min(B, 2 * n_jobs) if n_jobs > 1 else 0
+    cut = B - single
+    out = [(b, min(cut, b + _FACES_PER_CALL)) for b in range(0, cut, _FACES_PER_CALL)]
+    return out + [(b, b + 1) for b in range(cut, B)]
 
 
 def _render_faces(args, outs, queue, frags: bool, keep: tuple) -> None:
-    """Render the faces whose batch indices ``queue`` hands out (``_FACES_PER_CALL`` at a time) until
-    it is empty, for :func:`_render_fused`. Several threads call this at once (the kernels release the
-    GIL) and take faces as they become free: the load stays balanced when faces differ in cost or a
+    """Render the faces of the ranges ``(b0, b1)`` that ``queue`` (an iterator over
+    :func:`_face_ranges`) hands out until it is empty, for :func:`_render_fused`. Several threads call
+    this at once (the kernels release the GIL) and take faces as they become free: the load stays balanced when faces differ in cost or a
     core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
     ``outs``."""
     geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W, bg = args
-    B, V = geo.shape[0], mean_s.shape[0]
+    V = mean_s.shape[0]
     keep = np.array(keep, dtype=np.bool_)
     with _workspace(V, H, W) as ws:
-        for b0 in queue:
-            if b0 >= B:
-                break
-            _fz_faces(b0, min(B, b0 + _FACES_PER_CALL), *args, *outs[:4], frags, *outs[4:], keep, *ws)
+        for b0, b1 in queue:
+            _fz_faces(b0, b1, *args, *outs[:4], frags, *outs[4:], keep, *ws)
 
 
-_WORKSPACES: dict = {}  # (V, H, W) -> free per-thread workspaces of _render_faces
+_SCRATCH: dict = {}  # key -> free scratch arrays (lists of arrays) of the fused path
 _WORKSPACE_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _workspace(V: int, H: int, W: int):
-    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, screen, normals, colours,
-    packed records, z-buffer, chunk workspaces), taken from a free list and given back: fresh
-    allocations of a few MB per call cost page faults, which are slow on virtual machines."""
-    key = (V, H, W)
+def _scratch(key: tuple, make):
+    """Scratch arrays ``make()`` for ``key``, taken from a free list and given back after use: fresh
+    allocations of a few MB per call cost page faults, which are slow on virtual machines. At most 8
+    free sets per key; keys of other kinds' older shapes are dropped (memory stays bounded)."""
     with _WORKSPACE_LOCK:
-        free = _WORKSPACES.setdefault(key, [])
+        free = _SCRATCH.setdefault(key, [])
         ws = free.pop() if free else None
-        if len(_WORKSPACES) > 4:  # other image sizes or meshes: keep the memory bounded
-            for k in [k for k in _WORKSPACES if k != key]:
-                del _WORKSPACES[k]
+        same_kind = [k for k in _SCRATCH if k[0] == key[0] and k != key]
+        if len(same_kind) > 3:  # other image sizes or meshes
+            for k in same_kind:
+                del _SCRATCH[k]
     if ws is None:
-        ws = [np.empty((V, 3), np.float32) for _ in range(4)] + [
-            np.zeros((V, _NP), np.float32), np.empty(3 * V, np.float32), np.empty(H * W, np.int64),
-            np.empty(_ws_f32_size(W), np.float32), np.empty(8 * _CH, np.int32),
-            np.empty(12 * _CH, np.int64)]
+        ws = make()
     try:
         yield ws
     finally:
         with _WORKSPACE_LOCK:
-            free = _WORKSPACES.setdefault(key, [])
+            free = _SCRATCH.setdefault(key, [])
             if len(free) < 8:
                 free.append(ws)
+
+
+def _workspace(V: int, H: int, W: int):
+    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, screen, normals, colours,
+    packed records, x / y / 1/z, z-buffer, chunk workspaces), reused between calls (:func:`_scratch`)."""
+    return _scratch(("faces", V, H, W), lambda: [np.empty((V, 3), np.float32) for _ in range(4)] + [
+        np.zeros((V, _NP), np.float32), np.empty(3 * V, np.float32), np.empty(H * W, np.int64),
+        np.empty(_ws_f32_size(W), np.float32), np.empty(8 * _CH, np.int32), np.empty(12 * _CH, np.int64)])
 
 
 _POOL: list = [None, 0, 0]  # the worker threads of the fused path: executor, size, process id
@@ -954,18 +965,22 @@ _BLAS_CONTROLLER = None
 _BLAS_LOCK = threading.Lock()
 
 
-def _offsets(pairs, n_jobs: int, pool) -> list:
-    """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis (K, N))`` pair, float32 NumPy.
+def _offsets(pairs, n_jobs: int, pool, outs=None) -> list:
+    """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis (K, N))`` pair, float32 NumPy
+    (written to ``outs``, (B, N) float32 arrays, where given).
 
     The columns are split into ``n_jobs`` blocks computed on the threads of ``pool`` by NumPy's BLAS
     held to one thread each: no BLAS or OpenMP worker threads are left spinning after the call, which
     would steal the cores from the per-face kernels that follow (and OpenBLAS is faster than the MKL
     of the torch wheel on AMD CPUs). Without threadpoolctl: ``torch.mm``."""
     ctl = _blas_controller()
+    if outs is None:
+        outs = [np.empty((c.shape[0], b.shape[1]), np.float32) for c, b in pairs]
     if ctl is None:
-        return [torch.mm(c, b).numpy() for c, b in pairs]
+        for (c, b), o in zip(pairs, outs):
+            torch.mm(c, b, out=torch.from_numpy(o))
+        return outs
     arrays = [(c.numpy(), b.numpy()) for c, b in pairs]
-    outs = [np.empty((c.shape[0], b.shape[1]), np.float32) for c, b in arrays]
 
     def block(j):
         for (c, b), o in zip(arrays, outs):
@@ -998,44 +1013,46 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
     n_jobs = max(1, min(B, torch.get_num_threads()))
     # threads that sleep while they wait (no spin-waiting: robust when the CPU is shared)
     pool = _thread_pool(torch.get_num_threads()) if n_jobs > 1 else None
-    with torch.no_grad():
-        coef = [p["shape"].detach() * model.sigma_s[:ns]]
-        if ne:
-            coef.append(p["expression"].detach() * model.sigma_e[:ne])
-        geo, alb = _offsets([(torch.cat(coef, 1), _geometry_basis(model, ns, ne)),  # Eq. 2 offsets (B, 3 V)
-                             (p["reflectance"].detach() * model.sigma_r[:nr],  # Eq. 3 offsets (B, 3 V)
-                              model.albedo_basis[:nr].reshape(nr, -1))], n_jobs, pool)
-        f32 = dict(dtype=torch.float32)
-        R = (cam.R.to(**f32) @ rot_xyz(p["rotation"].detach())).contiguous()  # Sec. 4.2, camera @ head
-        t = cam.t.to(**f32).expand(B, 3).contiguous()
-        focal = torch.as_tensor(cam.focal, **f32).reshape(-1).expand(B).contiguous()
-        pp = torch.as_tensor(cam.principal_point, **f32).reshape(-1, 2).expand(B, 2).contiguous()
-        gamma = illumination_gamma(p["illumination"].detach()).to(**f32).contiguous()
-        faces, mouth, chunks = _mesh_arrays(model)
-    frags = "fragments" in want
-    keep = tuple(k in want for k in ("verts_cam", "screen", "normals_cam", "colors"))
-    image = torch.empty(B, 3, H, W)
-    mask = torch.empty(B, H, W, dtype=torch.bool)
-    imask = torch.empty(B, H, W, dtype=torch.bool)
-    depth = torch.empty(B, H, W)
-    hw = (H, W) if frags else (0, 0)
-    p2f = torch.empty(B, *hw, 1, dtype=torch.int64)
-    zbuf = torch.empty(B, *hw, 1)
-    bary = torch.empty(B, *hw, 1, 3)
-    dists = torch.empty(B, *hw, 1)
-    per_vertex = [torch.empty(B, V if k else 0, 3) for k in keep]  # verts_cam, screen, normals, colors
-    if B:
-        args = [geo, model.mean_shape.numpy(), alb, model.mean_albedo.numpy(), R.numpy(), t.numpy(),
-                focal.numpy(), pp[:, 0].contiguous().numpy(), pp[:, 1].contiguous().numpy(), gamma.numpy(),
-                faces, mouth, chunks, H, W, np.float32(background)]
-        outs = [image.numpy(), mask.numpy(), imask.numpy(), depth.numpy(), p2f.numpy(), zbuf.numpy(),
-                bary.numpy(), dists.numpy()] + [x.numpy() for x in per_vertex]
-        queue = itertools.count(0, _FACES_PER_CALL)  # next() is atomic under the GIL: a shared queue
-        if pool is None:
-            _render_faces(args, outs, queue, frags, keep)
-        else:
-            for job in [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs)]:
-                job.result()
+    # the (B, 3 V) offsets are used only inside this call: reused between calls (no page faults)
+    with _scratch(("offsets", B, 3 * V), lambda: [np.empty((B, 3 * V), np.float32) for _ in range(2)]) as offs:
+        with torch.no_grad():
+            coef = [p["shape"].detach() * model.sigma_s[:ns]]
+            if ne:
+                coef.append(p["expression"].detach() * model.sigma_e[:ne])
+            geo, alb = _offsets([(torch.cat(coef, 1), _geometry_basis(model, ns, ne)),  # Eq. 2 offsets (B, 3 V)
+                                 (p["reflectance"].detach() * model.sigma_r[:nr],  # Eq. 3 offsets (B, 3 V)
+                                  model.albedo_basis[:nr].reshape(nr, -1))], n_jobs, pool, offs)
+            f32 = dict(dtype=torch.float32)
+            R = (cam.R.to(**f32) @ rot_xyz(p["rotation"].detach())).contiguous()  # Sec. 4.2, camera @ head
+            t = cam.t.to(**f32).expand(B, 3).contiguous()
+            focal = torch.as_tensor(cam.focal, **f32).reshape(-1).expand(B).contiguous()
+            pp = torch.as_tensor(cam.principal_point, **f32).reshape(-1, 2).expand(B, 2).contiguous()
+            gamma = illumination_gamma(p["illumination"].detach()).to(**f32).contiguous()
+            faces, mouth, chunks = _mesh_arrays(model)
+        frags = "fragments" in want
+        keep = tuple(k in want for k in ("verts_cam", "screen", "normals_cam", "colors"))
+        image = torch.empty(B, 3, H, W)
+        mask = torch.empty(B, H, W, dtype=torch.bool)
+        imask = torch.empty(B, H, W, dtype=torch.bool)
+        depth = torch.empty(B, H, W)
+        hw = (H, W) if frags else (0, 0)
+        p2f = torch.empty(B, *hw, 1, dtype=torch.int64)
+        zbuf = torch.empty(B, *hw, 1)
+        bary = torch.empty(B, *hw, 1, 3)
+        dists = torch.empty(B, *hw, 1)
+        per_vertex = [torch.empty(B, V if k else 0, 3) for k in keep]  # verts_cam, screen, normals, colors
+        if B:
+            args = [geo, model.mean_shape.numpy(), alb, model.mean_albedo.numpy(), R.numpy(), t.numpy(),
+                    focal.numpy(), pp[:, 0].contiguous().numpy(), pp[:, 1].contiguous().numpy(), gamma.numpy(),
+                    faces, mouth, chunks, H, W, np.float32(background)]
+            outs = [image.numpy(), mask.numpy(), imask.numpy(), depth.numpy(), p2f.numpy(), zbuf.numpy(),
+                    bary.numpy(), dists.numpy()] + [x.numpy() for x in per_vertex]
+            queue = iter(_face_ranges(B, n_jobs))  # next() is atomic under the GIL: a shared queue
+            if pool is None:
+                _render_faces(args, outs, queue, frags, keep)
+            else:
+                for job in [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs)]:
+                    job.result()
     vc, sc, nrm, col = (x if k else None for x, k in zip(per_vertex, keep))
     fr = Fragments(p2f, zbuf, bary, dists) if frags else None
     return Render(image, mask, imask, depth, fr, sc, vc, nrm, col)

@@ -325,6 +325,18 @@ def test_triangle_chunks_cover_the_triangles_in_order_and_mark_only_strips():
     assert R._triangle_chunks(np.zeros((0, 3), np.int32)).shape == (0, 3)
 
 
+def test_face_ranges_cover_the_batch_once_and_end_one_face_at_a_time():
+    import facelib.render as R
+
+    for B in range(0, 40):
+        for n_jobs in (1, 2, 3):
+            ranges = R._face_ranges(B, n_jobs)
+            assert [b for b0, b1 in ranges for b in range(b0, b1)] == list(range(B))
+            assert all(1 <= b1 - b0 <= R._FACES_PER_CALL for b0, b1 in ranges)
+            if n_jobs > 1:
+                assert all(b1 - b0 == 1 for b0, b1 in ranges[-min(B, 2 * n_jobs):])
+
+
 @needs_numba
 def test_fused_offsets_blas_and_torch_agree(open_model, monkeypatch):
     """Eq. 2-3 offsets of the fused path: NumPy's BLAS split over threads (the default) against a
