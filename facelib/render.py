@@ -965,9 +965,10 @@ _BLAS_CONTROLLER = None
 _BLAS_LOCK = threading.Lock()
 
 
-def _offsets(pairs, n_jobs: int, pool, outs=None) -> list:
+def _offsets(pairs, n_jobs: int, pool, outs=None, meanwhile=None) -> list:
     """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis (K, N))`` pair, float32 NumPy
-    (written to ``outs``, (B, N) float32 arrays, where given).
+    (written to ``outs``, (B, N) float32 arrays, where given). ``meanwhile()``, if given, runs on the
+    calling thread while the pool computes the products (else before them).
 
     The columns are split into ``n_jobs`` blocks computed on the threads of ``pool`` by NumPy's BLAS
     held to one thread each: no BLAS or OpenMP worker threads are left spinning after the call, which
@@ -976,6 +977,8 @@ def _offsets(pairs, n_jobs: int, pool, outs=None) -> list:
     ctl = _blas_controller()
     if outs is None:
         outs = [np.empty((c.shape[0], b.shape[1]), np.float32) for c, b in pairs]
+    if meanwhile is not None and (ctl is None or pool is None):
+        meanwhile()
     if ctl is None:
         for (c, b), o in zip(pairs, outs):
             torch.mm(c, b, out=torch.from_numpy(o))
@@ -995,7 +998,13 @@ def _offsets(pairs, n_jobs: int, pool, outs=None) -> list:
             for j in range(n_jobs):
                 block(j)
         else:
-            list(pool.map(block, range(n_jobs)))
+            jobs = [pool.submit(block, j) for j in range(n_jobs)]
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+            finally:
+                for job in jobs:
+                    job.result()
     return outs
 
 
@@ -1013,46 +1022,49 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
     n_jobs = max(1, min(B, torch.get_num_threads()))
     # threads that sleep while they wait (no spin-waiting: robust when the CPU is shared)
     pool = _thread_pool(torch.get_num_threads()) if n_jobs > 1 else None
-    # the (B, 3 V) offsets are used only inside this call: reused between calls (no page faults)
-    with _scratch(("offsets", B, 3 * V), lambda: [np.empty((B, 3 * V), np.float32) for _ in range(2)]) as offs:
+    frags = "fragments" in want
+    keep = tuple(k in want for k in ("verts_cam", "screen", "normals_cam", "colors"))
+    out = {}
+
+    def prepare():  # the per-face inputs and the outputs, made while the GEMMs run
         with torch.no_grad():
-            coef = [p["shape"].detach() * model.sigma_s[:ns]]
-            if ne:
-                coef.append(p["expression"].detach() * model.sigma_e[:ne])
-            geo, alb = _offsets([(torch.cat(coef, 1), _geometry_basis(model, ns, ne)),  # Eq. 2 offsets (B, 3 V)
-                                 (p["reflectance"].detach() * model.sigma_r[:nr],  # Eq. 3 offsets (B, 3 V)
-                                  model.albedo_basis[:nr].reshape(nr, -1))], n_jobs, pool, offs)
             f32 = dict(dtype=torch.float32)
             R = (cam.R.to(**f32) @ rot_xyz(p["rotation"].detach())).contiguous()  # Sec. 4.2, camera @ head
             t = cam.t.to(**f32).expand(B, 3).contiguous()
             focal = torch.as_tensor(cam.focal, **f32).reshape(-1).expand(B).contiguous()
             pp = torch.as_tensor(cam.principal_point, **f32).reshape(-1, 2).expand(B, 2).contiguous()
             gamma = illumination_gamma(p["illumination"].detach()).to(**f32).contiguous()
-            faces, mouth, chunks = _mesh_arrays(model)
-        frags = "fragments" in want
-        keep = tuple(k in want for k in ("verts_cam", "screen", "normals_cam", "colors"))
-        image = torch.empty(B, 3, H, W)
-        mask = torch.empty(B, H, W, dtype=torch.bool)
-        imask = torch.empty(B, H, W, dtype=torch.bool)
-        depth = torch.empty(B, H, W)
+        faces, mouth, chunks = _mesh_arrays(model)
         hw = (H, W) if frags else (0, 0)
-        p2f = torch.empty(B, *hw, 1, dtype=torch.int64)
-        zbuf = torch.empty(B, *hw, 1)
-        bary = torch.empty(B, *hw, 1, 3)
-        dists = torch.empty(B, *hw, 1)
-        per_vertex = [torch.empty(B, V if k else 0, 3) for k in keep]  # verts_cam, screen, normals, colors
+        out.update(image=torch.empty(B, 3, H, W), mask=torch.empty(B, H, W, dtype=torch.bool),
+                   imask=torch.empty(B, H, W, dtype=torch.bool), depth=torch.empty(B, H, W),
+                   fr=(torch.empty(B, *hw, 1, dtype=torch.int64), torch.empty(B, *hw, 1),
+                       torch.empty(B, *hw, 1, 3), torch.empty(B, *hw, 1)),
+                   per_vertex=[torch.empty(B, V if k else 0, 3) for k in keep])  # verts_cam, screen, ...
+        out["args"] = [offs[0], model.mean_shape.numpy(), offs[1], model.mean_albedo.numpy(), R.numpy(),
+                       t.numpy(), focal.numpy(), pp[:, 0].contiguous().numpy(), pp[:, 1].contiguous().numpy(),
+                       gamma.numpy(), faces, mouth, chunks, H, W, np.float32(background)]
+        out["outs"] = [out[k].numpy() for k in ("image", "mask", "imask", "depth")] + [
+            x.numpy() for x in out["fr"]] + [x.numpy() for x in out["per_vertex"]]
+
+    # the (B, 3 V) offsets are used only inside this call: reused between calls (no page faults)
+    with _scratch(("offsets", B, 3 * V), lambda: [np.empty((B, 3 * V), np.float32) for _ in range(2)]) as offs:
+        with torch.no_grad():
+            coef = [p["shape"].detach() * model.sigma_s[:ns]]
+            if ne:
+                coef.append(p["expression"].detach() * model.sigma_e[:ne])
+            _offsets([(torch.cat(coef, 1), _geometry_basis(model, ns, ne)),  # Eq. 2 offsets (B, 3 V)
+                      (p["reflectance"].detach() * model.sigma_r[:nr],  # Eq. 3 offsets (B, 3 V)
+                       model.albedo_basis[:nr].reshape(nr, -1))], n_jobs, pool, offs, meanwhile=prepare)
         if B:
-            args = [geo, model.mean_shape.numpy(), alb, model.mean_albedo.numpy(), R.numpy(), t.numpy(),
-                    focal.numpy(), pp[:, 0].contiguous().numpy(), pp[:, 1].contiguous().numpy(), gamma.numpy(),
-                    faces, mouth, chunks, H, W, np.float32(background)]
-            outs = [image.numpy(), mask.numpy(), imask.numpy(), depth.numpy(), p2f.numpy(), zbuf.numpy(),
-                    bary.numpy(), dists.numpy()] + [x.numpy() for x in per_vertex]
+            args, outs = out["args"], out["outs"]
             queue = iter(_face_ranges(B, n_jobs))  # next() is atomic under the GIL: a shared queue
             if pool is None:
                 _render_faces(args, outs, queue, frags, keep)
             else:
                 for job in [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs)]:
                     job.result()
-    vc, sc, nrm, col = (x if k else None for x, k in zip(per_vertex, keep))
+    p2f, zbuf, bary, dists = out["fr"]
+    vc, sc, nrm, col = (x if k else None for x, k in zip(out["per_vertex"], keep))
     fr = Fragments(p2f, zbuf, bary, dists) if frags else None
-    return Render(image, mask, imask, depth, fr, sc, vc, nrm, col)
+    return Render(out["image"], out["mask"], out["imask"], out["depth"], fr, sc, vc, nrm, col)
