@@ -673,31 +673,35 @@ if HAVE_NUMBA:
     def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth):
         """Per pixel: the winning face's barycentrics (:func:`_fz_pixel`), Eq. 6 colour, masks, depth.
         Vertex data come from the packed records ``pk`` (V, _NP): screen x, y, 1 / depth and the colour
-        of a vertex share one 32-byte record."""
+        of a vertex share one 32-byte record. The background is filled first in vectorised loops, then
+        the covered pixels are written."""
         half = np.float32(0.5)
         zero = np.float32(0.0)
         fl = faces.reshape(-1)
         pf = pk.reshape(-1)
+        im = image.reshape(-1)
+        mk = mask.reshape(-1)
+        ik = imask.reshape(-1)
+        dp = depth.reshape(-1)
+        for p in range(3 * H * W):
+            im[p] = bg
+        for p in range(H * W):
+            mk[p] = False
+            ik[p] = False
+            dp[p] = zero
         for i in range(H):
             py = np.float32(i) + half
-            for j in range(W):  # every pixel written once (the branch is predictable along a row)
+            for j in range(W):
                 key = zb[i * W + j]
-                if key == 0:
-                    image[0, i, j] = bg
-                    image[1, i, j] = bg
-                    image[2, i, j] = bg
-                    mask[i, j] = False
-                    imask[i, j] = False
-                    depth[i, j] = zero
-                    continue
-                f = _KEY_LO - (key & _KEY_LO)
-                a, b, c, _, _, _, _, q0, q1, q2, d = _fz_pixel(fl, pf, f, np.float32(j) + half, py)
-                image[0, i, j] = q0 * pf[a + 3] + q1 * pf[b + 3] + q2 * pf[c + 3]  # Eq. 6
-                image[1, i, j] = q0 * pf[a + 4] + q1 * pf[b + 4] + q2 * pf[c + 4]
-                image[2, i, j] = q0 * pf[a + 5] + q1 * pf[b + 5] + q2 * pf[c + 5]
-                mask[i, j] = True
-                imask[i, j] = not mouth[f]
-                depth[i, j] = d
+                if key != 0:
+                    f = _KEY_LO - (key & _KEY_LO)
+                    a, b, c, _, _, _, _, q0, q1, q2, d = _fz_pixel(fl, pf, f, np.float32(j) + half, py)
+                    image[0, i, j] = q0 * pf[a + 3] + q1 * pf[b + 3] + q2 * pf[c + 3]  # Eq. 6
+                    image[1, i, j] = q0 * pf[a + 4] + q1 * pf[b + 4] + q2 * pf[c + 4]
+                    image[2, i, j] = q0 * pf[a + 5] + q1 * pf[b + 5] + q2 * pf[c + 5]
+                    mask[i, j] = True
+                    imask[i, j] = not mouth[f]
+                    depth[i, j] = d
 
     @njit(**_JIT)
     def _fz_fragments(zb, bi, faces, pk, H, W, p2f, zbuf, bary, dists):
