@@ -429,6 +429,12 @@ if HAVE_NUMBA:
                 dst[k] = src[k]
 
     @njit(**_JIT)
+    def _fz_corners(T, k):
+        """Screen x, y of the three corners of triangle ``k`` of a gathered chunk ``T``."""
+        return (T[0 * _CH + k], T[1 * _CH + k], T[2 * _CH + k], T[3 * _CH + k], T[4 * _CH + k],
+                T[5 * _CH + k])
+
+    @njit(**_JIT)
     def _fz_setup(n, T, H, W, C):
         """Per-triangle setup (vectorised, float32). A triangle is drawn when front-facing (negative
         signed area, as ``cull_backfaces``), not degenerate, in front of the camera, with a pixel centre
@@ -445,12 +451,7 @@ if HAVE_NUMBA:
         Hm = np.float32(H - 1)
         Wm = np.float32(W - 1)
         for k in range(n):
-            x0 = T[0 * _CH + k]
-            y0 = T[1 * _CH + k]
-            x1 = T[2 * _CH + k]
-            y1 = T[3 * _CH + k]
-            x2 = T[4 * _CH + k]
-            y2 = T[5 * _CH + k]
+            x0, y0, x1, y1, x2, y2 = _fz_corners(T, k)
             q0 = T[6 * _CH + k]  # 1 / depth, 0 behind the camera
             q1 = T[7 * _CH + k]
             q2 = T[8 * _CH + k]
@@ -549,12 +550,7 @@ if HAVE_NUMBA:
         ``zb``; both loops are branch-free, so LLVM vectorises them (same formulas as the blocks)."""
         zero = np.float32(0.0)
         half = np.float32(0.5)
-        x0 = T[0 * _CH + k]
-        y0 = T[1 * _CH + k]
-        x1 = T[2 * _CH + k]
-        y1 = T[3 * _CH + k]
-        x2 = T[4 * _CH + k]
-        y2 = T[5 * _CH + k]
+        x0, y0, x1, y1, x2, y2 = _fz_corners(T, k)
         q0 = C[6 * _CH + k]
         gx = C[7 * _CH + k]
         gy = C[8 * _CH + k]
