@@ -30,6 +30,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from . import _gemm
 from ._checks import all_finite
 from .camera import Camera, default_camera, perspective_project, rigid_transform
 from .params import ParamLayout, rot_xyz
@@ -921,8 +922,23 @@ def _geometry_basis(model, ns: int, ne: int) -> torch.Tensor:
     """``[shape_basis[:ns]; expression_basis[:ne]]`` as one ``(ns + ne, 3 V)`` matrix: Eq. 2 is then one
     GEMM with one output (43 MB for the open model, built once)."""
     S, E = model.shape_basis, model.expression_basis
-    return _cached(model, f"geometry{ns},{ne}", (S, E), lambda: torch.cat(
-        [S[:ns].reshape(ns, -1), E[:ne].reshape(ne, -1)]).contiguous())
+    return _cached(model, f"geometry{ns},{ne}", (S, E), lambda: _stack_rows(S[:ns], E[:ne]))
+
+
+def _stack_rows(*bases) -> torch.Tensor:
+    """Bases ``(K_i, V, 3)`` as the rows of one ``(sum K_i, 3 V)`` matrix."""
+    return torch.cat([x.reshape(x.shape[0], -1) for x in bases]).contiguous()
+
+
+def _bases(model, ns: int, ne: int, nr: int) -> tuple:
+    """The Eq. 2 basis (shape and expression rows) and the Eq. 3 basis (reflectance) for :func:`_offsets`:
+    packed once per model for :mod:`facelib._gemm` where its kernel runs, else ``(K, 3 V)`` tensors."""
+    S, E, A = model.shape_basis, model.expression_basis, model.albedo_basis
+    if not _gemm.available():
+        return _geometry_basis(model, ns, ne), A[:nr].reshape(nr, -1)
+    return (_cached(model, f"packed-geometry{ns},{ne}", (S, E),
+                    lambda: _gemm.pack_basis(_stack_rows(S[:ns], E[:ne]).numpy())),
+            _cached(model, f"packed-albedo{nr}", (A,), lambda: _gemm.pack_basis(_stack_rows(A[:nr]).numpy())))
 
 
 _MODEL_TENSORS = ("mean_shape", "shape_basis", "sigma_s", "expression_basis", "sigma_e", "mean_albedo",
@@ -966,35 +982,48 @@ _BLAS_LOCK = threading.Lock()
 
 
 def _offsets(pairs, n_jobs: int, pool, outs=None, meanwhile=None) -> list:
-    """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis (K, N))`` pair, float32 NumPy
-    (written to ``outs``, (B, N) float32 arrays, where given). ``meanwhile()``, if given, runs on the
-    calling thread while the pool computes the products (else before them).
+    """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis)`` pair, float32 NumPy (written to
+    ``outs``, (B, N) float32 arrays, where given); ``basis`` is a :class:`facelib._gemm.PackedBasis`
+    (see :func:`_bases`) or a ``(K, N)`` tensor. ``meanwhile()``, if given, runs on the calling thread
+    while the pool computes the products (else before them).
 
-    The columns are split into ``n_jobs`` blocks computed on the threads of ``pool`` by NumPy's BLAS
-    held to one thread each: no BLAS or OpenMP worker threads are left spinning after the call, which
-    would steal the cores from the per-face kernels that follow (and OpenBLAS is faster than the MKL
-    of the torch wheel on AMD CPUs). Without threadpoolctl: ``torch.mm``."""
-    ctl = _blas_controller()
+    The columns are split into ``n_jobs`` blocks computed on the threads of ``pool``: packed bases by
+    :func:`facelib._gemm.gemm`, tensors by NumPy's BLAS held to one thread each (no BLAS or OpenMP
+    worker threads are left spinning after the call, which would steal the cores from the per-face
+    kernels that follow; OpenBLAS is faster than the MKL of the torch wheel on AMD CPUs). Tensors
+    without threadpoolctl: ``torch.mm``."""
+    packed = [isinstance(b, _gemm.PackedBasis) for _, b in pairs]
+    ctl = None if all(packed) else _blas_controller()
     if outs is None:
-        outs = [np.empty((c.shape[0], b.shape[1]), np.float32) for c, b in pairs]
-    if meanwhile is not None and (ctl is None or pool is None):
-        meanwhile()
-    if ctl is None:
+        outs = [np.empty((c.shape[0], b.N if k else b.shape[1]), np.float32) for (c, b), k in zip(pairs, packed)]
+    if ctl is None and not all(packed):
+        if meanwhile is not None:
+            meanwhile()
         for (c, b), o in zip(pairs, outs):
-            torch.mm(c, b, out=torch.from_numpy(o))
+            if isinstance(b, _gemm.PackedBasis):
+                _gemm.gemm(c.numpy(), b, o, 0, len(b.panels) + 1)
+            else:
+                torch.mm(c, b, out=torch.from_numpy(o))
         return outs
-    arrays = [(c.numpy(), b.numpy()) for c, b in pairs]
+    arrays = [(c.numpy(), b if k else b.numpy()) for (c, b), k in zip(pairs, packed)]
+    ranges = [_gemm.panel_ranges(b, n_jobs) if k else None for (_, b), k in zip(arrays, packed)]
 
     def block(j):
-        for (c, b), o in zip(arrays, outs):
+        for (c, b), o, r in zip(arrays, outs, ranges):
+            if r is not None:
+                _gemm.gemm(c, b, o, *r[j])
+                continue
             n = b.shape[1]
             lo, hi = (n * j // n_jobs) // 16 * 16, (n * (j + 1) // n_jobs) // 16 * 16 if j + 1 < n_jobs else n
             np.matmul(c, b[:, lo:hi], out=o[:, lo:hi])
 
     # one limit at a time (limits from two threads at once would not restore the count), set and
     # restored around the products
-    with _BLAS_LOCK, ctl.limit(limits=1):
+    with (_BLAS_LOCK if ctl is not None else contextlib.nullcontext()), (
+            ctl.limit(limits=1) if ctl is not None else contextlib.nullcontext()):
         if pool is None:
+            if meanwhile is not None:
+                meanwhile()
             for j in range(n_jobs):
                 block(j)
         else:
@@ -1053,9 +1082,10 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
             coef = [p["shape"].detach() * model.sigma_s[:ns]]
             if ne:
                 coef.append(p["expression"].detach() * model.sigma_e[:ne])
-            _offsets([(torch.cat(coef, 1), _geometry_basis(model, ns, ne)),  # Eq. 2 offsets (B, 3 V)
-                      (p["reflectance"].detach() * model.sigma_r[:nr],  # Eq. 3 offsets (B, 3 V)
-                       model.albedo_basis[:nr].reshape(nr, -1))], n_jobs, pool, offs, meanwhile=prepare)
+            geo_basis, alb_basis = _bases(model, ns, ne, nr)
+            _offsets([(torch.cat(coef, 1), geo_basis),  # Eq. 2 offsets (B, 3 V)
+                      (p["reflectance"].detach() * model.sigma_r[:nr], alb_basis)],  # Eq. 3 offsets (B, 3 V)
+                     n_jobs, pool, offs, meanwhile=prepare)
         if B:
             args, outs = out["args"], out["outs"]
             queue = iter(_face_ranges(B, n_jobs))  # next() is atomic under the GIL: a shared queue

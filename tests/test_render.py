@@ -338,10 +338,10 @@ def test_face_ranges_cover_the_batch_once_and_end_one_face_at_a_time():
 
 
 @needs_numba
-def test_fused_offsets_blas_and_torch_agree(open_model, monkeypatch):
-    """Eq. 2-3 offsets of the fused path: NumPy's BLAS split over threads (the default) against a
-    float64 reference, and the torch.mm fallback (used where threadpoolctl is missing) giving the same
-    renders to float32 rounding."""
+def test_fused_offsets_micro_kernel_blas_and_torch_agree(open_model, monkeypatch):
+    """Eq. 2-3 offsets of the fused path: the packed-basis micro-kernel (the default where it runs),
+    NumPy's BLAS and torch.mm, split over threads, against a float64 reference; renders through each
+    agree to float32 rounding."""
     from concurrent.futures import ThreadPoolExecutor
 
     import facelib.render as R
@@ -349,18 +349,23 @@ def test_fused_offsets_blas_and_torch_agree(open_model, monkeypatch):
     g = torch.Generator().manual_seed(3)
     coef, basis = torch.randn(7, 19, generator=g), torch.randn(19, 1001, generator=g)
     ref = (coef.double() @ basis.double()).float()
+    bases = [basis] + ([R._gemm.pack_basis(basis.numpy())] if R._gemm.available() else [])
     with ThreadPoolExecutor(3) as pool:
-        for n_jobs, p in ((1, None), (3, pool)):
-            (out,) = R._offsets([(coef, basis)], n_jobs, p)
-            torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-5, atol=1e-5)
+        for b in bases:
+            for n_jobs, p in ((1, None), (3, pool)):
+                (out,) = R._offsets([(coef, b)], n_jobs, p)
+                torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-5, atol=1e-5)
     theta = sample_sec5(open_model, 5, seed=21)
     with torch.no_grad():
         a = render(open_model, theta, 40, outputs=("verts_cam", "colors"))
+        monkeypatch.setattr(R._gemm, "available", lambda: False)
+        b = render(open_model, theta, 40, outputs=("verts_cam", "colors"))  # NumPy's BLAS
         monkeypatch.setattr(R, "_blas_controller", lambda: None)
-        b = render(open_model, theta, 40, outputs=("verts_cam", "colors"))
-    torch.testing.assert_close(a.verts_cam, b.verts_cam, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(a.colors, b.colors, rtol=1e-5, atol=1e-5)
-    assert float((a.mask != b.mask).float().mean()) < 1e-3
+        c = render(open_model, theta, 40, outputs=("verts_cam", "colors"))  # torch.mm
+    for x in (b, c):
+        torch.testing.assert_close(a.verts_cam, x.verts_cam, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(a.colors, x.colors, rtol=1e-5, atol=1e-5)
+        assert float((a.mask != x.mask).float().mean()) < 1e-3
 
 
 @needs_numba
