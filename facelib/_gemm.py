@@ -178,8 +178,9 @@ def gemm(coef: np.ndarray, packed: PackedBasis, out: np.ndarray, p0: int, p1: in
         fn = _compile(mr, NR)
         c_ptr = cT.ctypes.data + 4 * r0
         if full[1] > full[0]:
-            fn(c_ptr, M, packed.panels.ctypes.data + 4 * full[0] * K * NR, out.ctypes.data + 4 * (r0 * packed.N + full[0] * NR),
-               packed.N, K, full[1] - full[0], (r1 - r0) // mr)
+            b_ptr = packed.panels.ctypes.data + 4 * full[0] * K * NR
+            o_ptr = out.ctypes.data + 4 * (r0 * packed.N + full[0] * NR)
+            fn(c_ptr, M, b_ptr, o_ptr, packed.N, K, full[1] - full[0], (r1 - r0) // mr)
         if p1 > P and packed.N > P * NR:  # the tail: into a (rows, NR) buffer, then the valid columns
             tmp = np.empty((r1 - r0, NR), np.float32)
             fn(c_ptr, M, packed.tail.ctypes.data, tmp.ctypes.data, NR, K, 1, (r1 - r0) // mr)

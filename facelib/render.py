@@ -195,11 +195,12 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
 #
 # Twins of the PyTorch code above, used by :func:`render` when no gradient is asked for on the CPU
 # (corpus rendering, benchmarks); the PyTorch path stays the differentiable reference and the tests
-# compare the two. Eq. 2-3 are two float32 GEMMs over the batch (:func:`_offsets`: NumPy's BLAS, one
-# thread per block of columns); then, on torch.get_num_threads() threads that take two faces at a time
-# from a shared queue (:func:`_fz_faces`: one Numba call, so one GIL-held argument unboxing, per two
-# faces), a few Numba kernels per face do Phi and the projection, the vertex normals, SH shading
-# (Eq. 5), a z-buffer and the per-pixel interpolation (Eq. 6), writing the image, masks and depth
+# compare the two. Eq. 2-3 are two float32 GEMMs over the batch (:func:`_offsets`: the packed-basis
+# micro-kernel of :mod:`facelib._gemm`, else NumPy's BLAS; one thread per block of columns); then,
+# on torch.get_num_threads() threads that take two faces at a time from a shared queue
+# (:func:`_fz_faces`: one Numba call, so one GIL-held argument unboxing, per two faces), a few
+# Numba kernels per face do Phi and the projection, the vertex normals, SH shading (Eq. 5), a
+# z-buffer and the per-pixel interpolation (Eq. 6), writing the image, masks and depth
 # directly: no (B, H, W, K, ...) intermediates and no fragments unless asked for. Screen x, y, 1 / depth
 # and the colour of each vertex are packed into one 32-byte record (``pk``) for the two passes that
 # gather them per triangle and per pixel. The z-buffer takes the triangles in chunks of at most _CH
@@ -779,8 +780,8 @@ def _face_ranges(B: int, n_jobs: int) -> list:
 def _render_faces(args, outs, queue, frags: bool, keep: tuple) -> None:
     """Render the faces of the ranges ``(b0, b1)`` that ``queue`` (an iterator over
     :func:`_face_ranges`) hands out until it is empty, for :func:`_render_fused`. Several threads call
-    this at once (the kernels release the GIL) and take faces as they become free: the load stays balanced when faces differ in cost or a
-    core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
+    this at once (the kernels release the GIL) and take faces as they become free: the load stays
+    balanced when faces differ in cost or a core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
     ``outs``."""
     geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W, bg = args
     V = mean_s.shape[0]
