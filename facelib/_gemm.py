@@ -38,7 +38,7 @@ class PackedBasis(NamedTuple):
 
 
 _LOCK = threading.Lock()
-_KERNELS: dict = {}  # (MR, NR) -> ctypes function; the LLVM engines that own the code stay alive here
+_KERNELS: dict = {}  # (MR, NR, cpu, features) -> ctypes function; the LLVM engines that own the code stay alive here
 _ENGINES: list = []
 _STATE = {"shape": None, "error": None}  # (MR, NR) of this CPU, or why there is no kernel
 
@@ -85,10 +85,12 @@ _SIG = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, 
                         ctypes.c_int64, ctypes.c_int64, ctypes.c_int64)  # ctypes releases the GIL in the call
 
 
-def _compile(MR: int, NR: int):
-    """The micro-kernel for ``MR`` rows (compiled once per process, for the host CPU)."""
+def _compile(MR: int, NR: int, cpu: str | None = None, features: str | None = None):
+    """The micro-kernel for ``MR`` rows (compiled once per process), for the host CPU or for ``cpu``
+    with ``features`` (LLVM names, e.g. ``"haswell"``, ``"+avx2,+fma"``: the tests run the AVX2 code
+    on an AVX-512 machine)."""
     with _LOCK:
-        fn = _KERNELS.get((MR, NR))
+        fn = _KERNELS.get((MR, NR, cpu, features))
         if fn is None:
             import llvmlite.binding as ll
 
@@ -97,13 +99,14 @@ def _compile(MR: int, NR: int):
             mod = ll.parse_assembly(_micro_kernel_ir(MR, NR))
             mod.verify()
             tm = ll.Target.from_default_triple().create_target_machine(
-                cpu=ll.get_host_cpu_name(), features=ll.get_host_cpu_features().flatten(), opt=3)
+                cpu=cpu or ll.get_host_cpu_name(),
+                features=ll.get_host_cpu_features().flatten() if features is None else features, opt=3)
             pb = ll.create_pass_builder(tm, ll.create_pipeline_tuning_options(speed_level=3))
             pb.getModulePassManager().run(mod, pb)
             engine = ll.create_mcjit_compiler(mod, tm)
             engine.finalize_object()
             _ENGINES.append((engine, mod))
-            fn = _KERNELS[(MR, NR)] = _SIG(engine.get_function_address("gemm"))
+            fn = _KERNELS[(MR, NR, cpu, features)] = _SIG(engine.get_function_address("gemm"))
         return fn
 
 

@@ -86,3 +86,25 @@ def test_micro_kernel_ir_names_every_value_once():
         lines = _gemm._micro_kernel_ir(MR, NR).splitlines()
         defs = [line.split("=")[0].strip() for line in lines if line.startswith("  %") and "=" in line]
         assert len(defs) == len(set(defs)) and len(defs) > 4 * MR
+
+
+@needs_kernel
+def test_avx2_kernel_compiled_for_an_avx2_cpu_runs_right():
+    """The 6 x 16 kernel compiled for an AVX2-only CPU (Haswell: 16 vector registers, no AVX-512), as
+    an AVX2 machine would get it, computes the product (it runs here: AVX2 is a subset)."""
+    import llvmlite.binding as ll
+
+    host = ll.get_host_cpu_features()
+    if not (host.get("avx2") and host.get("fma")):
+        pytest.skip("this CPU has no AVX2 / FMA")
+    MR, NR = 6, 16
+    fn = _gemm._compile(MR, NR, cpu="haswell", features="+avx,+avx2,+fma,+sse4.2,-avx512f")
+    rng = np.random.default_rng(5)
+    K, P, R = 37, 3, 2
+    coef = rng.standard_normal((R * MR, K), dtype=np.float32)
+    basis = rng.standard_normal((K, P * NR), dtype=np.float32)
+    panels = np.ascontiguousarray(basis.reshape(K, P, NR).transpose(1, 0, 2))
+    cT = np.ascontiguousarray(coef.T)
+    out = np.full((R * MR, P * NR), np.nan, np.float32)
+    fn(cT.ctypes.data, R * MR, panels.ctypes.data, out.ctypes.data, P * NR, K, P, R)
+    np.testing.assert_allclose(out, coef.astype(np.float64) @ basis, rtol=1e-5, atol=1e-5)
