@@ -642,8 +642,9 @@ if HAVE_NUMBA:
     def _fz_pixel(fl, pf, f, px, py):
         """Perspective-correct barycentrics (float32, the formulas of
         :func:`facelib.raster.fragments_from_pix_to_face`) of face ``f`` at the pixel centre (px, py):
-        the offsets ``a, b, c`` of its three vertex records in the flat packed records ``pf``, the edge
-        functions ``w0, w1, w2`` and their sum ``s``, barycentrics ``q0, q1, q2`` and the depth ``d``."""
+        the offsets ``a, b, c`` of its three vertex records in the flat packed records ``pf``, the
+        corners relative to the centre ``(x0, y0, x1, y1, x2, y2)``, the edge functions and their sum
+        ``(w0, w1, w2, s)``, barycentrics ``q0, q1, q2`` and the depth ``d``."""
         one = np.float32(1.0)
         tiny = np.float32(1.1754944e-38)  # torch.finfo(float32).tiny
         a = _NP * fl[3 * f]  # offsets of the three vertex records
@@ -665,7 +666,7 @@ if HAVE_NUMBA:
         q1 = w1 * pf[b + 2]
         q2 = w2 * pf[c + 2]
         d = one / (q0 + q1 + q2)
-        return a, b, c, w0, w1, w2, s, q0 * d, q1 * d, q2 * d, d * s
+        return a, b, c, (x0, y0, x1, y1, x2, y2), (w0, w1, w2, s), q0 * d, q1 * d, q2 * d, d * s
 
     @njit(**_JIT)
     def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth):
@@ -693,7 +694,7 @@ if HAVE_NUMBA:
                 key = zb[i * W + j]
                 if key != 0:
                     f = _KEY_LO - (key & _KEY_LO)
-                    a, b, c, _, _, _, _, q0, q1, q2, d = _fz_pixel(fl, pf, f, np.float32(j) + half, py)
+                    a, b, c, _, _, q0, q1, q2, d = _fz_pixel(fl, pf, f, np.float32(j) + half, py)
                     image[0, i, j] = q0 * pf[a + 3] + q1 * pf[b + 3] + q2 * pf[c + 3]  # Eq. 6
                     image[1, i, j] = q0 * pf[a + 4] + q1 * pf[b + 4] + q2 * pf[c + 4]
                     image[2, i, j] = q0 * pf[a + 5] + q1 * pf[b + 5] + q2 * pf[c + 5]
@@ -725,18 +726,14 @@ if HAVE_NUMBA:
                     continue
                 px = np.float32(j) + half
                 f = _KEY_LO - (key & _KEY_LO)
-                a, b, c, w0, w1, w2, s, q0, q1, q2, d = _fz_pixel(fl, pf, f, px, py)
+                _, _, _, xy, ws, q0, q1, q2, d = _fz_pixel(fl, pf, f, px, py)
+                x0, y0, x1, y1, x2, y2 = xy  # corners relative to the pixel centre
+                w0, w1, w2, s = ws
                 p2f[i, j, 0] = bi * F + f
                 zbuf[i, j, 0] = d
                 bary[i, j, 0, 0] = q0
                 bary[i, j, 0, 1] = q1
                 bary[i, j, 0, 2] = q2
-                x0 = pf[a] - px
-                y0 = pf[a + 1] - py
-                x1 = pf[b] - px
-                y1 = pf[b + 1] - py
-                x2 = pf[c] - px
-                y2 = pf[c + 1] - py
                 sg = one if s > 0 else -one
                 e0 = w0 * sg / max(np.sqrt((x2 - x1) ** 2 + (y2 - y1) ** 2), tiny)
                 e1 = w1 * sg / max(np.sqrt((x0 - x2) ** 2 + (y0 - y2) ** 2), tiny)
