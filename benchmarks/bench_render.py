@@ -117,9 +117,10 @@ def fused_stages(size=240, batch=32, reps=3):
         t3 = cam.t.expand(batch, 3).contiguous().numpy()
         g = R.illumination_gamma(p["illumination"]).contiguous().numpy()
         faces, mouth, chunks = R._mesh_arrays(m)
+        mean_s, mean_a = R._means(m)
         f32 = np.float32
         ws_cm = R._workspace(V, H, W)  # the scratch arrays of one worker thread, as render() uses them
-        vc, sc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64 = ws_cm.__enter__()
+        vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64 = ws_cm.__enter__()
         image = np.empty((3, H, W), np.float32)
         mask = np.empty((H, W), bool)
         imask = np.empty((H, W), bool)
@@ -127,9 +128,10 @@ def fused_stages(size=240, batch=32, reps=3):
         pp = (f32(cam.principal_point[0]), f32(cam.principal_point[1]))
         steps = {
             "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
-                geo[b], m.mean_shape.numpy(), Rm[b], t3[b], f32(cam.focal), *pp, vc, sc, pk, xyq),
+                geo[b], mean_s, Rm[b], t3[b], f32(cam.focal), *pp, vc, xyq),
             "vertex normals": lambda b: R._fz_normals(faces, chunks, vc, nrm, ws_f32),
-            "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], m.mean_albedo.numpy(), g[b], col, pk),
+            "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], mean_a, g[b], col),
+            "packed vertex records": lambda b: R._fz_pack(xyq, col, pk),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
                 pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(

@@ -201,9 +201,11 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
 # (:func:`_fz_faces`: one Numba call, so one GIL-held argument unboxing, per two faces), a few
 # Numba kernels per face do Phi and the projection, the vertex normals, SH shading (Eq. 5), a
 # z-buffer and the per-pixel interpolation (Eq. 6), writing the image, masks and depth
-# directly: no (B, H, W, K, ...) intermediates and no fragments unless asked for. Screen x, y, 1 / depth
-# and the colour of each vertex are packed into one 32-byte record (``pk``) for the two passes that
-# gather them per triangle and per pixel. The z-buffer takes the triangles in chunks of at most _CH
+# directly: no (B, H, W, K, ...) intermediates and no fragments unless asked for. The per-vertex loops
+# work on coordinate-major arrays (all x, then all y, then all z; the GEMMs write the offsets in that
+# order, :func:`_stack_rows`), which LLVM vectorises without shuffles; then screen x, y, 1 / depth and
+# the colour of each vertex are packed into one 32-byte record (``pk``) for the two passes that gather
+# them per triangle and per pixel. The z-buffer takes the triangles in chunks of at most _CH
 # (:func:`_triangle_chunks`; the strips of a grid mesh are copied with unit strides, other triangles
 # gathered):
 # the per-triangle setup (bounding box, back-face culling, the 1/z plane) and the inside test of the
@@ -231,64 +233,53 @@ if HAVE_NUMBA:
     _JIT = dict(cache=True, nogil=True, error_model="numpy")  # numpy error model: no zero-division branches
 
     @njit(**_JIT)
-    def _fz_vertices(geo, mean_s, R, t, focal, ppx, ppy, vc, sc, pk, xyq):
-        """Eq. 2 (the mean plus the offsets ``geo`` (3 V,)), Phi and the full
-        perspective projection of one face, float32 in the order of the PyTorch code: ``vc`` (V, 3)
-        camera space, ``sc`` (V, 3) screen (x, y, depth), and columns 0-2 of the packed vertex records
-        ``pk`` (V, _NP): screen x, y and 1 / depth (0 behind the camera); the same three also as
-        ``xyq`` (3 V,): all x, then all y, then all 1 / depth (unit strides for :func:`_fz_copy`)."""
+    def _fz_vertices(geo, mean_s, R, t, focal, ppx, ppy, vc, xyq):
+        """Eq. 2 (the mean plus the offsets), Phi and the full perspective projection of one face,
+        float32 in the order of the PyTorch code. Coordinate-major (3 V,) arrays (all x, then all y, then
+        all z: unit strides, so LLVM vectorises the loop without shuffles): ``geo`` the offsets,
+        ``mean_s`` the mean shape; out: ``vc`` camera space, ``xyq`` screen x, screen y and 1 / depth (0
+        behind the camera)."""
         r00 = R[0, 0]; r01 = R[0, 1]; r02 = R[0, 2]  # noqa: E702
         r10 = R[1, 0]; r11 = R[1, 1]; r12 = R[1, 2]  # noqa: E702
         r20 = R[2, 0]; r21 = R[2, 1]; r22 = R[2, 2]  # noqa: E702
         t0 = t[0]; t1 = t[1]; t2 = t[2]  # noqa: E702
         one = np.float32(1.0)
+        zero = np.float32(0.0)
         eps = np.float32(1e-8)
-        m = mean_s.reshape(-1)  # flat (3 V,) views: unit strides that LLVM vectorises
-        vc = vc.reshape(-1)
-        sc = sc.reshape(-1)
-        pf = pk.reshape(-1)  # flat, constant stride _NP: the loop stays vectorised
-        V = mean_s.shape[0]
+        V = mean_s.shape[0] // 3
+        gx, gy, gz = geo[:V], geo[V: 2 * V], geo[2 * V:]  # views: indices v >= 0 (no negative-index
+        mx, my, mz = mean_s[:V], mean_s[V: 2 * V], mean_s[2 * V:]  # select, which would stop the
+        cx, cy, cz = vc[:V], vc[V: 2 * V], vc[2 * V:]  # vectoriser)
+        xs, ys, qs = xyq[:V], xyq[V: 2 * V], xyq[2 * V:]
         for v in range(V):
-            x = m[3 * v] + geo[3 * v]  # Eq. 2
-            y = m[3 * v + 1] + geo[3 * v + 1]
-            z = m[3 * v + 2] + geo[3 * v + 2]
+            x = mx[v] + gx[v]  # Eq. 2
+            y = my[v] + gy[v]
+            z = mz[v] + gz[v]
             X = x * r00 + y * r01 + z * r02 + t0  # Phi(v) = R v + t
             Y = x * r10 + y * r11 + z * r12 + t1
             Z = x * r20 + y * r21 + z * r22 + t2
-            vc[3 * v] = X
-            vc[3 * v + 1] = Y
-            vc[3 * v + 2] = Z
+            cx[v] = X
+            cy[v] = Y
+            cz[v] = Z
             d = -Z
             inv = one / max(d, eps)
-            u = ppx + focal * X * inv  # Tewari Sec. 5, u = Pi(v), y down
-            w = ppy - focal * Y * inv
-            sc[3 * v] = u
-            sc[3 * v + 1] = w
-            sc[3 * v + 2] = d
-            pf[_NP * v] = u
-            pf[_NP * v + 1] = w
-            pf[_NP * v + 2] = one / d if d > 0 else np.float32(0.0)
-        # a loop of its own: with three more outputs in the loop above LLVM stops vectorising it
-        xs = xyq[:V]  # views: the index stays v >= 0 (V + v might be negative for all LLVM knows, and
-        ys = xyq[V: 2 * V]  # the select for negative indices stops the vectoriser)
-        qs = xyq[2 * V:]
-        for v in range(V):
-            d = sc[3 * v + 2]
-            xs[v] = sc[3 * v]
-            ys[v] = sc[3 * v + 1]
-            qs[v] = one / d if d > 0 else np.float32(0.0)
+            xs[v] = ppx + focal * X * inv  # Tewari Sec. 5, u = Pi(v), y down
+            ys[v] = ppy - focal * Y * inv
+            qs[v] = one / d if d > 0 else zero
 
     @njit(**_JIT)
     def _fz_normals(faces, chunks, vc, nrm, tmp):
         """Area-weighted vertex normal sums (not normalised) of one face, as :func:`vertex_normals`, over
-        the chunks of :func:`_triangle_chunks`. In a strip the k-th triangle's corners are ``a + k,
-        b + k, c + k``: its normals go to ``tmp`` (3 _CH,), then each corner is one pass of unit-stride
-        adds, which LLVM vectorises (no two triangles of a pass share a vertex); other triangles add
-        one by one."""
+        the chunks of :func:`_triangle_chunks`; ``vc`` and ``nrm`` coordinate-major (3 V,). In a strip the
+        k-th triangle's corners are ``a + k, b + k, c + k``: its normals go to ``tmp`` (3 _CH,), then
+        each corner is one pass of unit-stride adds, which LLVM vectorises (no two triangles of a pass
+        share a vertex); other triangles add one by one."""
         nrm[:] = 0
         fl = faces.reshape(-1)
-        v = vc.reshape(-1)
-        nf = nrm.reshape(-1)
+        V = vc.shape[0] // 3
+        X, Y, Z = vc[:V], vc[V: 2 * V], vc[2 * V:]
+        NX, NY, NZ = nrm[:V], nrm[V: 2 * V], nrm[2 * V:]
+        tx, ty, tz = tmp[:_CH], tmp[_CH: 2 * _CH], tmp[2 * _CH: 3 * _CH]
         for ci in range(chunks.shape[0]):
             start = chunks[ci, 0]
             n = chunks[ci, 1]
@@ -296,49 +287,49 @@ if HAVE_NUMBA:
                 a = np.int64(fl[3 * start])
                 b = np.int64(fl[3 * start + 1])
                 c = np.int64(fl[3 * start + 2])
-                va = v[3 * a:]  # views: the indices stay >= 0 (no negative-index select)
-                vb = v[3 * b:]
-                vv = v[3 * c:]
+                xa, ya, za = X[a:], Y[a:], Z[a:]  # views: the indices stay >= 0
+                xb, yb, zb = X[b:], Y[b:], Z[b:]
+                xc, yc, zc = X[c:], Y[c:], Z[c:]
                 for k in range(n):
-                    ax = vb[3 * k] - va[3 * k]
-                    ay = vb[3 * k + 1] - va[3 * k + 1]
-                    az = vb[3 * k + 2] - va[3 * k + 2]
-                    bx = vv[3 * k] - va[3 * k]
-                    by = vv[3 * k + 1] - va[3 * k + 1]
-                    bz = vv[3 * k + 2] - va[3 * k + 2]
-                    tmp[k] = ay * bz - az * by
-                    tmp[_CH + k] = az * bx - ax * bz
-                    tmp[2 * _CH + k] = ax * by - ay * bx
+                    ax = xb[k] - xa[k]
+                    ay = yb[k] - ya[k]
+                    az = zb[k] - za[k]
+                    bx = xc[k] - xa[k]
+                    by = yc[k] - ya[k]
+                    bz = zc[k] - za[k]
+                    tx[k] = ay * bz - az * by
+                    ty[k] = az * bx - ax * bz
+                    tz[k] = ax * by - ay * bx
                 for o in (a, b, c):
-                    d = nf[3 * o:]
+                    dx, dy, dz = NX[o:], NY[o:], NZ[o:]
                     for k in range(n):
-                        d[3 * k] += tmp[k]
-                        d[3 * k + 1] += tmp[_CH + k]
-                        d[3 * k + 2] += tmp[2 * _CH + k]
+                        dx[k] += tx[k]
+                        dy[k] += ty[k]
+                        dz[k] += tz[k]
                 continue
             for f in range(start, start + n):
                 a = faces[f, 0]
                 b = faces[f, 1]
                 c = faces[f, 2]
-                ax = vc[b, 0] - vc[a, 0]
-                ay = vc[b, 1] - vc[a, 1]
-                az = vc[b, 2] - vc[a, 2]
-                bx = vc[c, 0] - vc[a, 0]
-                by = vc[c, 1] - vc[a, 1]
-                bz = vc[c, 2] - vc[a, 2]
+                ax = X[b] - X[a]
+                ay = Y[b] - Y[a]
+                az = Z[b] - Z[a]
+                bx = X[c] - X[a]
+                by = Y[c] - Y[a]
+                bz = Z[c] - Z[a]
                 nx = ay * bz - az * by
                 ny = az * bx - ax * bz
                 nz = ax * by - ay * bx
                 for i in (a, b, c):
-                    nrm[i, 0] += nx
-                    nrm[i, 1] += ny
-                    nrm[i, 2] += nz
+                    NX[i] += nx
+                    NY[i] += ny
+                    NZ[i] += nz
 
     @njit(**_JIT)
-    def _fz_shade(nrm, alb, mean_a, g, col, pk):
-        """Normalise ``nrm`` (V, 3) in place and shade (Tewari Eq. 5): ``col = (mean_a + alb) * sum_b
-        gamma_b H_b(n)`` with ``g`` (9, 3) and the normalised irradiance basis of :mod:`facelib.shading`;
-        the colours also go to columns 3-5 of the packed vertex records ``pk`` (V, _NP)."""
+    def _fz_shade(nrm, alb, mean_a, g, col):
+        """Normalise ``nrm`` in place and shade (Tewari Eq. 5): ``col = (mean_a + alb) * sum_b gamma_b
+        H_b(n)`` with ``g`` (9, 3) and the normalised irradiance basis of :mod:`facelib.shading`; ``nrm``,
+        ``alb`` (the Eq. 3 offsets), ``mean_a`` and ``col`` coordinate-major (3 V,) (r, g, b for colours)."""
         one = np.float32(1.0)
         eps = np.float32(1e-12)
         three = np.float32(3.0)
@@ -356,22 +347,22 @@ if HAVE_NUMBA:
         g60 = g[6, 0]; g61 = g[6, 1]; g62 = g[6, 2]  # noqa: E702
         g70 = g[7, 0]; g71 = g[7, 1]; g72 = g[7, 2]  # noqa: E702
         g80 = g[8, 0]; g81 = g[8, 1]; g82 = g[8, 2]  # noqa: E702
-        V = nrm.shape[0]
-        nrm = nrm.reshape(-1)
-        mean_a = mean_a.reshape(-1)
-        col = col.reshape(-1)
-        pf = pk.reshape(-1)  # flat, constant stride _NP: the loop stays vectorised
+        V = nrm.shape[0] // 3
+        NX, NY, NZ = nrm[:V], nrm[V: 2 * V], nrm[2 * V:]
+        ar, ag, ab = alb[:V], alb[V: 2 * V], alb[2 * V:]
+        mr, mg, mb = mean_a[:V], mean_a[V: 2 * V], mean_a[2 * V:]
+        cr, cg, cb = col[:V], col[V: 2 * V], col[2 * V:]
         for v in range(V):
-            x = nrm[3 * v]
-            y = nrm[3 * v + 1]
-            z = nrm[3 * v + 2]
+            x = NX[v]
+            y = NY[v]
+            z = NZ[v]
             s = max(np.sqrt(x * x + y * y + z * z), eps)  # F.normalize
             x = x / s
             y = y / s
             z = z / s
-            nrm[3 * v] = x
-            nrm[3 * v + 1] = y
-            nrm[3 * v + 2] = z
+            NX[v] = x
+            NY[v] = y
+            NZ[v] = z
             h1 = k1 * y
             h2 = k1 * z
             h3 = k1 * x
@@ -383,15 +374,49 @@ if HAVE_NUMBA:
             e0 = g00 + h1 * g10 + h2 * g20 + h3 * g30 + h4 * g40 + h5 * g50 + h6 * g60 + h7 * g70 + h8 * g80
             e1 = g01 + h1 * g11 + h2 * g21 + h3 * g31 + h4 * g41 + h5 * g51 + h6 * g61 + h7 * g71 + h8 * g81
             e2 = g02 + h1 * g12 + h2 * g22 + h3 * g32 + h4 * g42 + h5 * g52 + h6 * g62 + h7 * g72 + h8 * g82
-            c0 = (mean_a[3 * v] + alb[3 * v]) * e0  # Eq. 3 and Eq. 5
-            c1 = (mean_a[3 * v + 1] + alb[3 * v + 1]) * e1
-            c2 = (mean_a[3 * v + 2] + alb[3 * v + 2]) * e2
-            col[3 * v] = c0
-            col[3 * v + 1] = c1
-            col[3 * v + 2] = c2
-            pf[_NP * v + 3] = c0
-            pf[_NP * v + 4] = c1
-            pf[_NP * v + 5] = c2
+            cr[v] = (mr[v] + ar[v]) * e0  # Eq. 3 and Eq. 5
+            cg[v] = (mg[v] + ag[v]) * e1
+            cb[v] = (mb[v] + ab[v]) * e2
+
+    @njit(**_JIT)
+    def _fz_pack(xyq, col, pk):
+        """The packed vertex records ``pk`` (V, _NP) (screen x, y, 1 / depth, r, g, b, 0, 0: 32 bytes,
+        one record per vertex for the passes that gather vertex data per triangle and per pixel) from
+        the coordinate-major ``xyq`` and ``col`` (3 V,); whole records, so the stores vectorise."""
+        V = xyq.shape[0] // 3
+        xs, ys, qs = xyq[:V], xyq[V: 2 * V], xyq[2 * V:]
+        cr, cg, cb = col[:V], col[V: 2 * V], col[2 * V:]
+        pf = pk.reshape(-1)
+        zero = np.float32(0.0)
+        for v in range(V):
+            pf[_NP * v] = xs[v]
+            pf[_NP * v + 1] = ys[v]
+            pf[_NP * v + 2] = qs[v]
+            pf[_NP * v + 3] = cr[v]
+            pf[_NP * v + 4] = cg[v]
+            pf[_NP * v + 5] = cb[v]
+            pf[_NP * v + 6] = zero
+            pf[_NP * v + 7] = zero
+
+    @njit(**_JIT)
+    def _fz_vertex_major(src, dst):
+        """``dst`` (V, 3) from the coordinate-major ``src`` (3 V,): the per-vertex outputs of
+        :class:`Render` (only when asked for)."""
+        V = dst.shape[0]
+        for c in range(3):
+            s = src[c * V: (c + 1) * V]
+            for v in range(V):
+                dst[v, c] = s[v]
+
+    @njit(**_JIT)
+    def _fz_screen(xyq, vc, sc):
+        """``sc`` (V, 3): screen x, y and depth (-z in camera space) from ``xyq`` and ``vc``, as
+        :func:`facelib.camera.perspective_project` (only when asked for)."""
+        V = sc.shape[0]
+        for v in range(V):
+            sc[v, 0] = xyq[v]
+            sc[v, 1] = xyq[V + v]
+            sc[v, 2] = -vc[2 * V + v]
 
     @njit(**_JIT)
     def _fz_gather(n, ids, pk, faces, T):
@@ -743,19 +768,25 @@ if HAVE_NUMBA:
     @njit(**_JIT)
     def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W,
                   bg, image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
-                  vc_s, sc_s, nrm_s, col_s, pk, xyq, zb, ws_f32, ws_i32, ws_i64):
-        """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets to the pixels: the per-face kernels
-        in order. ``keep`` (4,) bool: write camera-space vertices, screen vertices, normals, colours to
-        ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3) (else to the scratch arrays ``*_s`` (V, 3)).
+                  vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64):
+        """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets ``geo``, ``alb`` (B, 3 V)
+        (coordinate-major, as ``mean_s``, ``mean_a``) to the pixels: the per-face kernels in order.
+        ``keep`` (4,) bool: also write camera-space vertices, screen vertices, normals, colours to
+        ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3). ``vc``, ``nrm``, ``col`` (3 V,) are scratch.
         One call per few faces: Numba unboxes the ~40 arguments with the GIL held, once."""
         for b in range(b0, b1):
-            vc = vc_o[b] if keep[0] else vc_s
-            sc = sc_o[b] if keep[1] else sc_s
-            nrm = nrm_o[b] if keep[2] else nrm_s
-            col = col_o[b] if keep[3] else col_s
-            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, sc, pk, xyq)
+            _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, xyq)
             _fz_normals(faces, chunks, vc, nrm, ws_f32)
-            _fz_shade(nrm, alb[b], mean_a, gamma[b], col, pk)
+            _fz_shade(nrm, alb[b], mean_a, gamma[b], col)
+            _fz_pack(xyq, col, pk)
+            if keep[0]:
+                _fz_vertex_major(vc, vc_o[b])
+            if keep[1]:
+                _fz_screen(xyq, vc, sc_o[b])
+            if keep[2]:
+                _fz_vertex_major(nrm, nrm_o[b])
+            if keep[3]:
+                _fz_vertex_major(col, col_o[b])
             _fz_zbuffer(pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64)
             _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b])
             if frags:
@@ -781,7 +812,7 @@ def _render_faces(args, outs, queue, frags: bool, keep: tuple) -> None:
     balanced when faces differ in cost or a core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
     ``outs``."""
     geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W, bg = args
-    V = mean_s.shape[0]
+    V = mean_s.shape[0] // 3  # coordinate-major (3 V,)
     keep = np.array(keep, dtype=np.bool_)
     with _workspace(V, H, W) as ws:
         for b0, b1 in queue:
@@ -816,10 +847,10 @@ def _scratch(key: tuple, make):
 
 
 def _workspace(V: int, H: int, W: int):
-    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, screen, normals, colours,
-    packed records, x / y / 1/z, z-buffer, chunk workspaces), reused between calls (:func:`_scratch`)."""
-    return _scratch(("faces", V, H, W), lambda: [np.empty((V, 3), np.float32) for _ in range(4)] + [
-        np.zeros((V, _NP), np.float32), np.empty(3 * V, np.float32), np.empty(H * W, np.int64),
+    """Scratch arrays of one thread of :func:`_render_faces` (verts_cam, normals, colours, packed records,
+    x / y / 1/z, z-buffer, chunk workspaces), reused between calls (:func:`_scratch`)."""
+    return _scratch(("faces", V, H, W), lambda: [np.empty(3 * V, np.float32) for _ in range(3)] + [
+        np.empty((V, _NP), np.float32), np.empty(3 * V, np.float32), np.empty(H * W, np.int64),
         np.empty(_ws_f32_size(W), np.float32), np.empty(8 * _CH, np.int32), np.empty(12 * _CH, np.int64)])
 
 
@@ -924,8 +955,16 @@ def _geometry_basis(model, ns: int, ne: int) -> torch.Tensor:
 
 
 def _stack_rows(*bases) -> torch.Tensor:
-    """Bases ``(K_i, V, 3)`` as the rows of one ``(sum K_i, 3 V)`` matrix."""
-    return torch.cat([x.reshape(x.shape[0], -1) for x in bases]).contiguous()
+    """Bases ``(K_i, V, 3)`` as the rows of one ``(sum K_i, 3 V)`` matrix with coordinate-major columns
+    (all x, then all y, then all z): the products come out in the layout of the per-face kernels."""
+    return torch.cat([x.transpose(1, 2).reshape(x.shape[0], -1) for x in bases]).contiguous()
+
+
+def _means(model) -> tuple:
+    """The mean shape and the mean albedo as coordinate-major ``(3 V,)`` float32 arrays (built once)."""
+    ms, ma = model.mean_shape, model.mean_albedo
+    return _cached(model, "means", (ms, ma),
+                   lambda: tuple(np.ascontiguousarray(x.numpy().T).reshape(-1) for x in (ms, ma)))
 
 
 def _bases(model, ns: int, ne: int, nr: int) -> tuple:
@@ -933,7 +972,7 @@ def _bases(model, ns: int, ne: int, nr: int) -> tuple:
     packed once per model for :mod:`facelib._gemm` where its kernel runs, else ``(K, 3 V)`` tensors."""
     S, E, A = model.shape_basis, model.expression_basis, model.albedo_basis
     if not _gemm.available():
-        return _geometry_basis(model, ns, ne), A[:nr].reshape(nr, -1)
+        return _geometry_basis(model, ns, ne), _cached(model, f"albedo{nr}", (A,), lambda: _stack_rows(A[:nr]))
     return (_cached(model, f"packed-geometry{ns},{ne}", (S, E),
                     lambda: _gemm.pack_basis(_stack_rows(S[:ns], E[:ne]).numpy())),
             _cached(model, f"packed-albedo{nr}", (A,), lambda: _gemm.pack_basis(_stack_rows(A[:nr]).numpy())))
@@ -1062,13 +1101,14 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
             pp = torch.as_tensor(cam.principal_point, **f32).reshape(-1, 2).expand(B, 2).contiguous()
             gamma = illumination_gamma(p["illumination"].detach()).to(**f32).contiguous()
         faces, mouth, chunks = _mesh_arrays(model)
+        mean_s, mean_a = _means(model)
         hw = (H, W) if frags else (0, 0)
         out.update(image=torch.empty(B, 3, H, W), mask=torch.empty(B, H, W, dtype=torch.bool),
                    imask=torch.empty(B, H, W, dtype=torch.bool), depth=torch.empty(B, H, W),
                    fr=(torch.empty(B, *hw, 1, dtype=torch.int64), torch.empty(B, *hw, 1),
                        torch.empty(B, *hw, 1, 3), torch.empty(B, *hw, 1)),
                    per_vertex=[torch.empty(B, V if k else 0, 3) for k in keep])  # verts_cam, screen, ...
-        out["args"] = [offs[0], model.mean_shape.numpy(), offs[1], model.mean_albedo.numpy(), R.numpy(),
+        out["args"] = [offs[0], mean_s, offs[1], mean_a, R.numpy(),
                        t.numpy(), focal.numpy(), pp[:, 0].contiguous().numpy(), pp[:, 1].contiguous().numpy(),
                        gamma.numpy(), faces, mouth, chunks, H, W, np.float32(background)]
         out["outs"] = [out[k].numpy() for k in ("image", "mask", "imask", "depth")] + [
