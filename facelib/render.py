@@ -210,8 +210,9 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
 # gathered):
 # the per-triangle setup (bounding box, back-face culling, the 1/z plane) and the inside test of the
 # 2x2 block of pixel centres at the corner of each triangle's bounding box run in loops that LLVM
-# vectorises (flat chunk arrays with constant offsets, float32); the larger triangles are
-# collected and drawn as 4x2 / 2x4 blocks or, larger still, row by row. The depth test is a max
+# vectorises (flat chunk arrays with constant offsets, float32); that block is also the first half of
+# a 4x2 / 2x4 box, and the triangles larger than 2x2 are collected with their setup and finished in
+# batches (a second 2x2 block, or row by row for larger ones). The depth test is a max
 # over 64-bit keys (float32 bits of 1/z above, the complement of the face index below: the nearest
 # wins, ties go to the lower face index), so it needs no branch. The inside test uses the visibility
 # kernel's edge functions (inclusive), in float32, so coverage can differ from the float64 decision
@@ -465,10 +466,11 @@ if HAVE_NUMBA:
     def _fz_setup(n, T, H, W, C):
         """Per-triangle setup (vectorised, float32). A triangle is drawn when front-facing (negative
         signed area, as ``cull_backfaces``), not degenerate, in front of the camera, with a pixel centre
-        in its clipped bounding box. Rows of ``C``: 0 draw as a 2x2 block, 1 as a 4x2 / 2x4 block, 2
-        row by row (larger), 3 the 4x2 block is tall (else wide), 4-5 the bounding box corner
-        (row, column), 6-8 1/z = q0 + gx (x - x0) + gy (y - y0) (perspective-correct: 1/z is affine on
-        the screen)."""
+        in its clipped bounding box. Rows of ``C``: 0 the 2x2 block at the bounding box corner covers it
+        or its first half (the box is at most 2x2 or 4x2 / 2x4 pixels), 1 a second 2x2 block covers the
+        rest (4x2 / 2x4), 2 drawn row by row (larger), 3 the 4x2 block is tall (else wide), 4-5 the
+        bounding box corner (row, column), 6-8 1/z = q0 + gx (x - x0) + gy (y - y0) (perspective-correct:
+        1/z is affine on the screen)."""
         zero = np.float32(0.0)
         one = np.float32(1.0)
         half = np.float32(0.5)
@@ -497,7 +499,7 @@ if HAVE_NUMBA:
             o = one if ok else zero
             f2 = one if s2 & (dj <= one) & (di <= one) else zero
             f8 = one if s4 & (((di <= 3) & (dj <= one)) | ((di <= one) & (dj <= 3))) else zero
-            C[0 * _CH + k] = o * f2
+            C[0 * _CH + k] = o * max(f2, f8)
             C[1 * _CH + k] = o * (one - f2) * f8
             C[2 * _CH + k] = o * (one - f2) * (one - f8)
             C[3 * _CH + k] = one if di > one else zero
@@ -511,24 +513,24 @@ if HAVE_NUMBA:
             C[8 * _CH + k] = (d2 * ex1 - d1 * ex2) * inv
 
     @njit(**_JIT)
-    def _fz_candidates(n, T, C, H, W, tall_rows, wide_rows, row, Q, P):
-        """1/z (float32) at the pixel centres of a block of ``tall_rows`` x 2 (tall) or 2 x ``wide_rows``
-        (wide) pixels at the clipped bounding-box corner of each triangle whose flag ``C[row]`` is set,
-        0 where the centre is outside, and the pixel indices ``P`` (vectorised, float32). The edge
-        functions are those of the visibility kernel (inclusive: a centre on an edge is inside)."""
+    def _fz_candidates(n, T, C, H, W, row, second, Q, P):
+        """1/z (float32) at the four pixel centres of a 2x2 block of each triangle whose flag ``C[row]`` is
+        set, 0 where the centre is outside, and the pixel indices ``P`` (vectorised, float32). The block
+        is at the clipped bounding-box corner, or with ``second`` 2 pixels further along the long side of
+        a 4x2 / 2x4 box (both blocks are moved inside the image: one may overlap the other, which the
+        depth test's max does not mind). The edge functions are those of the visibility kernel
+        (inclusive: a centre on an edge is inside)."""
         zero = np.float32(0.0)
         half = np.float32(0.5)
-        Hf = np.float32(H)
-        Wf = np.float32(W)
-        for c in range(2 * tall_rows):
+        two = np.float32(2.0)
+        Hb = np.float32(H - 2)
+        Wb = np.float32(W - 2)
+        shift = np.float32(2 * second)
+        for c in range(4):
             for k in range(n):
                 tall = C[3 * _CH + k] != zero
-                di = np.float32(c // 2) if tall else np.float32(c % 2)
-                dj = np.float32(c % 2) if tall else np.float32(c // 2)
-                bh = np.float32(tall_rows) if tall else np.float32(2)
-                bw = np.float32(2) if tall else np.float32(wide_rows)
-                i = min(C[4 * _CH + k], Hf - bh) + di
-                j = min(C[5 * _CH + k], Wf - bw) + dj
+                i = min(C[4 * _CH + k] + (shift if tall else zero), Hb) + np.float32(c // 2)
+                j = min(C[5 * _CH + k] + (zero if tall else shift), Wb) + np.float32(c % 2)
                 py = i + half
                 px = j + half
                 ax = T[0 * _CH + k] - px
@@ -608,14 +610,13 @@ if HAVE_NUMBA:
                 zb[p0 + jj] = max(zb[p0 + jj], key)
 
     @njit(**_JIT)
-    def _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb):
-        """Depth test of the m collected triangles larger than 2x2: gathered and set up again, 4x2 /
-        2x4 blocks, then row by row for the rest."""
-        _fz_gather(m, ids4, pk, faces, T4)
-        _fz_setup(m, T4, H, W, C4)
-        _fz_candidates(m, T4, C4, H, W, 4, 4, 1, Q, P)
-        _fz_keys(m, 8, ids4, Qi, K)
-        _fz_blocks(m, 8, P, K, idx, zb)
+    def _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb):
+        """Depth test of the ``m`` collected triangles larger than 2x2 (their chunk rows copied to ``T4``,
+        ``C4``, their indices in ``ids4``): the second 2x2 block of the 4x2 / 2x4 ones, then the larger
+        ones row by row."""
+        _fz_candidates(m, T4, C4, H, W, 1, 1, Q, P)
+        _fz_keys(m, 4, ids4, Qi, K)
+        _fz_blocks(m, 4, P, K, idx, zb)
         for r in range(m):
             if C4[2 * _CH + r] != 0:
                 _fz_large(r, ids4[r], T4, C4, H, W, qrow, zb)
@@ -623,7 +624,10 @@ if HAVE_NUMBA:
     @njit(**_JIT)
     def _fz_zbuffer(pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64):
         """Visibility of one face: ``zb`` (H W,) int64 keys, 0 where no triangle covers the centre.
-        The triangles are taken in order, in the chunks of :func:`_triangle_chunks`."""
+        The triangles are taken in order, in the chunks of :func:`_triangle_chunks`: per chunk the 2x2
+        block at each bounding box corner; the triangles larger than that are collected (their rows of
+        the chunk copied while they are in the cache) and finished in batches of up to _CH
+        (:func:`_fz_flush`: long vector loops)."""
         fl = faces.reshape(-1)
         zb[:] = 0
         T = ws_f32[: _NT * _CH]
@@ -636,9 +640,10 @@ if HAVE_NUMBA:
         P = ws_i32[: 8 * _CH]
         K = ws_i64[: 8 * _CH]
         ids = ws_i64[8 * _CH: 9 * _CH]
-        ids4 = ws_i64[9 * _CH: 11 * _CH]  # room for two chunks' worth
+        ids4 = ws_i64[9 * _CH: 10 * _CH]
         idx = ws_i64[11 * _CH: 12 * _CH]
-        m = np.int64(0)  # faces larger than 2x2 collected over chunks (long vector loops pay)
+        big = ws_i64[10 * _CH: 11 * _CH]  # lanes of this chunk larger than 2x2
+        m = np.int64(0)  # triangles collected in T4, C4, ids4
         for ci in range(chunks.shape[0]):
             start = chunks[ci, 0]
             n = chunks[ci, 1]
@@ -649,19 +654,31 @@ if HAVE_NUMBA:
             else:
                 _fz_gather(n, ids, pk, faces, T)
             _fz_setup(n, T, H, W, C)
-            _fz_candidates(n, T, C, H, W, 2, 2, 0, Q, P)
+            _fz_candidates(n, T, C, H, W, 0, 0, Q, P)
             _fz_keys(n, 4, ids, Qi, K)
             _fz_blocks(n, 4, P, K, idx, zb)
+            cnt = np.int64(0)
             for k in range(n):  # branch-free compaction
-                ids4[m] = start + k
-                m += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
-            if m >= _CH:
-                _fz_flush(np.int64(_CH), ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
-                m -= _CH
-                for r in range(m):
-                    ids4[r] = ids4[_CH + r]
+                big[cnt] = k
+                cnt += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
+            if m + cnt > _CH:
+                _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
+                m = np.int64(0)
+            for row in range(6):  # corners (one gather per row: LLVM vectorises each)
+                src = T[row * _CH: (row + 1) * _CH]
+                dst = T4[row * _CH + m: (row + 1) * _CH]
+                for r in range(cnt):
+                    dst[r] = src[big[r]]
+            for row in range(1, _NC):  # flags, corner, 1/z plane
+                src = C[row * _CH: (row + 1) * _CH]
+                dst = C4[row * _CH + m: (row + 1) * _CH]
+                for r in range(cnt):
+                    dst[r] = src[big[r]]
+            for r in range(cnt):
+                ids4[m + r] = start + big[r]
+            m += cnt
         if m:
-            _fz_flush(m, ids4, pk, faces, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
+            _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
 
     @njit(**_JIT)
     def _fz_pixel(fl, pf, f, px, py):
