@@ -220,7 +220,17 @@ def _soup_model(T=120, seed=0):
     d[0, 1] = -1.0  # behind the camera
     xy[1, 2] = xy[1, 0] + 0.5 * (xy[1, 1] - xy[1, 0])  # degenerate
     d[1, 2] = d[1, 0] + 0.5 * (d[1, 1] - d[1, 0])
-    f, cx, cy = 100.0, 32.0, 24.0
+    return _screen_model(xy, d, g)
+
+
+def _screen_model(xy, d, g, centre=(32.0, 24.0)):
+    """A face model of unshared triangles with corners at pixels ``xy`` (T, 3, 2) and depths ``d``
+    (T, 3) mm seen by a test camera (focal 100 px, principal point ``centre``, 10 mm away)."""
+    from facelib.facemodel import FaceModel
+
+    T = xy.shape[0]
+    V = 3 * T
+    f, (cx, cy) = 100.0, centre
     model_xyz = torch.stack([(xy[..., 0] - cx) * d / f, -(xy[..., 1] - cy) * d / f, 10 - d], -1).reshape(V, 3)
     z1 = torch.zeros(1, V, 3)
     model = FaceModel(name="soup", mean_shape=model_xyz, shape_basis=z1, sigma_s=torch.ones(1),
@@ -253,6 +263,38 @@ def test_fused_rasterizer_on_a_triangle_soup(size):
         assert 0.2 < float(a.mask.float().mean()) < 0.9 and bool((~a.input_mask & a.mask).any())
     for x, y in [(a.image, b.image), (a.depth, b.depth)] + list(zip(a.fragments[1:], b.fragments[1:])):
         torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-4)
+
+
+@needs_numba
+@pytest.mark.parametrize("size", [(9, 11), (4, 4), (5, 6)])
+def test_fused_rasterizer_blocks_at_the_image_edges(size):
+    """Triangles whose pixel boxes are 2x2, 4x2 or 2x4 (drawn as one or two 2x2 blocks, moved inside the
+    image where they would stick out, so the two may overlap) and 3x3, at every offset from the
+    bottom-right corner of the image and half off it, in both windings: pix_to_face and the image
+    equal the Numba visibility kernel + PyTorch fragments."""
+    H, W = size
+    corners = []
+    for h, w in [(2, 2), (4, 2), (2, 4), (3, 2), (2, 3), (1, 4), (3, 3)]:
+        for i0 in [-1, 0, 1] + list(range(H - h - 1, H + 1)):
+            for j0 in [-1, 0, 1] + list(range(W - w - 1, W + 1)):
+                # a rectangle just around the pixel centres of the box (h rows, w columns at i0, j0),
+                # split along a diagonal that passes no centre: two front-facing triangles whose
+                # clipped boxes are that box
+                xa, ya, xb, yb = j0 + 0.2, i0 + 0.3, j0 + w - 0.25, i0 + h - 0.15
+                corners += [[(xa, ya), (xa, yb), (xb, yb)], [(xa, ya), (xb, yb), (xb, ya)]]
+    xy = torch.tensor(corners, dtype=torch.float32)
+    xy = torch.cat([xy, xy.flip(1)])  # both windings: the back faces are culled
+    g = torch.Generator().manual_seed(3)
+    d = 2 + 6 * torch.rand(xy.shape[0], 3, generator=g)
+    model, cam = _screen_model(xy, d, g, centre=(W / 2, H / 2))
+    theta = ParamLayout.from_model(model).zeros(1)
+    theta[:, ParamLayout.from_model(model)["illumination"].start] = 1.0
+    with torch.no_grad():
+        a = render(model, theta, size, camera=cam, fused=True)
+        b = render(model, theta, size, camera=cam, fused=False)
+    assert float(a.mask.float().mean()) > 0.5
+    assert torch.equal(a.fragments.pix_to_face, b.fragments.pix_to_face)
+    torch.testing.assert_close(a.image, b.image, rtol=1e-4, atol=1e-4)
 
 
 def test_fused_is_used_only_without_gradients(open_model):
