@@ -98,7 +98,7 @@ def fused_stages(size=240, batch=32, reps=3):
         R.render(m, th, size, outputs="image")  # compiled / loaded
 
         n_jobs = torch.get_num_threads()
-        pool = R._thread_pool(n_jobs) if n_jobs > 1 else None
+        pool = R._thread_pool(n_jobs - 1) if n_jobs > 1 else None
 
         def gemms():  # as in facelib.render._render_fused
             c = torch.cat([p["shape"] * m.sigma_s, p["expression"] * m.sigma_e], 1)

@@ -21,6 +21,7 @@ PyTorch code; ``outputs="image"`` skips the fields a corpus renderer does not ke
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 import weakref
@@ -77,6 +78,13 @@ def face_camera(image_size, device=None, dtype=None) -> Camera:
     return default_camera(image_size, distance=600.0, face_height=215.0, fill=0.95, device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=16)
+def _face_camera_cached(hw: tuple, device, dtype) -> Camera:
+    """:func:`face_camera` for :func:`render`, which only reads it: made once per size, device and dtype
+    (building the tensors costs more than a small render's Python overhead)."""
+    return face_camera(hw, device=device, dtype=dtype)
+
+
 def face_labels(model) -> dict:
     """Per-triangle labels (T,) bool: ``mouth_interior`` (all three vertices in the cavity)."""
     tri, m = model.triangles, model.masks["mouth_interior"]
@@ -106,7 +114,7 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
     want = _wanted_fields(outputs)
     layout = layout or ParamLayout.from_model(model)
     p = layout.unpack(theta)
-    cam = camera or face_camera(image_size, device=theta.device, dtype=theta.dtype)
+    cam = camera or _face_camera_cached(_image_hw(image_size), theta.device, theta.dtype)
     why = _fused_unavailable(model, theta, cam, backend)
     if geometry is not None or albedo is not None:
         why = why or "geometry or albedo overrides are given"
@@ -1033,6 +1041,7 @@ def _blas_controller():
 
 _BLAS_CONTROLLER = None
 _BLAS_LOCK = threading.Lock()
+_GEMM_TASKS_PER_JOB = 4  # column blocks per thread in _offsets (taken from a shared queue)
 
 
 def _offsets(pairs, n_jobs: int, pool, outs=None, meanwhile=None) -> list:
@@ -1041,11 +1050,14 @@ def _offsets(pairs, n_jobs: int, pool, outs=None, meanwhile=None) -> list:
     (see :func:`_bases`) or a ``(K, N)`` tensor. ``meanwhile()``, if given, runs on the calling thread
     while the pool computes the products (else before them).
 
-    The columns are split into ``n_jobs`` blocks computed on the threads of ``pool``: packed bases by
+    The columns are split into ``_GEMM_TASKS_PER_JOB * n_jobs`` blocks per product, which the calling
+    thread and the threads of ``pool`` take from a shared queue (so the calling thread's ``meanwhile``
+    or a core busy with other work does not leave the others waiting at the end): packed bases by
     :func:`facelib._gemm.gemm`, tensors by NumPy's BLAS held to one thread each (no BLAS or OpenMP
     worker threads are left spinning after the call, which would steal the cores from the per-face
     kernels that follow; OpenBLAS is faster than the MKL of the torch wheel on AMD CPUs). Tensors
-    without threadpoolctl: ``torch.mm``."""
+    without threadpoolctl: ``torch.mm``. The split does not change the result (each output element is
+    one sum over k in either case)."""
     packed = [isinstance(b, _gemm.PackedBasis) for _, b in pairs]
     ctl = None if all(packed) else _blas_controller()
     if outs is None:
@@ -1060,34 +1072,37 @@ def _offsets(pairs, n_jobs: int, pool, outs=None, meanwhile=None) -> list:
                 torch.mm(c, b, out=torch.from_numpy(o))
         return outs
     arrays = [(c.numpy(), b if k else b.numpy()) for (c, b), k in zip(pairs, packed)]
-    ranges = [_gemm.panel_ranges(b, n_jobs) if k else None for (_, b), k in zip(arrays, packed)]
-
-    def block(j):
-        for (c, b), o, r in zip(arrays, outs, ranges):
-            if r is not None:
-                _gemm.gemm(c, b, o, *r[j])
-                continue
+    n_tasks = _GEMM_TASKS_PER_JOB * n_jobs if n_jobs > 1 else 1
+    tasks = []  # (product, first column or panel, end)
+    for i, ((_, b), k) in enumerate(zip(arrays, packed)):
+        if k:
+            tasks += [(i, p0, p1) for p0, p1 in _gemm.panel_ranges(b, n_tasks) if p1 > p0]
+        else:
             n = b.shape[1]
-            lo, hi = (n * j // n_jobs) // 16 * 16, (n * (j + 1) // n_jobs) // 16 * 16 if j + 1 < n_jobs else n
-            np.matmul(c, b[:, lo:hi], out=o[:, lo:hi])
+            cuts = [(n * j // n_tasks) // 16 * 16 for j in range(n_tasks)] + [n]
+            tasks += [(i, lo, hi) for lo, hi in zip(cuts[:-1], cuts[1:]) if hi > lo]
+    queue = iter(tasks)  # next() is atomic under the GIL: a shared queue
+
+    def work():
+        for i, lo, hi in queue:
+            (c, b), o = arrays[i], outs[i]
+            if packed[i]:
+                _gemm.gemm(c, b, o, lo, hi)
+            else:
+                np.matmul(c, b[:, lo:hi], out=o[:, lo:hi])
 
     # one limit at a time (limits from two threads at once would not restore the count), set and
     # restored around the products
     with (_BLAS_LOCK if ctl is not None else contextlib.nullcontext()), (
             ctl.limit(limits=1) if ctl is not None else contextlib.nullcontext()):
-        if pool is None:
+        jobs = [pool.submit(work) for _ in range(n_jobs - 1)] if pool is not None else []
+        try:  # the calling thread works too (no wake-up to wait for)
             if meanwhile is not None:
                 meanwhile()
-            for j in range(n_jobs):
-                block(j)
-        else:
-            jobs = [pool.submit(block, j) for j in range(n_jobs)]
-            try:
-                if meanwhile is not None:
-                    meanwhile()
-            finally:
-                for job in jobs:
-                    job.result()
+            work()
+        finally:
+            for job in jobs:
+                job.result()
     return outs
 
 
@@ -1097,19 +1112,20 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
     H, W = _image_hw(image_size)
     theta_r = p["reflectance"]
     B = theta_r.shape[0]
-    if not all(all_finite(x) for x in p.values()):
-        raise ValueError("theta contains NaN or infinite values")
     V = model.n_vertices
     ns, nr = p["shape"].shape[1], theta_r.shape[1]
     ne = p["expression"].shape[1] if "expression" in p else 0
     n_jobs = max(1, min(B, torch.get_num_threads()))
     # threads that sleep while they wait (no spin-waiting: robust when the CPU is shared)
-    pool = _thread_pool(torch.get_num_threads()) if n_jobs > 1 else None
+    pool = _thread_pool(torch.get_num_threads() - 1) if n_jobs > 1 else None  # and the calling thread
     frags = "fragments" in want
     keep = tuple(k in want for k in ("verts_cam", "screen", "normals_cam", "colors"))
     out = {}
 
-    def prepare():  # the per-face inputs and the outputs, made while the GEMMs run
+    def prepare():  # the checks, the per-face inputs and the outputs, made while the GEMMs run
+        if not all(all_finite(x) for x in p.values()):
+            out["error"] = "theta contains NaN or infinite values"  # raised after the GEMMs
+            return
         with torch.no_grad():
             f32 = dict(dtype=torch.float32)
             R = (cam.R.to(**f32) @ rot_xyz(p["rotation"].detach())).contiguous()  # Sec. 4.2, camera @ head
@@ -1141,14 +1157,20 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
             _offsets([(torch.cat(coef, 1), geo_basis),  # Eq. 2 offsets (B, 3 V)
                       (p["reflectance"].detach() * model.sigma_r[:nr], alb_basis)],  # Eq. 3 offsets (B, 3 V)
                      n_jobs, pool, offs, meanwhile=prepare)
+        if "error" in out:
+            raise ValueError(out["error"])
         if B:
             args, outs = out["args"], out["outs"]
             queue = iter(_face_ranges(B, n_jobs))  # next() is atomic under the GIL: a shared queue
             if pool is None:
                 _render_faces(args, outs, queue, frags, keep)
             else:
-                for job in [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs)]:
-                    job.result()
+                jobs = [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs - 1)]
+                try:
+                    _render_faces(args, outs, queue, frags, keep)  # the calling thread renders too
+                finally:
+                    for job in jobs:
+                        job.result()
     p2f, zbuf, bary, dists = out["fr"]
     vc, sc, nrm, col = (x if k else None for x, k in zip(out["per_vertex"], keep))
     fr = Fragments(p2f, zbuf, bary, dists) if frags else None

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -394,9 +395,13 @@ def test_fused_offsets_micro_kernel_blas_and_torch_agree(open_model, monkeypatch
     bases = [basis] + ([R._gemm.pack_basis(basis.numpy())] if R._gemm.available() else [])
     with ThreadPoolExecutor(3) as pool:
         for b in bases:
-            for n_jobs, p in ((1, None), (3, pool)):
+            outs = []
+            for n_jobs, p in ((1, None), (3, pool), (4, pool)):
                 (out,) = R._offsets([(coef, b)], n_jobs, p)
                 torch.testing.assert_close(torch.from_numpy(out), ref, rtol=1e-5, atol=1e-5)
+                outs.append(out)
+            if isinstance(b, R._gemm.PackedBasis):  # any split of the columns: the same sums
+                assert all(np.array_equal(outs[0], o) for o in outs[1:])
     theta = sample_sec5(open_model, 5, seed=21)
     with torch.no_grad():
         a = render(open_model, theta, 40, outputs=("verts_cam", "colors"))
