@@ -121,21 +121,21 @@ def fused_stages(size=240, batch=32, reps=3):
         f32 = np.float32
         ws_cm = R._workspace(V, H, W)  # the scratch arrays of one worker thread, as render() uses them
         vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64 = ws_cm.__enter__()
-        image = np.empty((3, H, W), np.float32)
-        mask = np.empty((H, W), bool)
-        imask = np.empty((H, W), bool)
-        depth = np.empty((H, W), np.float32)
+        image = np.empty((batch, 3, H, W), np.float32)  # the batch's outputs, as render() writes them
+        mask = np.empty((batch, H, W), bool)
+        imask = np.empty((batch, H, W), bool)
+        depth = np.empty((batch, H, W), np.float32)
         pp = (f32(cam.principal_point[0]), f32(cam.principal_point[1]))
         steps = {
             "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
                 geo[b], mean_s, Rm[b], t3[b], f32(cam.focal), *pp, vc, xyq),
             "vertex normals": lambda b: R._fz_normals(faces, chunks, vc, nrm, ws_f32),
             "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], mean_a, g[b], col),
-            "packed vertex records": lambda b: R._fz_pack(xyq, col, pk),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
-                pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64),
+                xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64),
+            "packed vertex records": lambda b: R._fz_pack(xyq, col, pk),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(
-                zb, faces, pk, mouth, H, W, f32(0), image, mask, imask, depth),
+                zb, faces, pk, mouth, H, W, f32(0), image[b], mask[b], imask[b], depth[b]),
         }
         per = {k: [] for k in steps}
         for _ in range(reps):

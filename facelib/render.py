@@ -428,25 +428,25 @@ if HAVE_NUMBA:
             sc[v, 2] = -vc[2 * V + v]
 
     @njit(**_JIT)
-    def _fz_gather(n, ids, pk, faces, T):
+    def _fz_gather(n, start, faces, xyq, T):
         """Triangle chunk ``T`` (_NT * _CH,): screen x, y and 1 / depth of the vertices of faces
-        ``ids[:n]`` from the packed vertex records ``pk`` (flat indices: no per-row strides)."""
-        fl = faces.reshape(-1)
-        pf = pk.reshape(-1)
+        ``start .. start + n - 1`` from ``xyq`` (3 V,) (x, y, 1 / depth of all vertices)."""
+        V = xyq.shape[0] // 3
+        xs, ys, qs = xyq[:V], xyq[V: 2 * V], xyq[2 * V:]
+        fc = faces.reshape(-1)[3 * start: 3 * (start + n)]
         for k in range(n):
-            f = 3 * ids[k]
-            a = fl[f] * _NP
-            b = fl[f + 1] * _NP
-            c = fl[f + 2] * _NP
-            T[0 * _CH + k] = pf[a]
-            T[1 * _CH + k] = pf[a + 1]
-            T[2 * _CH + k] = pf[b]
-            T[3 * _CH + k] = pf[b + 1]
-            T[4 * _CH + k] = pf[c]
-            T[5 * _CH + k] = pf[c + 1]
-            T[6 * _CH + k] = pf[a + 2]
-            T[7 * _CH + k] = pf[b + 2]
-            T[8 * _CH + k] = pf[c + 2]
+            a = fc[3 * k]
+            b = fc[3 * k + 1]
+            c = fc[3 * k + 2]
+            T[0 * _CH + k] = xs[a]
+            T[1 * _CH + k] = ys[a]
+            T[2 * _CH + k] = xs[b]
+            T[3 * _CH + k] = ys[b]
+            T[4 * _CH + k] = xs[c]
+            T[5 * _CH + k] = ys[c]
+            T[6 * _CH + k] = qs[a]
+            T[7 * _CH + k] = qs[b]
+            T[8 * _CH + k] = qs[c]
 
     @njit(**_JIT)
     def _fz_copy(n, a, b, c, xyq, T):
@@ -630,7 +630,7 @@ if HAVE_NUMBA:
                 _fz_large(r, ids4[r], T4, C4, H, W, qrow, zb)
 
     @njit(**_JIT)
-    def _fz_zbuffer(pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64):
+    def _fz_zbuffer(xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64):
         """Visibility of one face: ``zb`` (H W,) int64 keys, 0 where no triangle covers the centre.
         The triangles are taken in order, in the chunks of :func:`_triangle_chunks`: per chunk the 2x2
         block at each bounding box corner; the triangles larger than that are collected (their rows of
@@ -660,7 +660,7 @@ if HAVE_NUMBA:
             if chunks[ci, 2]:
                 _fz_copy(n, fl[3 * start], fl[3 * start + 1], fl[3 * start + 2], xyq, T)
             else:
-                _fz_gather(n, ids, pk, faces, T)
+                _fz_gather(n, start, faces, xyq, T)
             _fz_setup(n, T, H, W, C)
             _fz_candidates(n, T, C, H, W, 0, 0, Q, P)
             _fz_keys(n, 4, ids, Qi, K)
@@ -803,7 +803,6 @@ if HAVE_NUMBA:
             _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, xyq)
             _fz_normals(faces, chunks, vc, nrm, ws_f32)
             _fz_shade(nrm, alb[b], mean_a, gamma[b], col)
-            _fz_pack(xyq, col, pk)
             if keep[0]:
                 _fz_vertex_major(vc, vc_o[b])
             if keep[1]:
@@ -812,7 +811,8 @@ if HAVE_NUMBA:
                 _fz_vertex_major(nrm, nrm_o[b])
             if keep[3]:
                 _fz_vertex_major(col, col_o[b])
-            _fz_zbuffer(pk, xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64)
+            _fz_zbuffer(xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64)
+            _fz_pack(xyq, col, pk)  # after the z-buffer: still in the cache for the resolve
             _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b])
             if frags:
                 _fz_fragments(zb, b, faces, pk, H, W, p2f[b], zbuf[b], bary[b], dists[b])
