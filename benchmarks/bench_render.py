@@ -135,7 +135,7 @@ def fused_stages(size=240, batch=32, reps=3):
                 xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64),
             "packed vertex records": lambda b: R._fz_pack(xyq, col, pk),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(
-                zb, faces, pk, mouth, H, W, f32(0), image[b], mask[b], imask[b], depth[b]),
+                zb, faces, pk, mouth, H, W, f32(0), image[b], mask[b], imask[b], depth[b], R._resolve.address()),
         }
         per = {k: [] for k in steps}
         for _ in range(reps):

@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import _llvm
+
 
 class PackedBasis(NamedTuple):
     """A ``(K, N)`` basis in the layout of :func:`gemm`: ``panels`` ``(P, K, NR)`` hold columns
@@ -38,8 +40,7 @@ class PackedBasis(NamedTuple):
 
 
 _LOCK = threading.Lock()
-_KERNELS: dict = {}  # (MR, NR, cpu, features) -> ctypes function; the LLVM engines that own the code stay alive here
-_ENGINES: list = []
+_KERNELS: dict = {}  # (MR, NR, cpu, features) -> ctypes function (the code lives in facelib._llvm's engines)
 _STATE = {"shape": None, "error": None}  # (MR, NR) of this CPU, or why there is no kernel
 
 
@@ -92,30 +93,14 @@ def _compile(MR: int, NR: int, cpu: str | None = None, features: str | None = No
     with _LOCK:
         fn = _KERNELS.get((MR, NR, cpu, features))
         if fn is None:
-            import llvmlite.binding as ll
-
-            ll.initialize_native_target()
-            ll.initialize_native_asmprinter()
-            mod = ll.parse_assembly(_micro_kernel_ir(MR, NR))
-            mod.verify()
-            tm = ll.Target.from_default_triple().create_target_machine(
-                cpu=cpu or ll.get_host_cpu_name(),
-                features=ll.get_host_cpu_features().flatten() if features is None else features, opt=3)
-            pb = ll.create_pass_builder(tm, ll.create_pipeline_tuning_options(speed_level=3))
-            pb.getModulePassManager().run(mod, pb)
-            engine = ll.create_mcjit_compiler(mod, tm)
-            engine.finalize_object()
-            _ENGINES.append((engine, mod))
-            fn = _KERNELS[(MR, NR, cpu, features)] = _SIG(engine.get_function_address("gemm"))
+            fn = _KERNELS[(MR, NR, cpu, features)] = _SIG(_llvm.compile_ir(_micro_kernel_ir(MR, NR), "gemm", cpu, features))
         return fn
 
 
 def _shape() -> tuple:
     """``(MR, NR)`` for this CPU: 8 x 32 with AVX-512 (16 of its 32 vector registers accumulate),
     6 x 16 otherwise (12 of 16 AVX2 registers)."""
-    import llvmlite.binding as ll
-
-    return (8, 32) if "+avx512f" in ll.get_host_cpu_features().flatten().split(",") else (6, 16)
+    return (8, 32) if "avx512f" in _llvm.host_features() else (6, 16)
 
 
 def available() -> bool:

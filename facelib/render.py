@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import _gemm
+from . import _gemm, _resolve
 from ._checks import all_finite
 from .camera import Camera, default_camera, perspective_project, rigid_transform
 from .params import ParamLayout, rot_xyz
@@ -40,7 +40,10 @@ from .shading import (SH_IRRADIANCE_CONSTANTS, SH_SHADING_SCALE, _C1, _C2, _C20,
                       illumination_gamma, shade, vertex_normals)
 
 if HAVE_NUMBA:
+    from llvmlite import ir as _ir
     from numba import njit
+    from numba.core import types as _nbt
+    from numba.extending import intrinsic
 
 # the normalised irradiance basis H_b of facelib.shading as constants times monomials of n
 _K0 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[0] * _Y00  # H_1 = 1
@@ -718,29 +721,59 @@ if HAVE_NUMBA:
         d = one / (q0 + q1 + q2)
         return a, b, c, (x0, y0, x1, y1, x2, y2), (w0, w1, w2, s), q0 * d, q1 * d, q2 * d, d * s
 
+    @intrinsic
+    def _resolve_row(typingctx, fn, zr, faces, pk, mouth, nblk, j0, py, bg, r0, r1, r2, mk, ik, dp):
+        """Call the compiled row kernel of :mod:`facelib._resolve` at address ``fn`` (an int) with the
+        data of the arrays (C-contiguous): pixels ``j0 .. j0 + 16 nblk - 1`` of the row ``zr``."""
+        sig = _nbt.void(fn, zr, faces, pk, mouth, nblk, j0, py, bg, r0, r1, r2, mk, ik, dp)
+
+        def codegen(context, builder, signature, args):
+            i64 = _ir.IntType(64)
+
+            def addr(i):
+                return builder.ptrtoint(context.make_array(signature.args[i])(context, builder, args[i]).data, i64)
+
+            def cast(i, ty):
+                return context.cast(builder, args[i], signature.args[i], ty)
+
+            fnty = _ir.FunctionType(_ir.VoidType(), [i64] * 6 + [_ir.FloatType()] * 2 + [i64] * 6)
+            kernel = builder.inttoptr(cast(0, _nbt.int64), fnty.as_pointer())
+            builder.call(kernel, [addr(1), addr(2), addr(3), addr(4), cast(5, _nbt.int64), cast(6, _nbt.int64),
+                                  cast(7, _nbt.float32), cast(8, _nbt.float32)] + [addr(i) for i in range(9, 15)])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
     @njit(**_JIT)
-    def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth):
+    def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth, row_fn):
         """Per pixel: the winning face's barycentrics (:func:`_fz_pixel`), Eq. 6 colour, masks, depth.
         Vertex data come from the packed records ``pk`` (V, _NP): screen x, y, 1 / depth and the colour
-        of a vertex share one 32-byte record. The background is filled first in vectorised loops, then
-        the covered pixels are written."""
+        of a vertex share one 32-byte record. With ``row_fn`` (the address of :mod:`facelib._resolve`'s
+        kernel, else 0) each row goes 16 pixels at a time through that kernel (the same numbers) and the
+        last ``W % 16`` pixels through the code below. Otherwise the background is filled first in
+        vectorised loops, then the covered pixels are written."""
         half = np.float32(0.5)
         zero = np.float32(0.0)
         fl = faces.reshape(-1)
         pf = pk.reshape(-1)
-        im = image.reshape(-1)
-        mk = mask.reshape(-1)
-        ik = imask.reshape(-1)
-        dp = depth.reshape(-1)
-        for p in range(3 * H * W):
-            im[p] = bg
-        for p in range(H * W):
-            mk[p] = False
-            ik[p] = False
-            dp[p] = zero
+        nblk = W // 16 if row_fn != 0 else 0
+        if nblk == 0:
+            im = image.reshape(-1)
+            mk = mask.reshape(-1)
+            ik = imask.reshape(-1)
+            dp = depth.reshape(-1)
+            for p in range(3 * H * W):
+                im[p] = bg
+            for p in range(H * W):
+                mk[p] = False
+                ik[p] = False
+                dp[p] = zero
         for i in range(H):
             py = np.float32(i) + half
-            for j in range(W):
+            if nblk:
+                _resolve_row(row_fn, zb[i * W: (i + 1) * W], faces, pk, mouth, nblk, 0, py, bg, image[0, i],
+                             image[1, i], image[2, i], mask[i], imask[i], depth[i])
+            for j in range(16 * nblk, W):
                 key = zb[i * W + j]
                 if key != 0:
                     f = _KEY_LO - (key & _KEY_LO)
@@ -751,6 +784,13 @@ if HAVE_NUMBA:
                     mask[i, j] = True
                     imask[i, j] = not mouth[f]
                     depth[i, j] = d
+                elif nblk:  # (else filled above)
+                    image[0, i, j] = bg
+                    image[1, i, j] = bg
+                    image[2, i, j] = bg
+                    mask[i, j] = False
+                    imask[i, j] = False
+                    depth[i, j] = zero
 
     @njit(**_JIT)
     def _fz_fragments(zb, bi, faces, pk, H, W, p2f, zbuf, bary, dists):
@@ -793,12 +833,13 @@ if HAVE_NUMBA:
     @njit(**_JIT)
     def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W,
                   bg, image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
-                  vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64):
+                  vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64, row_fn):
         """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets ``geo``, ``alb`` (B, 3 V)
         (coordinate-major, as ``mean_s``, ``mean_a``) to the pixels: the per-face kernels in order.
         ``keep`` (4,) bool: also write camera-space vertices, screen vertices, normals, colours to
         ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3). ``vc``, ``nrm``, ``col`` (3 V,) are scratch.
-        One call per few faces: Numba unboxes the ~40 arguments with the GIL held, once."""
+        ``row_fn``: see :func:`_fz_resolve`. One call per few faces: Numba unboxes the ~40 arguments with
+        the GIL held, once."""
         for b in range(b0, b1):
             _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, xyq)
             _fz_normals(faces, chunks, vc, nrm, ws_f32)
@@ -813,7 +854,7 @@ if HAVE_NUMBA:
                 _fz_vertex_major(col, col_o[b])
             _fz_zbuffer(xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64)
             _fz_pack(xyq, col, pk)  # after the z-buffer: still in the cache for the resolve
-            _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b])
+            _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b], row_fn)
             if frags:
                 _fz_fragments(zb, b, faces, pk, H, W, p2f[b], zbuf[b], bary[b], dists[b])
 
@@ -830,18 +871,18 @@ def _face_ranges(B: int, n_jobs: int) -> list:
     return out + [(b, b + 1) for b in range(cut, B)]
 
 
-def _render_faces(args, outs, queue, frags: bool, keep: tuple) -> None:
+def _render_faces(args, outs, queue, frags: bool, keep: tuple, row_fn: int = 0) -> None:
     """Render the faces of the ranges ``(b0, b1)`` that ``queue`` (an iterator over
     :func:`_face_ranges`) hands out until it is empty, for :func:`_render_fused`. Several threads call
     this at once (the kernels release the GIL) and take faces as they become free: the load stays
-    balanced when faces differ in cost or a core is busy with other work. ``keep``: write verts_cam, screen, normals, colours (4 bools) into
-    ``outs``."""
+    balanced when faces differ in cost or a core is busy with other work. ``keep``: write verts_cam,
+    screen, normals, colours (4 bools) into ``outs``; ``row_fn``: :func:`facelib._resolve.address`."""
     geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W, bg = args
     V = mean_s.shape[0] // 3  # coordinate-major (3 V,)
     keep = np.array(keep, dtype=np.bool_)
     with _workspace(V, H, W) as ws:
         for b0, b1 in queue:
-            _fz_faces(b0, b1, *args, *outs[:4], frags, *outs[4:], keep, *ws)
+            _fz_faces(b0, b1, *args, *outs[:4], frags, *outs[4:], keep, *ws, row_fn)
 
 
 _SCRATCH: dict = {}  # key -> free scratch arrays (lists of arrays) of the fused path
@@ -1162,12 +1203,13 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
         if B:
             args, outs = out["args"], out["outs"]
             queue = iter(_face_ranges(B, n_jobs))  # next() is atomic under the GIL: a shared queue
+            work = (args, outs, queue, frags, keep, _resolve.address())
             if pool is None:
-                _render_faces(args, outs, queue, frags, keep)
+                _render_faces(*work)
             else:
-                jobs = [pool.submit(_render_faces, args, outs, queue, frags, keep) for _ in range(n_jobs - 1)]
+                jobs = [pool.submit(_render_faces, *work) for _ in range(n_jobs - 1)]
                 try:
-                    _render_faces(args, outs, queue, frags, keep)  # the calling thread renders too
+                    _render_faces(*work)  # the calling thread renders too
                 finally:
                     for job in jobs:
                         job.result()
