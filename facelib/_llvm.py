@@ -41,3 +41,44 @@ def compile_ir(ir: str, name: str, cpu: str | None = None, features: str | None 
             _ENGINES.append((engine, mod))
             addr = _CACHE[key] = engine.get_function_address(name)
         return addr
+
+
+def numba_caller(kinds: str, ret: str = "v"):
+    """A Numba intrinsic ``call(address, *args)`` that calls the compiled function at ``address`` (an
+    int, e.g. from :func:`compile_ir`) from nopython code: the arguments, by ``kinds`` (one letter
+    each), are ``a`` arrays (their data pointer, passed as i64; C-contiguous), ``i`` integers (i64),
+    ``f`` float32; ``ret`` ``"i"`` for an i64 result, ``"v"`` for none. The address is a runtime
+    argument, so the calling function stays cacheable."""
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.core import types as nbt
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def call(typingctx, address, *args):
+        if len(args) != len(kinds):
+            return None
+        sig = (nbt.int64 if ret == "i" else nbt.void)(address, nbt.StarArgTuple.from_types(args))
+
+        def codegen(context, builder, signature, llargs):
+            i64 = ir.IntType(64)
+            vals, tys = [], []
+            items = cgutils.unpack_tuple(builder, llargs[1], len(kinds))
+            for k, ty, v in zip(kinds, signature.args[1].types, items):
+                if k == "a":
+                    vals.append(builder.ptrtoint(context.make_array(ty)(context, builder, v).data, i64))
+                    tys.append(i64)
+                elif k == "i":
+                    vals.append(context.cast(builder, v, ty, nbt.int64))
+                    tys.append(i64)
+                else:
+                    vals.append(context.cast(builder, v, ty, nbt.float32))
+                    tys.append(ir.FloatType())
+            fnty = ir.FunctionType(i64 if ret == "i" else ir.VoidType(), tys)
+            fn = builder.inttoptr(context.cast(builder, llargs[0], signature.args[0], nbt.int64), fnty.as_pointer())
+            out = builder.call(fn, vals)
+            return out if ret == "i" else context.get_dummy_value()
+
+        return sig, codegen
+
+    return call

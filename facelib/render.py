@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import _gemm, _resolve
+from . import _gemm, _llvm, _resolve
 from ._checks import all_finite
 from .camera import Camera, default_camera, perspective_project, rigid_transform
 from .params import ParamLayout, rot_xyz
@@ -40,10 +40,7 @@ from .shading import (SH_IRRADIANCE_CONSTANTS, SH_SHADING_SCALE, _C1, _C2, _C20,
                       illumination_gamma, shade, vertex_normals)
 
 if HAVE_NUMBA:
-    from llvmlite import ir as _ir
     from numba import njit
-    from numba.core import types as _nbt
-    from numba.extending import intrinsic
 
 # the normalised irradiance basis H_b of facelib.shading as constants times monomials of n
 _K0 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[0] * _Y00  # H_1 = 1
@@ -721,28 +718,8 @@ if HAVE_NUMBA:
         d = one / (q0 + q1 + q2)
         return a, b, c, (x0, y0, x1, y1, x2, y2), (w0, w1, w2, s), q0 * d, q1 * d, q2 * d, d * s
 
-    @intrinsic
-    def _resolve_row(typingctx, fn, zr, faces, pk, mouth, nblk, j0, py, bg, r0, r1, r2, mk, ik, dp):
-        """Call the compiled row kernel of :mod:`facelib._resolve` at address ``fn`` (an int) with the
-        data of the arrays (C-contiguous): pixels ``j0 .. j0 + 16 nblk - 1`` of the row ``zr``."""
-        sig = _nbt.void(fn, zr, faces, pk, mouth, nblk, j0, py, bg, r0, r1, r2, mk, ik, dp)
-
-        def codegen(context, builder, signature, args):
-            i64 = _ir.IntType(64)
-
-            def addr(i):
-                return builder.ptrtoint(context.make_array(signature.args[i])(context, builder, args[i]).data, i64)
-
-            def cast(i, ty):
-                return context.cast(builder, args[i], signature.args[i], ty)
-
-            fnty = _ir.FunctionType(_ir.VoidType(), [i64] * 6 + [_ir.FloatType()] * 2 + [i64] * 6)
-            kernel = builder.inttoptr(cast(0, _nbt.int64), fnty.as_pointer())
-            builder.call(kernel, [addr(1), addr(2), addr(3), addr(4), cast(5, _nbt.int64), cast(6, _nbt.int64),
-                                  cast(7, _nbt.float32), cast(8, _nbt.float32)] + [addr(i) for i in range(9, 15)])
-            return context.get_dummy_value()
-
-        return sig, codegen
+    # calls of the compiled kernels of facelib._resolve and facelib._zchunk (a: array, i: int, f: float32)
+    _resolve_row = _llvm.numba_caller("aaaaiiffaaaaaa")
 
     @njit(**_JIT)
     def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth, row_fn):
