@@ -132,7 +132,7 @@ def fused_stages(size=240, batch=32, reps=3):
             "vertex normals": lambda b: R._fz_normals(faces, chunks, vc, nrm, ws_f32),
             "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], mean_a, g[b], col),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
-                xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64),
+                xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64, R._zchunk.address()),
             "packed vertex records": lambda b: R._fz_pack(xyq, col, pk),
             "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(
                 zb, faces, pk, mouth, H, W, f32(0), image[b], mask[b], imask[b], depth[b], R._resolve.address()),

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from . import _gemm, _llvm, _resolve
+from . import _gemm, _llvm, _resolve, _zchunk
 from ._checks import all_finite
 from .camera import Camera, default_camera, perspective_project, rigid_transform
 from .params import ParamLayout, rot_xyz
@@ -618,24 +618,27 @@ if HAVE_NUMBA:
                 zb[p0 + jj] = max(zb[p0 + jj], key)
 
     @njit(**_JIT)
-    def _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb):
+    def _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb, second_blocks):
         """Depth test of the ``m`` collected triangles larger than 2x2 (their chunk rows copied to ``T4``,
         ``C4``, their indices in ``ids4``): the second 2x2 block of the 4x2 / 2x4 ones, then the larger
-        ones row by row."""
-        _fz_candidates(m, T4, C4, H, W, 1, 1, Q, P)
-        _fz_keys(m, 4, ids4, Qi, K)
-        _fz_blocks(m, 4, P, K, idx, zb)
+        ones row by row (only the latter with ``second_blocks`` False: the chunk kernel drew the former)."""
+        if second_blocks:
+            _fz_candidates(m, T4, C4, H, W, 1, 1, Q, P)
+            _fz_keys(m, 4, ids4, Qi, K)
+            _fz_blocks(m, 4, P, K, idx, zb)
         for r in range(m):
             if C4[2 * _CH + r] != 0:
                 _fz_large(r, ids4[r], T4, C4, H, W, qrow, zb)
 
     @njit(**_JIT)
-    def _fz_zbuffer(xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64):
+    def _fz_zbuffer(xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64, zb_fn):
         """Visibility of one face: ``zb`` (H W,) int64 keys, 0 where no triangle covers the centre.
         The triangles are taken in order, in the chunks of :func:`_triangle_chunks`: per chunk the 2x2
         block at each bounding box corner; the triangles larger than that are collected (their rows of
         the chunk copied while they are in the cache) and finished in batches of up to _CH
-        (:func:`_fz_flush`: long vector loops)."""
+        (:func:`_fz_flush`: long vector loops). With ``zb_fn`` (the address of :mod:`facelib._zchunk`'s
+        kernel, else 0) that kernel does a chunk's setup and blocks, the second blocks of 4x2 / 2x4
+        boxes too, in 16-lane registers (the same keys); only the larger triangles are collected."""
         fl = faces.reshape(-1)
         zb[:] = 0
         T = ws_f32[: _NT * _CH]
@@ -661,16 +664,19 @@ if HAVE_NUMBA:
                 _fz_copy(n, fl[3 * start], fl[3 * start + 1], fl[3 * start + 2], xyq, T)
             else:
                 _fz_gather(n, start, faces, xyq, T)
-            _fz_setup(n, T, H, W, C)
-            _fz_candidates(n, T, C, H, W, 0, 0, Q, P)
-            _fz_keys(n, 4, ids, Qi, K)
-            _fz_blocks(n, 4, P, K, idx, zb)
-            cnt = np.int64(0)
-            for k in range(n):  # branch-free compaction
-                big[cnt] = k
-                cnt += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
+            if zb_fn != 0:
+                cnt = _zbuffer_chunk(zb_fn, T, C, n, start, H, W, zb, big)
+            else:
+                _fz_setup(n, T, H, W, C)
+                _fz_candidates(n, T, C, H, W, 0, 0, Q, P)
+                _fz_keys(n, 4, ids, Qi, K)
+                _fz_blocks(n, 4, P, K, idx, zb)
+                cnt = np.int64(0)
+                for k in range(n):  # branch-free compaction
+                    big[cnt] = k
+                    cnt += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
             if m + cnt > _CH:
-                _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
+                _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb, zb_fn == 0)
                 m = np.int64(0)
             for row in range(6):  # corners (one gather per row: LLVM vectorises each)
                 src = T[row * _CH: (row + 1) * _CH]
@@ -686,7 +692,7 @@ if HAVE_NUMBA:
                 ids4[m + r] = start + big[r]
             m += cnt
         if m:
-            _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
+            _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb, zb_fn == 0)
 
     @njit(**_JIT)
     def _fz_pixel(fl, pf, f, px, py):
@@ -720,6 +726,7 @@ if HAVE_NUMBA:
 
     # calls of the compiled kernels of facelib._resolve and facelib._zchunk (a: array, i: int, f: float32)
     _resolve_row = _llvm.numba_caller("aaaaiiffaaaaaa")
+    _zbuffer_chunk = _llvm.numba_caller("aaiiiiaa", "i")
 
     @njit(**_JIT)
     def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth, row_fn):
@@ -810,12 +817,12 @@ if HAVE_NUMBA:
     @njit(**_JIT)
     def _fz_faces(b0, b1, geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W,
                   bg, image, mask, imask, depth, frags, p2f, zbuf, bary, dists, vc_o, sc_o, nrm_o, col_o, keep,
-                  vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64, row_fn):
+                  vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64, row_fn, zb_fn):
         """Faces ``b0 .. b1 - 1`` of the batch from the Eq. 2-3 offsets ``geo``, ``alb`` (B, 3 V)
         (coordinate-major, as ``mean_s``, ``mean_a``) to the pixels: the per-face kernels in order.
         ``keep`` (4,) bool: also write camera-space vertices, screen vertices, normals, colours to
         ``vc_o``, ``sc_o``, ``nrm_o``, ``col_o`` (B, V, 3). ``vc``, ``nrm``, ``col`` (3 V,) are scratch.
-        ``row_fn``: see :func:`_fz_resolve`. One call per few faces: Numba unboxes the ~40 arguments with
+        ``row_fn``, ``zb_fn``: see :func:`_fz_resolve`, :func:`_fz_zbuffer`. One call per few faces: Numba unboxes the ~40 arguments with
         the GIL held, once."""
         for b in range(b0, b1):
             _fz_vertices(geo[b], mean_s, R[b], t[b], focal[b], ppx[b], ppy[b], vc, xyq)
@@ -829,7 +836,7 @@ if HAVE_NUMBA:
                 _fz_vertex_major(nrm, nrm_o[b])
             if keep[3]:
                 _fz_vertex_major(col, col_o[b])
-            _fz_zbuffer(xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64)
+            _fz_zbuffer(xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64, zb_fn)
             _fz_pack(xyq, col, pk)  # after the z-buffer: still in the cache for the resolve
             _fz_resolve(zb, faces, pk, mouth, H, W, bg, image[b], mask[b], imask[b], depth[b], row_fn)
             if frags:
@@ -848,18 +855,19 @@ def _face_ranges(B: int, n_jobs: int) -> list:
     return out + [(b, b + 1) for b in range(cut, B)]
 
 
-def _render_faces(args, outs, queue, frags: bool, keep: tuple, row_fn: int = 0) -> None:
+def _render_faces(args, outs, queue, frags: bool, keep: tuple, row_fn: int = 0, zb_fn: int = 0) -> None:
     """Render the faces of the ranges ``(b0, b1)`` that ``queue`` (an iterator over
     :func:`_face_ranges`) hands out until it is empty, for :func:`_render_fused`. Several threads call
     this at once (the kernels release the GIL) and take faces as they become free: the load stays
     balanced when faces differ in cost or a core is busy with other work. ``keep``: write verts_cam,
-    screen, normals, colours (4 bools) into ``outs``; ``row_fn``: :func:`facelib._resolve.address`."""
+    screen, normals, colours (4 bools) into ``outs``; ``row_fn``, ``zb_fn``: :func:`facelib._resolve.address`,
+    :func:`facelib._zchunk.address` (0: the Numba code only)."""
     geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W, bg = args
     V = mean_s.shape[0] // 3  # coordinate-major (3 V,)
     keep = np.array(keep, dtype=np.bool_)
     with _workspace(V, H, W) as ws:
         for b0, b1 in queue:
-            _fz_faces(b0, b1, *args, *outs[:4], frags, *outs[4:], keep, *ws, row_fn)
+            _fz_faces(b0, b1, *args, *outs[:4], frags, *outs[4:], keep, *ws, row_fn, zb_fn)
 
 
 _SCRATCH: dict = {}  # key -> free scratch arrays (lists of arrays) of the fused path
@@ -1180,7 +1188,7 @@ def _render_fused(model, p: dict, cam: Camera, image_size, background: float, wa
         if B:
             args, outs = out["args"], out["outs"]
             queue = iter(_face_ranges(B, n_jobs))  # next() is atomic under the GIL: a shared queue
-            work = (args, outs, queue, frags, keep, _resolve.address())
+            work = (args, outs, queue, frags, keep, _resolve.address(), _zchunk.address())
             if pool is None:
                 _render_faces(*work)
             else:

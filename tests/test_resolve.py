@@ -42,11 +42,13 @@ def test_row_kernel_equals_the_numpy_reference_on_random_rows(seed):
     q = rng.uniform(1e-3, 2e-3, W).astype(np.float32).view(np.int32).astype(np.int64)
     zr = np.where(rng.random(W) < 0.6, (q << 32) | (_resolve._KEY_LO - f), 0).astype(np.int64)
     zr[16:40] = 0
+    addr = _resolve.address()
+    assert addr != 0, _resolve._STATE["error"]
     for j0, nblk in [(0, 7), (3, 5), (9, 1)]:
         outs = [np.full(W, -3, np.float32) for _ in range(3)] + [np.full(W, 7, np.uint8) for _ in range(2)] + [
             np.full(W, -3, np.float32)]
         py, bg = np.float32(rng.uniform(0, 50)) + np.float32(0.5), np.float32(0.4)
-        _resolve._call(_resolve.address(), zr, fl, pf, mouth.view(np.uint8), j0, nblk, py, bg, *outs)
+        _resolve._call(addr, zr, fl, pf, mouth.view(np.uint8), j0, nblk, py, bg, *outs)
         planes, mk, ik, dp = _resolve._reference_row(zr, fl, pf, mouth, j0, 16 * nblk, py, bg)
         sl = slice(j0, j0 + 16 * nblk)
         for o, r in zip(outs[:3] + [outs[5]], planes + [dp]):

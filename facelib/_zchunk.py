@@ -1,0 +1,335 @@
+"""The main pass of the fused renderer's z-buffer (:func:`facelib.render._fz_zbuffer`) for one chunk of
+triangles, 16 triangles at a time, as LLVM IR compiled by :mod:`facelib._llvm`.
+
+The Numba code runs the per-triangle setup, the 2x2 candidate blocks, the depth-test keys and the
+z-buffer updates as separate loops over the chunk, which pass their results through memory (LLVM
+vectorises each loop only when it is simple enough). Here they stay in 16-lane registers: setup
+(bounding box, back-face culling, the 1/z plane), the 2x2 block at each bounding box corner and, when a
+lane of the 16 is a 4x2 / 2x4 box, the second block, the 64-bit keys, then one scalar read-max-write of
+the z-buffer per candidate with a pixel centre inside. The formulas are those of ``_fz_setup`` and
+``_fz_candidates``, in the same order and without fused multiply-adds, so the z-buffer is bit-identical.
+Triangles larger than 4x2 are returned (their lane indices) for the Numba code to draw row by row; their
+setup is written to the chunk array ``C`` as ``_fz_setup`` writes it.
+
+Where llvmlite or the compilation is missing, or the self-test fails, :func:`address` is 0 and the
+Numba code runs.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from . import _llvm
+
+L = 16
+_CH = 256  # triangles per chunk (facelib.render._CH): row stride of T and C
+_KEY_LO = (1 << 32) - 1
+_STATE: dict = {"addr": None, "error": None}
+F16, I16, B16, N16 = "<16 x float>", "<16 x i64>", "<16 x i1>", "<16 x i32>"
+
+
+def _f(x: float) -> str:
+    """An LLVM float constant (the float32 value, written as a double)."""
+    return "0x%016X" % struct.unpack("<Q", struct.pack("<d", float(np.float32(x))))[0]
+
+
+def _splat(value: str, ty: str = "float") -> str:
+    return "<" + ", ".join([f"{ty} {value}"] * L) + ">"
+
+
+class _IR:
+    """A small builder for the kernel's straight-line vector code (one SSA name per value)."""
+
+    def __init__(self):
+        self.lines = []
+        self.n = 0
+
+    def __call__(self, line: str):
+        self.lines.append("  " + line)
+
+    def v(self, expr: str, prefix: str = "t") -> str:
+        self.n += 1
+        name = f"%{prefix}{self.n}"
+        self(f"{name} = {expr}")
+        return name
+
+    def fop(self, op: str, a: str, b: str) -> str:
+        return self.v(f"{op} {F16} {a}, {b}")
+
+    def fcmp(self, cond: str, a: str, b: str) -> str:
+        return self.v(f"fcmp {cond} {F16} {a}, {b}")
+
+    def sel(self, c: str, a: str, b: str, ty: str = F16) -> str:
+        return self.v(f"select {B16} {c}, {ty} {a}, {ty} {b}")
+
+    def min(self, a: str, b: str) -> str:  # Numba's min(a, b): b if b < a else a
+        return self.sel(self.fcmp("olt", b, a), b, a)
+
+    def max(self, a: str, b: str) -> str:  # Numba's max(a, b): b if b > a else a
+        return self.sel(self.fcmp("ogt", b, a), b, a)
+
+    def band(self, *xs: str) -> str:
+        out = xs[0]
+        for x in xs[1:]:
+            out = self.v(f"and {B16} {out}, {x}")
+        return out
+
+    def bor(self, a: str, b: str) -> str:
+        return self.v(f"or {B16} {a}, {b}")
+
+    def bnot(self, a: str) -> str:
+        return self.v(f"xor {B16} {a}, {_splat('true', 'i1')}")
+
+    def tof(self, b: str) -> str:  # bool -> 0.0 / 1.0
+        return self.v(f"uitofp {B16} {b} to {F16}")
+
+
+def _candidates(e: _IR, row: dict, flag: str, second: bool, lanes_key_lo: str, label: str) -> None:
+    """The four candidates of a 2x2 block (the corner block, or the second block of a 4x2 / 2x4 box)
+    and their z-buffer updates; as :func:`facelib.render._fz_candidates`, ``_fz_keys``, ``_fz_blocks``."""
+    zero, half = _splat(_f(0.0)), _splat(_f(0.5))
+    if second:
+        shift = _splat(_f(2.0))
+        si = e.sel(row["tall"], shift, zero)  # C[4] + (shift if tall else zero)
+        sj = e.sel(row["tall"], zero, shift)
+        i_base = e.min(e.fop("fadd", row["fi0"], si), row["Hb"])
+        j_base = e.min(e.fop("fadd", row["fj0"], sj), row["Wb"])
+    else:
+        i_base = e.min(e.fop("fadd", row["fi0"], zero), row["Hb"])
+        j_base = e.min(e.fop("fadd", row["fj0"], zero), row["Wb"])
+    for c in range(4):
+        i = e.fop("fadd", i_base, _splat(_f(c // 2)))
+        j = e.fop("fadd", j_base, _splat(_f(c % 2)))
+        py = e.fop("fadd", i, half)
+        px = e.fop("fadd", j, half)
+        ax = e.fop("fsub", row["x0"], px)
+        ay = e.fop("fsub", row["y0"], py)
+        bx = e.fop("fsub", row["x1"], px)
+        by = e.fop("fsub", row["y1"], py)
+        cx = e.fop("fsub", row["x2"], px)
+        cy = e.fop("fsub", row["y2"], py)
+        w0 = e.fop("fsub", e.fop("fmul", bx, cy), e.fop("fmul", by, cx))
+        w1 = e.fop("fsub", e.fop("fmul", cx, ay), e.fop("fmul", cy, ax))
+        w2 = e.fop("fsub", e.fop("fmul", ax, by), e.fop("fmul", ay, bx))
+        q = e.fop("fsub", e.fop("fsub", row["q0"], e.fop("fmul", row["gx"], ax)), e.fop("fmul", row["gy"], ay))
+        inside = e.band(flag, e.fcmp("ole", w0, zero), e.fcmp("ole", w1, zero), e.fcmp("ole", w2, zero))
+        qv = e.sel(inside, q, zero)
+        qi = e.v(f"bitcast {F16} {qv} to {N16}")
+        pos = e.v(f"icmp sgt {N16} {qi}, zeroinitializer")
+        hi = e.v(f"shl {I16} {e.v(f'sext {N16} {qi} to {I16}')}, {_splat('32', 'i64')}")
+        key = e.sel(pos, e.v(f"or {I16} {hi}, {lanes_key_lo}"), "zeroinitializer", I16)
+        ii = e.v(f"fptosi {F16} {i} to {N16}")
+        jj = e.v(f"fptosi {F16} {j} to {N16}")
+        wv = row["Wv"]
+        pix = e.v(f"add {N16} {e.v(f'mul {N16} {ii}, {wv}')}, {jj}")
+        bits = e.v(f"bitcast {B16} {pos} to i16")
+        # one read-max-write of the z-buffer per lane with a key (lanes may share a pixel: in turn)
+        pre, loop, body, done = (f"{label}_{c}_{s}" for s in ("pre", "loop", "body", "done"))
+        e(f"br label %{pre}")
+        e.lines.append(f"{pre}:")
+        e(f"br label %{loop}")
+        e.lines.append(f"{loop}:")
+        m = f"%{label}_{c}_m"
+        m2 = f"%{label}_{c}_m2"
+        e(f"{m} = phi i16 [{bits}, %{pre}], [{m2}, %{body}]")
+        z = e.v(f"icmp eq i16 {m}, 0")
+        e(f"br i1 {z}, label %{done}, label %{body}")
+        e.lines.append(f"{body}:")
+        lane = e.v(f"call i16 @llvm.cttz.i16(i16 {m}, i1 true)")
+        kl = e.v(f"extractelement {I16} {key}, i16 {lane}")
+        pl = e.v(f"extractelement {N16} {pix}, i16 {lane}")
+        pp = e.v(f"getelementptr i64, ptr %zb, i32 {pl}")
+        old = e.v(f"load i64, ptr {pp}, align 8")
+        new = e.v(f"select i1 {e.v(f'icmp sgt i64 {kl}, {old}')}, i64 {kl}, i64 {old}")
+        e(f"store i64 {new}, ptr {pp}, align 8")
+        e(f"{m2} = and i16 {m}, {e.v(f'sub i16 {m}, 1')}")
+        e(f"br label %{loop}")
+        e.lines.append(f"{done}:")
+
+
+def _chunk_kernel_ir() -> str:
+    """LLVM IR of ``zb_chunk(T, C, n, start, H, W, zb, big) -> i64`` (pointers as i64 addresses):
+    triangles ``0 .. n - 1`` of a chunk (face indices ``start + k``), their corners and 1 / depth in
+    the rows of ``T`` (float32, rows of _CH: x0 y0 x1 y1 x2 y2 q0 q1 q2). Updates the int64 z-buffer
+    ``zb`` (H W,) with their 2x2 and 4x2 / 2x4 blocks, writes rows 1-8 of the setup ``C`` (as
+    ``_fz_setup``) and the lane indices of the larger triangles to ``big`` (int64); returns their
+    number."""
+    e = _IR()
+    head = ["define i64 @zb_chunk(i64 %T_a, i64 %C_a, i64 %n, i64 %start, i64 %H, i64 %W, i64 %zb_a, i64 %big_a) #0 {",
+            "entry:"]
+    e.lines = head
+    for nm in ("T", "C", "zb", "big"):
+        e(f"%{nm} = inttoptr i64 %{nm}_a to ptr")
+    row = {}
+    for nm, expr in (("Hm", "sub i64 %H, 1"), ("Wm", "sub i64 %W, 1"), ("Hb", "sub i64 %H, 2"), ("Wb", "sub i64 %W, 2")):
+        s = e.v(expr)
+        sf = e.v(f"sitofp i64 {s} to float")
+        row[nm] = e.v(f"shufflevector {F16} {e.v(f'insertelement {F16} poison, float {sf}, i64 0')}, {F16} poison, "
+                      f"{N16} zeroinitializer")
+    s2 = e.v(f"and i1 {e.v('icmp sge i64 %H, 2')}, {e.v('icmp sge i64 %W, 2')}")
+    s4 = e.v(f"and i1 {e.v('icmp sge i64 %H, 4')}, {e.v('icmp sge i64 %W, 4')}")
+    row["s2"] = e.v(f"shufflevector {B16} {e.v(f'insertelement {B16} poison, i1 {s2}, i64 0')}, {B16} poison, "
+                    f"{N16} zeroinitializer")
+    row["s4"] = e.v(f"shufflevector {B16} {e.v(f'insertelement {B16} poison, i1 {s4}, i64 0')}, {B16} poison, "
+                    f"{N16} zeroinitializer")
+    w32 = e.v("trunc i64 %W to i32")
+    row["Wv"] = e.v(f"shufflevector {N16} {e.v(f'insertelement {N16} poison, i32 {w32}, i64 0')}, {N16} poison, "
+                    f"{N16} zeroinitializer")
+    ng = e.v("lshr i64 " + e.v("add i64 %n, 15") + ", 4")
+    e(f"%any = icmp sgt i64 {ng}, 0")
+    e("br i1 %any, label %group, label %exit")
+    e.lines.append("group:")
+    e("%g = phi i64 [0, %entry], [%g1, %next]")
+    e("%cnt = phi i64 [0, %entry], [%cnt_out, %next]")
+    k0 = e.v("mul i64 %g, 16")
+    k0v = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 {k0}, i64 0')}, {I16} poison, "
+              f"{N16} zeroinitializer")
+    lanes = e.v(f"add {I16} {k0v}, <" + ", ".join(f"i64 {x}" for x in range(L)) + ">")
+    nv = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 %n, i64 0')}, {I16} poison, "
+             f"{N16} zeroinitializer")
+    valid = e.v(f"icmp slt {I16} {lanes}, {nv}")
+    sv = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 %start, i64 0')}, {I16} poison, "
+             f"{N16} zeroinitializer")
+    ids = e.v(f"add {I16} {sv}, {lanes}")
+    key_lo = e.v(f"sub {I16} {_splat(str(_KEY_LO), 'i64')}, {ids}")
+    for r, nm in enumerate(("x0", "y0", "x1", "y1", "x2", "y2", "q0", "q1", "q2")):
+        off = e.v(f"add i64 {k0}, {r * _CH}")
+        p = e.v(f"getelementptr float, ptr %T, i64 {off}")
+        row[nm] = e.v(f"load {F16}, ptr {p}, align 4")
+    zero, one, half = _splat(_f(0.0)), _splat(_f(1.0)), _splat(_f(0.5))
+    fabs = f"call {F16} @llvm.%s.v16f32({F16} %s)"
+    # _fz_setup
+    mnx = e.min(row["x0"], e.min(row["x1"], row["x2"]))
+    mxx = e.max(row["x0"], e.max(row["x1"], row["x2"]))
+    mny = e.min(row["y0"], e.min(row["y1"], row["y2"]))
+    mxy = e.max(row["y0"], e.max(row["y1"], row["y2"]))
+    fj0 = e.max(zero, e.v(fabs % ("ceil", e.fop("fsub", mnx, half))))
+    fj1 = e.min(row["Wm"], e.v(fabs % ("floor", e.fop("fsub", mxx, half))))
+    fi0 = e.max(zero, e.v(fabs % ("ceil", e.fop("fsub", mny, half))))
+    fi1 = e.min(row["Hm"], e.v(fabs % ("floor", e.fop("fsub", mxy, half))))
+    ex1 = e.fop("fsub", row["x1"], row["x0"])
+    ey1 = e.fop("fsub", row["y1"], row["y0"])
+    ex2 = e.fop("fsub", row["x2"], row["x0"])
+    ey2 = e.fop("fsub", row["y2"], row["y0"])
+    area = e.fop("fsub", e.fop("fmul", ex1, ey2), e.fop("fmul", ey1, ex2))
+    ok = e.band(valid, e.fcmp("ole", fj0, fj1), e.fcmp("ole", fi0, fi1), e.fcmp("olt", area, _splat(_f(-1e-10))),
+                e.fcmp("ogt", row["q0"], zero), e.fcmp("ogt", row["q1"], zero), e.fcmp("ogt", row["q2"], zero))
+    dj = e.fop("fsub", fj1, fj0)
+    di = e.fop("fsub", fi1, fi0)
+    three = _splat(_f(3.0))
+    f2 = e.band(row["s2"], e.fcmp("ole", dj, one), e.fcmp("ole", di, one))
+    f8 = e.band(row["s4"], e.bor(e.band(e.fcmp("ole", di, three), e.fcmp("ole", dj, one)),
+                                 e.band(e.fcmp("ole", di, one), e.fcmp("ole", dj, three))))
+    first = e.band(ok, e.bor(f2, f8))  # C[0]
+    second = e.band(ok, e.bnot(f2), f8)  # C[1]
+    large = e.band(ok, e.bnot(f2), e.bnot(f8))  # C[2]
+    tall = e.fcmp("ogt", di, one)  # C[3]
+    d1 = e.fop("fsub", row["q1"], row["q0"])
+    d2 = e.fop("fsub", row["q2"], row["q0"])
+    inv = e.fop("fdiv", one, area)
+    gx = e.fop("fmul", e.fop("fsub", e.fop("fmul", d1, ey2), e.fop("fmul", d2, ey1)), inv)
+    gy = e.fop("fmul", e.fop("fsub", e.fop("fmul", d2, ex1), e.fop("fmul", d1, ex2)), inv)
+    row.update(fi0=fi0, fj0=fj0, tall=tall, gx=gx, gy=gy)
+    for r, val in ((1, e.tof(second)), (2, e.tof(large)), (3, e.tof(tall)), (4, fi0), (5, fj0), (6, row["q0"]),
+                   (7, gx), (8, gy)):
+        off = e.v(f"add i64 {k0}, {r * _CH}")
+        e(f"store {F16} {val}, ptr {e.v(f'getelementptr float, ptr %C, i64 {off}')}, align 4")
+    _candidates(e, row, first, False, key_lo, "A")
+    sb = e.v(f"bitcast {B16} {second} to i16")
+    e(f"br i1 {e.v(f'icmp ne i16 {sb}, 0')}, label %blockB, label %afterB")
+    e.lines.append("blockB:")
+    _candidates(e, row, second, True, key_lo, "B")
+    e("br label %afterB")
+    e.lines.append("afterB:")
+    # the larger triangles: their lane indices to big[cnt ...]
+    lb = e.v(f"bitcast {B16} {large} to i16")
+    e("br label %big_loop")
+    e.lines.append("big_loop:")
+    e(f"%bm = phi i16 [{lb}, %afterB], [%bm2, %big_body]")
+    e("%bc = phi i64 [%cnt, %afterB], [%bc1, %big_body]")
+    e("%bz = icmp eq i16 %bm, 0")
+    e("br i1 %bz, label %next, label %big_body")
+    e.lines.append("big_body:")
+    lane = e.v("call i16 @llvm.cttz.i16(i16 %bm, i1 true)")
+    k = e.v(f"add i64 {k0}, {e.v(f'zext i16 {lane} to i64')}")
+    e(f"store i64 {k}, ptr {e.v('getelementptr i64, ptr %big, i64 %bc')}, align 8")
+    e("%bc1 = add i64 %bc, 1")
+    e(f"%bm2 = and i16 %bm, {e.v('sub i16 %bm, 1')}")
+    e("br label %big_loop")
+    e.lines.append("next:")
+    e("%cnt_out = phi i64 [%bc, %big_loop]")
+    e("%g1 = add i64 %g, 1")
+    e(f"%gdone = icmp eq i64 %g1, {ng}")
+    e("br i1 %gdone, label %exit, label %group")
+    e.lines.append("exit:")
+    e("%res = phi i64 [0, %entry], [%cnt_out, %next]")
+    e("ret i64 %res")
+    e.lines.append("}")
+    e.lines += [f"declare {F16} @llvm.ceil.v16f32({F16})", f"declare {F16} @llvm.floor.v16f32({F16})",
+                "declare i16 @llvm.cttz.i16(i16, i1)",
+                'attributes #0 = { nounwind "min-legal-vector-width"="512" }']
+    return "\n".join(e.lines)
+
+
+def _call(addr, T, C, n, start, H, W, zb, big) -> int:
+    import ctypes
+
+    fn = ctypes.CFUNCTYPE(ctypes.c_int64, *([ctypes.c_int64] * 8))(addr)
+    return fn(T.ctypes.data, C.ctypes.data, n, start, H, W, zb.ctypes.data, big.ctypes.data)
+
+
+def _self_test(addr, seed: int = 0, H: int = 21, W: int = 26, n: int = _CH) -> None:
+    """The kernel against the Numba code (:func:`facelib.render._fz_setup`, ``_fz_candidates``,
+    ``_fz_keys``, ``_fz_blocks``) on ``n`` random small and large triangles, most front-facing, some
+    partly outside an H x W image; raises RuntimeError where they differ."""
+    from . import render as R
+
+    rng = np.random.default_rng(seed)
+    start = 1000
+    T = np.zeros(R._NT * _CH, np.float32)
+    size = np.where(rng.random(n) < 0.7, rng.uniform(0.5, 3, n), rng.uniform(3, 12, n)).astype(np.float32)
+    xy = rng.uniform(-3, [W + 3, H + 3], (n, 1, 2)).astype(np.float32) + (
+        rng.uniform(-0.5, 0.5, (n, 3, 2)) * size[:, None, None]).astype(np.float32)
+    e1, e2 = xy[:, 1] - xy[:, 0], xy[:, 2] - xy[:, 0]
+    back = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0] > 0
+    xy[back] = xy[back][:, [0, 2, 1]]  # most front-facing (a tenth stays as drawn: culled)
+    xy[: n // 10] = xy[: n // 10][:, [0, 2, 1]]
+    for v in range(3):
+        T[2 * v * _CH: 2 * v * _CH + n] = xy[:, v, 0]
+        T[(2 * v + 1) * _CH: (2 * v + 1) * _CH + n] = xy[:, v, 1]
+        T[(6 + v) * _CH: (6 + v) * _CH + n] = rng.uniform(1e-3, 2e-3, n)
+    C = np.zeros(R._NC * _CH, np.float32)
+    Q, P = np.zeros(8 * _CH, np.float32), np.zeros(8 * _CH, np.int32)
+    K, idx = np.zeros(8 * _CH, np.int64), np.zeros(_CH, np.int64)
+    ids = np.arange(start, start + n, dtype=np.int64)
+    ref = np.zeros(H * W, np.int64)
+    R._fz_setup(n, T, H, W, C)
+    for row, second in ((0, 0), (1, 1)):
+        R._fz_candidates(n, T, C, H, W, row, second, Q, P)
+        R._fz_keys(n, 4, ids, Q.view(np.int32), K)
+        R._fz_blocks(n, 4, P, K, idx, ref)
+    zb, big, C2 = np.zeros(H * W, np.int64), np.full(_CH, -1, np.int64), np.zeros_like(C)
+    m = _call(addr, T, C2, n, start, H, W, zb, big)
+    large = np.flatnonzero(C[2 * _CH: 2 * _CH + n])
+    ok = np.array_equal(zb, ref) and m == len(large) and np.array_equal(big[:m], large)
+    ok &= np.array_equal(C2[_CH: _CH + n], C[_CH: _CH + n]) and all(
+        np.array_equal(C2[r * _CH: r * _CH + n], C[r * _CH: r * _CH + n]) for r in range(1, 9))
+    if not ok:
+        raise RuntimeError("the compiled z-buffer kernel differs from the Numba code")
+
+
+def address() -> int:
+    """Address of the compiled chunk kernel for :func:`facelib.render._fz_zbuffer`, 0 where it cannot
+    run here (no llvmlite or AVX-512, or the self-test fails; then the Numba loops run)."""
+    if _STATE["addr"] is None:
+        try:
+            if "avx512f" not in _llvm.host_features():
+                raise RuntimeError("no AVX-512")
+            addr = _llvm.compile_ir(_chunk_kernel_ir(), "zb_chunk")
+            _self_test(addr)
+            _STATE["addr"] = addr
+        except Exception as e:  # noqa: BLE001 (no llvmlite, an LLVM without this IR, a CPU it cannot target)
+            _STATE["addr"], _STATE["error"] = 0, f"{type(e).__name__}: {e}"
+    return _STATE["addr"]
