@@ -6,10 +6,10 @@ z-buffer updates as separate loops over the chunk, which pass their results thro
 vectorises each loop only when it is simple enough). Here they stay in 16-lane registers: setup
 (bounding box, back-face culling, the 1/z plane), the 2x2 block at each bounding box corner and, when a
 lane of the 16 is a 4x2 / 2x4 box, the second block, the 64-bit keys, then one scalar read-max-write of
-the z-buffer per candidate with a pixel centre inside. The formulas are those of ``_fz_setup`` and
-``_fz_candidates``, in the same order and without fused multiply-adds, so the z-buffer is bit-identical.
-Triangles larger than 4x2 are returned (their lane indices) for the Numba code to draw row by row; their
-setup is written to the chunk array ``C`` as ``_fz_setup`` writes it.
+the z-buffer per candidate with a pixel centre inside; larger triangles one at a time, row by row, 16
+pixels of a row per masked vector read-max-write (``_fz_large``). The formulas are those of
+``_fz_setup``, ``_fz_candidates`` and ``_fz_large``, in the same order and without fused
+multiply-adds, so the z-buffer is bit-identical.
 
 Where llvmlite or the compilation is missing, or the self-test fails, :func:`address` is 0 and the
 Numba code runs.
@@ -150,17 +150,16 @@ def _candidates(e: _IR, row: dict, flag: str, second: bool, lanes_key_lo: str, l
 
 
 def _chunk_kernel_ir() -> str:
-    """LLVM IR of ``zb_chunk(T, C, n, start, H, W, zb, big) -> i64`` (pointers as i64 addresses):
-    triangles ``0 .. n - 1`` of a chunk (face indices ``start + k``), their corners and 1 / depth in
-    the rows of ``T`` (float32, rows of _CH: x0 y0 x1 y1 x2 y2 q0 q1 q2). Updates the int64 z-buffer
-    ``zb`` (H W,) with their 2x2 and 4x2 / 2x4 blocks, writes rows 1-8 of the setup ``C`` (as
-    ``_fz_setup``) and the lane indices of the larger triangles to ``big`` (int64); returns their
-    number."""
+    """LLVM IR of ``zb_chunk(T, n, start, H, W, zb) -> i64`` (pointers as i64 addresses): triangles
+    ``0 .. n - 1`` of a chunk (face indices ``start + k``), their corners and 1 / depth in the rows of
+    ``T`` (float32, rows of _CH: x0 y0 x1 y1 x2 y2 q0 q1 q2), into the int64 z-buffer ``zb`` (H W,):
+    2x2 blocks, two for 4x2 / 2x4 boxes, row by row for larger ones; returns the number of the
+    larger ones."""
     e = _IR()
-    head = ["define i64 @zb_chunk(i64 %T_a, i64 %C_a, i64 %n, i64 %start, i64 %H, i64 %W, i64 %zb_a, i64 %big_a) #0 {",
+    head = ["define i64 @zb_chunk(i64 %T_a, i64 %n, i64 %start, i64 %H, i64 %W, i64 %zb_a) #0 {",
             "entry:"]
     e.lines = head
-    for nm in ("T", "C", "zb", "big"):
+    for nm in ("T", "zb"):
         e(f"%{nm} = inttoptr i64 %{nm}_a to ptr")
     row = {}
     for nm, expr in (("Hm", "sub i64 %H, 1"), ("Wm", "sub i64 %W, 1"), ("Hb", "sub i64 %H, 2"), ("Wb", "sub i64 %W, 2")):
@@ -232,10 +231,6 @@ def _chunk_kernel_ir() -> str:
     gx = e.fop("fmul", e.fop("fsub", e.fop("fmul", d1, ey2), e.fop("fmul", d2, ey1)), inv)
     gy = e.fop("fmul", e.fop("fsub", e.fop("fmul", d2, ex1), e.fop("fmul", d1, ex2)), inv)
     row.update(fi0=fi0, fj0=fj0, tall=tall, gx=gx, gy=gy)
-    for r, val in ((1, e.tof(second)), (2, e.tof(large)), (3, e.tof(tall)), (4, fi0), (5, fj0), (6, row["q0"]),
-                   (7, gx), (8, gy)):
-        off = e.v(f"add i64 {k0}, {r * _CH}")
-        e(f"store {F16} {val}, ptr {e.v(f'getelementptr float, ptr %C, i64 {off}')}, align 4")
     _candidates(e, row, first, False, key_lo, "A")
     sb = e.v(f"bitcast {B16} {second} to i16")
     e(f"br i1 {e.v(f'icmp ne i16 {sb}, 0')}, label %blockB, label %afterB")
@@ -243,18 +238,73 @@ def _chunk_kernel_ir() -> str:
     _candidates(e, row, second, True, key_lo, "B")
     e("br label %afterB")
     e.lines.append("afterB:")
-    # the larger triangles: their lane indices to big[cnt ...]
+    # the larger triangles, one at a time, row by row, 16 pixels of a row at a time (_fz_large)
     lb = e.v(f"bitcast {B16} {large} to i16")
     e("br label %big_loop")
     e.lines.append("big_loop:")
-    e(f"%bm = phi i16 [{lb}, %afterB], [%bm2, %big_body]")
-    e("%bc = phi i64 [%cnt, %afterB], [%bc1, %big_body]")
+    e(f"%bm = phi i16 [{lb}, %afterB], [%bm2, %rows_done]")
+    e("%bc = phi i64 [%cnt, %afterB], [%bc1, %rows_done]")
     e("%bz = icmp eq i16 %bm, 0")
     e("br i1 %bz, label %next, label %big_body")
     e.lines.append("big_body:")
     lane = e.v("call i16 @llvm.cttz.i16(i16 %bm, i1 true)")
-    k = e.v(f"add i64 {k0}, {e.v(f'zext i16 {lane} to i64')}")
-    e(f"store i64 {k}, ptr {e.v('getelementptr i64, ptr %big, i64 %bc')}, align 8")
+    sc = {nm: e.v(f"extractelement {F16} {row[nm]}, i16 {lane}")
+          for nm in ("x0", "y0", "x1", "y1", "x2", "y2", "q0", "gx", "gy")}
+    vec = {nm: e.v(f"shufflevector {F16} {e.v(f'insertelement {F16} poison, float {v}, i64 0')}, {F16} poison, "
+                   f"{N16} zeroinitializer") for nm, v in sc.items()}
+    klo = e.v(f"extractelement {I16} {key_lo}, i16 {lane}")
+    klov = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 {klo}, i64 0')}, {I16} poison, "
+               f"{N16} zeroinitializer")
+    bounds = {nm: e.v(f"fptosi float {e.v(f'extractelement {F16} {v}, i16 {lane}')} to i64")
+              for nm, v in (("i0", fi0), ("i1", fi1), ("j0", fj0), ("j1", fj1))}
+    j1 = bounds["j1"]
+    j1v = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 {j1}, i64 0')}, {I16} poison, "
+              f"{N16} zeroinitializer")
+    e("br label %rows")
+    e.lines.append("rows:")
+    e(f"%ri = phi i64 [{bounds['i0']}, %big_body], [%ri1, %cols_done]")
+    e(f"%rdone = icmp sgt i64 %ri, {bounds['i1']}")
+    e("br i1 %rdone, label %rows_done, label %row_body")
+    e.lines.append("row_body:")
+    pys = e.v(f"fadd float {e.v('sitofp i64 %ri to float')}, {_f(0.5)}")
+    pyv = e.v(f"shufflevector {F16} {e.v(f'insertelement {F16} poison, float {pys}, i64 0')}, {F16} poison, "
+              f"{N16} zeroinitializer")
+    ay = e.fop("fsub", vec["y0"], pyv)
+    by = e.fop("fsub", vec["y1"], pyv)
+    cy = e.fop("fsub", vec["y2"], pyv)
+    base = e.v("mul i64 %ri, %W")
+    e("br label %cols")
+    e.lines.append("cols:")
+    e(f"%jb = phi i64 [{bounds['j0']}, %row_body], [%jb16, %col_body]")
+    e(f"%cdone = icmp sgt i64 %jb, {bounds['j1']}")
+    e("br i1 %cdone, label %cols_done, label %col_body")
+    e.lines.append("col_body:")
+    jbv = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 %jb, i64 0')}, {I16} poison, "
+              f"{N16} zeroinitializer")
+    jj = e.v(f"add {I16} {jbv}, <" + ", ".join(f"i64 {x}" for x in range(L)) + ">")
+    inrow = e.v(f"icmp sle {I16} {jj}, {j1v}")
+    px = e.fop("fadd", e.v(f"sitofp {I16} {jj} to {F16}"), half)
+    ax = e.fop("fsub", vec["x0"], px)
+    bx = e.fop("fsub", vec["x1"], px)
+    cx = e.fop("fsub", vec["x2"], px)
+    inside = e.band(e.fcmp("ole", e.fop("fsub", e.fop("fmul", bx, cy), e.fop("fmul", by, cx)), zero),
+                    e.fcmp("ole", e.fop("fsub", e.fop("fmul", cx, ay), e.fop("fmul", cy, ax)), zero),
+                    e.fcmp("ole", e.fop("fsub", e.fop("fmul", ax, by), e.fop("fmul", ay, bx)), zero))
+    q = e.fop("fsub", e.fop("fsub", vec["q0"], e.fop("fmul", vec["gx"], ax)), e.fop("fmul", vec["gy"], ay))
+    qi = e.v(f"bitcast {F16} {e.sel(inside, q, zero)} to {N16}")
+    pos = e.v(f"icmp sgt {N16} {qi}, zeroinitializer")
+    hi = e.v(f"shl {I16} {e.v(f'sext {N16} {qi} to {I16}')}, {_splat('32', 'i64')}")
+    key = e.sel(pos, e.v(f"or {I16} {hi}, {klov}"), "zeroinitializer", I16)
+    zp = e.v(f"getelementptr i64, ptr %zb, i64 {e.v(f'add i64 {base}, %jb')}")
+    old = e.v(f"call {I16} @llvm.masked.load.v16i64.p0(ptr {zp}, i32 8, {B16} {inrow}, {I16} zeroinitializer)")
+    new = e.sel(e.v(f"icmp sgt {I16} {key}, {old}"), key, old, I16)
+    e(f"call void @llvm.masked.store.v16i64.p0({I16} {new}, ptr {zp}, i32 8, {B16} {inrow})")
+    e("%jb16 = add i64 %jb, 16")
+    e("br label %cols")
+    e.lines.append("cols_done:")
+    e("%ri1 = add i64 %ri, 1")
+    e("br label %rows")
+    e.lines.append("rows_done:")
     e("%bc1 = add i64 %bc, 1")
     e(f"%bm2 = and i16 %bm, {e.v('sub i16 %bm, 1')}")
     e("br label %big_loop")
@@ -268,16 +318,18 @@ def _chunk_kernel_ir() -> str:
     e("ret i64 %res")
     e.lines.append("}")
     e.lines += [f"declare {F16} @llvm.ceil.v16f32({F16})", f"declare {F16} @llvm.floor.v16f32({F16})",
+                f"declare {I16} @llvm.masked.load.v16i64.p0(ptr, i32, {B16}, {I16})",
+                f"declare void @llvm.masked.store.v16i64.p0({I16}, ptr, i32, {B16})",
                 "declare i16 @llvm.cttz.i16(i16, i1)",
                 'attributes #0 = { nounwind "min-legal-vector-width"="512" }']
     return "\n".join(e.lines)
 
 
-def _call(addr, T, C, n, start, H, W, zb, big) -> int:
+def _call(addr, T, n, start, H, W, zb) -> int:
     import ctypes
 
-    fn = ctypes.CFUNCTYPE(ctypes.c_int64, *([ctypes.c_int64] * 8))(addr)
-    return fn(T.ctypes.data, C.ctypes.data, n, start, H, W, zb.ctypes.data, big.ctypes.data)
+    fn = ctypes.CFUNCTYPE(ctypes.c_int64, *([ctypes.c_int64] * 6))(addr)
+    return fn(T.ctypes.data, n, start, H, W, zb.ctypes.data)
 
 
 def _self_test(addr, seed: int = 0, H: int = 21, W: int = 26, n: int = _CH) -> None:
@@ -303,6 +355,7 @@ def _self_test(addr, seed: int = 0, H: int = 21, W: int = 26, n: int = _CH) -> N
     C = np.zeros(R._NC * _CH, np.float32)
     Q, P = np.zeros(8 * _CH, np.float32), np.zeros(8 * _CH, np.int32)
     K, idx = np.zeros(8 * _CH, np.int64), np.zeros(_CH, np.int64)
+    qrow = np.zeros(max(W, 1), np.float32)
     ids = np.arange(start, start + n, dtype=np.int64)
     ref = np.zeros(H * W, np.int64)
     R._fz_setup(n, T, H, W, C)
@@ -310,13 +363,12 @@ def _self_test(addr, seed: int = 0, H: int = 21, W: int = 26, n: int = _CH) -> N
         R._fz_candidates(n, T, C, H, W, row, second, Q, P)
         R._fz_keys(n, 4, ids, Q.view(np.int32), K)
         R._fz_blocks(n, 4, P, K, idx, ref)
-    zb, big, C2 = np.zeros(H * W, np.int64), np.full(_CH, -1, np.int64), np.zeros_like(C)
-    m = _call(addr, T, C2, n, start, H, W, zb, big)
     large = np.flatnonzero(C[2 * _CH: 2 * _CH + n])
-    ok = np.array_equal(zb, ref) and m == len(large) and np.array_equal(big[:m], large)
-    ok &= np.array_equal(C2[_CH: _CH + n], C[_CH: _CH + n]) and all(
-        np.array_equal(C2[r * _CH: r * _CH + n], C[r * _CH: r * _CH + n]) for r in range(1, 9))
-    if not ok:
+    for k in large:
+        R._fz_large(k, start + k, T, C, H, W, qrow, ref)
+    zb = np.zeros(H * W, np.int64)
+    m = _call(addr, T, n, start, H, W, zb)
+    if not (np.array_equal(zb, ref) and m == len(large)):
         raise RuntimeError("the compiled z-buffer kernel differs from the Numba code")
 
 

@@ -618,14 +618,13 @@ if HAVE_NUMBA:
                 zb[p0 + jj] = max(zb[p0 + jj], key)
 
     @njit(**_JIT)
-    def _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb, second_blocks):
+    def _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb):
         """Depth test of the ``m`` collected triangles larger than 2x2 (their chunk rows copied to ``T4``,
         ``C4``, their indices in ``ids4``): the second 2x2 block of the 4x2 / 2x4 ones, then the larger
-        ones row by row (only the latter with ``second_blocks`` False: the chunk kernel drew the former)."""
-        if second_blocks:
-            _fz_candidates(m, T4, C4, H, W, 1, 1, Q, P)
-            _fz_keys(m, 4, ids4, Qi, K)
-            _fz_blocks(m, 4, P, K, idx, zb)
+        ones row by row."""
+        _fz_candidates(m, T4, C4, H, W, 1, 1, Q, P)
+        _fz_keys(m, 4, ids4, Qi, K)
+        _fz_blocks(m, 4, P, K, idx, zb)
         for r in range(m):
             if C4[2 * _CH + r] != 0:
                 _fz_large(r, ids4[r], T4, C4, H, W, qrow, zb)
@@ -637,8 +636,7 @@ if HAVE_NUMBA:
         block at each bounding box corner; the triangles larger than that are collected (their rows of
         the chunk copied while they are in the cache) and finished in batches of up to _CH
         (:func:`_fz_flush`: long vector loops). With ``zb_fn`` (the address of :mod:`facelib._zchunk`'s
-        kernel, else 0) that kernel does a chunk's setup and blocks, the second blocks of 4x2 / 2x4
-        boxes too, in 16-lane registers (the same keys); only the larger triangles are collected."""
+        kernel, else 0) that kernel draws each chunk whole, 16 triangles at a time (the same keys)."""
         fl = faces.reshape(-1)
         zb[:] = 0
         T = ws_f32[: _NT * _CH]
@@ -658,25 +656,25 @@ if HAVE_NUMBA:
         for ci in range(chunks.shape[0]):
             start = chunks[ci, 0]
             n = chunks[ci, 1]
-            for k in range(n):
-                ids[k] = start + k
             if chunks[ci, 2]:
                 _fz_copy(n, fl[3 * start], fl[3 * start + 1], fl[3 * start + 2], xyq, T)
             else:
                 _fz_gather(n, start, faces, xyq, T)
             if zb_fn != 0:
-                cnt = _zbuffer_chunk(zb_fn, T, C, n, start, H, W, zb, big)
-            else:
-                _fz_setup(n, T, H, W, C)
-                _fz_candidates(n, T, C, H, W, 0, 0, Q, P)
-                _fz_keys(n, 4, ids, Qi, K)
-                _fz_blocks(n, 4, P, K, idx, zb)
-                cnt = np.int64(0)
-                for k in range(n):  # branch-free compaction
-                    big[cnt] = k
-                    cnt += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
+                _zbuffer_chunk(zb_fn, T, n, start, H, W, zb)  # every triangle of the chunk
+                continue
+            for k in range(n):
+                ids[k] = start + k
+            _fz_setup(n, T, H, W, C)
+            _fz_candidates(n, T, C, H, W, 0, 0, Q, P)
+            _fz_keys(n, 4, ids, Qi, K)
+            _fz_blocks(n, 4, P, K, idx, zb)
+            cnt = np.int64(0)
+            for k in range(n):  # branch-free compaction
+                big[cnt] = k
+                cnt += (C[1 * _CH + k] != 0) | (C[2 * _CH + k] != 0)
             if m + cnt > _CH:
-                _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb, zb_fn == 0)
+                _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
                 m = np.int64(0)
             for row in range(6):  # corners (one gather per row: LLVM vectorises each)
                 src = T[row * _CH: (row + 1) * _CH]
@@ -692,7 +690,7 @@ if HAVE_NUMBA:
                 ids4[m + r] = start + big[r]
             m += cnt
         if m:
-            _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb, zb_fn == 0)
+            _fz_flush(m, ids4, T4, C4, H, W, Q, Qi, P, K, idx, qrow, zb)
 
     @njit(**_JIT)
     def _fz_pixel(fl, pf, f, px, py):
@@ -726,7 +724,7 @@ if HAVE_NUMBA:
 
     # calls of the compiled kernels of facelib._resolve and facelib._zchunk (a: array, i: int, f: float32)
     _resolve_row = _llvm.numba_caller("aaaaiiffaaaaaa")
-    _zbuffer_chunk = _llvm.numba_caller("aaiiiiaa", "i")
+    _zbuffer_chunk = _llvm.numba_caller("aiiiia", "i")
 
     @njit(**_JIT)
     def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth, row_fn):
