@@ -43,6 +43,23 @@ def compile_ir(ir: str, name: str, cpu: str | None = None, features: str | None 
         return addr
 
 
+def checked_kernel(state: dict, make_ir, name: str, self_test, needs: str = "avx512f") -> int:
+    """Address of the kernel ``name`` compiled from ``make_ir()`` (once per process: the answer is kept in
+    ``state``, a dict with ``addr`` and ``error``), or 0 where the host lacks the feature ``needs``,
+    llvmlite or the compilation fails, or ``self_test(address)`` raises; the reason goes to
+    ``state["error"]`` and the caller runs its Numba code instead."""
+    if state["addr"] is None:
+        try:
+            if needs not in host_features():
+                raise RuntimeError(f"the CPU has no {needs}")
+            addr = compile_ir(make_ir(), name)
+            self_test(addr)
+            state["addr"] = addr
+        except Exception as e:  # noqa: BLE001 (no llvmlite, an LLVM without this IR, a CPU it cannot target)
+            state["addr"], state["error"] = 0, f"{type(e).__name__}: {e}"
+    return state["addr"]
+
+
 def numba_caller(kinds: str, ret: str = "v"):
     """A Numba intrinsic ``call(address, *args)`` that calls the compiled function at ``address`` (an
     int, e.g. from :func:`compile_ir`) from nopython code: the arguments, by ``kinds`` (one letter

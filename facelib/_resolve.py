@@ -235,13 +235,4 @@ def _self_test(addr) -> None:
 def address() -> int:
     """Address of the compiled row kernel for :func:`facelib.render._fz_resolve`, 0 where it cannot run
     here (no llvmlite, no AVX-512, or the self-test fails; then the Numba code resolves every pixel)."""
-    if _STATE["addr"] is None:
-        try:
-            if "avx512f" not in _llvm.host_features():
-                raise RuntimeError("no AVX-512: the scalar resolve is as fast")
-            addr = _llvm.compile_ir(_row_kernel_ir(), "resolve_row")
-            _self_test(addr)
-            _STATE["addr"] = addr
-        except Exception as e:  # noqa: BLE001 (no llvmlite, an LLVM without this IR, a CPU it cannot target)
-            _STATE["addr"], _STATE["error"] = 0, f"{type(e).__name__}: {e}"
-    return _STATE["addr"]
+    return _llvm.checked_kernel(_STATE, _row_kernel_ir, "resolve_row", _self_test)

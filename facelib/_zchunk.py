@@ -82,8 +82,39 @@ class _IR:
     def bnot(self, a: str) -> str:
         return self.v(f"xor {B16} {a}, {_splat('true', 'i1')}")
 
-    def tof(self, b: str) -> str:  # bool -> 0.0 / 1.0
-        return self.v(f"uitofp {B16} {b} to {F16}")
+    def loop(self, head: str, var: str, start: str, entry: str, step: str, latch: str, last: str, exit_: str,
+             body: str) -> None:
+        """The head of a counted loop: ``var`` (i64) from ``start`` (coming from block ``entry``) while
+        ``var <= last``; ``step`` is the next value, made in block ``latch``; exits to ``exit_``, else
+        goes on in the block ``body`` that starts here."""
+        self(f"br label %{head}")
+        self.lines.append(f"{head}:")
+        self(f"{var} = phi i64 [{start}, %{entry}], [{step}, %{latch}]")
+        self(f"br i1 {self.v(f'icmp sgt i64 {var}, {last}')}, label %{exit_}, label %{body}")
+        self.lines.append(f"{body}:")
+
+    def splat(self, x: str, ty: str) -> str:
+        """The scalar ``x`` of type ``ty`` (float, i1, i32, i64) in all 16 lanes."""
+        vt = f"<16 x {ty}>"
+        return self.v(f"shufflevector {vt} {self.v(f'insertelement {vt} poison, {ty} {x}, i64 0')}, {vt} poison, "
+                      f"{N16} zeroinitializer")
+
+
+def _pixel_key(e: _IR, tri: dict, ax: str, ay: str, bx: str, by: str, cx: str, cy: str, flag, key_lo: str) -> str:
+    """The 64-bit depth-test key of a triangle at 16 pixel centres (``ax = x0 - px`` ... the corners
+    relative to them): the edge functions (inclusive inside test, and ``flag`` where given), 1/z from the
+    triangle's plane (``tri``: q0, gx, gy), then float bits of 1/z above, ``key_lo`` below; 0 outside."""
+    zero = _splat(_f(0.0))
+    w0 = e.fop("fsub", e.fop("fmul", bx, cy), e.fop("fmul", by, cx))
+    w1 = e.fop("fsub", e.fop("fmul", cx, ay), e.fop("fmul", cy, ax))
+    w2 = e.fop("fsub", e.fop("fmul", ax, by), e.fop("fmul", ay, bx))
+    q = e.fop("fsub", e.fop("fsub", tri["q0"], e.fop("fmul", tri["gx"], ax)), e.fop("fmul", tri["gy"], ay))
+    inside = e.band(*([flag] if flag else []), e.fcmp("ole", w0, zero), e.fcmp("ole", w1, zero),
+                    e.fcmp("ole", w2, zero))
+    qi = e.v(f"bitcast {F16} {e.sel(inside, q, zero)} to {N16}")
+    pos = e.v(f"icmp sgt {N16} {qi}, zeroinitializer")
+    hi = e.v(f"shl {I16} {e.v(f'sext {N16} {qi} to {I16}')}, {_splat('32', 'i64')}")
+    return e.sel(pos, e.v(f"or {I16} {hi}, {key_lo}"), "zeroinitializer", I16)
 
 
 def _candidates(e: _IR, row: dict, flag: str, second: bool, lanes_key_lo: str, label: str) -> None:
@@ -104,27 +135,14 @@ def _candidates(e: _IR, row: dict, flag: str, second: bool, lanes_key_lo: str, l
         j = e.fop("fadd", j_base, _splat(_f(c % 2)))
         py = e.fop("fadd", i, half)
         px = e.fop("fadd", j, half)
-        ax = e.fop("fsub", row["x0"], px)
-        ay = e.fop("fsub", row["y0"], py)
-        bx = e.fop("fsub", row["x1"], px)
-        by = e.fop("fsub", row["y1"], py)
-        cx = e.fop("fsub", row["x2"], px)
-        cy = e.fop("fsub", row["y2"], py)
-        w0 = e.fop("fsub", e.fop("fmul", bx, cy), e.fop("fmul", by, cx))
-        w1 = e.fop("fsub", e.fop("fmul", cx, ay), e.fop("fmul", cy, ax))
-        w2 = e.fop("fsub", e.fop("fmul", ax, by), e.fop("fmul", ay, bx))
-        q = e.fop("fsub", e.fop("fsub", row["q0"], e.fop("fmul", row["gx"], ax)), e.fop("fmul", row["gy"], ay))
-        inside = e.band(flag, e.fcmp("ole", w0, zero), e.fcmp("ole", w1, zero), e.fcmp("ole", w2, zero))
-        qv = e.sel(inside, q, zero)
-        qi = e.v(f"bitcast {F16} {qv} to {N16}")
-        pos = e.v(f"icmp sgt {N16} {qi}, zeroinitializer")
-        hi = e.v(f"shl {I16} {e.v(f'sext {N16} {qi} to {I16}')}, {_splat('32', 'i64')}")
-        key = e.sel(pos, e.v(f"or {I16} {hi}, {lanes_key_lo}"), "zeroinitializer", I16)
+        rel = [e.fop("fsub", row[v], p) for v, p in (("x0", px), ("y0", py), ("x1", px), ("y1", py), ("x2", px),
+                                                       ("y2", py))]
+        key = _pixel_key(e, row, *rel, flag, lanes_key_lo)
         ii = e.v(f"fptosi {F16} {i} to {N16}")
         jj = e.v(f"fptosi {F16} {j} to {N16}")
         wv = row["Wv"]
         pix = e.v(f"add {N16} {e.v(f'mul {N16} {ii}, {wv}')}, {jj}")
-        bits = e.v(f"bitcast {B16} {pos} to i16")
+        bits = e.v(f"bitcast {B16} {e.v(f'icmp ne {I16} {key}, zeroinitializer')} to i16")
         # one read-max-write of the z-buffer per lane with a key (lanes may share a pixel: in turn)
         pre, loop, body, done = (f"{label}_{c}_{s}" for s in ("pre", "loop", "body", "done"))
         e(f"br label %{pre}")
@@ -165,17 +183,13 @@ def _chunk_kernel_ir() -> str:
     for nm, expr in (("Hm", "sub i64 %H, 1"), ("Wm", "sub i64 %W, 1"), ("Hb", "sub i64 %H, 2"), ("Wb", "sub i64 %W, 2")):
         s = e.v(expr)
         sf = e.v(f"sitofp i64 {s} to float")
-        row[nm] = e.v(f"shufflevector {F16} {e.v(f'insertelement {F16} poison, float {sf}, i64 0')}, {F16} poison, "
-                      f"{N16} zeroinitializer")
+        row[nm] = e.splat(sf, "float")
     s2 = e.v(f"and i1 {e.v('icmp sge i64 %H, 2')}, {e.v('icmp sge i64 %W, 2')}")
     s4 = e.v(f"and i1 {e.v('icmp sge i64 %H, 4')}, {e.v('icmp sge i64 %W, 4')}")
-    row["s2"] = e.v(f"shufflevector {B16} {e.v(f'insertelement {B16} poison, i1 {s2}, i64 0')}, {B16} poison, "
-                    f"{N16} zeroinitializer")
-    row["s4"] = e.v(f"shufflevector {B16} {e.v(f'insertelement {B16} poison, i1 {s4}, i64 0')}, {B16} poison, "
-                    f"{N16} zeroinitializer")
+    row["s2"] = e.splat(s2, "i1")
+    row["s4"] = e.splat(s4, "i1")
     w32 = e.v("trunc i64 %W to i32")
-    row["Wv"] = e.v(f"shufflevector {N16} {e.v(f'insertelement {N16} poison, i32 {w32}, i64 0')}, {N16} poison, "
-                    f"{N16} zeroinitializer")
+    row["Wv"] = e.splat(w32, "i32")
     ng = e.v("lshr i64 " + e.v("add i64 %n, 15") + ", 4")
     e(f"%any = icmp sgt i64 {ng}, 0")
     e("br i1 %any, label %group, label %exit")
@@ -183,14 +197,11 @@ def _chunk_kernel_ir() -> str:
     e("%g = phi i64 [0, %entry], [%g1, %next]")
     e("%cnt = phi i64 [0, %entry], [%cnt_out, %next]")
     k0 = e.v("mul i64 %g, 16")
-    k0v = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 {k0}, i64 0')}, {I16} poison, "
-              f"{N16} zeroinitializer")
+    k0v = e.splat(k0, "i64")
     lanes = e.v(f"add {I16} {k0v}, <" + ", ".join(f"i64 {x}" for x in range(L)) + ">")
-    nv = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 %n, i64 0')}, {I16} poison, "
-             f"{N16} zeroinitializer")
+    nv = e.splat("%n", "i64")
     valid = e.v(f"icmp slt {I16} {lanes}, {nv}")
-    sv = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 %start, i64 0')}, {I16} poison, "
-             f"{N16} zeroinitializer")
+    sv = e.splat("%start", "i64")
     ids = e.v(f"add {I16} {sv}, {lanes}")
     key_lo = e.v(f"sub {I16} {_splat(str(_KEY_LO), 'i64')}, {ids}")
     for r, nm in enumerate(("x0", "y0", "x1", "y1", "x2", "y2", "q0", "q1", "q2")):
@@ -250,51 +261,29 @@ def _chunk_kernel_ir() -> str:
     lane = e.v("call i16 @llvm.cttz.i16(i16 %bm, i1 true)")
     sc = {nm: e.v(f"extractelement {F16} {row[nm]}, i16 {lane}")
           for nm in ("x0", "y0", "x1", "y1", "x2", "y2", "q0", "gx", "gy")}
-    vec = {nm: e.v(f"shufflevector {F16} {e.v(f'insertelement {F16} poison, float {v}, i64 0')}, {F16} poison, "
-                   f"{N16} zeroinitializer") for nm, v in sc.items()}
+    vec = {nm: e.splat(v, "float") for nm, v in sc.items()}
     klo = e.v(f"extractelement {I16} {key_lo}, i16 {lane}")
-    klov = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 {klo}, i64 0')}, {I16} poison, "
-               f"{N16} zeroinitializer")
+    klov = e.splat(klo, "i64")
     bounds = {nm: e.v(f"fptosi float {e.v(f'extractelement {F16} {v}, i16 {lane}')} to i64")
               for nm, v in (("i0", fi0), ("i1", fi1), ("j0", fj0), ("j1", fj1))}
     j1 = bounds["j1"]
-    j1v = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 {j1}, i64 0')}, {I16} poison, "
-              f"{N16} zeroinitializer")
-    e("br label %rows")
-    e.lines.append("rows:")
-    e(f"%ri = phi i64 [{bounds['i0']}, %big_body], [%ri1, %cols_done]")
-    e(f"%rdone = icmp sgt i64 %ri, {bounds['i1']}")
-    e("br i1 %rdone, label %rows_done, label %row_body")
-    e.lines.append("row_body:")
+    j1v = e.splat(j1, "i64")
+    e.loop("rows", "%ri", bounds["i0"], "big_body", "%ri1", "cols_done", bounds["i1"], "rows_done", "row_body")
     pys = e.v(f"fadd float {e.v('sitofp i64 %ri to float')}, {_f(0.5)}")
-    pyv = e.v(f"shufflevector {F16} {e.v(f'insertelement {F16} poison, float {pys}, i64 0')}, {F16} poison, "
-              f"{N16} zeroinitializer")
+    pyv = e.splat(pys, "float")
     ay = e.fop("fsub", vec["y0"], pyv)
     by = e.fop("fsub", vec["y1"], pyv)
     cy = e.fop("fsub", vec["y2"], pyv)
     base = e.v("mul i64 %ri, %W")
-    e("br label %cols")
-    e.lines.append("cols:")
-    e(f"%jb = phi i64 [{bounds['j0']}, %row_body], [%jb16, %col_body]")
-    e(f"%cdone = icmp sgt i64 %jb, {bounds['j1']}")
-    e("br i1 %cdone, label %cols_done, label %col_body")
-    e.lines.append("col_body:")
-    jbv = e.v(f"shufflevector {I16} {e.v(f'insertelement {I16} poison, i64 %jb, i64 0')}, {I16} poison, "
-              f"{N16} zeroinitializer")
+    e.loop("cols", "%jb", bounds["j0"], "row_body", "%jb16", "col_body", j1, "cols_done", "col_body")
+    jbv = e.splat("%jb", "i64")
     jj = e.v(f"add {I16} {jbv}, <" + ", ".join(f"i64 {x}" for x in range(L)) + ">")
     inrow = e.v(f"icmp sle {I16} {jj}, {j1v}")
     px = e.fop("fadd", e.v(f"sitofp {I16} {jj} to {F16}"), half)
     ax = e.fop("fsub", vec["x0"], px)
     bx = e.fop("fsub", vec["x1"], px)
     cx = e.fop("fsub", vec["x2"], px)
-    inside = e.band(e.fcmp("ole", e.fop("fsub", e.fop("fmul", bx, cy), e.fop("fmul", by, cx)), zero),
-                    e.fcmp("ole", e.fop("fsub", e.fop("fmul", cx, ay), e.fop("fmul", cy, ax)), zero),
-                    e.fcmp("ole", e.fop("fsub", e.fop("fmul", ax, by), e.fop("fmul", ay, bx)), zero))
-    q = e.fop("fsub", e.fop("fsub", vec["q0"], e.fop("fmul", vec["gx"], ax)), e.fop("fmul", vec["gy"], ay))
-    qi = e.v(f"bitcast {F16} {e.sel(inside, q, zero)} to {N16}")
-    pos = e.v(f"icmp sgt {N16} {qi}, zeroinitializer")
-    hi = e.v(f"shl {I16} {e.v(f'sext {N16} {qi} to {I16}')}, {_splat('32', 'i64')}")
-    key = e.sel(pos, e.v(f"or {I16} {hi}, {klov}"), "zeroinitializer", I16)
+    key = _pixel_key(e, vec, ax, ay, bx, by, cx, cy, None, klov)
     zp = e.v(f"getelementptr i64, ptr %zb, i64 {e.v(f'add i64 {base}, %jb')}")
     old = e.v(f"call {I16} @llvm.masked.load.v16i64.p0(ptr {zp}, i32 8, {B16} {inrow}, {I16} zeroinitializer)")
     new = e.sel(e.v(f"icmp sgt {I16} {key}, {old}"), key, old, I16)
@@ -375,13 +364,4 @@ def _self_test(addr, seed: int = 0, H: int = 21, W: int = 26, n: int = _CH) -> N
 def address() -> int:
     """Address of the compiled chunk kernel for :func:`facelib.render._fz_zbuffer`, 0 where it cannot
     run here (no llvmlite or AVX-512, or the self-test fails; then the Numba loops run)."""
-    if _STATE["addr"] is None:
-        try:
-            if "avx512f" not in _llvm.host_features():
-                raise RuntimeError("no AVX-512")
-            addr = _llvm.compile_ir(_chunk_kernel_ir(), "zb_chunk")
-            _self_test(addr)
-            _STATE["addr"] = addr
-        except Exception as e:  # noqa: BLE001 (no llvmlite, an LLVM without this IR, a CPU it cannot target)
-            _STATE["addr"], _STATE["error"] = 0, f"{type(e).__name__}: {e}"
-    return _STATE["addr"]
+    return _llvm.checked_kernel(_STATE, _chunk_kernel_ir, "zb_chunk", _self_test)

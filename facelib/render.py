@@ -281,6 +281,17 @@ if HAVE_NUMBA:
             qs[v] = one / d if d > 0 else zero
 
     @njit(**_JIT)
+    def _fz_cross(xa, ya, za, xb, yb, zb, xc, yc, zc):
+        """(b - a) x (c - a): the area-weighted normal of triangle a, b, c (as :func:`vertex_normals`)."""
+        ax = xb - xa
+        ay = yb - ya
+        az = zb - za
+        bx = xc - xa
+        by = yc - ya
+        bz = zc - za
+        return ay * bz - az * by, az * bx - ax * bz, ax * by - ay * bx
+
+    @njit(**_JIT)
     def _fz_normals(faces, chunks, vc, nrm, tmp):
         """Area-weighted vertex normal sums (not normalised) of one face, as :func:`vertex_normals`, over
         the chunks of :func:`_triangle_chunks`; ``vc`` and ``nrm`` coordinate-major (3 V,). In a strip the
@@ -304,15 +315,7 @@ if HAVE_NUMBA:
                 xb, yb, zb = X[b:], Y[b:], Z[b:]
                 xc, yc, zc = X[c:], Y[c:], Z[c:]
                 for k in range(n):
-                    ax = xb[k] - xa[k]
-                    ay = yb[k] - ya[k]
-                    az = zb[k] - za[k]
-                    bx = xc[k] - xa[k]
-                    by = yc[k] - ya[k]
-                    bz = zc[k] - za[k]
-                    tx[k] = ay * bz - az * by
-                    ty[k] = az * bx - ax * bz
-                    tz[k] = ax * by - ay * bx
+                    tx[k], ty[k], tz[k] = _fz_cross(xa[k], ya[k], za[k], xb[k], yb[k], zb[k], xc[k], yc[k], zc[k])
                 for o in (a, b, c):
                     dx, dy, dz = NX[o:], NY[o:], NZ[o:]
                     for k in range(n):
@@ -324,15 +327,7 @@ if HAVE_NUMBA:
                 a = faces[f, 0]
                 b = faces[f, 1]
                 c = faces[f, 2]
-                ax = X[b] - X[a]
-                ay = Y[b] - Y[a]
-                az = Z[b] - Z[a]
-                bx = X[c] - X[a]
-                by = Y[c] - Y[a]
-                bz = Z[c] - Z[a]
-                nx = ay * bz - az * by
-                ny = az * bx - ax * bz
-                nz = ax * by - ay * bx
+                nx, ny, nz = _fz_cross(X[a], Y[a], Z[a], X[b], Y[b], Z[b], X[c], Y[c], Z[c])
                 for i in (a, b, c):
                     NX[i] += nx
                     NY[i] += ny

@@ -1,11 +1,12 @@
-"""facelib._resolve: the fused renderer's per-pixel resolve, 16 pixels at a time (LLVM IR), against its
-NumPy reference and against the scalar Numba code it replaces (bit-identical renders)."""
+"""The LLVM IR kernels of the fused renderer: facelib._zchunk (the z-buffer's main pass, 16 triangles at
+a time) and facelib._resolve (the per-pixel resolve, 16 pixels at a time), against the Numba code they
+replace and their NumPy reference; renders with and without them are bit-identical."""
 
 import numpy as np
 import pytest
 import torch
 
-from facelib import _llvm, _resolve
+from facelib import _llvm, _resolve, _zchunk
 from facelib.params import sample_sec5
 from facelib.raster import HAVE_NUMBA
 from facelib.render import render
@@ -19,8 +20,34 @@ needs_kernel = pytest.mark.skipif(not (HAVE_NUMBA and HAVE_AVX512), reason="need
 
 
 @needs_kernel
-def test_kernel_compiles_and_passes_its_self_test():
-    assert _resolve.address() != 0, _resolve._STATE["error"]
+@pytest.mark.parametrize("mod", [_zchunk, _resolve])
+def test_kernels_compile_and_pass_their_self_tests(mod):
+    assert mod.address() != 0, mod._STATE["error"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("seed,H,W,n", [(1, 21, 26, 256), (2, 40, 9, 37), (3, 3, 50, 100), (4, 1, 1, 16),
+                                        (5, 5, 4, 255), (6, 64, 64, 1)])
+def test_chunk_kernel_equals_the_numba_loops(seed, H, W, n):
+    """Z-buffer keys, the setup rows of the chunk and the list of larger triangles, for chunks whose
+    size is not a multiple of 16 and images smaller than the blocks (no 2x2 or 4x2 class)."""
+    addr = _zchunk.address()
+    assert addr != 0, _zchunk._STATE["error"]
+    _zchunk._self_test(addr, seed, H, W, n)
+
+
+@needs_kernel
+@pytest.mark.parametrize("size", [240, 97, (7, 40), 3])
+def test_renders_with_and_without_the_zbuffer_kernel_are_bit_identical(open_model, monkeypatch, size):
+    import facelib.render as R
+
+    theta = sample_sec5(open_model, 3, seed=8)
+    with torch.no_grad():
+        a = render(open_model, theta, size, outputs="all")
+        monkeypatch.setattr(R._zchunk, "address", lambda: 0)
+        b = render(open_model, theta, size, outputs="all")
+    for x, y in zip(list(a[:4]) + list(a.fragments), list(b[:4]) + list(b.fragments)):
+        assert torch.equal(x, y)
 
 
 @needs_kernel
@@ -60,7 +87,7 @@ def test_row_kernel_equals_the_numpy_reference_on_random_rows(seed):
 
 @needs_kernel
 @pytest.mark.parametrize("size", [240, 97, (40, 33), 15])
-def test_renders_with_and_without_the_kernel_are_bit_identical(open_model, monkeypatch, size):
+def test_renders_with_and_without_the_resolve_kernel_are_bit_identical(open_model, monkeypatch, size):
     """Image widths with and without a remainder of W % 16 pixels (done by the Numba code), and narrower
     than a block."""
     import facelib.render as R
@@ -75,21 +102,21 @@ def test_renders_with_and_without_the_kernel_are_bit_identical(open_model, monke
         assert torch.equal(x, y)
 
 
-def test_without_llvmlite_the_address_is_zero_and_render_still_works(open_model, monkeypatch):
-    """Where the kernel cannot be compiled, address() is 0 (with the reason kept) and the Numba code
-    resolves every pixel."""
-    monkeypatch.setattr(_resolve, "_STATE", {"addr": None, "error": None})
-
+@pytest.mark.parametrize("mod,name,error", [(_zchunk, "zb_chunk", RuntimeError("LLVM IR parsing error")),
+                                            (_resolve, "resolve_row", ImportError("No module named 'llvmlite'"))])
+def test_without_a_kernel_its_address_is_zero_and_render_still_works(open_model, monkeypatch, mod, name, error):
+    """Where a kernel cannot be compiled, address() is 0 (with the reason kept) and the Numba code runs."""
+    monkeypatch.setattr(mod, "_STATE", {"addr": None, "error": None})
     compile_ir = _llvm.compile_ir
 
-    def fail(ir, name, *a, **k):  # the GEMM kernels still compile
-        if name == "resolve_row":
-            raise ImportError("No module named 'llvmlite'")
-        return compile_ir(ir, name, *a, **k)
+    def fail(ir, kernel, *a, **k):  # the other kernels still compile
+        if kernel == name:
+            raise error
+        return compile_ir(ir, kernel, *a, **k)
 
     monkeypatch.setattr(_llvm, "compile_ir", fail)
     monkeypatch.setattr(_llvm, "host_features", lambda: {"avx512f"})
-    assert _resolve.address() == 0 and "llvmlite" in _resolve._STATE["error"]
+    assert mod.address() == 0 and str(error) in mod._STATE["error"]
     with torch.no_grad():
         r = render(open_model, sample_sec5(open_model, 1, seed=0), 32, outputs="image")
     assert bool(r.mask.any())
