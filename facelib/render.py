@@ -220,11 +220,11 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
 # 2x2 block of pixel centres at the corner of each triangle's bounding box run in loops that LLVM
 # vectorises (flat chunk arrays with constant offsets, float32); that block is also the first half of
 # a 4x2 / 2x4 box, and the triangles larger than 2x2 are collected with their setup and finished in
-# batches (a second 2x2 block, or row by row for larger ones). On CPUs with AVX-512 two kernels
-# written as LLVM IR take over the two hot loops, with the same formulas in the same order (so the
-# same bits): :mod:`facelib._zchunk` draws a whole chunk 16 triangles at a time in vector registers,
-# and :mod:`facelib._resolve` resolves 16 pixels of a row at a time; the Numba loops stay as the
-# fallback and as their reference in the tests. The depth test is a max
+# batches (a second 2x2 block, or row by row for larger ones). Two kernels written as LLVM IR take
+# over the two hot loops, with the same formulas in the same order (so the same bits):
+# :mod:`facelib._zchunk` draws a whole chunk 16 triangles at a time in vector registers (CPUs with
+# AVX-512), and :mod:`facelib._resolve` resolves 16 pixels of a row at a time (AVX2 or AVX-512); the
+# Numba loops stay as the fallback and as their reference in the tests. The depth test is a max
 # over 64-bit keys (float32 bits of 1/z above, the complement of the face index below: the nearest
 # wins, ties go to the lower face index), so it needs no branch. The inside test uses the visibility
 # kernel's edge functions (inclusive), in float32, so coverage can differ from the float64 decision
