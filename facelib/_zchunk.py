@@ -27,6 +27,7 @@ L = 16
 _CH = 256  # triangles per chunk (facelib.render._CH): row stride of T and C
 _KEY_LO = (1 << 32) - 1
 _STATE: dict = {"addr": None, "error": None}
+_ROWS = ("x0", "y0", "x1", "y1", "x2", "y2", "q0", "q1", "q2")  # the kernel's input rows, one pointer each
 F16, I16, B16, N16 = "<16 x float>", "<16 x i64>", "<16 x i1>", "<16 x i32>"
 
 
@@ -168,16 +169,17 @@ def _candidates(e: _IR, row: dict, flag: str, second: bool, lanes_key_lo: str, l
 
 
 def _chunk_kernel_ir() -> str:
-    """LLVM IR of ``zb_chunk(T, n, start, H, W, zb) -> i64`` (pointers as i64 addresses): triangles
-    ``0 .. n - 1`` of a chunk (face indices ``start + k``), their corners and 1 / depth in the rows of
-    ``T`` (float32, rows of _CH: x0 y0 x1 y1 x2 y2 q0 q1 q2), into the int64 z-buffer ``zb`` (H W,):
+    """LLVM IR of ``zb_chunk(x0, y0, x1, y1, x2, y2, q0, q1, q2, n, start, H, W, zb) -> i64`` (pointers
+    as i64 addresses): triangles ``0 .. n - 1`` of a chunk (face indices ``start + k``), their corners
+    and 1 / depth in nine float32 rows (element k: triangle k; views of the x, y, 1/z arrays for a strip,
+    else the rows of a gathered chunk), into the int64 z-buffer ``zb`` (H W,):
     2x2 blocks, two for 4x2 / 2x4 boxes, row by row for larger ones; returns the number of the
     larger ones."""
     e = _IR()
-    head = ["define i64 @zb_chunk(i64 %T_a, i64 %n, i64 %start, i64 %H, i64 %W, i64 %zb_a) #0 {",
-            "entry:"]
+    head = ["define i64 @zb_chunk(" + ", ".join(f"i64 %{nm}_a" for nm in _ROWS) +
+            ", i64 %n, i64 %start, i64 %H, i64 %W, i64 %zb_a) #0 {", "entry:"]
     e.lines = head
-    for nm in ("T", "zb"):
+    for nm in _ROWS + ("zb",):
         e(f"%{nm} = inttoptr i64 %{nm}_a to ptr")
     row = {}
     for nm, expr in (("Hm", "sub i64 %H, 1"), ("Wm", "sub i64 %W, 1"), ("Hb", "sub i64 %H, 2"), ("Wb", "sub i64 %W, 2")):
@@ -204,10 +206,9 @@ def _chunk_kernel_ir() -> str:
     sv = e.splat("%start", "i64")
     ids = e.v(f"add {I16} {sv}, {lanes}")
     key_lo = e.v(f"sub {I16} {_splat(str(_KEY_LO), 'i64')}, {ids}")
-    for r, nm in enumerate(("x0", "y0", "x1", "y1", "x2", "y2", "q0", "q1", "q2")):
-        off = e.v(f"add i64 {k0}, {r * _CH}")
-        p = e.v(f"getelementptr float, ptr %T, i64 {off}")
-        row[nm] = e.v(f"load {F16}, ptr {p}, align 4")
+    for nm in _ROWS:  # masked: nothing is read past triangle n - 1 (the rows may be views of x, y, 1/z)
+        p = e.v(f"getelementptr float, ptr %{nm}, i64 {k0}")
+        row[nm] = e.v(f"call {F16} @llvm.masked.load.v16f32.p0(ptr {p}, i32 4, {B16} {valid}, {F16} zeroinitializer)")
     zero, one, half = _splat(_f(0.0)), _splat(_f(1.0)), _splat(_f(0.5))
     fabs = f"call {F16} @llvm.%s.v16f32({F16} %s)"
     # _fz_setup
@@ -308,6 +309,7 @@ def _chunk_kernel_ir() -> str:
     e.lines.append("}")
     e.lines += [f"declare {F16} @llvm.ceil.v16f32({F16})", f"declare {F16} @llvm.floor.v16f32({F16})",
                 f"declare {I16} @llvm.masked.load.v16i64.p0(ptr, i32, {B16}, {I16})",
+                f"declare {F16} @llvm.masked.load.v16f32.p0(ptr, i32, {B16}, {F16})",
                 f"declare void @llvm.masked.store.v16i64.p0({I16}, ptr, i32, {B16})",
                 "declare i16 @llvm.cttz.i16(i16, i1)",
                 'attributes #0 = { nounwind "min-legal-vector-width"="512" }']
@@ -315,10 +317,11 @@ def _chunk_kernel_ir() -> str:
 
 
 def _call(addr, T, n, start, H, W, zb) -> int:
+    """Run the kernel on the chunk ``T`` (rows of _CH, as :func:`facelib.render._fz_gather` writes it)."""
     import ctypes
 
-    fn = ctypes.CFUNCTYPE(ctypes.c_int64, *([ctypes.c_int64] * 6))(addr)
-    return fn(T.ctypes.data, n, start, H, W, zb.ctypes.data)
+    fn = ctypes.CFUNCTYPE(ctypes.c_int64, *([ctypes.c_int64] * 14))(addr)
+    return fn(*(T.ctypes.data + 4 * r * _CH for r in range(len(_ROWS))), n, start, H, W, zb.ctypes.data)
 
 
 def _self_test(addr, seed: int = 0, H: int = 21, W: int = 26, n: int = _CH) -> None:

@@ -655,12 +655,21 @@ if HAVE_NUMBA:
         for ci in range(chunks.shape[0]):
             start = chunks[ci, 0]
             n = chunks[ci, 1]
+            if zb_fn != 0 and chunks[ci, 2]:  # a strip: the kernel reads x, y, 1/z where they are
+                V = xyq.shape[0] // 3
+                a = np.int64(fl[3 * start])
+                b = np.int64(fl[3 * start + 1])
+                c = np.int64(fl[3 * start + 2])
+                _zbuffer_chunk(zb_fn, xyq[a:], xyq[V + a:], xyq[b:], xyq[V + b:], xyq[c:], xyq[V + c:],
+                               xyq[2 * V + a:], xyq[2 * V + b:], xyq[2 * V + c:], n, start, H, W, zb)
+                continue
             if chunks[ci, 2]:
                 _fz_copy(n, fl[3 * start], fl[3 * start + 1], fl[3 * start + 2], xyq, T)
             else:
                 _fz_gather(n, start, faces, xyq, T)
-            if zb_fn != 0:
-                _zbuffer_chunk(zb_fn, T, n, start, H, W, zb)  # every triangle of the chunk
+            if zb_fn != 0:  # every triangle of the chunk
+                _zbuffer_chunk(zb_fn, T, T[_CH:], T[2 * _CH:], T[3 * _CH:], T[4 * _CH:], T[5 * _CH:], T[6 * _CH:],
+                               T[7 * _CH:], T[8 * _CH:], n, start, H, W, zb)
                 continue
             for k in range(n):
                 ids[k] = start + k
@@ -723,7 +732,7 @@ if HAVE_NUMBA:
 
     # calls of the compiled kernels of facelib._resolve and facelib._zchunk (a: array, i: int, f: float32)
     _resolve_row = _llvm.numba_caller("aaaaiiffaaaaaa")
-    _zbuffer_chunk = _llvm.numba_caller("aiiiia", "i")
+    _zbuffer_chunk = _llvm.numba_caller("aaaaaaaaaiiiia", "i")
 
     @njit(**_JIT)
     def _fz_resolve(zb, faces, pk, mouth, H, W, bg, image, mask, imask, depth, row_fn):
