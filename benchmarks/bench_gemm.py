@@ -41,7 +41,7 @@ def main():
     with torch.no_grad():
         coefs = [torch.cat([p["shape"] * m.sigma_s, p["expression"] * m.sigma_e], 1).numpy(),
                  (p["reflectance"] * m.sigma_r).numpy()]
-    plain = [R._geometry_basis(m, ns, ne).numpy(), m.albedo_basis[:nr].reshape(nr, -1).numpy()]
+    plain = [R._geometry_basis(m, ns, ne).numpy(), R._stack_rows(m.albedo_basis[:nr]).numpy()]  # as packed
     packed = list(R._bases(m, ns, ne, nr))
     outs = [np.empty((args.batch, b.shape[1]), np.float32) for b in plain]
     flop = sum(2 * c.shape[0] * c.shape[1] * b.shape[1] for c, b in zip(coefs, plain))
