@@ -25,8 +25,10 @@ import torch
 import facelib
 from facelib import _resolve, _zchunk
 from facelib import render as R
-from facelib.params import ParamLayout, rot_xyz, sample_sec5
+from facelib.params import ParamLayout, sample_sec5
 from facelib.render import face_camera
+
+from bench_render import face_inputs  # noqa: E402 (this folder is on sys.path when run as a script)
 
 
 def main():
@@ -46,22 +48,15 @@ def main():
     cam = face_camera(args.size)
     with torch.no_grad():
         R.render(m, theta[:1], args.size, outputs="image")  # compiled / loaded
-        geo_basis, alb_basis = R._bases(m, m.n_shape, m.n_expression, m.n_reflectance)
-        coef = torch.cat([p["shape"] * m.sigma_s, p["expression"] * m.sigma_e], 1)
-        geo, alb = R._offsets([(coef, geo_basis), (p["reflectance"] * m.sigma_r, alb_basis)], 1, None)
-        Rm = (cam.R @ rot_xyz(p["rotation"])).contiguous().numpy()
-        gamma = R.illumination_gamma(p["illumination"]).contiguous().numpy()
-    t3 = cam.t.expand(B, 3).contiguous().numpy()
-    faces, mouth, chunks = R._mesh_arrays(m)
-    mean_s, mean_a = R._means(m)
+    fi = face_inputs(m, p, cam)
+    (faces, mouth, chunks), (mean_s, mean_a) = fi["mesh"], fi["means"]
     f32 = np.float32
-    pp = (f32(cam.principal_point[0]), f32(cam.principal_point[1]))
     with R._workspace(V, H, W) as (vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64):
         xyqs, cols = [], []
         for b in range(B):  # the per-vertex stages, once
-            R._fz_vertices(geo[b], mean_s, Rm[b], t3[b], f32(cam.focal), *pp, vc, xyq)
+            R._fz_vertices(fi["geo"][b], mean_s, fi["R"][b], fi["t"][b], fi["focal"], *fi["pp"], vc, xyq)
             R._fz_normals(faces, chunks, vc, nrm, ws_f32)
-            R._fz_shade(nrm, alb[b], mean_a, gamma[b], col)
+            R._fz_shade(nrm, fi["alb"][b], mean_a, fi["gamma"][b], col)
             xyqs.append(xyq.copy())
             cols.append(col.copy())
         outs = {v: [np.empty((B, 3, H, W), f32), np.empty((B, H, W), bool), np.empty((B, H, W), bool),

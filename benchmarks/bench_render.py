@@ -83,6 +83,29 @@ def pytorch_stages(device, size=240, batch=32, reps=5):
     return out
 
 
+def gemms(m, p, n_jobs=1, pool=None) -> list:
+    """The Eq. 2-3 offsets ``(B, 3 V)`` of the batch ``p`` (unpacked theta), as facelib.render._render_fused."""
+    with torch.no_grad():
+        c = torch.cat([p["shape"] * m.sigma_s, p["expression"] * m.sigma_e], 1)
+        geo_basis, alb_basis = R._bases(m, m.n_shape, m.n_expression, m.n_reflectance)
+        return R._offsets([(c, geo_basis), (p["reflectance"] * m.sigma_r, alb_basis)], n_jobs, pool)
+
+
+def face_inputs(m, p, cam) -> dict:
+    """The inputs of the fused path's per-face kernels for the batch ``p`` (unpacked theta) seen by
+    ``cam``, as facelib.render._render_fused makes them: offsets, rotations, translations, SH gammas,
+    focal length and principal point, the mesh arrays and the coordinate-major means."""
+    B = p["rotation"].shape[0]
+    f32 = np.float32
+    with torch.no_grad():
+        geo, alb = gemms(m, p)
+        Rm = (cam.R @ rot_xyz(p["rotation"])).contiguous().numpy()
+        gamma = R.illumination_gamma(p["illumination"]).contiguous().numpy()
+    return dict(geo=geo, alb=alb, R=Rm, t=cam.t.expand(B, 3).contiguous().numpy(), gamma=gamma,
+                focal=f32(cam.focal), pp=(f32(cam.principal_point[0]), f32(cam.principal_point[1])),
+                mesh=R._mesh_arrays(m), means=R._means(m))
+
+
 def fused_stages(size=240, batch=32, reps=3):
     """Where the fused CPU path spends its time: the GEMMs (ms per batch, wall, both cores) and each
     per-face kernel (us per face, one thread's CPU time, median over ``reps`` passes over the batch)."""
@@ -100,24 +123,17 @@ def fused_stages(size=240, batch=32, reps=3):
         n_jobs = torch.get_num_threads()
         pool = R._thread_pool(n_jobs - 1) if n_jobs > 1 else None
 
-        def gemms():  # as in facelib.render._render_fused
-            c = torch.cat([p["shape"] * m.sigma_s, p["expression"] * m.sigma_e], 1)
-            geo_basis, alb_basis = R._bases(m, m.n_shape, m.n_expression, m.n_reflectance)
-            return R._offsets([(c, geo_basis), (p["reflectance"] * m.sigma_r, alb_basis)], n_jobs, pool)
-
-        gemms()
+        gemms(m, p, n_jobs, pool)
         ts = []
         for _ in range(5):
             t = time.perf_counter()
-            geo, alb = gemms()
+            gemms(m, p, n_jobs, pool)
             ts.append(time.perf_counter() - t)
         how = "facelib._gemm micro-kernel" if R._gemm.available() else "NumPy BLAS"
         out[f"gemm Eq. 2-3 (ms per batch, wall, {how}, one thread per worker)"] = round(statistics.median(ts) * 1000, 2)
-        Rm = (cam.R @ rot_xyz(p["rotation"])).contiguous().numpy()
-        t3 = cam.t.expand(batch, 3).contiguous().numpy()
-        g = R.illumination_gamma(p["illumination"]).contiguous().numpy()
-        faces, mouth, chunks = R._mesh_arrays(m)
-        mean_s, mean_a = R._means(m)
+        fi = face_inputs(m, p, cam)
+        geo, alb, Rm, t3, g, pp = fi["geo"], fi["alb"], fi["R"], fi["t"], fi["gamma"], fi["pp"]
+        (faces, mouth, chunks), (mean_s, mean_a) = fi["mesh"], fi["means"]
         f32 = np.float32
         ws_cm = R._workspace(V, H, W)  # the scratch arrays of one worker thread, as render() uses them
         vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64 = ws_cm.__enter__()
@@ -125,10 +141,9 @@ def fused_stages(size=240, batch=32, reps=3):
         mask = np.empty((batch, H, W), bool)
         imask = np.empty((batch, H, W), bool)
         depth = np.empty((batch, H, W), np.float32)
-        pp = (f32(cam.principal_point[0]), f32(cam.principal_point[1]))
         steps = {
             "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
-                geo[b], mean_s, Rm[b], t3[b], f32(cam.focal), *pp, vc, xyq),
+                geo[b], mean_s, Rm[b], t3[b], fi["focal"], *pp, vc, xyq),
             "vertex normals": lambda b: R._fz_normals(faces, chunks, vc, nrm, ws_f32),
             "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], mean_a, g[b], col),
             "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(

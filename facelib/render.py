@@ -529,7 +529,6 @@ if HAVE_NUMBA:
         (inclusive: a centre on an edge is inside)."""
         zero = np.float32(0.0)
         half = np.float32(0.5)
-        two = np.float32(2.0)
         Hb = np.float32(H - 2)
         Wb = np.float32(W - 2)
         shift = np.float32(2 * second)

@@ -210,10 +210,7 @@ def _soup_model(T=120, seed=0):
     """A face model whose mean shape is a soup of T unshared triangles in front of a test camera
     (focal 100 px, 10 mm away): sizes from 0.2 to 40 px, random winding (half are back faces),
     overlapping, some partly off-screen, one behind the camera, one degenerate."""
-    from facelib.facemodel import FaceModel
-
     g = torch.Generator().manual_seed(seed)
-    V = 3 * T
     size = torch.cat([0.2 + 3 * torch.rand(T // 2, generator=g), 3 + 37 * torch.rand(T - T // 2, generator=g)])
     centre = torch.rand(T, 1, 2, generator=g) * torch.tensor([80.0, 64.0]) - 8  # pixels of a 64 x 48 image
     xy = centre + (torch.rand(T, 3, 2, generator=g) - 0.5) * size[:, None, None]
