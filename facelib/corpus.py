@@ -29,7 +29,8 @@ from .params import ParamLayout, sample_sec5
 from .render import landmarks_2d, render
 
 __all__ = ["landmark_outline", "polygon_mask", "landmark_mask", "landmark_box", "crop_to_box",
-           "network_input", "to_network", "from_network", "render_crops", "SyntheticCorpus",
+           "network_input", "to_network", "from_network", "render_crops", "augment_crops", "SyntheticCorpus",
+           "FreshCorpus",
            "corpus_dir", "CORPUS_VERSION"]
 
 CORPUS_VERSION = 2  # bump when the rendering or pre-processing changes (invalidates cached shards)
@@ -141,21 +142,103 @@ def from_network(x: torch.Tensor) -> torch.Tensor:
 
 
 def render_crops(model, theta: torch.Tensor, size: int, render_size: int | None = None,
-                 layout: ParamLayout | None = None) -> dict:
+                 layout: ParamLayout | None = None, landmark_noise: float = 0.0,
+                 generator: torch.Generator | None = None) -> dict:
     """Render ``theta (B, m)`` and pre-process it like a photo: :func:`network_input` of the render
     (landmark mask intersected with the renderer's input mask, so hidden background never enters).
 
     ``render_size`` (default ``ceil(1.5 N)``) is the frame the face is rendered in before cropping.
+    ``landmark_noise`` > 0 crops and masks with landmarks moved by detector-like noise (a fraction of
+    the landmark box side per point, plus half of it shared by all points, drawn from ``generator``),
+    as a detector's landmarks on a photo would be; ``landmarks_frame`` stays the exact projection.
     Returns :func:`network_input`'s dict plus ``landmarks_frame (B, 68, 2)`` and ``render``.
     """
     render_size = render_size or int(math.ceil(1.5 * size))
     with torch.no_grad():
         r = render(model, theta, render_size, layout=layout, outputs=("screen",))
         lm = landmarks_2d(model, r.screen)
-        out = network_input(r.image, lm, size, mask=r.input_mask)
+        lm_in = lm
+        if landmark_noise > 0:
+            side = (lm.max(1).values - lm.min(1).values).max(-1).values  # (B,)
+            B = lm.shape[0]
+            noise = torch.randn(B, 68, 2, generator=generator, dtype=torch.float64) \
+                + 0.5 * torch.randn(B, 1, 2, generator=generator, dtype=torch.float64)
+            lm_in = lm + landmark_noise * side[:, None, None] * noise.to(lm)
+        out = network_input(r.image, lm_in, size, mask=r.input_mask)
     out["landmarks_frame"] = lm
     out["render"] = r
     return out
+
+
+def augment_crops(crop: torch.Tensor, mask: torch.Tensor, seed: int, blur_px=(0.0, 1.0),
+                  noise_std=(0.0, 0.025), jpeg_quality=(35, 95)) -> torch.Tensor:
+    """Camera-like degradations of network crops, so that a network trained on clean renders does not
+    depend on their cleanness: Gaussian blur (sigma ``U(blur_px)``), sensor noise (std ``U(noise_std)``)
+    and a JPEG round trip (quality ``U(jpeg_quality)``), each face drawn from ``seed``; the
+    background stays 0.  They change no parameter of the face, so the labels stay exact.
+
+    ``crop (B, 3, N, N)`` in [0, 1], ``mask (B, N, N)`` bool -> ``(B, 3, N, N)`` in [0, 1].
+    """
+    from .wild import _gaussian_blur, _jpeg, _u
+
+    g = torch.Generator().manual_seed(int(seed))
+    out = []
+    for img in crop:
+        img = _gaussian_blur(img, float(_u(g, (1,), *blur_px)))
+        img = (img + float(_u(g, (1,), *noise_std)) * torch.randn(img.shape, generator=g,
+                                                                   dtype=torch.float64).to(img)).clamp(0, 1)
+        q = int(torch.randint(jpeg_quality[0], jpeg_quality[1] + 1, (1,), generator=g))
+        out.append(_jpeg(img, q))
+    return torch.stack(out) * mask[:, None].to(crop.dtype)
+
+
+class FreshCorpus:
+    """An endless Sec. 5 corpus: every mini-batch is drawn and rendered anew (the renderer makes a
+    batch of 32 crops in about 60 ms on our CPU), so the network never sees a face twice and cannot
+    memorise a fixed set.
+
+    Mini-batch ``k`` of a run holds virtual faces ``k B .. k B + B - 1``; its parameters come from
+    ``sampler(model, B, seed * 1_000_003 + k B)``, so a run is fixed by ``(model, seed, size, B)`` and
+    the batch order.  ``augment``: a dict of :func:`augment_crops` ranges plus ``landmark_noise``
+    (:func:`render_crops`), or ``None`` for clean crops.
+
+    Interface of :func:`facelib.inversefacenet.train`: ``len`` (the faces a run can draw),
+    ``indices(batch, iters, seed)`` and ``batch(index) -> (x (b, 3, N, N) in [-0.5, 0.5], theta (b, m))``.
+    """
+
+    def __init__(self, model, seed: int, size: int, render_size: int | None = None, sampler=None,
+                 augment: dict | None = None, device=None):
+        self.model, self.seed, self.size = model, int(seed), int(size)
+        self.render_size = render_size or int(math.ceil(1.5 * size))
+        self.sampler = sampler or sample_sec5
+        self.layout = ParamLayout.from_model(model)
+        self.augment = dict(augment) if augment else None
+        self.device = device
+        self.n = 2 ** 40
+
+    def __len__(self) -> int:
+        return self.n
+
+    def indices(self, batch: int, iters: int, seed: int):
+        """Consecutive blocks of virtual faces (``seed`` is not used: the corpus seed fixes the faces)."""
+        for k in range(iters):
+            yield torch.arange(k * batch, (k + 1) * batch)
+
+    def batch(self, index: torch.Tensor):
+        start = int(index[0])
+        s = self.seed * 1_000_003 + start
+        theta = self.sampler(self.model, int(index.numel()), seed=s).to(self.device or self.model.device,
+                                                                        torch.float32)
+        aug = self.augment or {}
+        g = torch.Generator().manual_seed(s + 1)
+        out = render_crops(self.model, theta, self.size, self.render_size, self.layout,
+                           landmark_noise=aug.get("landmark_noise", 0.0), generator=g)
+        crop = out["crop"].cpu()
+        if self.augment:
+            crop = augment_crops(crop, out["mask"].cpu(), s + 2,
+                                 **{k: v for k, v in aug.items() if k != "landmark_noise"})
+        x = to_network((crop * 255).round().to(torch.uint8))
+        return x, theta.cpu()
 
 
 def corpus_dir() -> Path:

@@ -30,21 +30,35 @@ from .metrics import geometric_rmse, mask_iou, photometric_rmse
 from .params import ParamLayout, breed_children
 
 __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_loss", "coefficient_displacement",
-           "TensorCorpus", "train", "predict", "test_time_ms", "breed", "make_test_set", "evaluate_theta",
-           "evaluate",
-           "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "make_regressor", "row_loss", "train_row"]
+           "TensorCorpus", "lr_at", "train", "predict", "test_time_ms", "breed", "make_test_set", "evaluate_theta",
+           "evaluate", "mean_face_theta",
+           "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
+           "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
+           "compare_rows", "verdict", "rows_json", "curves_json", "size_share", "MEASURES", "MEASURE_LABELS"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
 
 
 # ------------------------------------------------------------------------------------------- losses
-def model_space_weights(model, layout: ParamLayout | None = None, weights: dict | None = None) -> torch.Tensor:
+def model_space_weights(model, layout: ParamLayout | None = None, weights: dict | None = None,
+                        units: str = "model") -> torch.Tensor:
     """Eq. 8: the diagonal of ``Sigma = diag(w_R 1_3, w_s sigma_s, w_e sigma_e, w_r sigma_r, w_i 1_27)``,
-    ``(m,)`` float32, in the order of ``layout`` (default ``ParamLayout.from_model(model)``)."""
+    ``(m,)`` float32, in the order of ``layout`` (default ``ParamLayout.from_model(model)``).
+
+    ``units="model"`` takes the sigmas as the model stores them (Eq. 8 literally; their scale depends on
+    how the model normalises its basis, for ours on the number of vertices).  ``units="rms"`` measures
+    each sigma as the RMS change per vertex that one unit of the coefficient causes
+    (:func:`coefficient_displacement`: mm for shape and expression, albedo units for reflectance), a
+    unit that does not depend on the mesh resolution or the basis normalisation."""
     layout = layout or ParamLayout.from_model(model)
     w = dict(MSL_WEIGHTS, **(weights or {}))
-    sig = {"shape": model.sigma_s, "expression": model.sigma_e, "reflectance": model.sigma_r}
+    if units == "model":
+        sig = {"shape": model.sigma_s, "expression": model.sigma_e, "reflectance": model.sigma_r}
+    elif units == "rms":
+        sig = coefficient_displacement(model)
+    else:
+        raise ValueError(f"units must be 'model' or 'rms'; got {units!r}")
     d = torch.zeros(layout.size, dtype=torch.float32)
     for name, sl in layout.slices.items():
         if name not in w:
@@ -128,9 +142,31 @@ def _batches(n: int, batch: int, iters: int, seed: int):
         pos += batch
 
 
+def lr_at(step: int, total: int, lr: float, schedule: str = "constant", warmup: float = 0.0) -> float:
+    """The learning rate of mini-batch ``step`` (0-based) of ``total``.
+
+    ``"constant"``: ``lr`` throughout (after the warm-up).  ``"cosine"``: a linear warm-up over the
+    first ``warmup * total`` steps, then a cosine decay from ``lr`` to ``lr / 50`` at the last step.
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a fraction in [0, 1); got {warmup!r}")
+    w = int(round(warmup * total))
+    if step < w:
+        return lr * (step + 1) / w
+    if schedule == "constant":
+        return lr
+    t = (step - w) / max(total - w - 1, 1)
+    lo = lr / 50
+    return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
 def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr: float = 1e-3,
           weight_decay: float = 1e-3, seed: int = 0, device=None, progress: bool = True,
-          desc: str = "training", cache_key: dict | None = None, optimizer_state: dict | None = None) -> dict:
+          desc: str = "training", cache_key: dict | None = None, optimizer_state: dict | None = None,
+          schedule: str = "constant", warmup: float = 0.0, total_iters: int | None = None,
+          start_iter: int = 0, eval_fn=None, eval_every: int = 0) -> dict:
     """Train ``net`` on ``corpus`` for ``iters`` mini-batches (Sec. 6.1: batch 32, weight decay 1e-3).
 
     Args:
@@ -141,9 +177,18 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
             and the log are saved under :func:`checkpoint_dir` and loaded instead of retraining when the
             same key is asked for again (the same computation, so the same numbers).
         optimizer_state: AdamW state to continue from (breeding continues training).
+        schedule, warmup: the learning-rate schedule (:func:`lr_at`) over ``total_iters`` mini-batches
+            (default ``iters``), of which this call runs ``start_iter .. start_iter + iters - 1`` (breeding
+            runs one schedule across its rounds).
+        eval_fn, eval_every: if given, ``eval_fn(net) -> dict`` of held-out errors is called every
+            ``eval_every`` iterations and after the last one (the time it takes is not training time);
+            the results form the learning curve ``log["curve"]``.
+    Corpora with an ``indices(batch, iters, seed)`` method (:class:`facelib.corpus.FreshCorpus`) choose
+    their own mini-batches; the others are drawn in seeded random epochs.
     Returns:
         log dict: ``loss`` (list per iteration), ``train_s`` (seconds of training), ``iters``,
-        ``optimizer`` (state, for continued training), ``cached`` (bool).
+        ``optimizer`` (state, for continued training), ``cached`` (bool), ``curve`` (list of
+        ``{"iter", "train_s", **eval_fn(net)}``; empty without ``eval_fn``).
     """
     device = torch.device(device) if device is not None else next(net.parameters()).device
     path = None
@@ -153,7 +198,7 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
             try:
                 ck = torch.load(path, map_location=device, weights_only=False)
                 net.load_state_dict(ck["net"])
-                return dict(ck["log"], cached=True, optimizer=ck["optimizer"])
+                return dict({"curve": []}, **ck["log"], cached=True, optimizer=ck["optimizer"])
             except Exception:
                 path.unlink(missing_ok=True)
     from tqdm.auto import tqdm
@@ -163,10 +208,28 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     torch.manual_seed(seed)  # dropout
-    losses = []
+    total = total_iters or iters
+    losses, curve = [], []
     t0 = time.perf_counter()
-    bar = tqdm(_batches(len(corpus), batch, iters, seed), total=iters, desc=desc, disable=not progress)
-    for idx in bar:
+    spent_eval = 0.0
+
+    def record(i):
+        nonlocal spent_eval
+        te = time.perf_counter()
+        net.eval()
+        row = {"iter": start_iter + i, "train_s": te - t0 - spent_eval, **eval_fn(net)}
+        net.train()
+        curve.append(row)
+        spent_eval += time.perf_counter() - te
+
+    draw = corpus.indices(batch, iters, seed) if hasattr(corpus, "indices") else _batches(len(corpus), batch,
+                                                                                             iters, seed)
+    bar = tqdm(draw, total=iters, desc=desc, disable=not progress)
+    for i, idx in enumerate(bar):
+        if eval_fn is not None and eval_every and i % eval_every == 0:
+            record(i)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(start_iter + i, total, lr, schedule, warmup)
         x, theta = corpus.batch(idx)
         loss = loss_fn(net(x.to(device)), theta.to(device))
         if not torch.isfinite(loss):
@@ -178,7 +241,9 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
         losses.append(loss.item())
         if len(losses) % 25 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
-    log = {"loss": losses, "train_s": time.perf_counter() - t0, "iters": iters}
+    if eval_fn is not None:
+        record(iters)
+    log = {"loss": losses, "train_s": time.perf_counter() - t0 - spent_eval, "iters": iters, "curve": curve}
     net.eval()
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +291,9 @@ def test_time_ms(net: torch.nn.Module, size: int, repeats: int = 20) -> float:
 # ------------------------------------------------------------------------------------------- breeding
 def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters: int, loss_fn, size: int,
           batch: int = 32, lr: float = 1e-3, seed: int = 0, children: int = 2, progress: bool = True,
-          optimizer_state: dict | None = None, render_size: int | None = None) -> dict:
+          optimizer_state: dict | None = None, render_size: int | None = None, schedule: str = "constant",
+          warmup: float = 0.0, total_iters: int | None = None, start_iter: int = 0, eval_fn=None,
+          eval_every: int = 0) -> dict:
     """Algorithm 1, breeding with real images: for each of ``rounds`` (N_breed) rounds,
 
     1. ``theta_r = N(R)``: regress parameters for the images of R (``real_x (n, 3, N, N)``);
@@ -234,13 +301,20 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
     3. ``I_r = generate_images(theta_r')``: render and pre-process them like the Sec. 5 corpus;
     4. continue training ``net`` on ``{I_r, theta_r'}`` for ``iters`` mini-batches.
 
+    The learning rate follows one ``schedule`` (:func:`lr_at`) over ``total_iters`` mini-batches, the
+    rounds continuing it from ``start_iter`` (the pre-training's length).  ``eval_fn`` / ``eval_every``
+    as in :func:`train` (a point at the end of every round at least).
+
     Returns a dict with ``theta_r`` (list of ``(n, m)`` estimates per round, before its training),
-    ``children`` (list of the bred parameter sets), ``train_s`` (seconds, all four steps), ``loss``.
+    ``children`` (list of the bred parameter sets), ``train_s`` (seconds, all four steps, without the
+    evaluations), ``loss``, ``curve``.
     """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    history = {"theta_r": [], "children": [], "loss": []}
+    total_iters = total_iters or start_iter + rounds * iters
+    history = {"theta_r": [], "children": [], "loss": [], "curve": []}
+    spent_eval = 0.0
     opt_state = optimizer_state
     for k in tqdm(range(rounds), desc="breeding rounds", disable=not progress):
         theta_r = predict(net, real_x)  # step 1
@@ -251,14 +325,21 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
             out = render_crops(model, kids[i:i + 256].to(device), size, render_size)
             imgs.append((out["crop"] * 255).round().to(torch.uint8).cpu())
         corpus = TensorCorpus(torch.cat(imgs), kids.float().cpu())
+        t_round = time.perf_counter()
         log = train(net, corpus, loss_fn, iters, batch=batch, lr=lr, seed=seed * 1000 + k, progress=progress,
-                    desc=f"round {k + 1}/{rounds}", optimizer_state=opt_state)  # step 4
+                    desc=f"round {k + 1}/{rounds}", optimizer_state=opt_state, schedule=schedule, warmup=warmup,
+                    total_iters=total_iters, start_iter=start_iter + k * iters, eval_fn=eval_fn,
+                    eval_every=eval_every or iters)  # step 4
+        before = t_round - t0 - spent_eval  # training seconds of the run so far
+        spent_eval += (time.perf_counter() - t_round) - log["train_s"]
+        history["curve"] += [dict(r, train_s=before + r["train_s"]) for r in log["curve"]
+                             if r["iter"] > start_iter + k * iters]
         opt_state = log["optimizer"]
         history["theta_r"].append(theta_r)
         history["children"].append(kids.cpu())
         history["loss"] += log["loss"]
     history["theta_r"].append(predict(net, real_x))  # the final network's estimates
-    history["train_s"] = time.perf_counter() - t0
+    history["train_s"] = time.perf_counter() - t0 - spent_eval
     history["optimizer"] = opt_state
     return history
 
@@ -306,14 +387,21 @@ def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> d
     The estimate is rendered and pre-processed exactly like a training face (cropped to its own
     projected landmarks), then compared with the input crop: photometric RMSE [8-bit] over the pixels
     inside both face masks, IoU [%] of the two masks, geometric RMSE [mm] between the estimated and the
-    ground-truth model-space meshes over the ``face`` vertices (pose is not part of the geometric error).
-    Returns ``photometric_8bit``, ``geometric_mm``, ``iou_pct``, each ``(n,)``.
+    ground-truth model-space meshes over the ``face`` vertices (pose is not part of the geometric error),
+    and the same RMSE after a least-squares similarity alignment (rotation, translation and scale,
+    :func:`facelib.metrics.similarity_align`): ``geometric_aligned_mm``.  The Sec. 6.1 crop resizes
+    the landmark box to N x N, so a face's absolute size cannot be seen in the input; the open model's
+    first shape component is 97% a uniform scale (head size) and carries half the shape variance, which
+    the unaligned measure charges to every network alike, and the aligned one does not.
+    Returns ``photometric_8bit``, ``geometric_mm``, ``geometric_aligned_mm``, ``iou_pct``, each ``(n,)``.
     """
+    from .metrics import similarity_align
+
     layout = ParamLayout.from_model(model)
     if theta.shape != test["theta"].shape:
         raise ValueError(f"theta has shape {tuple(theta.shape)}; the test set has {tuple(test['theta'].shape)}")
     face = model.masks["face"].cpu()
-    photo, geo, iou = [], [], []
+    photo, geo, geo_a, iou = [], [], [], []
     for i in range(0, theta.shape[0], batch):
         th = theta[i:i + batch].to(model.device, torch.float32)
         out = render_crops(model, th, test["size"], test["render_size"])
@@ -323,8 +411,23 @@ def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> d
         iou.append(mask_iou(em, m))
         p = layout.unpack(th)
         verts = model.geometry(p["shape"], p["expression"]).cpu().float()
-        geo.append(geometric_rmse(verts, test["verts"][i:i + batch], face))
-    return {"photometric_8bit": torch.cat(photo), "geometric_mm": torch.cat(geo), "iou_pct": torch.cat(iou)}
+        gt = test["verts"][i:i + batch]
+        geo.append(geometric_rmse(verts, gt, face))
+        aligned = similarity_align(verts[:, face].double(), gt[:, face].double())[0].float()
+        geo_a.append(geometric_rmse(aligned, gt[:, face]))
+    return {"photometric_8bit": torch.cat(photo), "geometric_mm": torch.cat(geo),
+            "geometric_aligned_mm": torch.cat(geo_a), "iou_pct": torch.cat(iou)}
+
+
+def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:
+    """The "mean face" reference of a results table: ``theta (n, m)`` with shape and expression set to 0
+    (the model's mean geometry), pose, reflectance and light kept.  Its geometric error is what a
+    network that learned nothing about the face's geometry would score."""
+    layout = ParamLayout.from_model(model)
+    out = theta.clone()
+    out[:, layout["shape"]] = 0
+    out[:, layout["expression"]] = 0
+    return out
 
 
 def evaluate(model, net: torch.nn.Module, test: dict, batch: int = 64) -> dict:
@@ -357,42 +460,73 @@ def paired_test(a: torch.Tensor, b: torch.Tensor) -> dict:
 # ------------------------------------------------------------------------------------------- Table 1
 # The rows of Table 1: (encoder, loss, breeding).  Our ResNet trains twice the iterations, as the paper's
 # ResNet-101 row (150K vs 75K).
-TRAIN_VERSION = 1  # bump when training, breeding or the networks change (invalidates cached checkpoints)
+# "+ model-space loss" is Eq. 8 as written (the model's stored sigmas); the RMS row measures sigma per
+# vertex (mm, albedo units), and breeding and the ResNet row build on it (see the book, chapter 3).
+TRAIN_VERSION = 2  # bump when training, breeding or the networks change (invalidates cached checkpoints)
 TABLE1_ROWS = {
     "AlexNet": ("alexnet", "euclidean", False),
     "+ model-space loss": ("alexnet", "model_space", False),
-    "+ breeding (= InverseFaceNet)": ("alexnet", "model_space", True),
-    "ResNet + model-space loss": ("resnet", "model_space", False),
+    "+ model-space loss, RMS units": ("alexnet", "model_space_rms", False),
+    "+ breeding (= InverseFaceNet)": ("alexnet", "model_space_rms", True),
+    "ResNet + model-space loss": ("resnet", "model_space_rms", False),
 }
+TRAIN_OPTIONS = ("norm", "standardize", "dropout", "schedule", "warmup")  # cfg keys that change a run
 
 
 def make_regressor(model, cfg: dict, kind: str, seed: int = 0) -> torch.nn.Module:
     """The profile's AlexNet or ResNet for ``model``'s parameter count, initialised from ``seed``.
 
-    ``cfg`` keys: ``size``, ``alexnet_width``, ``alexnet_fc``, ``resnet_width``, ``resnet_blocks``."""
-    from .nets import make_encoder
+    ``cfg`` keys: ``size``, ``alexnet_width``, ``alexnet_fc``, ``resnet_width``, ``resnet_blocks``; optional
+    ``norm`` (AlexNet: ``"none"`` or ``"batch"``), ``dropout`` (AlexNet, default 0.5) and ``standardize``
+    (outputs in units of the Sec. 5 prior, :class:`facelib.nets.Standardized`)."""
+    from .nets import Standardized, make_encoder
+    from .params import sec5_moments
 
     m = ParamLayout.from_model(model).size
     torch.manual_seed(seed)
     if kind == "alexnet":
-        return make_encoder("alexnet", m, cfg["size"], cfg["alexnet_width"], fc=cfg["alexnet_fc"])
-    if kind == "resnet":
-        return make_encoder("resnet", m, cfg["size"], cfg["resnet_width"], blocks=tuple(cfg["resnet_blocks"]))
-    raise ValueError(f"unknown regressor {kind!r}; expected 'alexnet' or 'resnet'")
+        net = make_encoder("alexnet", m, cfg["size"], cfg["alexnet_width"], fc=cfg["alexnet_fc"],
+                           norm=cfg.get("norm", "none"), dropout=cfg.get("dropout", 0.5))
+    elif kind == "resnet":
+        net = make_encoder("resnet", m, cfg["size"], cfg["resnet_width"], blocks=tuple(cfg["resnet_blocks"]))
+    else:
+        raise ValueError(f"unknown regressor {kind!r}; expected 'alexnet' or 'resnet'")
+    if cfg.get("standardize", False):
+        net = Standardized(net, *sec5_moments(model))
+    return net
 
 
 def row_loss(model, loss: str):
-    """``"euclidean"`` -> :func:`euclidean_loss`; ``"model_space"`` -> Eq. 6-8 with the model's sigmas."""
+    """``"euclidean"`` -> :func:`euclidean_loss`; ``"model_space"`` -> Eq. 6-8 with the model's sigmas;
+    ``"model_space_rms"`` -> Eq. 6-8 with the sigmas measured as RMS change per vertex
+    (:func:`model_space_weights` ``units="rms"``)."""
     if loss == "euclidean":
         return euclidean_loss
-    if loss == "model_space":
-        sigma = model_space_weights(model)
+    if loss in ("model_space", "model_space_rms"):
+        sigma = model_space_weights(model, units="model" if loss == "model_space" else "rms")
         return lambda p, theta: model_space_loss(p, theta, sigma)
-    raise ValueError(f"unknown loss {loss!r}; expected 'euclidean' or 'model_space'")
+    raise ValueError(f"unknown loss {loss!r}; expected 'euclidean', 'model_space' or 'model_space_rms'")
+
+
+def curve_eval(model, tests: dict, n: int = 64):
+    """A learning-curve probe for :func:`train`'s ``eval_fn``: the mean geometric (plain and aligned)
+    and photometric error of the net on the first ``n`` faces of each test set
+    (``{"wild": make_test_set(...), ...}``); returns ``net -> {"<set>_<measure>": float}``."""
+    subsets = {k: {**t, **{f: t[f][:n] for f in ("x", "target", "mask", "theta", "verts")}}
+               for k, t in tests.items()}
+
+    def fn(net):
+        row = {}
+        for k, t in subsets.items():
+            e = evaluate_theta(model, predict(net, t["x"]), t)
+            for m in ("geometric_mm", "geometric_aligned_mm", "photometric_8bit"):
+                row[f"{k}_{m}"] = summarize(e[m])["mean"]
+        return row
+    return fn
 
 
 def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None = None, seed: int = 0,
-              device=None, progress: bool = True) -> tuple:
+              device=None, progress: bool = True, eval_fn=None, curve_key=None) -> tuple:
     """Train one row of Table 1 (see :data:`TABLE1_ROWS`) with the profile's budget ``cfg``.
 
     Baselines train ``cfg["iters"]`` mini-batches on the Sec. 5 ``corpus`` (ResNet: twice that).
@@ -401,8 +535,13 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     cached by their full configuration (:func:`train`), so a second chapter asking for the same row
     loads the weights instead of training again; ``train_s`` is always the time of the original run.
 
-    Returns ``(net, info)``; ``info`` has ``train_s``, ``iters``, ``loss`` and, for breeding,
-    ``history`` (:func:`breed`'s estimates per round).
+    ``cfg`` may also set the options of :data:`TRAIN_OPTIONS` (batch norm, standardised outputs,
+    dropout, the learning-rate schedule and its warm-up); they are part of the cache key.  ``eval_fn``
+    (e.g. :func:`curve_eval`) records a learning curve every ``cfg["curve_every"]`` iterations;
+    ``curve_key`` names the probe in the cache key.
+
+    Returns ``(net, info)``; ``info`` has ``train_s``, ``iters``, ``loss``, ``curve`` (held-out errors
+    against training seconds) and, for breeding, ``history`` (:func:`breed`'s estimates per round).
     """
     kind, loss, bred = TABLE1_ROWS[name] if name in TABLE1_ROWS else (None, None, None)
     if kind is None:
@@ -415,12 +554,17 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
            "corpus": [corpus.n, corpus.seed, corpus.size, corpus.render_size, getattr(corpus, "chunk", 0)],
            "kind": kind, "loss": loss, "seed": seed, "batch": cfg["batch"], "lr": cfg["lr"],
            "net": [cfg["size"], cfg["alexnet_width"], cfg["alexnet_fc"], cfg["resnet_width"],
-                   list(cfg["resnet_blocks"])]}
+                   list(cfg["resnet_blocks"])],
+           "options": {k: cfg.get(k) for k in TRAIN_OPTIONS}, "curve": [curve_key, cfg.get("curve_every", 0)]}
     iters = cfg["iters"] * (2 if kind == "resnet" else 1)
+    sched = dict(schedule=cfg.get("schedule", "constant"), warmup=cfg.get("warmup", 0.0))
+    every = cfg.get("curve_every", 0) if eval_fn is not None else 0
     if not bred:
         log = train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, device=device,
-                    progress=progress, desc=name, cache_key=dict(key, iters=iters))
-        return net, {"train_s": log["train_s"], "iters": iters, "loss": log["loss"], "cached": log["cached"]}
+                    progress=progress, desc=name, cache_key=dict(key, iters=iters), eval_fn=eval_fn,
+                    eval_every=every, **sched)
+        return net, {"train_s": log["train_s"], "iters": iters, "loss": log["loss"], "cached": log["cached"],
+                     "curve": log["curve"]}
     if real_x is None:
         raise ValueError("the breeding row needs the images of R (real_x)")
     pre = iters // 5
@@ -436,15 +580,162 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
             return net, dict(ck["info"], cached=True)
         except Exception:
             path.unlink(missing_ok=True)
+    total = pre + rounds * per_round
     log = train(net, corpus, loss_fn, pre, cfg["batch"], cfg["lr"], seed=seed, device=device,
-                progress=progress, desc=f"{name}: synthetic pre-training", cache_key=dict(key, iters=pre))
+                progress=progress, desc=f"{name}: synthetic pre-training", cache_key=dict(key, iters=pre, total=total),
+                eval_fn=eval_fn, eval_every=every, total_iters=total, **sched)
     hist = breed(net, model, real_x, rounds, per_round, loss_fn, cfg["size"], cfg["batch"], cfg["lr"],
-                 seed=seed, progress=progress, optimizer_state=log["optimizer"], render_size=corpus.render_size)
-    info = {"train_s": log["train_s"] + hist["train_s"], "iters": pre + rounds * per_round,
+                 seed=seed, progress=progress, optimizer_state=log["optimizer"], render_size=corpus.render_size,
+                 total_iters=total, start_iter=pre, eval_fn=eval_fn, eval_every=every, **sched)
+    t_pre = log["train_s"]
+    curve = log["curve"] + [dict(r, train_s=r["train_s"] + t_pre) for r in hist["curve"]]
+    info = {"train_s": log["train_s"] + hist["train_s"], "iters": total,
             "loss": log["loss"] + hist["loss"], "pretrain_iters": pre, "rounds": rounds, "per_round": per_round,
-            "history": {"theta_r": hist["theta_r"], "children": hist["children"]}}
+            "curve": curve, "history": {"theta_r": hist["theta_r"], "children": hist["children"]}}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save({"net": net.state_dict(), "info": info}, tmp)
     os.replace(tmp, path)
     return net, dict(info, cached=False)
+
+
+# ------------------------------------------------------------------------------------------- the book's tables
+MEASURES = ("photometric_8bit", "geometric_mm", "geometric_aligned_mm", "iou_pct")
+MEASURE_LABELS = {"photometric_8bit": "photometric error [8 bits]", "geometric_mm": "geometric error [mm]",
+                  "geometric_aligned_mm": "geometric error, aligned [mm]", "iou_pct": "IoU [%]"}
+LOWER_IS_BETTER = {"photometric_8bit": True, "geometric_mm": True, "geometric_aligned_mm": True, "iou_pct": False}
+
+
+def reference_rows(model, tests: dict) -> dict:
+    """The reference rows of a results table, per test set: ``"mean face"`` (:func:`mean_face_theta`:
+    shape and expression 0, the rest true) and ``"true parameters (floor)"`` (the ground-truth theta
+    rendered through the model: what is left is what the model cannot express).
+    Returns ``{row: {set: evaluate_theta(...)}}``."""
+    return {"mean face": {k: evaluate_theta(model, mean_face_theta(model, t["theta"]), t) for k, t in tests.items()},
+            "true parameters (floor)": {k: evaluate_theta(model, t["theta"], t) for k, t in tests.items()}}
+
+
+def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device=None, progress: bool = True,
+               curves: bool = True) -> dict:
+    """Train every row of ``names`` (:data:`TABLE1_ROWS`) for every seed of ``cfg["seeds"]`` and
+    evaluate it on each test set.  Cached runs are loaded (:func:`train_row`).
+
+    Returns ``{name: {seed: {"net", "info", <set>: evaluate(...)}}}``; ``info["curve"]`` holds the
+    learning curve on the first ``cfg["n_curve"]`` faces of each test set when ``curves``.
+    """
+    probe = curve_eval(model, tests, cfg["n_curve"]) if curves else None
+    key = [cfg["n_curve"], {k: [t["kind"], t["seed"], t["size"]] for k, t in tests.items()}] if curves else None
+    out = {}
+    for name in names:
+        out[name] = {}
+        for seed in cfg["seeds"]:
+            net, info = train_row(model, cfg, name, corpus, real_x=real_x, seed=seed, device=device,
+                                  progress=progress, eval_fn=probe, curve_key=key)
+            out[name][seed] = {"net": net, "info": info, **{k: evaluate(model, net, t) for k, t in tests.items()}}
+            print(f"{name}, seed {seed}: {info['iters']} iterations, {info['train_s']:.0f} s"
+                  + (" (loaded from the cache)" if info["cached"] else ""))
+    return out
+
+
+def seed_means(runs: dict, test_key: str, measure: str) -> np.ndarray:
+    """Per-seed test-set means of one row's ``measure``: ``(n_seeds,)``."""
+    return np.array([summarize(r[test_key][measure])["mean"] for r in runs.values()])
+
+
+def table1_markdown(results: dict, refs: dict, names, test_key: str) -> str:
+    """Table 1 in the paper's layout for one test set: each row's mean over its training seeds of the
+    test-set mean, +- the standard deviation over seeds; then the reference rows (mean over the test
+    images +- their standard deviation)."""
+    head = ("| approach | seeds | training iterations | training time [s] | test time [ms/image] | "
+            + " | ".join(MEASURE_LABELS[m] for m in MEASURES) + " |")
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in MEASURES) + " |"]
+    for n in names:
+        runs = results[n]
+        first = next(iter(runs.values()))
+        cells = []
+        for m in MEASURES:
+            v = seed_means(runs, test_key, m)
+            cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.2f}")
+        t_s = np.mean([r["info"]["train_s"] for r in runs.values()])
+        t_ms = np.mean([r[test_key]["test_ms"] for r in runs.values()])
+        lines.append(f"| {n} | {len(runs)} | {first['info']['iters']} | {t_s:.0f} | {t_ms:.2f} | " + " | ".join(cells) + " |")
+    for n, r in refs.items():
+        cells = [f"{summarize(r[test_key][m])['mean']:.2f} ± {summarize(r[test_key][m])['std']:.2f}" for m in MEASURES]
+        lines.append(f"| *{n}* | - | - | - | - | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_rows(results: dict, a: str, b: str, test_key: str) -> dict:
+    """Row ``b`` against row ``a`` on the same test images, seed by seed (the same training seed for
+    both): ``{measure: {"per_seed": [paired_test(...)...], "better_seeds": k, "seeds": n,
+    "significant_better": k_sig, "significant_worse": k_worse}}`` where "better" follows the measure's
+    direction and "significant" is p < 0.05."""
+    out = {}
+    for m in MEASURES:
+        tests, better, sig_b, sig_w = [], 0, 0, 0
+        for seed in results[a]:
+            if seed not in results[b]:
+                continue
+            t = paired_test(results[a][seed][test_key][m], results[b][seed][test_key][m])
+            t["seed"] = seed
+            tests.append(t)
+            good = (t["mean_diff"] < 0) == LOWER_IS_BETTER[m] and t["mean_diff"] != 0
+            better += good
+            sig_b += good and t["p_value"] < 0.05
+            sig_w += (not good) and t["p_value"] < 0.05
+        out[m] = {"per_seed": tests, "better_seeds": int(better), "seeds": len(tests),
+                  "significant_better": int(sig_b), "significant_worse": int(sig_w)}
+    return out
+
+
+def verdict(comparison: dict, a: str, b: str, test_key: str) -> str:
+    """One sentence per measure, from :func:`compare_rows`: the verdict holds only if every seed agrees."""
+    parts = []
+    for m, c in comparison.items():
+        n, k = c["seeds"], c["better_seeds"]
+        diffs = [t["mean_diff"] for t in c["per_seed"]]
+        word = ("better for every seed" if k == n else "worse for every seed" if k == 0
+                else f"better for {k} of {n} seeds only (no verdict)")
+        parts.append(f"{MEASURE_LABELS[m]} {word} (b - a per seed: " + ", ".join(f"{d:+.2f}" for d in diffs)
+                     + f"; significant better/worse in {c['significant_better']}/{c['significant_worse']} seeds)")
+    return f"**{test_key}, {b} vs {a}**: " + "; ".join(parts) + "."
+
+
+def rows_json(results: dict, refs: dict, names, test_key: str) -> dict:
+    """The ``results/*.json`` form of a table: ``rows`` (the paper's layout; ``{mean, std}`` over the
+    training seeds of the per-seed test means), ``seeds`` (each seed's row, ``{mean, std}`` over the
+    images), ``mean_face`` and ``floor`` (``{mean, std}`` over the images)."""
+    rows, per_seed = [], {}
+    for n in names:
+        runs = results[n]
+        row = {"name": n, "train_iters": next(iter(runs.values()))["info"]["iters"],
+               "train_s": float(np.mean([r["info"]["train_s"] for r in runs.values()])),
+               "test_ms": float(np.mean([r[test_key]["test_ms"] for r in runs.values()])), "n_seeds": len(runs)}
+        for m in MEASURES:
+            v = seed_means(runs, test_key, m)
+            row[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+        rows.append(row)
+        per_seed[n] = [{"seed": int(s), "train_s": r["info"]["train_s"],
+                        **{m: summarize(r[test_key][m]) for m in MEASURES}} for s, r in runs.items()]
+    ref = {k: {m: summarize(v[test_key][m]) for m in MEASURES} for k, v in refs.items()}
+    return {"rows": rows, "seeds": per_seed, "mean_face": ref["mean face"], "floor": ref["true parameters (floor)"]}
+
+
+def curves_json(results: dict, names) -> dict:
+    """Learning curves ``{name: {seed: [{"iter", "train_s", "<set>_<measure>"...}]}}``."""
+    return {n: {int(s): r["info"].get("curve", []) for s, r in results[n].items()} for n in names}
+
+
+def size_share(model, component: int = 0) -> float:
+    """How much of shape component ``component`` is a uniform scale of the face: the fraction of its
+    squared displacement over the ``face`` vertices that ``s (mean - centroid) + t`` explains (least
+    squares).  Near 1 means the component is head size, which the Sec. 6.1 crop (landmark box resized
+    to N x N) hides from the network."""
+    face = model.masks["face"].cpu()
+    M = model.mean_shape.detach().cpu().double().reshape(-1, 3)[face]
+    b = (model.shape_basis[component].detach().cpu().double().reshape(-1, 3)[face]
+         * float(model.sigma_s[component]))
+    A = torch.cat([(M - M.mean(0)).reshape(-1, 1), torch.eye(3, dtype=torch.float64).repeat(M.shape[0], 1)], 1)
+    x = torch.linalg.lstsq(A, b.reshape(-1, 1)).solution
+    r = b.reshape(-1, 1) - A @ x
+    return float(1 - r.square().sum() / b.square().sum())

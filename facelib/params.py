@@ -53,6 +53,7 @@ __all__ = [
     "rot_z",
     "rot_xyz",
     "sample_sec5",
+    "sec5_moments",
     "breed_children",
     "breed_parent_index",
     "SEC5_PITCH_YAW_DEG",
@@ -393,6 +394,38 @@ def sample_sec5(model: FaceModel, batch: int, seed: int, layout: ParamLayout | N
                          "reflectance": theta_r, "illumination": theta_i})
     device = model.device if device is None else device
     return theta.to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def sec5_moments(model: FaceModel, layout: ParamLayout | None = None) -> tuple:
+    """Mean and standard deviation of each parameter under :func:`sample_sec5`'s prior, exactly
+    (uniform ``U(lo, hi)``: mean ``(lo + hi) / 2``, std ``(hi - lo) / sqrt(12)``; normal: 0 and 1).
+
+    Returns ``(mean (m,), std (m,))`` float32 on the CPU in ``layout``'s order (default the model's
+    Eq. 1 layout; entries the prior does not draw get mean 0 and std 1).
+    """
+    layout = ParamLayout.from_model(model) if layout is None else layout
+    _check_layout_matches(layout, model)
+    u = lambda lo, hi: ((lo + hi) / 2, (hi - lo) / math.sqrt(12))
+    mean = torch.zeros(layout.size, dtype=torch.float64)
+    std = torch.ones(layout.size, dtype=torch.float64)
+    sl = layout.slices
+    if "rotation" in sl:
+        lim = torch.deg2rad(torch.tensor([SEC5_PITCH_YAW_DEG, SEC5_PITCH_YAW_DEG, SEC5_ROLL_DEG], dtype=torch.float64))
+        mean[sl["rotation"]], std[sl["rotation"]] = u(-lim, lim)
+    if "expression" in sl and model.n_expression:
+        r = model.expression_range.detach().to("cpu", torch.float64)
+        m_e, s_e = u(-r, r)
+        m_e = m_e.clone()
+        m_e[model.mouth_component] += model.mouth_bias
+        mean[sl["expression"]], std[sl["expression"]] = m_e, s_e
+    if "illumination" in sl:
+        lo = torch.full((N_SH,), -SEC5_SH_OTHER, dtype=torch.float64)
+        hi = torch.full((N_SH,), SEC5_SH_OTHER, dtype=torch.float64)
+        lo[0], hi[0] = SEC5_SH_CONSTANT
+        m_i, s_i = u(lo, hi)
+        mean[sl["illumination"]] = m_i[:, None].expand(N_SH, 3).reshape(-1)
+        std[sl["illumination"]] = s_i[:, None].expand(N_SH, 3).reshape(-1)
+    return mean.float(), std.float()
 
 
 def breed_parent_index(n_parents: int, children: int = 2, device=None) -> torch.Tensor:

@@ -543,3 +543,28 @@ def curves_figure(series: dict, title: str, xaxis: str, yaxis: str, log_y: bool 
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def learning_curves_figure(curves: dict, levels: dict, series: str, title: str, yaxis: str,
+                           height: int = 420) -> go.Figure:
+    """Held-out error against training time for each row, one line per training seed (the same colour
+    for a row), with horizontal reference ``levels`` (``{label: y}``, e.g. mean face and floor) dashed.
+
+    ``curves``: ``{row: {seed: [{"train_s": s, series: y, ...}, ...]}}`` (:func:`facelib.inversefacenet.curves_json`);
+    ``series``: the key to plot, e.g. ``"wild_geometric_mm"``.
+    """
+    fig = go.Figure()
+    for j, (row, seeds) in enumerate(curves.items()):
+        for k, (seed, pts) in enumerate(seeds.items()):
+            if not pts:
+                continue
+            fig.add_trace(go.Scatter(x=[p["train_s"] for p in pts], y=[p[series] for p in pts],
+                                     mode="lines+markers", name=row, legendgroup=row, showlegend=k == 0,
+                                     line=dict(color=_PALETTE[j % len(_PALETTE)]), marker=dict(size=4),
+                                     hovertemplate=f"{row}, seed {seed}<br>%{{x:.0f}} s: %{{y:.2f}}<extra></extra>"))
+    for j, (label, y) in enumerate(levels.items()):
+        fig.add_hline(y=float(y), line=dict(color="#555", dash="dash" if j == 0 else "dot"),
+                      annotation_text=label, annotation_position="top right")
+    fig.update_layout(title=dict(text=title), xaxis_title="training time [s]", yaxis_title=yaxis, height=height,
+                      margin=dict(l=60, r=10, t=60, b=50))
+    return fig

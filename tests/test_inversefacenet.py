@@ -352,9 +352,122 @@ def test_train_row_table1_rows_and_cache(model, tmp_path, monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), net2.state_dict().values()))
     _, info3 = train_row(model, cfg, "ResNet + model-space loss", corpus, progress=False)
     assert info3["iters"] == 20  # the ResNet row trains twice as long, as in Table 1
-    assert set(TABLE1_ROWS) == {"AlexNet", "+ model-space loss", "+ breeding (= InverseFaceNet)",
-                                "ResNet + model-space loss"}
+    assert set(TABLE1_ROWS) == {"AlexNet", "+ model-space loss", "+ model-space loss, RMS units",
+                                "+ breeding (= InverseFaceNet)", "ResNet + model-space loss"}
     with pytest.raises(ValueError, match="unknown Table 1 row"):
         train_row(model, cfg, "VGG", corpus)
     with pytest.raises(ValueError, match="real_x"):
         train_row(model, cfg, "+ breeding (= InverseFaceNet)", corpus)
+
+
+# ------------------------------------------------------------------------------ issue 15: training that learns
+def test_lr_at_warmup_and_cosine():
+    from facelib.inversefacenet import lr_at
+
+    assert lr_at(0, 100, 1.0, "constant") == 1.0 and lr_at(99, 100, 1.0, "constant") == 1.0
+    assert lr_at(0, 100, 1.0, "cosine", warmup=0.1) == pytest.approx(0.1)  # linear warm-up
+    assert lr_at(9, 100, 1.0, "cosine", warmup=0.1) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, "cosine", warmup=0.1) == pytest.approx(1.0)
+    assert lr_at(99, 100, 1.0, "cosine", warmup=0.1) == pytest.approx(1 / 50)
+    vals = [lr_at(i, 100, 1.0, "cosine", 0.1) for i in range(10, 100)]
+    assert all(a >= b for a, b in zip(vals, vals[1:]))  # monotone decay after the warm-up
+    with pytest.raises(ValueError, match="schedule"):
+        lr_at(0, 10, 1.0, "step")
+    with pytest.raises(ValueError, match="warmup"):
+        lr_at(0, 10, 1.0, "cosine", warmup=1.5)
+
+
+def test_sec5_moments_match_samples(model):
+    from facelib.params import sec5_moments
+
+    mean, std = sec5_moments(model)
+    th = sample_sec5(model, 20000, seed=4).double()
+    assert torch.allclose(th.mean(0), mean.double(), atol=0.05 * float(std.max()))
+    assert torch.allclose(th.std(0), std.double(), rtol=0.05)
+
+
+def test_standardized_outputs_start_at_the_prior_mean(model):
+    from facelib.nets import Standardized
+    from facelib.params import sec5_moments
+
+    mean, std = sec5_moments(model)
+    torch.manual_seed(0)
+    inner = make_encoder("alexnet", mean.numel(), 32, width=0.05, fc=16, norm="batch", dropout=0.0)
+    net = Standardized(inner, mean, std).eval()
+    x = torch.rand(2, 3, 32, 32) - 0.5
+    assert torch.allclose(net(x), mean + std * inner(x))
+    # Sec. 6.1's N(0, 0.01) last layer: the first predictions are within a few per cent of a sigma of the mean
+    assert ((net(x) - mean) / std).abs().max() < 0.5
+    with pytest.raises(ValueError, match="positive"):
+        Standardized(inner, mean, -std)
+    with pytest.raises(ValueError, match="norm"):
+        make_encoder("alexnet", 3, 32, width=0.05, norm="group")
+
+
+def test_model_space_weights_rms_units(model):
+    layout = ParamLayout.from_model(model)
+    lit = model_space_weights(model)
+    rms = model_space_weights(model, units="rms")
+    disp = coefficient_displacement(model)
+    assert torch.allclose(rms[layout["shape"]], 50.0 * disp["shape"], rtol=1e-5)
+    assert torch.allclose(rms[layout["reflectance"]], 100.0 * disp["reflectance"], rtol=1e-5)
+    assert torch.equal(rms[layout["rotation"]], lit[layout["rotation"]])  # no sigma: the same omega_R
+    # the literal weights carry the basis normalisation (sqrt of the vertex count), the RMS ones do not
+    ratio = lit[layout["shape"]] / rms[layout["shape"]]
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-3) and ratio[0] > 10
+    with pytest.raises(ValueError, match="units"):
+        model_space_weights(model, units="inch")
+
+
+def test_fresh_corpus_is_seeded_and_never_repeats(model):
+    from facelib.corpus import FreshCorpus
+
+    aug = dict(landmark_noise=0.012, blur_px=(0.0, 1.0), noise_std=(0.0, 0.02), jpeg_quality=(40, 90))
+    c = FreshCorpus(model, seed=3, size=32, augment=aug)
+    idx = list(c.indices(4, 2, seed=0))
+    x0, t0 = c.batch(idx[0])
+    x0b, t0b = c.batch(idx[0])
+    x1, t1 = c.batch(idx[1])
+    assert x0.shape == (4, 3, 32, 32) and t0.shape == (4, ParamLayout.from_model(model).size)
+    assert torch.equal(x0, x0b) and torch.equal(t0, t0b)  # same faces, same augmentation
+    assert not torch.equal(t0, t1)
+    assert float(x0.min()) >= -0.5 and float(x0.max()) <= 0.5
+
+
+def test_train_records_a_learning_curve(tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (32, 3, 8, 8), generator=g, dtype=torch.uint8)
+    corpus = TensorCorpus(imgs, torch.randn(32, 5, generator=g))
+    torch.manual_seed(0)
+    calls = []
+    log = train(_Linear(5), corpus, euclidean_loss, 10, batch=8, seed=0, progress=False, schedule="cosine",
+                warmup=0.2, eval_fn=lambda net: calls.append(1) or {"err": float(len(calls))}, eval_every=4)
+    assert [r["iter"] for r in log["curve"]] == [0, 4, 8, 10]
+    assert all(a["train_s"] <= b["train_s"] for a, b in zip(log["curve"], log["curve"][1:]))
+
+
+def test_aligned_geometry_reference_rows_and_verdicts(model):
+    from facelib.inversefacenet import compare_rows, reference_rows, table1_markdown, verdict
+
+    test = make_test_set(model, "synthetic", 4, seed=5, size=40)
+    refs = reference_rows(model, {"synthetic": test})
+    mf, fl = refs["mean face"]["synthetic"], refs["true parameters (floor)"]["synthetic"]
+    assert torch.all(fl["geometric_mm"] < 1e-3) and torch.all(fl["geometric_aligned_mm"] < 1e-3)
+    assert torch.all(mf["geometric_aligned_mm"] <= mf["geometric_mm"] + 1e-4)  # alignment only removes error
+    # two fake rows, b better than a on every image for both seeds
+    mk = lambda off: {"synthetic": {k: v + off for k, v in mf.items()} | {"test_ms": 1.0}, "info": {"iters": 5,
+                                                                                           "train_s": 1.0}}
+    results = {"a": {0: mk(1.0), 1: mk(1.1)}, "b": {0: mk(0.5), 1: mk(0.4)}}
+    c = compare_rows(results, "a", "b", "synthetic")
+    assert c["geometric_mm"]["better_seeds"] == 2 and c["iou_pct"]["better_seeds"] == 0  # IoU: higher is better
+    assert "better for every seed" in verdict(c, "a", "b", "synthetic")
+    md = table1_markdown(results, refs, ["a", "b"], "synthetic")
+    assert md.count("\n") == 5 and "*mean face*" in md
+
+
+def test_size_share_finds_the_head_size_component(model):
+    from facelib.inversefacenet import size_share
+
+    assert size_share(model, 0) > 0.9  # the open model's first shape component is head size
+    assert size_share(model, 1) < 0.5

@@ -1,0 +1,132 @@
+"""What holds InverseFaceNet back at our scale: one training change at a time (issue 15).
+
+Each variant trains the plain AlexNet row (Euclidean loss, or the one it names) of the ``cpu``
+profile with some settings changed, evaluates it on the chapter's held-out synthetic and wild test
+sets and appends a row to ``benchmarks/results/ifn_experiments.json`` (the table the chapter
+quotes), with the mean-face reference of the same sets.
+
+    .venv/bin/python benchmarks/ifn_experiments.py VARIANT [VARIANT ...]   # see VARIANTS below
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import facelib  # noqa: E402
+import facelib.inversefacenet as ifn  # noqa: E402
+from facelib.book import settings  # noqa: E402
+from facelib.corpus import FreshCorpus, SyntheticCorpus  # noqa: E402
+
+AUG = dict(landmark_noise=0.012, blur_px=(0.0, 1.0), noise_std=(0.0, 0.025), jpeg_quality=(35, 95))
+# the cpu profile before issue 15 (the "baseline" variant); variants change it one setting at a time
+OLD_CPU = dict(size=96, iters=1500, lr=1e-3, norm="none", standardize=False, dropout=0.5)
+BASE = dict(loss="euclidean", fresh=False, augment=None, schedule="constant", warmup=0.0, kind="alexnet")
+VARIANTS = {
+    "baseline": {},
+    "msl": dict(loss="model_space"),
+    "msl_rms": dict(loss="model_space_rms"),
+    "best": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3),
+    "best+msl_rms": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3,
+                         loss="model_space_rms"),
+    "best+fresh": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3, fresh=True),
+    "standardize": dict(standardize=True),
+    "bn": dict(norm="batch"),
+    "bn+std": dict(norm="batch", standardize=True),
+    "bn+std+cos": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05),
+    "bn+std+cos+lr3": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3),
+    "bn+std+cos+fresh": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, fresh=True),
+    "bn+std+cos+fresh+aug": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, fresh=True,
+                                 augment=AUG),
+    "bn+std+cos+aug": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, augment=AUG),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variants", nargs="+", help=f"one of {list(VARIANTS)}, or NAME:key=value,... overrides")
+    ap.add_argument("--iters", type=int, default=None)
+    ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--n-test", type=int, default=256)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ifn_experiments.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
+    model = facelib.load_model("open")
+    rows = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else []
+    tests = {}
+    for spec in args.variants:
+        name, _, extra = spec.partition(":")
+        v = dict(BASE, **VARIANTS[name])
+        for kv in filter(None, extra.split(",")):
+            k, val = kv.split("=")
+            v[k] = json.loads(val)
+        cfg = dict(settings("inversefacenet", "cpu"), **OLD_CPU)
+        cfg.update({k: v[k] for k in v if k not in BASE})
+        if args.iters:
+            cfg["iters"] = args.iters
+        if args.size:
+            cfg["size"] = args.size
+        key = (cfg["size"],)
+        if key not in tests:
+            tests[key] = {k: ifn.make_test_set(model, k, args.n_test, seed=args.seed + off, size=cfg["size"])
+                          for k, off in (("synthetic", 20_000), ("wild", 10_000))}
+        if v["fresh"]:
+            corpus = FreshCorpus(model, seed=args.seed, size=cfg["size"], augment=v["augment"])
+        else:
+            corpus = SyntheticCorpus(model, cfg["n_train"], seed=args.seed, size=cfg["size"], progress=False)
+            if v["augment"]:
+                corpus = _Augmented(corpus, v["augment"])
+        net = ifn.make_regressor(model, cfg, v["kind"], args.seed)
+        t0 = time.perf_counter()
+        log = ifn.train(net, corpus, ifn.row_loss(model, v["loss"]), cfg["iters"], cfg["batch"], cfg["lr"],
+                        seed=args.seed, progress=False, schedule=v["schedule"], warmup=v["warmup"])
+        wall = time.perf_counter() - t0
+        tail = log["loss"][-100:]
+        row = {"variant": spec, "final_train_loss": round(sum(tail) / len(tail), 2), "iters": cfg["iters"], "size": cfg["size"], "train_s": round(log["train_s"], 1),
+               "wall_s": round(wall, 1), "seed": args.seed}
+        for k, t in tests[key].items():
+            e = ifn.evaluate(model, net, t)
+            mf = ifn.evaluate_theta(model, ifn.mean_face_theta(model, t["theta"]), t)
+            row[k] = {"geometric_mm": round(ifn.summarize(e["geometric_mm"])["mean"], 3),
+                      "photometric_8bit": round(ifn.summarize(e["photometric_8bit"])["mean"], 2),
+                      "mean_face_mm": round(ifn.summarize(mf["geometric_mm"])["mean"], 3)}
+            row[k]["ratio"] = round(row[k]["geometric_mm"] / row[k]["mean_face_mm"], 3)
+        th_t, th_p = tests[key]["synthetic"]["theta"], ifn.predict(net, tests[key]["synthetic"]["x"])
+        L = corpus.layout if hasattr(corpus, "layout") else ifn.ParamLayout.from_model(model)
+        r2 = 1 - (th_p - th_t).square().mean(0) / th_t.var(0).clamp_min(1e-12)
+        row["r2_synthetic"] = {g: [round(float(v), 2) for v in r2[L[g]][:n]] for g, n in
+                               (("rotation", 3), ("shape", 6), ("expression", 6), ("reflectance", 3),
+                                ("illumination", 3))}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+class _Augmented:
+    """A fixed corpus whose crops are degraded anew each time they are drawn."""
+
+    def __init__(self, corpus, augment):
+        self.c, self.aug, self.k = corpus, augment, 0
+
+    def __len__(self):
+        return len(self.c)
+
+    def batch(self, index):
+        from facelib.corpus import augment_crops, to_network
+        self.k += 1
+        imgs = self.c.images[index].float() / 255
+        out = augment_crops(imgs, self.c.masks[index], self.k,
+                            **{k: v for k, v in self.aug.items() if k != "landmark_noise"})
+        return to_network((out * 255).round().to(torch.uint8)), self.c.theta[index]
+
+
+if __name__ == "__main__":
+    main()
