@@ -34,7 +34,7 @@ __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_
            "evaluate", "mean_face_theta",
            "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
            "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
-           "compare_rows", "verdict", "rows_json", "curves_json", "size_share", "MEASURES", "MEASURE_LABELS"]
+           "compare_rows", "verdict", "rows_json", "curves_json", "size_share", "target_ratios", "MEASURES", "MEASURE_LABELS"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
@@ -609,10 +609,20 @@ LOWER_IS_BETTER = {"photometric_8bit": True, "geometric_mm": True, "geometric_al
 def reference_rows(model, tests: dict) -> dict:
     """The reference rows of a results table, per test set: ``"mean face"`` (:func:`mean_face_theta`:
     shape and expression 0, the rest true) and ``"true parameters (floor)"`` (the ground-truth theta
-    rendered through the model: what is left is what the model cannot express).
+    rendered through the model: what is left is what the model cannot express) and
+    ``"true parameters, mean head size"`` (the truth with shape coefficient 1, the head size that the
+    crop hides, at 0: the best a network that sees everything else can score; :func:`size_share`).
     Returns ``{row: {set: evaluate_theta(...)}}``."""
+    layout = ParamLayout.from_model(model)
+
+    def mean_size(theta):
+        out = theta.clone()
+        out[:, layout["shape"].start] = 0
+        return out
     return {"mean face": {k: evaluate_theta(model, mean_face_theta(model, t["theta"]), t) for k, t in tests.items()},
-            "true parameters (floor)": {k: evaluate_theta(model, t["theta"], t) for k, t in tests.items()}}
+            "true parameters (floor)": {k: evaluate_theta(model, t["theta"], t) for k, t in tests.items()},
+            "true parameters, mean head size": {k: evaluate_theta(model, mean_size(t["theta"]), t)
+                                                for k, t in tests.items()}}
 
 
 def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device=None, progress: bool = True,
@@ -645,9 +655,12 @@ def seed_means(runs: dict, test_key: str, measure: str) -> np.ndarray:
 def table1_markdown(results: dict, refs: dict, names, test_key: str) -> str:
     """Table 1 in the paper's layout for one test set: each row's mean over its training seeds of the
     test-set mean, +- the standard deviation over seeds; then the reference rows (mean over the test
-    images +- their standard deviation)."""
-    head = ("| approach | seeds | training iterations | training time [s] | test time [ms/image] | "
-            + " | ".join(MEASURE_LABELS[m] for m in MEASURES) + " |")
+    images +- their standard deviation).  Columns: training iterations, training time [s], test time
+    [ms/image], photometric error [8 bits], geometric error [mm] without and with similarity
+    alignment, IoU [%]."""
+    short = {"photometric_8bit": "photo. [8 bit]", "geometric_mm": "geom. [mm]",
+             "geometric_aligned_mm": "geom. aligned [mm]", "iou_pct": "IoU [%]"}
+    head = ("| approach | seeds | iters | train [s] | test [ms] | " + " | ".join(short[m] for m in MEASURES) + " |")
     lines = [head, "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in MEASURES) + " |"]
     for n in names:
         runs = results[n]
@@ -718,7 +731,17 @@ def rows_json(results: dict, refs: dict, names, test_key: str) -> dict:
         per_seed[n] = [{"seed": int(s), "train_s": r["info"]["train_s"],
                         **{m: summarize(r[test_key][m]) for m in MEASURES}} for s, r in runs.items()]
     ref = {k: {m: summarize(v[test_key][m]) for m in MEASURES} for k, v in refs.items()}
-    return {"rows": rows, "seeds": per_seed, "mean_face": ref["mean face"], "floor": ref["true parameters (floor)"]}
+    return {"rows": rows, "seeds": per_seed, "mean_face": ref["mean face"], "floor": ref["true parameters (floor)"],
+            "floor_mean_head_size": ref.get("true parameters, mean head size")}
+
+
+def target_ratios(results: dict, refs: dict, names, test_key: str, measure: str = "geometric_mm") -> dict:
+    """Each row's ``measure`` (mean over seeds) divided by the mean face's, and the same ratio for the
+    reference rows: ``{row: ratio}`` (issue 15's acceptance measure: below 1 is better than no face)."""
+    mf = summarize(refs["mean face"][test_key][measure])["mean"]
+    out = {n: float(seed_means(results[n], test_key, measure).mean() / mf) for n in names}
+    out.update({n: summarize(r[test_key][measure])["mean"] / mf for n, r in refs.items() if n != "mean face"})
+    return out
 
 
 def curves_json(results: dict, names) -> dict:

@@ -463,7 +463,7 @@ def test_aligned_geometry_reference_rows_and_verdicts(model):
     assert c["geometric_mm"]["better_seeds"] == 2 and c["iou_pct"]["better_seeds"] == 0  # IoU: higher is better
     assert "better for every seed" in verdict(c, "a", "b", "synthetic")
     md = table1_markdown(results, refs, ["a", "b"], "synthetic")
-    assert md.count("\n") == 5 and "*mean face*" in md
+    assert md.count("\n") == 6 and "*mean face*" in md and "*true parameters, mean head size*" in md
 
 
 def test_size_share_finds_the_head_size_component(model):
@@ -471,3 +471,25 @@ def test_size_share_finds_the_head_size_component(model):
 
     assert size_share(model, 0) > 0.9  # the open model's first shape component is head size
     assert size_share(model, 1) < 0.5
+
+
+def test_train_row_with_the_issue_15_options_is_bit_reproducible(model, tmp_path, monkeypatch):
+    from facelib.inversefacenet import curve_eval, train_row
+
+    cfg = dict(size=32, iters=6, batch=4, lr=3e-3, alexnet_width=0.05, alexnet_fc=16, resnet_width=0.05,
+               resnet_blocks=(1, 1, 1, 1), breed_rounds=2, norm="batch", standardize=True, dropout=0.0,
+               schedule="cosine", warmup=0.2, curve_every=3)
+    corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
+    test = make_test_set(model, "synthetic", 4, seed=3, size=32)
+    nets, infos = [], []
+    for k in range(2):  # two empty caches: both runs train from scratch
+        monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / str(k)))
+        net, info = train_row(model, cfg, "+ model-space loss, RMS units", corpus, seed=5, progress=False,
+                              eval_fn=curve_eval(model, {"synthetic": test}, 2), curve_key="t")
+        assert not info["cached"]
+        nets.append(net), infos.append(info)
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()))
+    assert infos[0]["loss"] == infos[1]["loss"]
+    assert [r["iter"] for r in infos[0]["curve"]] == [0, 3, 6]
+    assert [r["synthetic_geometric_mm"] for r in infos[0]["curve"]] == [r["synthetic_geometric_mm"]
+                                                                        for r in infos[1]["curve"]]
