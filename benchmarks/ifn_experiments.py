@@ -36,6 +36,12 @@ VARIANTS = {
     "best": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3),
     "best+msl_rms": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3,
                          loss="model_space_rms"),
+    "best+vertex": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3, dropout=0.0,
+                        loss="vertex"),
+    "best+vertex_nosize": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3,
+                               dropout=0.0, loss="vertex_nosize"),
+    "best+msl_rms+fresh+aug": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3,
+                                   dropout=0.0, loss="model_space_rms", fresh=True, augment=AUG),
     "best+fresh": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3, fresh=True),
     "standardize": dict(standardize=True),
     "bn": dict(norm="batch"),
@@ -86,7 +92,8 @@ def main(argv=None):
                 corpus = _Augmented(corpus, v["augment"])
         net = ifn.make_regressor(model, cfg, v["kind"], args.seed)
         t0 = time.perf_counter()
-        log = ifn.train(net, corpus, ifn.row_loss(model, v["loss"]), cfg["iters"], cfg["batch"], cfg["lr"],
+        loss_fn = _vertex_loss(model, v["loss"]) if v["loss"].startswith("vertex") else ifn.row_loss(model, v["loss"])
+        log = ifn.train(net, corpus, loss_fn, cfg["iters"], cfg["batch"], cfg["lr"],
                         seed=args.seed, progress=False, schedule=v["schedule"], warmup=v["warmup"])
         wall = time.perf_counter() - t0
         tail = log["loss"][-100:]
@@ -108,6 +115,30 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
         rows.append(row)
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def _vertex_loss(model, name):
+    """Experiment: the mean squared vertex error over the face (mm^2, the square of the geometric error)
+    through the Gram matrix of the shape and expression bases, plus the RMS-unit model-space terms of
+    the other groups; ``vertex_nosize`` leaves out shape coefficient 1 (head size)."""
+    L = ifn.ParamLayout.from_model(model)
+    face = model.masks["face"]
+    B = torch.cat([model.shape_basis.reshape(model.n_shape, -1, 3)[:, face] * model.sigma_s[:, None, None],
+                   model.expression_basis.reshape(model.n_expression, -1, 3)[:, face]
+                   * model.sigma_e[:, None, None]]).flatten(1).double()  # Eq. 2: b_i sigma_i
+    G = (B @ B.T / face.sum()).float()  # (K, K)
+    sl = slice(L["shape"].start, L["expression"].stop)
+    sigma = ifn.model_space_weights(model, units="rms").clone()
+    sigma[sl] = 0
+    mask = torch.ones(G.shape[0])
+    if name == "vertex_nosize":
+        mask[0] = 0
+
+    def fn(p, theta):
+        d = (p - theta)[:, sl] * mask
+        geo = torch.einsum("bk,kl,bl->b", d, G, d).mean()
+        return geo * 2500 + ((p - theta) * sigma).square().sum(-1).mean()  # 2500 = omega_s^2
+    return fn
 
 
 class _Augmented:
