@@ -172,24 +172,17 @@ def render_crops(model, theta: torch.Tensor, size: int, render_size: int | None 
 
 def augment_crops(crop: torch.Tensor, mask: torch.Tensor, seed: int, blur_px=(0.0, 1.0),
                   noise_std=(0.0, 0.025), jpeg_quality=(35, 95)) -> torch.Tensor:
-    """Camera-like degradations of network crops, so that a network trained on clean renders does not
-    depend on their cleanness: Gaussian blur (sigma ``U(blur_px)``), sensor noise (std ``U(noise_std)``)
+    """Camera-like degradations of network crops (:func:`facelib.wild.degrade` with these ranges), so
+    that a network trained on clean renders does not depend on their cleanness: Gaussian blur (sigma ``U(blur_px)``), sensor noise (std ``U(noise_std)``)
     and a JPEG round trip (quality ``U(jpeg_quality)``), each face drawn from ``seed``; the
     background stays 0.  They change no parameter of the face, so the labels stay exact.
 
     ``crop (B, 3, N, N)`` in [0, 1], ``mask (B, N, N)`` bool -> ``(B, 3, N, N)`` in [0, 1].
     """
-    from .wild import _gaussian_blur, _jpeg, _u
+    from .wild import degrade
 
-    g = torch.Generator().manual_seed(int(seed))
-    out = []
-    for img in crop:
-        img = _gaussian_blur(img, float(_u(g, (1,), *blur_px)))
-        img = (img + float(_u(g, (1,), *noise_std)) * torch.randn(img.shape, generator=g,
-                                                                   dtype=torch.float64).to(img)).clamp(0, 1)
-        q = int(torch.randint(jpeg_quality[0], jpeg_quality[1] + 1, (1,), generator=g))
-        out.append(_jpeg(img, q))
-    return torch.stack(out) * mask[:, None].to(crop.dtype)
+    out = degrade(crop, int(seed), blur_px=blur_px, noise_std=noise_std, jpeg_quality=jpeg_quality)
+    return out * mask[:, None].to(crop.dtype)
 
 
 class FreshCorpus:

@@ -226,8 +226,8 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
                                                                                              iters, seed)
     bar = tqdm(draw, total=iters, desc=desc, disable=not progress)
     for i, idx in enumerate(bar):
-        if eval_fn is not None and eval_every and i % eval_every == 0:
-            record(i)
+        if eval_fn is not None and eval_every and i % eval_every == 0 and (i > 0 or start_iter == 0):
+            record(i)  # a continued run (start_iter > 0) starts where the previous call's last point was
         for group in opt.param_groups:
             group["lr"] = lr_at(start_iter + i, total, lr, schedule, warmup)
         x, theta = corpus.batch(idx)
@@ -332,8 +332,7 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
                     eval_every=eval_every or iters)  # step 4
         before = t_round - t0 - spent_eval  # training seconds of the run so far
         spent_eval += (time.perf_counter() - t_round) - log["train_s"]
-        history["curve"] += [dict(r, train_s=before + r["train_s"]) for r in log["curve"]
-                             if r["iter"] > start_iter + k * iters]
+        history["curve"] += [dict(r, train_s=before + r["train_s"]) for r in log["curve"]]
         opt_state = log["optimizer"]
         history["theta_r"].append(theta_r)
         history["children"].append(kids.cpu())
@@ -652,6 +651,18 @@ def seed_means(runs: dict, test_key: str, measure: str) -> np.ndarray:
     return np.array([summarize(r[test_key][measure])["mean"] for r in runs.values()])
 
 
+def _row_summary(runs: dict, test_key: str) -> dict:
+    """One row over its training seeds: ``train_iters``, mean ``train_s`` and ``test_ms``, ``n_seeds``
+    and each measure's ``{mean, std}`` over the per-seed test-set means."""
+    row = {"train_iters": next(iter(runs.values()))["info"]["iters"],
+           "train_s": float(np.mean([r["info"]["train_s"] for r in runs.values()])),
+           "test_ms": float(np.mean([r[test_key]["test_ms"] for r in runs.values()])), "n_seeds": len(runs)}
+    for m in MEASURES:
+        v = seed_means(runs, test_key, m)
+        row[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+    return row
+
+
 def table1_markdown(results: dict, refs: dict, names, test_key: str) -> str:
     """Table 1 in the paper's layout for one test set: each row's mean over its training seeds of the
     test-set mean, +- the standard deviation over seeds; then the reference rows (mean over the test
@@ -663,15 +674,10 @@ def table1_markdown(results: dict, refs: dict, names, test_key: str) -> str:
     head = ("| approach | seeds | iters | train [s] | test [ms] | " + " | ".join(short[m] for m in MEASURES) + " |")
     lines = [head, "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in MEASURES) + " |"]
     for n in names:
-        runs = results[n]
-        first = next(iter(runs.values()))
-        cells = []
-        for m in MEASURES:
-            v = seed_means(runs, test_key, m)
-            cells.append(f"{v.mean():.2f} ± {v.std(ddof=1) if v.size > 1 else 0.0:.2f}")
-        t_s = np.mean([r["info"]["train_s"] for r in runs.values()])
-        t_ms = np.mean([r[test_key]["test_ms"] for r in runs.values()])
-        lines.append(f"| {n} | {len(runs)} | {first['info']['iters']} | {t_s:.0f} | {t_ms:.2f} | " + " | ".join(cells) + " |")
+        r = _row_summary(results[n], test_key)
+        cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in MEASURES]
+        lines.append(f"| {n} | {r['n_seeds']} | {r['train_iters']} | {r['train_s']:.0f} | {r['test_ms']:.2f} | "
+                     + " | ".join(cells) + " |")
     for n, r in refs.items():
         cells = [f"{summarize(r[test_key][m])['mean']:.2f} ± {summarize(r[test_key][m])['std']:.2f}" for m in MEASURES]
         lines.append(f"| *{n}* | - | - | - | - | " + " | ".join(cells) + " |")
@@ -721,13 +727,7 @@ def rows_json(results: dict, refs: dict, names, test_key: str) -> dict:
     rows, per_seed = [], {}
     for n in names:
         runs = results[n]
-        row = {"name": n, "train_iters": next(iter(runs.values()))["info"]["iters"],
-               "train_s": float(np.mean([r["info"]["train_s"] for r in runs.values()])),
-               "test_ms": float(np.mean([r[test_key]["test_ms"] for r in runs.values()])), "n_seeds": len(runs)}
-        for m in MEASURES:
-            v = seed_means(runs, test_key, m)
-            row[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
-        rows.append(row)
+        rows.append({"name": n, **_row_summary(runs, test_key)})
         per_seed[n] = [{"seed": int(s), "train_s": r["info"]["train_s"],
                         **{m: summarize(r[test_key][m]) for m in MEASURES}} for s, r in runs.items()]
     ref = {k: {m: summarize(v[test_key][m]) for m in MEASURES} for k, v in refs.items()}

@@ -224,16 +224,20 @@ def _jpeg(img: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.from_numpy(out.copy()).permute(2, 0, 1).to(img) / 255.0
 
 
-def degrade(image: torch.Tensor, seed: int, jpeg: bool = True) -> torch.Tensor:
-    """Camera degradations of ``(B, 3, H, W)`` in [0, 1]: Gaussian blur (sigma 0-1 px), sensor noise
-    (std 0.004-0.025) and a JPEG round trip (quality 35-90).  Returns the same shape."""
+def degrade(image: torch.Tensor, seed: int, jpeg: bool = True, blur_px=None, noise_std=None,
+            jpeg_quality=None) -> torch.Tensor:
+    """Camera degradations of ``(B, 3, H, W)`` in [0, 1]: Gaussian blur (sigma ``U(blur_px)``, default
+    0-1 px), sensor noise (std ``U(noise_std)``, default 0.004-0.025) and a JPEG round trip (quality
+    ``U(jpeg_quality)``, default 35-90), each image drawn from ``seed``.  Returns the same shape."""
     g, w = _gen(seed), WILD
+    blur_px, noise_std = blur_px or w["blur_px"], noise_std or w["noise_std"]
+    jpeg_quality = jpeg_quality or w["jpeg_quality"]
     out = []
     for img in image:
-        img = _gaussian_blur(img, float(_u(g, (1,), *w["blur_px"])))
-        img = (img + float(_u(g, (1,), *w["noise_std"])) * torch.randn(img.shape, generator=g,
-                                                                         dtype=torch.float64).to(img)).clamp(0, 1)
-        q = int(torch.randint(w["jpeg_quality"][0], w["jpeg_quality"][1] + 1, (1,), generator=g))
+        img = _gaussian_blur(img, float(_u(g, (1,), *blur_px)))
+        img = (img + float(_u(g, (1,), *noise_std)) * torch.randn(img.shape, generator=g,
+                                                                   dtype=torch.float64).to(img)).clamp(0, 1)
+        q = int(torch.randint(jpeg_quality[0], jpeg_quality[1] + 1, (1,), generator=g))
         out.append(_jpeg(img, q) if jpeg else img)
     return torch.stack(out)
 
