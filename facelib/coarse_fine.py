@@ -11,7 +11,8 @@ The pipeline, as the paper reads:
   the z-buffered depth, the PNCC and the normal map (the feedback channels, Sec. 3.2.1).
 * **CoarseNet** (Sec. 3.3, :class:`CoarseNet`): a small ResNet on the grey image masked by the visible
   region of the feedback plus the PNCC and normal map (7 channels) -> ``r``.  Trained on synthetic
-  data with ``r_t = beta r_gt + (1 - beta) r_rnd`` (Eq. 3, :func:`feedback_state`) to predict ``r_gt``
+  data with ``r_t = beta r_gt + (1 - beta) r_rnd`` (Eq. 3, :func:`feedback_state`, half of the states
+  at the inference start ``r_t = 0``) to predict ``r_gt``
   (as ``r_t`` plus a correction, :func:`coarse_step`), with the GMSE (Eq. 4, :func:`gmse`) on the
   geometry plus an MSE on the pose weighted to equal initial error (:func:`train_coarsenets`); at test
   time it starts from ``r_0 = 0`` and is iterated (:func:`coarse_iterate`, Sec. 3.4).
@@ -26,7 +27,9 @@ The pipeline, as the paper reads:
   :func:`train_finenet` trains FineNet on CoarseNet's output and :func:`train_end_to_end` fine-tunes
   CoarseNet through the rendering layer with a fidelity term to its original output.
 * **Evaluation** (Table 1, :func:`depth_errors`): depth error, mean and 90th percentile in mm, on
-  held-out faces with fine detail (:mod:`facelib.detail`) and their ground-truth depth maps.
+  held-out faces with fine detail (:mod:`facelib.detail`) and their ground-truth depth maps; the
+  geometry of the coefficients, raw and similarity-aligned (:func:`geometry_errors`), next to the
+  mean face and the best a picture allows (:func:`geometry_references`).
 
 The open model is procedural and our CPU is small, so the profiles of the book chapter use the first
 components of the model only (the paper: 200 identity + 84 expression coefficients) and images of
@@ -37,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import math
+import time
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -53,7 +57,8 @@ from .shading import shade, vertex_normals
 from . import sfs
 
 __all__ = [
-    "CoarseSpace", "View", "POSE_NAMES", "POSE_UNITS", "POSE_PRIOR", "FRAME_MM", "N_TEXTURE",
+    "CoarseSpace", "View", "POSE_NAMES", "POSE_UNITS", "POSE_PRIOR", "FRAME_MM", "N_TEXTURE", "P_START",
+    "P_EXACT", "MASK_DILATE", "geometry_errors", "geometry_references",
     "render_view", "depth_from_screen", "rendering_layer", "texture_maps", "sample_r", "sample_appearance",
     "feedback_state", "coarse_input", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
     "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "make_faces", "finenet_data",
@@ -69,7 +74,14 @@ POSE_UNITS = (math.radians(30.0), math.radians(30.0), math.radians(30.0), 0.1, 0
 POSE_PRIOR = (0.5, 1.0, 1.0 / 3.0, 0.5, 0.5, 0.8)
 FRAME_MM = 230.0  # at r = 0 the image spans FRAME_MM millimetres (the mean face is 200 mm tall)
 N_TEXTURE = 10  # texture components of the SfS albedo subspace (Sec. 4.3.1)
-P_START = 0.25  # share of training feedback states drawn at r_rnd = 0, the inference start
+P_START = 0.25  # share of training feedback states drawn at r_rnd = 0 (r_t = beta r_gt)
+# share of training feedback states that are the inference start itself, r_t = 0 exactly: the first pass
+# at test time sees the feedback of the centred frontal mean face, which Eq. 3 draws with probability 0
+# (issue 17: without these states the first pass does not learn; benchmarks/cf_experiments.py)
+P_EXACT = 0.5
+# the image mask of CoarseNet's input (coarse_input): None = no mask (measured best at our scale,
+# benchmarks/cf_experiments.py); 0 = the feedback's face pixels exactly, as the paper
+MASK_DILATE = None
 
 
 def _grey(rgb: torch.Tensor) -> torch.Tensor:
@@ -276,23 +288,43 @@ def sample_appearance(space: CoarseSpace, batch: int, seed) -> dict:
     return dict(theta_r=theta_r.to(**to), gamma=gamma.to(**to), background=bg.to(**to))
 
 
-def feedback_state(space: CoarseSpace, r_gt: torch.Tensor, seed) -> torch.Tensor:
-    """Eq. 3: ``r_t = beta r_gt + (1 - beta) r_rnd``, ``beta ~ U(0, 1)``, ``r_rnd`` from the prior,
-    and ``r_rnd = 0`` (the inference start ``r_0``) for a share ``P_START`` of the samples."""
+def feedback_state(space: CoarseSpace, r_gt: torch.Tensor, seed, p_exact: float = P_EXACT,
+                   p_start: float = P_START) -> torch.Tensor:
+    """Eq. 3: ``r_t = beta r_gt + (1 - beta) r_rnd``, ``beta ~ U(0, 1)``, ``r_rnd`` from the prior;
+    for a share ``p_exact`` of the samples ``r_t = 0`` (the inference start ``r_0`` itself, the first
+    pass's input) and for a share ``p_start`` of the others ``r_rnd = 0`` (``r_t = beta r_gt``, on the
+    way from the start to the truth).  ``r_gt (B, P)`` -> ``r_t (B, P)``."""
+    if not (0 <= p_exact <= 1 and 0 <= p_start <= 1):
+        raise ValueError(f"p_exact={p_exact}, p_start={p_start}: shares must lie in [0, 1]")
     g = _gen(seed)
     B = r_gt.shape[0]
     r_rnd = sample_r(space, B, g)
-    start = torch.rand(B, generator=g, dtype=torch.float64) < P_START
+    u = torch.rand(B, generator=g, dtype=torch.float64)
+    exact = u < p_exact
+    start = (u - p_exact) < p_start * (1 - p_exact)  # a share p_start of the rest (and the exact ones)
     r_rnd[start.to(r_rnd.device)] = 0.0
     beta = torch.rand(B, 1, generator=g, dtype=torch.float64).to(r_gt)
+    beta[exact.to(beta.device)] = 0.0
     return beta * r_gt + (1 - beta) * r_rnd  # Eq. 3
 
 
-def coarse_input(image: torch.Tensor, feedback: View) -> torch.Tensor:
+def coarse_input(image: torch.Tensor, feedback: View, mask_dilate: float | None = MASK_DILATE) -> torch.Tensor:
     """CoarseNet's input ``(B, 7, H, W)``: the grey image masked by the visible region of the feedback
-    (Sec. 3.4), centred, then the PNCC and the normal map (Sec. 3.2.1)."""
+    (Sec. 3.4), centred, then the PNCC and the normal map (Sec. 3.2.1).
+
+    ``mask_dilate``: 0 masks the image by the feedback's face pixels exactly (the paper); ``d > 0``
+    by that region grown by ``round(d W)`` pixels; None does not mask the image.  At 48 pixels the exact
+    mask of the first pass (the mean face) cuts off the face's outline, the strongest cue for pose and
+    shape at that size, and CoarseNet learns no shape (:data:`MASK_DILATE`)."""
     m = feedback.mask[:, None].to(image.dtype)
-    return torch.cat([(image - 0.5) * m, feedback.pncc * 2 - m, feedback.normal_map], 1)
+    if mask_dilate is None:
+        mi = torch.ones_like(m)
+    elif mask_dilate < 0:
+        raise ValueError(f"mask_dilate must be >= 0 or None; got {mask_dilate}")
+    else:
+        k = int(round(mask_dilate * image.shape[-1]))
+        mi = F.max_pool2d(m, 2 * k + 1, 1, k) if k else m
+    return torch.cat([(image - 0.5) * mi, feedback.pncc * 2 - m, feedback.normal_map], 1)
 
 
 # ------------------------------------------------------------------------------------- losses
@@ -303,6 +335,36 @@ def gmse(alpha_hat: torch.Tensor, alpha: torch.Tensor, gram: torch.Tensor) -> to
     """
     d = alpha_hat - alpha
     return ((d @ gram.to(d.dtype)) * d).sum(1)
+
+
+def geometry_errors(space: CoarseSpace, alpha_hat: torch.Tensor, alpha: torch.Tensor) -> dict:
+    """Geometric error of the estimated coefficients ``alpha_hat (B, K)`` against ``alpha (B, K)`` over
+    the face vertices, two ways, each ``(B,)`` mm:
+
+    * ``rmse_mm``: the RMS vertex distance, ``sqrt`` of the GMSE (Eq. 4, :func:`gmse`);
+    * ``aligned_mm``: the same after the similarity transform (scale, rotation, translation) that
+      best maps the estimate onto the truth (:func:`facelib.metrics.similarity_align`), as NoW-style
+      benchmarks measure.  Under weak perspective (Eq. 2) a uniformly larger head and a larger camera
+      scale give the same image, so the head's size cannot be read from the picture; the open model's
+      first identity component is mostly that size (:func:`facelib.inversefacenet.size_share`).
+    """
+    from .metrics import similarity_align
+    fv = space.face_vertices
+    S_hat, S = space.geometry(alpha_hat)[:, fv], space.geometry(alpha)[:, fv]
+    aligned = similarity_align(S_hat.double(), S.double())[0]
+    return {"rmse_mm": gmse(alpha_hat, alpha, space.gram).clamp_min(0).sqrt(),
+            "aligned_mm": (aligned - S.double()).square().sum(-1).mean(1).sqrt().to(alpha.dtype)}
+
+
+def geometry_references(space: CoarseSpace, alpha: torch.Tensor) -> dict:
+    """The reference rows of CoarseNet's tables for true coefficients ``alpha (B, K)``:
+    ``"mean face"`` (``alpha_hat = 0``) and ``"true coefficients, mean head size"`` (the first identity
+    coefficient, the head size no image shows, set to 0: about the best an estimate from the picture
+    can score in ``rmse_mm``).  Returns ``{row: geometry_errors(...)}``."""
+    size_free = alpha.clone()
+    size_free[:, 0] = 0
+    return {"mean face": geometry_errors(space, torch.zeros_like(alpha), alpha),
+            "true coefficients, mean head size": geometry_errors(space, size_free, alpha)}
 
 
 def coarse_loss(space: CoarseSpace, r_hat: torch.Tensor, r_gt: torch.Tensor, kind: str = "gmse",
@@ -348,13 +410,16 @@ class CoarseNet(nn.Module):
     (stride 2 from the second stage on), average pooling to a ``GRID x GRID`` map (not to one value per
     channel: where the face and its feedback lie is what the pose correction needs) and a linear layer
     whose small initial weights make the first correction close to 0 (:func:`coarse_step` adds it to
-    the current estimate).
+    the current estimate).  ``mask_dilate`` is the input's image mask (:func:`coarse_input`), kept with
+    the network so that training and iterating use the same one.
     """
 
     GRID = 4
 
-    def __init__(self, n_params: int, width: int = 16, blocks=(1, 1, 1, 1), in_channels: int = 7):
+    def __init__(self, n_params: int, width: int = 16, blocks=(1, 1, 1, 1), in_channels: int = 7,
+                 mask_dilate: float | None = MASK_DILATE):
         super().__init__()
+        self.mask_dilate = mask_dilate  # how its input image is masked (coarse_input), part of the net
         chans = [width * k for k in (1, 2, 4, 8)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 5, 2, 2, bias=False), nn.BatchNorm2d(width),
                                   nn.ReLU(inplace=True))
@@ -465,11 +530,12 @@ def coarse_step(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: to
     feedback of Carreira et al. that Sec. 3.2 follows; the sum is the prediction of ``r_gt``.
     ``image (B, 1, N, N)``, ``r_t (B, K + 6)`` -> ``(B, K + 6)``."""
     fb = render_view(space, r_t.detach(), image_size or image.shape[-1])
-    return r_t + net(coarse_input(image, fb))
+    return r_t + net(coarse_input(image, fb, net.mask_dilate))
 
 
 def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, image_size: int, seed: int = 0,
-                     lr: float = 1e-3, progress: bool = True) -> dict:
+                     lr: float = 1e-3, progress: bool = True, eval_fn=None, eval_every: int = 0,
+                     p_exact: float = P_EXACT) -> dict:
     """Train CoarseNets on synthetic faces (Sec. 3.2.2): each step draws ``r_gt`` and renders it with a
     random appearance, draws a feedback state ``r_t`` (Eq. 3), renders its PNCC and normal map, and
     regresses ``r_gt`` (:func:`coarse_step`).  ``nets``: name -> ``(CoarseNet, kind)`` with ``kind``
@@ -477,21 +543,41 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
     criteria are compared on equal data.  Each net's pose weight equalises its geometry and pose terms on
     the first batch (Sec. 3.3).  Adam, cosine-decayed learning rate.  Returns name -> history (per-step
     ``loss``, ``geometry`` (the GMSE, mm^2, whatever the criterion), ``pose``, ``pose_weight``).
+
+    ``p_exact``: the share of feedback states at the inference start (:func:`feedback_state`).
+    ``eval_fn(net) -> dict`` of numbers (held-out errors), called in eval mode every ``eval_every``
+    steps and after the last, fills ``curve``: ``[{step, train_s, **eval_fn(net)}]`` per net, where
+    ``train_s`` is the training time so far (all nets together, evaluation excluded) divided by the
+    number of nets: a learning curve against training time.
     """
     g = _gen(seed)
     opts = {k: torch.optim.Adam(net.parameters(), lr=lr) for k, (net, _) in nets.items()}
     scheds = {k: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps, eta_min=lr * 0.05) for k, o in opts.items()}
-    hist = {k: dict(loss=[], geometry=[], pose=[], pose_weight=None) for k in nets}
+    hist = {k: dict(loss=[], geometry=[], pose=[], pose_weight=None, curve=[]) for k in nets}
+    clock = 0.0
+
+    def evaluate(step):
+        for k, (net, _) in nets.items():
+            net.eval()
+            with torch.no_grad():
+                hist[k]["curve"].append(dict(step=step, train_s=round(clock / len(nets), 2), **eval_fn(net)))
+            net.train()
+
     for net, _ in nets.values():
         net.train()
-    for _ in _progress(range(steps), steps, "CoarseNet", progress):
+    if eval_fn is not None:
+        evaluate(0)
+    for step in _progress(range(steps), steps, "CoarseNet", progress):
+        t0 = time.perf_counter()
         r_gt, view, _, _ = make_faces(space, batch, g, image_size)
-        r_t = feedback_state(space, r_gt, g)
+        r_t = feedback_state(space, r_gt, g, p_exact)
         fb = render_view(space, r_t, image_size)
-        x = coarse_input(view.image, fb)
+        xs = {}
         for k, (net, kind) in nets.items():
             h = hist[k]
-            r_hat = r_t + net(x)  # coarse_step with the feedback rendered once for all nets
+            if net.mask_dilate not in xs:
+                xs[net.mask_dilate] = coarse_input(view.image, fb, net.mask_dilate)
+            r_hat = r_t + net(xs[net.mask_dilate])  # coarse_step with the feedback rendered once for all nets
             if h["pose_weight"] is None:  # equal initial error for both criteria (Sec. 3.3)
                 _, geo0, pose0 = coarse_loss(space, r_hat.detach(), r_gt, kind)
                 h["pose_weight"] = float(geo0.mean() / pose0.mean().clamp_min(1e-12))
@@ -503,15 +589,20 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
             h["loss"].append(float(loss.detach()))
             h["geometry"].append(float(gmse(*(space.split(x_)[0] for x_ in (r_hat.detach(), r_gt)), space.gram).mean()))
             h["pose"].append(float(pose.detach().mean()))
+        clock += time.perf_counter() - t0
+        if eval_fn is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
+            evaluate(step + 1)
     for net, _ in nets.values():
         net.eval()
     return hist
 
 
 def train_coarsenet(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int = 0,
-                    kind: str = "gmse", lr: float = 1e-3, progress: bool = True) -> dict:
+                    kind: str = "gmse", lr: float = 1e-3, progress: bool = True, eval_fn=None,
+                    eval_every: int = 0, p_exact: float = P_EXACT) -> dict:
     """:func:`train_coarsenets` for one network; returns its history."""
-    return train_coarsenets(space, {kind: (net, kind)}, steps, batch, image_size, seed, lr, progress)[kind]
+    return train_coarsenets(space, {kind: (net, kind)}, steps, batch, image_size, seed, lr, progress, eval_fn,
+                            eval_every, p_exact)[kind]
 
 
 @torch.no_grad()
@@ -631,7 +722,7 @@ def train_end_to_end(space: CoarseSpace, coarse: CoarseNet, fine: FineNet, steps
         fs = fine_size or image_size
         image = view.image if fs == image_size else render_view(space, r_gt, fs, app, disp, app["background"]).image
         rs = coarse_iterate(space, coarse, view.image, iterations - 1, image_size)
-        x = coarse_input(view.image, render_view(space, rs[-1], image_size))
+        x = coarse_input(view.image, render_view(space, rs[-1], image_size), coarse.mask_dilate)
         r = rs[-1] + coarse(x)  # the last pass (coarse_step), with gradients
         with torch.no_grad():
             r_orig = rs[-1] + original(x)

@@ -35,6 +35,7 @@ from .shading import N_SH, sh_basis, shade
 __all__ = [
     "histogram_figure",
     "curves_figure",
+    "running_mean",
     "BOOK_RENDERER",
     "setup_plotly",
     "hex_colors",
@@ -543,6 +544,14 @@ def curves_figure(series: dict, title: str, xaxis: str, yaxis: str, log_y: bool 
     if log_y:
         fig.update_yaxes(type="log")
     return fig
+
+
+def running_mean(y, k: int = 25) -> np.ndarray:
+    """Running mean of a per-step series ``y (n,)`` over ``k`` steps (at most a quarter of ``n``), for
+    training plots; ``(n - k + 1,)``."""
+    y = np.asarray(y, dtype=float)
+    k = max(1, min(int(k), len(y) // 4 or 1))
+    return np.convolve(y, np.ones(k) / k, mode="valid")
 
 
 def learning_curves_figure(curves: dict, levels: dict, series: str, title: str, yaxis: str,

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from facelib import sfs
-from facelib.coarse_fine import (FineNet, CoarseNet, CoarseSpace, P_START, align_depth, coarse_input,
+from facelib.coarse_fine import (FineNet, CoarseNet, CoarseSpace, P_EXACT, P_START, align_depth, coarse_input,
                                  coarse_iterate, coarse_loss, coarse_step, depth_errors, depth_from_screen,
-                                 feedback_state, finenet_data, finenet_refine, gmse, make_faces,
+                                 feedback_state, finenet_data, finenet_refine, geometry_errors,
+                                 geometry_references, gmse, make_faces,
                                  render_view, rendering_layer, sample_appearance, sample_r,
                                  texture_maps, train_coarsenet, train_end_to_end, train_finenet)
 from facelib.detail import detail_displacement
@@ -98,11 +99,53 @@ def test_feedback_state_is_eq3(space):
     r_gt = sample_r(space, 400, 0)
     r_t = feedback_state(space, r_gt, 1)
     assert torch.equal(r_t, feedback_state(space, r_gt, 1))
-    # the inference start state (r_rnd = 0) for about P_START of the samples: r_t = beta r_gt
-    ratio = r_t / r_gt
+    # the inference start itself (r_t = 0) for about P_EXACT of the samples
+    exact = (r_t == 0).all(1)
+    assert abs(exact.float().mean() - P_EXACT) < 0.07
+    # of the others, r_rnd = 0 (r_t = beta r_gt, 0 < beta <= 1) for about P_START
+    ratio = r_t[~exact] / r_gt[~exact]
     prop = (ratio - ratio[:, :1]).abs().max(1).values < 1e-5
-    assert abs(prop.float().mean() - P_START) < 0.07
+    assert abs(prop.float().mean() - P_START) < 0.1
     assert ((ratio[prop, 0] >= 0) & (ratio[prop, 0] <= 1)).all()
+    # p_exact = 0, p_start = 0: Eq. 3 alone, never a proportional state
+    r_3 = feedback_state(space, r_gt, 1, p_exact=0.0, p_start=0.0)
+    ratio = r_3 / r_gt
+    assert not ((ratio - ratio[:, :1]).abs().max(1).values < 1e-5).any()
+    with pytest.raises(ValueError, match="shares"):
+        feedback_state(space, r_gt, 1, p_exact=1.5)
+
+
+def test_geometry_errors_against_the_meshes(space):
+    a = sample_r(space, 6, 0)[:, :space.n_geometry]
+    a_hat = sample_r(space, 6, 1)[:, :space.n_geometry]
+    e = geometry_errors(space, a_hat, a)
+    fv = space.face_vertices
+    brute = (space.geometry(a_hat)[:, fv] - space.geometry(a)[:, fv]).square().sum(-1).mean(1).sqrt()
+    assert torch.allclose(e["rmse_mm"], brute, rtol=1e-4)
+    assert (e["aligned_mm"] <= e["rmse_mm"] + 1e-4).all()
+    assert geometry_errors(space, a, a)["rmse_mm"].abs().max() < 1e-3
+    # the first identity component is mostly a uniform scale: alignment removes most of its error
+    size = torch.zeros_like(a)
+    size[:, 0] = 2.0
+    e0 = geometry_errors(space, size, torch.zeros_like(a))
+    assert (e0["aligned_mm"] < 0.3 * e0["rmse_mm"]).all()
+    refs = geometry_references(space, a)
+    assert torch.allclose(refs["mean face"]["rmse_mm"], geometry_errors(space, torch.zeros_like(a), a)["rmse_mm"])
+    assert (refs["true coefficients, mean head size"]["rmse_mm"] <= refs["mean face"]["rmse_mm"] + 1e-4).all()
+
+
+def test_coarse_input_masks(space):
+    r_gt, view, _, _ = make_faces(space, 2, 0, 32)
+    fb = render_view(space, torch.zeros_like(r_gt), 32)
+    exact, grown, none = (coarse_input(view.image, fb, d) for d in (0.0, 3 / 32, None))
+    m = fb.mask[:, None]
+    assert torch.equal(exact[:, :1], (view.image - 0.5) * m)
+    assert torch.equal(none[:, :1], view.image - 0.5)
+    inside = grown[:, :1] != 0
+    assert (inside | ~m).all() and inside.sum() > (exact[:, :1] != 0).sum()
+    assert torch.equal(exact[:, 1:], none[:, 1:])  # the feedback channels do not depend on the mask
+    with pytest.raises(ValueError, match="mask_dilate"):
+        coarse_input(view.image, fb, -1.0)
 
 
 def test_renders_agree_with_the_sfs_conventions(open_model):
@@ -185,8 +228,15 @@ def test_depth_errors_align_a_constant_offset():
 def test_training_loops_run_and_end_to_end_reaches_coarsenet(open_model, space):
     torch.manual_seed(0)
     net = CoarseNet(space.n_params, width=8)
-    hist = train_coarsenet(space, net, 2, 4, 32, seed=0, progress=False)
-    assert len(hist["loss"]) == 2 and hist["pose_weight"] > 0
+    calls = []
+
+    def eval_fn(n):
+        calls.append(n.training)
+        return {"x": 1.0}
+    hist = train_coarsenet(space, net, 3, 4, 32, seed=0, progress=False, eval_fn=eval_fn, eval_every=2)
+    assert len(hist["loss"]) == 3 and hist["pose_weight"] > 0
+    assert [p["step"] for p in hist["curve"]] == [0, 2, 3] and not any(calls)  # evaluated in eval mode
+    assert hist["curve"][0]["train_s"] == 0 and hist["curve"][-1]["train_s"] > 0 and net.training is False
     pool = detail_displacement(open_model, 2, 0, 2.0)
     data = finenet_data(space, net, 4, 4, 32, 2, 0, pool, sizes=(32, 64))
     assert data[("image", 64)].shape == (4, 1, 64, 64) and data["r_iters"].shape == (4, 3, space.n_params)

@@ -137,3 +137,12 @@ def test_live_panel_updates_figure_and_reports_rate(model):
     assert torch.isclose(theta[0, 1], torch.deg2rad(torch.tensor(30.0)))  # yaw beta
     fps = panel.update_rate(n=3)
     assert fps > 0 and panel.sliders["yaw"].value == 30.0 and panel.n_updates >= 2 + 3
+
+
+def test_running_mean_against_a_loop():
+    import numpy as np
+    from facelib.viz import running_mean
+    y = np.arange(40.0) ** 1.5
+    out = running_mean(y, 5)
+    assert np.allclose(out, [y[i:i + 5].mean() for i in range(36)])
+    assert np.allclose(running_mean(y[:3], 25), y[:3])  # short series: k shrinks to 1
