@@ -54,9 +54,8 @@ def run(name: str, over: dict, cfg: dict, space, iterations: int, test) -> dict:
     rows = []
     for t, r in enumerate(cf.coarse_iterate(space, net, image, iterations, N)):
         a_t, p_t = space.split(r)
-        e = cf.geometry_errors(space, a_t, a)
-        rows.append(dict(iteration=t, rmse_mm=round(float(e["rmse_mm"].square().mean().sqrt()), 3),
-                         aligned_mm=round(float(e["aligned_mm"].square().mean().sqrt()), 3),
+        e = cf.pooled_rms(cf.geometry_errors(space, a_t, a))
+        rows.append(dict(iteration=t, **{k: round(v, 3) for k, v in e.items()},
                          pose_mse=round(float((p_t - p).square().mean()), 4)))
     return dict(variant=name, settings=s, train_seconds=round(seconds, 1), iterations=rows,
                 threads=torch.get_num_threads())
@@ -75,7 +74,7 @@ def main(argv=None):
     model = facelib.load_model("open")
     space = cf.CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
     r_gt, view, _, _ = cf.make_faces(space, 128, 20_000, cfg["coarse_size"])
-    refs = {k: {m: round(float(v.square().mean().sqrt()), 3) for m, v in e.items()}
+    refs = {k: {m: round(v, 3) for m, v in cf.pooled_rms(e).items()}
             for k, e in cf.geometry_references(space, space.split(r_gt)[0]).items()}
     for name in args.variants:
         row = run(name, VARIANTS[name], cfg, space, cfg["iterations"], (r_gt, view.image))

@@ -50,6 +50,7 @@ from torch import nn
 
 from .camera import weak_perspective_project
 from .detail import apply_detail, detail_displacement
+from .metrics import similarity_align
 from .params import rot_xyz
 from .raster import Fragments, interpolate, rasterize
 from .render import pncc_colors
@@ -58,7 +59,7 @@ from . import sfs
 
 __all__ = [
     "CoarseSpace", "View", "POSE_NAMES", "POSE_UNITS", "POSE_PRIOR", "FRAME_MM", "N_TEXTURE", "P_START",
-    "P_EXACT", "MASK_DILATE", "geometry_errors", "geometry_references",
+    "P_EXACT", "MASK_DILATE", "geometry_errors", "geometry_references", "pooled_rms",
     "render_view", "depth_from_screen", "rendering_layer", "texture_maps", "sample_r", "sample_appearance",
     "feedback_state", "coarse_input", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
     "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "make_faces", "finenet_data",
@@ -348,12 +349,17 @@ def geometry_errors(space: CoarseSpace, alpha_hat: torch.Tensor, alpha: torch.Te
       scale give the same image, so the head's size cannot be read from the picture; the open model's
       first identity component is mostly that size (:func:`facelib.inversefacenet.size_share`).
     """
-    from .metrics import similarity_align
     fv = space.face_vertices
     S_hat, S = space.geometry(alpha_hat)[:, fv], space.geometry(alpha)[:, fv]
     aligned = similarity_align(S_hat.double(), S.double())[0]
     return {"rmse_mm": gmse(alpha_hat, alpha, space.gram).clamp_min(0).sqrt(),
             "aligned_mm": (aligned - S.double()).square().sum(-1).mean(1).sqrt().to(alpha.dtype)}
+
+
+def pooled_rms(errors: dict) -> dict:
+    """Per-face errors ``{name: (B,)}`` (:func:`geometry_errors`) -> ``{name: float}``, the RMS over
+    the faces (the square root of the mean squared vertex error over all faces' vertices)."""
+    return {k: float(v.square().mean().sqrt()) for k, v in errors.items()}
 
 
 def geometry_references(space: CoarseSpace, alpha: torch.Tensor) -> dict:

@@ -11,7 +11,7 @@ from facelib import sfs
 from facelib.coarse_fine import (FineNet, CoarseNet, CoarseSpace, P_EXACT, P_START, align_depth, coarse_input,
                                  coarse_iterate, coarse_loss, coarse_step, depth_errors, depth_from_screen,
                                  feedback_state, finenet_data, finenet_refine, geometry_errors,
-                                 geometry_references, gmse, make_faces,
+                                 geometry_references, gmse, make_faces, pooled_rms,
                                  render_view, rendering_layer, sample_appearance, sample_r,
                                  texture_maps, train_coarsenet, train_end_to_end, train_finenet)
 from facelib.detail import detail_displacement
@@ -129,6 +129,8 @@ def test_geometry_errors_against_the_meshes(space):
     size[:, 0] = 2.0
     e0 = geometry_errors(space, size, torch.zeros_like(a))
     assert (e0["aligned_mm"] < 0.3 * e0["rmse_mm"]).all()
+    pooled = pooled_rms(e)
+    assert pooled.keys() == e.keys() and abs(pooled["rmse_mm"] - float(brute.square().mean().sqrt())) < 1e-3
     refs = geometry_references(space, a)
     assert torch.allclose(refs["mean face"]["rmse_mm"], geometry_errors(space, torch.zeros_like(a), a)["rmse_mm"])
     assert (refs["true coefficients, mean head size"]["rmse_mm"] <= refs["mean face"]["rmse_mm"] + 1e-4).all()
