@@ -51,6 +51,7 @@ __all__ = [
     "landmark_detector",
     "photo_corpus",
     "init_translation",
+    "shift_scale",
     "loss_terms",
     "train",
     "book_corpora",
@@ -60,6 +61,10 @@ __all__ = [
     "panels",
     "mark_points",
     "evaluate",
+    "learning_curve",
+    "mean_face_error",
+    "geometric_error",
+    "fit_codes",
     "encoder_hz",
     "out_dir",
 ]
@@ -372,6 +377,28 @@ def init_translation(net: MoFA, landmarks: torch.Tensor) -> torch.Tensor:
     return net.code_offset[net.layout["translation"]].clone()
 
 
+def shift_scale(image: torch.Tensor, landmarks: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> tuple:
+    """Move and zoom the faces of a batch, image and landmarks together (training augmentation: the
+    loss is self-supervised, so a moved image with its moved landmarks is a new, consistent example).
+
+    ``image (B, 3, N, N)``, ``landmarks (B, L, 2)`` pixels (centres at +0.5), ``shift (B, 2)`` pixels,
+    ``scale (B,)``: ``u' = scale (u - N/2) + N/2 + shift``; the image is resampled bilinearly, the
+    border pixels extended.  Returns ``(image', landmarks')``."""
+    import torch.nn.functional as F
+
+    B, _, H, W = image.shape
+    if H != W or shift.shape != (B, 2) or scale.shape != (B,):
+        raise ValueError(f"image {tuple(image.shape)} must be square and shift {tuple(shift.shape)}, scale "
+                         f"{tuple(scale.shape)} must be (B, 2), (B,) for B = {B}")
+    theta = image.new_zeros(B, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, :, 2] = -2 * shift / (W * scale[:, None])
+    grid = F.affine_grid(theta, list(image.shape), align_corners=False)
+    out = F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    c = W / 2
+    return out, scale[:, None, None] * (landmarks - c) + c + shift[:, None]
+
+
 # ---------------------------------------------------------------------------------- losses
 class _LossCache:
     """Per-network constants of the loss: Eq. 14's partners (seeded)."""
@@ -427,7 +454,8 @@ def _save(path: Path, obj: dict) -> None:
 def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, batch: int = 8, seed: int = 0,
           weights: LossWeights | None = None, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 100, progress: bool = True, desc: str | None = None,
-          landmark_scale: float | None = None, threads: int | None = None) -> list:
+          landmark_scale: float | None = None, threads: int | None = None, eval_fn=None,
+          eval_every: int = 0, augment: dict | None = None) -> list:
     """Self-supervised training of ``net`` on ``corpus`` (:func:`make_corpus`; images and landmarks).
 
     Stage 1 (MoFA) uses :data:`facelib.selfsup.STAGE1` weights, stage 2 :data:`STAGE2` (or ``weights``)
@@ -436,6 +464,12 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
     ``checkpoint_every`` steps and at the end) continues exactly; a finished checkpoint just loads.
     Adam replaces the paper's AdaDelta.  ``threads``: PyTorch CPU threads for the run (set here because
     Numba's OpenMP kernels, e.g. the corpus renderer, reset the count PyTorch shares with them).
+    ``eval_fn(net) -> dict`` (e.g. held-out errors), called every ``eval_every`` steps and after the
+    last, fills the learning curve: that step's record gains ``"eval"``.  Every record carries
+    ``train_s``, the training seconds so far (evaluation excluded, kept across resumes).
+    ``augment``: ``{"shift": f, "scale": (lo, hi)}`` moves each training face by up to ``f N`` pixels
+    and zooms it by ``U(lo, hi)`` (:func:`shift_scale`, drawn from the step's seed), so a small corpus
+    shows the encoder more positions than it holds; ``None``: the corpus as it is.
     Returns the history: one dict of mean loss terms per step.
     """
     from tqdm.auto import tqdm
@@ -450,7 +484,7 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
     start, history = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None
     meta = {"config": net.config, "stage": stage, "lr": lr, "batch": batch, "seed": seed,
-            "landmark_scale": landmark_scale,
+            "landmark_scale": landmark_scale, "augment": augment,
             "corpus": [int(corpus["image"].shape[0]), round(float(corpus["landmarks"].double().sum()), 3)],
             "weights": weights.__dict__}
     if ckpt is not None and ckpt.exists():
@@ -465,11 +499,22 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
     n = corpus["image"].shape[0]
     net.train()
     bar = tqdm(range(start, steps), desc=desc or f"stage {stage}", disable=not progress, initial=start, total=steps)
+    elapsed = history[-1].get("train_s", 0.0) if history else 0.0
+    if eval_fn is not None and start == 0 and eval_every:
+        rec0 = eval_fn(net.eval())
+        net.train()
+    t_last = time.perf_counter()
     for step in bar:
         g = torch.Generator().manual_seed(seed * 1_000_003 + step)
         idx = torch.randint(0, n, (batch,), generator=g)
         image = corpus["image"][idx].to(dev)
         lm = corpus["landmarks"][idx].to(dev)
+        if augment:
+            N = image.shape[-1]
+            sh = (torch.rand(batch, 2, generator=g) * 2 - 1) * augment.get("shift", 0.0) * N
+            lo, hi = augment.get("scale", (1.0, 1.0))
+            sc = lo + (hi - lo) * torch.rand(batch, generator=g)
+            image, lm = shift_scale(image, lm, sh.to(dev), sc.to(dev))
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed * 1_000_003 + step)  # dropout masks: the same when resumed
             out = net(image, final=stage == 2)
@@ -480,15 +525,36 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
         opt.step()
         rec = {k: float(v.detach().mean()) for k, v in terms.items()}
         rec["total"] = float(loss.detach())
+        now = time.perf_counter()
+        elapsed += now - t_last
+        rec["train_s"] = round(elapsed, 3)
+        if step == 0 and eval_fn is not None and eval_every:
+            rec["eval_start"] = rec0
+        done = step + 1
+        if eval_fn is not None and eval_every and (done % eval_every == 0 or done == steps):
+            rec["eval"] = eval_fn(net.eval())
+            net.train()
         history.append(rec)
+        t_last = time.perf_counter()
         if step % 10 == 0:
             bar.set_postfix(loss=f"{rec['total']:.3g}", photo=f"{rec['photo']:.3g}", lm=f"{rec['sparse']:.3g}")
-        done = step + 1
         if ckpt is not None and (done % checkpoint_every == 0 or done == steps):
             _save(ckpt, {"meta": meta, "net": net.state_dict(), "opt": opt.state_dict(), "step": done,
                          "history": history})
     net.eval()
     return history
+
+
+def learning_curve(history: list) -> list:
+    """The points of a :func:`train` history that carry a held-out evaluation (``eval_fn``):
+    ``[{"step", "train_s", **eval}, ...]``, starting with the untrained network at 0 s when recorded."""
+    pts = []
+    for i, rec in enumerate(history):
+        if "eval_start" in rec:
+            pts.append({"step": 0, "train_s": 0.0, **rec["eval_start"]})
+        if "eval" in rec:
+            pts.append({"step": i + 1, "train_s": rec["train_s"], **rec["eval"]})
+    return pts
 
 
 # ---------------------------------------------------------------------------------- the book's runs
@@ -506,11 +572,13 @@ def book_corpora(full_model: FaceModel, cfg: dict, seed: int, keep: torch.Tensor
 
 
 def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, profile: str,
-                   progress: bool = True) -> tuple:
+                   progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
     """Stage 1 (MoFA, the base level) as the book trains it, resumable from
-    ``out/mofa/<profile>_stage1.pt``: the decimated decoder (``cfg["n_vertices"]``), the encoder
-    (``cfg["encoder"]``, ``cfg["width"]``), the translation start from the landmarks, then
-    ``cfg["steps1"]`` steps at ``cfg["lr"]`` with batch ``cfg["batch"]``.  Returns ``(net, keep, history)``."""
+    ``out/mofa/<profile>_stage1_s<seed>.pt``: the decimated decoder (``cfg["n_vertices"]``), the encoder
+    (``cfg["encoder"]``, ``cfg["width"]``, initialised with ``seed``), the translation start from the
+    landmarks, then ``cfg["steps1"]`` steps at ``cfg["lr"]`` with batch ``cfg["batch"]`` and the
+    :data:`facelib.selfsup.STAGE1` weights; ``eval_fn``, ``eval_every``: the learning curve
+    (:func:`train`).  Returns ``(net, keep, history)``."""
     config = dict(size=cfg["size"], encoder=cfg["encoder"], width=cfg["width"], n_corrective=0,
                   corrective="linear", hidden=None, seed=seed, model=full_model.name, n_vertices=cfg["n_vertices"],
                   encoder_kwargs=dict(cfg.get("encoder_kwargs", {})))
@@ -518,8 +586,8 @@ def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, de
     net = net.to(device)
     init_translation(net, corpus["landmarks"])
     hist = train(net, corpus, cfg["steps1"], 1, lr=cfg["lr"], batch=cfg["batch"], seed=seed,
-                 checkpoint=out_dir() / "mofa" / f"{profile}_stage1.pt", progress=progress, desc="stage 1 (MoFA)",
-                 threads=cfg.get("threads"))
+                 checkpoint=out_dir() / "mofa" / f"{profile}_stage1_s{seed}.pt", progress=progress,
+                 desc=f"stage 1 (MoFA, seed {seed})", threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, keep, hist
 
 
@@ -600,8 +668,51 @@ def panels(net: MoFA, image: torch.Tensor, level: str = "final") -> dict:
             "illumination": (sphere + (~disk).to(image)).clamp(0, 1)}
 
 
+def fit_codes(net: MoFA, image: torch.Tensor, landmarks: torch.Tensor, weights: LossWeights | None = None,
+              steps: int = 600, lr: float = 0.02, landmark_scale: float | None = None) -> torch.Tensor:
+    """Analysis by synthesis, the reference row of the self-supervised loss: the stage-1 loss of
+    Eq. 6-11 (:func:`loss_terms`, ``weights`` default :data:`facelib.selfsup.STAGE1`) minimised per
+    image over the code itself, no encoder, with Adam for ``steps`` steps from the network's start
+    code (``net.code_offset``: the mean face where :func:`init_translation` put it).  What an encoder
+    trained with this loss could at best regress for these images.  ``image (B, 3, N, N)``,
+    ``landmarks (B, 68, 2)`` -> code ``(B, m)`` (detached)."""
+    weights = weights or STAGE1
+    z = net.code_offset.detach().expand(image.shape[0], -1).clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    for _ in range(steps):
+        out = net.decode(z, final=False)
+        loss = e_total(loss_terms(net, out, image, landmarks, weights, 1, landmark_scale=landmark_scale),
+                       weights).sum()  # per-image problems are independent: the sum keeps their scale
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return z.detach()
+
+
 @torch.no_grad()
-def evaluate(net: MoFA, corpus: dict, batch: int = 32) -> dict:
+def mean_face_error(net: MoFA, corpus: dict, batch: int = 64) -> torch.Tensor:
+    """The reference row of every table: the geometric error (as :func:`evaluate`, similarity-aligned,
+    mm, over the face mask) of the **mean face** (shape and expression 0) against each face of
+    ``corpus`` -> ``(n,)``."""
+    dec = net.decoder
+    mean = dec.a_g.view(1, -1, 3)  # Eq. 3 with alpha = 0
+    out = []
+    for s in range(0, corpus["verts_model"].shape[0], batch):
+        gt = corpus["verts_model"][s:s + batch].to(dec.a_g.device)
+        out.append(geometric_error(mean.expand(gt.shape[0], -1, -1), gt, dec.face_mask))
+    return torch.cat(out).cpu()
+
+
+def geometric_error(v: torch.Tensor, gt: torch.Tensor, face: torch.Tensor) -> torch.Tensor:
+    """The geometric error of every table of chapters 5-6: mean vertex distance (mm) over the ``face``
+    mask ``(K,)`` of ``v (B, K, 3)`` to ``gt (B, K, 3)`` after a similarity alignment (rigid + isotropic
+    scale, Tewari et al. 2018 Sec. 7.2) -> ``(B,)``."""
+    al = similarity_align(v[:, face], gt[:, face])[0]
+    return (al - gt[:, face]).norm(dim=-1).mean(1)
+
+
+@torch.no_grad()
+def evaluate(net: MoFA, corpus: dict, batch: int = 32, codes: torch.Tensor | None = None) -> dict:
     """Errors against the wild corpus's ground truth, per image ``(n,)`` for ``base`` and ``final``:
 
     ``photometric_rgb``: mean Euclidean RGB distance (channels in [0, 1]) between the input and the
@@ -611,7 +722,10 @@ def evaluate(net: MoFA, corpus: dict, batch: int = 32) -> dict:
     ``reflectance_rgb`` (when the corpus has ``albedo``): mean RGB distance of the reflectance to the
     true painted albedo over the face mask, global shift compensated (supplement Sec. 4);
     also ``landmark_px``: mean distance of the projected landmark vertices to the true landmarks.
+    ``codes (n, m)``: score these codes (e.g. :func:`fit_codes`) instead of the encoder's.
     """
+    if codes is not None and codes.shape[0] != corpus["image"].shape[0]:
+        raise ValueError(f"{codes.shape[0]} codes for {corpus['image'].shape[0]} images")
     net.eval()
     dev = net.code_offset.device
     face = net.decoder.face_mask
@@ -619,15 +733,14 @@ def evaluate(net: MoFA, corpus: dict, batch: int = 32) -> dict:
     out = {"base": {k: [] for k in keys}, "final": {k: [] for k in keys}, "landmark_px": []}
     for s in range(0, corpus["image"].shape[0], batch):
         image = corpus["image"][s:s + batch].to(dev)
-        d = net(image)
+        d = net(image) if codes is None else net.decode(codes[s:s + batch].to(dev))
         gt = corpus["verts_model"][s:s + batch].to(dev)
         alb = corpus["albedo"][s:s + batch].to(dev)[:, face] if "albedo" in corpus else None
         lv = d.levels
         for name, pr, v, r in (("base", d.base, lv.v_b, lv.r_b), ("final", d.final, lv.v_f, lv.r_f)):
             img, mask = render_level(pr, net.decoder.triangles, net.focal, net.size)
             out[name]["photometric_rgb"].append(photometric_rgb_distance(img.clamp(0, 1), image, mask))
-            al = similarity_align(v[:, face], gt[:, face])[0]
-            out[name]["geometric_mm"].append((al - gt[:, face]).norm(dim=-1).mean(1))
+            out[name]["geometric_mm"].append(geometric_error(v, gt, face))
             if alb is not None:  # reflectance, global shift compensated (supplement Sec. 4)
                 dr = (r[:, face] - r[:, face].mean(1, keepdim=True)) - (alb - alb.mean(1, keepdim=True))
                 out[name]["reflectance_rgb"].append(dr.norm(dim=-1).mean(1))

@@ -108,10 +108,13 @@ class ResNet(nn.Module):
         out_dim: number of outputs.  size: input side N (for messages).
         width: channel multiplier (1: 64, 128, 256, 512 channels as ResNet-18).
         blocks: basic blocks per stage (``(2, 2, 2, 2)`` is ResNet-18).
+        spatial: side of the final pooled map that the fc layer reads (1: global average pool, as
+            ResNet; 2 or more keep where in the image the features are, which regressing a face's
+            position to a pixel needs).
     Shapes: ``(B, 3, N, N) -> (B, out_dim)``.
     """
 
-    def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, blocks=(2, 2, 2, 2)):
+    def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, blocks=(2, 2, 2, 2), spatial: int = 1):
         super().__init__()
         if out_dim < 1:
             raise ValueError(f"out_dim must be >= 1; got {out_dim}")
@@ -124,8 +127,10 @@ class ResNet(nn.Module):
             for j in range(n):
                 layers.append(_Block(cin, cout, 2 if (j == 0 and i > 0) else 1))
                 cin = cout
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1))
-        self.last = init_last_layer(nn.Linear(cin, out_dim))
+        if int(spatial) < 1:
+            raise ValueError(f"spatial must be >= 1; got {spatial!r}")
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(int(spatial)))
+        self.last = init_last_layer(nn.Linear(cin * int(spatial) ** 2, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.size)

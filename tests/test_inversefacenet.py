@@ -38,6 +38,21 @@ def test_encoder_shapes_and_last_layer_init(kind):
         net(torch.zeros(2, 3, 16, 16))
 
 
+def test_resnet_spatial_keeps_where_features_are():
+    torch.manual_seed(0)
+    net = ResNet(5, 64, width=0.125, blocks=(1, 1, 1, 1), spatial=2).eval()
+    assert net.last.in_features == 4 * 64  # 4 cells of the last stage's 64 channels (512 x 0.125)
+    x = torch.rand(1, 3, 64, 64)
+    h = net.features(x).flatten(1)
+    assert h.shape == (1, 4 * 64) and torch.allclose(net(x), net.last(h))
+    # the cells are the quadrants: their mean is the global average pool of spatial=1
+    g = ResNet(5, 64, width=0.125, blocks=(1, 1, 1, 1), spatial=1).eval()
+    g.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("last")}, strict=False)
+    assert torch.allclose(g.features(x).flatten(1), h.view(1, 64, 4).mean(-1), atol=1e-6)
+    with pytest.raises(ValueError, match="spatial"):
+        ResNet(5, 64, spatial=0)
+
+
 def test_make_encoder_rejects_unknown():
     with pytest.raises(ValueError, match="unknown encoder"):
         make_encoder("vgg", 10, 64)

@@ -4,8 +4,10 @@ hand-over, resumable training, evaluation and the encoder benchmark (tiny sizes)
 import pytest
 import torch
 
-from facelib.mofa import (STAGE2_LR, MoFA, build_mofa, encoder_hz, evaluate, init_translation, loss_terms,
-                          make_corpus, render_level, train)
+from facelib.metrics import similarity_align
+from facelib.mofa import (STAGE2_LR, MoFA, build_mofa, encoder_hz, evaluate, fit_codes, init_translation,
+                          learning_curve, loss_terms, make_corpus, mean_face_error, render_level,
+                          shift_scale, train)
 from facelib.multilevel import decimate
 from facelib.points import render_points
 from facelib.render import face_camera, render
@@ -114,6 +116,77 @@ def test_training_resumes_exactly(small, tmp_path):
     b3 = net_for(model, 0)
     train(b3, c, 4, 1, lr=1e-3, batch=2, seed=3, checkpoint=ck, progress=False)
     assert all(torch.equal(p, q) for p, q in zip(b2.state_dict().values(), b3.state_dict().values()))
+
+
+def test_learning_curve_points_and_resume(small, tmp_path):
+    model, _, c = small
+    calls = []
+
+    def probe(net):
+        assert not net.training  # evaluated in eval mode, training resumes in train mode
+        calls.append(1)
+        return {"n": len(calls)}
+
+    net = net_for(model, 0)
+    ck = tmp_path / "c.pt"
+    h = train(net, c, 4, 1, lr=1e-3, batch=2, seed=1, checkpoint=ck, checkpoint_every=1, progress=False,
+              eval_fn=probe, eval_every=2)
+    assert [i for i, r in enumerate(h) if "eval" in r] == [1, 3] and "eval_start" in h[0]
+    assert [(p["step"], p["n"]) for p in learning_curve(h)] == [(0, 1), (2, 2), (4, 3)]
+    assert all(h[i]["train_s"] <= h[i + 1]["train_s"] for i in range(3))
+    # the curve does not change the training: same weights as without it
+    ref = net_for(model, 0)
+    train(ref, c, 4, 1, lr=1e-3, batch=2, seed=1, progress=False)
+    assert all(torch.allclose(p, q, atol=1e-6) for p, q in zip(net.state_dict().values(), ref.state_dict().values()))
+    # extending a finished run keeps its curve and its clock
+    h2 = train(net_for(model, 0), c, 6, 1, lr=1e-3, batch=2, seed=1, checkpoint=ck, progress=False,
+               eval_fn=probe, eval_every=2)
+    assert [i for i, r in enumerate(h2) if "eval" in r] == [1, 3, 5] and h2[4]["train_s"] >= h[3]["train_s"]
+
+
+def test_mean_face_error_is_the_zero_code(small):
+    model, _, c = small
+    net = net_for(model, 0)
+    e = mean_face_error(net, c, batch=4)
+    face = net.decoder.face_mask
+    zero = net.decoder.base_geometry(torch.zeros(6, model.n_shape), torch.zeros(6, model.n_expression))[:, face]
+    gt = c["verts_model"][:, face]
+    ref = (similarity_align(zero, gt)[0] - gt).norm(dim=-1).mean(1)  # brute force: Eq. 3 at alpha = 0
+    assert e.shape == (6,) and torch.allclose(e, ref, atol=1e-4)
+    with pytest.raises(ValueError, match="codes"):
+        evaluate(net, c, codes=torch.zeros(2, net.layout.size))
+
+
+def test_fit_codes_lowers_the_loss_it_fits(small):
+    model, _, c = small
+    net = net_for(model, 0)
+    init_translation(net, c["landmarks"])
+    img, lm = c["image"][:3], c["landmarks"][:3]
+
+    def loss(z):
+        out = net.decode(z, final=False)
+        return float(loss_terms(net, out, img, lm, STAGE1, 1)["sparse"].mean())
+
+    z = fit_codes(net, img, lm, STAGE1, steps=40, lr=0.02)
+    assert z.shape == (3, net.layout.size) and not z.requires_grad
+    assert loss(z) < 0.5 * loss(net.code_offset.expand(3, -1))
+    ev = evaluate(net, {k: v[:3] for k, v in c.items()}, codes=z)
+    assert torch.isfinite(ev["base"]["geometric_mm"]).all()
+
+
+def test_shift_scale_moves_image_and_landmarks_together():
+    img = torch.zeros(2, 3, 32, 32)
+    img[:, :, 10, 20] = 1.0  # the pixel whose centre is (20.5, 10.5)
+    lm = torch.tensor([[[20.5, 10.5]], [[20.5, 10.5]]])
+    out, lm2 = shift_scale(img, lm, torch.tensor([[3.0, -2.0], [0.0, 0.0]]), torch.tensor([1.0, 2.0]))
+    assert torch.allclose(lm2, torch.tensor([[[23.5, 8.5]], [[25.0, 5.0]]]))
+    assert divmod(int(out[0, 0].argmax()), 32) == (8, 23) and out[0, 0].max() > 0.99  # integer shift: exact
+    yx = (out[1, 0] > 0.2).nonzero().float().mean(0) + 0.5  # zoomed blob: centred on the moved landmark
+    assert torch.allclose(yx.flip(0), lm2[1, 0], atol=0.01)
+    same, lm3 = shift_scale(img, lm, torch.zeros(2, 2), torch.ones(2))
+    assert torch.allclose(same, img, atol=1e-6) and torch.equal(lm3, lm)
+    with pytest.raises(ValueError, match="square"):
+        shift_scale(img, lm, torch.zeros(3, 2), torch.ones(2))
 
 
 def test_stage2_step_moves_correctives(small):

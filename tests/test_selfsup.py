@@ -9,7 +9,7 @@ import torch
 from facelib.camera import perspective_project
 from facelib.multilevel import one_ring
 from facelib.points import backproject_rays
-from facelib.selfsup import (STAGE1, STAGE2, LossWeights, chromaticity_weights, constancy_partners, e_glo,
+from facelib.selfsup import (STAGE1, STAGE1_PAPER, STAGE2, LossWeights, chromaticity_weights, constancy_partners, e_glo,
                              e_photo, e_photo_level, e_ref, e_smo, e_sparse, e_sta, e_std, e_total, laplacian,
                              slide_contour)
 
@@ -19,7 +19,8 @@ D = torch.float64
 
 
 def test_supplement_weights():
-    assert STAGE1 == LossWeights(photo=1.9, reg=3e-5, rstd=0.002, smo=0, ref=0, glo=0, sta=0)
+    assert STAGE1_PAPER == LossWeights(photo=1.9, reg=3e-5, rstd=0.002, smo=0, ref=0, glo=0, sta=0)
+    assert STAGE1 == STAGE1_PAPER.replace(reg=0.1)  # our units (issue 16)
     assert STAGE2 == LossWeights(photo=0.2, reg=0.003, rstd=0.002, smo=3.2e4, ref=13, glo=80, sta=0.08)
     assert STAGE2.replace(smo=0, sta=0).smo == 0
     with pytest.raises(ValueError, match="unknown loss weights"):
@@ -171,6 +172,6 @@ def test_e_total_composition():
     ref = 1 + w.photo * 2 + w.reg * (3 + 4 + 5 + 6 + 7)  # Eq. 6-8
     assert math.isclose(float(e_total(t, w)), ref)
     t3 = {k: t[k] for k in ("sparse", "photo", "std")}
-    assert math.isclose(float(e_total(t3, STAGE1)), 1 + 1.9 * 2 + 3e-5 * 3)
+    assert math.isclose(float(e_total(t3, STAGE1_PAPER)), 1 + 1.9 * 2 + 3e-5 * 3)
     with pytest.raises(ValueError, match="needs the terms"):
         e_total({"photo": t["photo"]}, w)

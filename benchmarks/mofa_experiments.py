@@ -1,0 +1,170 @@
+"""Why MoFA's stage-1 shapes go wrong at our scale: one training change at a time (issue 16).
+
+Each variant trains one stage-1 network (the ``cpu`` profile of chapter 5: corpus, encoder, decimated
+template, steps) with some settings changed and evaluates it on the 128 held-out wild faces; a row
+is appended to ``benchmarks/results/mofa_experiments.json`` (the table chapter 5 quotes): geometric,
+photometric and landmark error of the base level, the energy ``sum alpha^2`` of the regressed
+shape, expression and reflectance codes, and the reference rows of the same faces (the mean face,
+the untrained encoder).
+
+    .venv/bin/python benchmarks/mofa_experiments.py VARIANT [VARIANT ...] [--seed S]   # see VARIANTS, FITS
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numba
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import facelib  # noqa: E402
+from facelib import mofa, selfsup  # noqa: E402
+from facelib.book import settings  # noqa: E402
+from facelib.multilevel import decimate  # noqa: E402
+
+# Training variants: changes to the chapter-5 run before issue 16 (the supplement's stage-1 weights,
+# selfsup.STAGE1_PAPER); loss weights by name, or lr, batch, steps (a factor), augment, encoder.
+VARIANTS = {
+    "paper": {},
+    "reg_1e-3": dict(reg=1e-3),
+    "reg_3e-3": dict(reg=3e-3),
+    "reg_1e-2": dict(reg=1e-2),
+    "reg_1e-1": dict(reg=1e-1),
+    "reg_1": dict(reg=1.0),
+    "rstd_1": dict(rstd=1.0),
+    "reg_1e-2+rstd_1": dict(reg=1e-2, rstd=1.0),
+    "reg_1e-1+rstd_1": dict(reg=1e-1, rstd=1.0),
+    "reg_3e-2": dict(reg=3e-2),
+    "reg_1e-2+lr_3e-3": dict(reg=1e-2, lr=3e-3),
+    "reg_1e-2+batch_32": dict(reg=1e-2, batch=32),
+    "reg_1e-2+steps_x3": dict(reg=1e-2, steps=3.0),
+    "reg_1e-2+lr_3e-3+steps_x3": dict(reg=1e-2, lr=3e-3, steps=3.0),
+    "reg_1e-1+lr_3e-3+steps_x3": dict(reg=1e-1, lr=3e-3, steps=3.0),
+    "reg_1e-2+spatial_4": dict(reg=1e-2, encoder_kwargs=dict(blocks=(1, 1, 1, 1), spatial=4)),
+    "reg_1e-2+spatial_2": dict(reg=1e-2, encoder_kwargs=dict(blocks=(1, 1, 1, 1), spatial=2)),
+    "reg_1e-2+alexnet_bn": dict(reg=1e-2, encoder="alexnet", encoder_kwargs=dict(norm="batch", dropout=0.0)),
+    "reg_1e-2+augment": dict(reg=1e-2, augment=dict(shift=0.06, scale=(0.9, 1.1))),
+    "reg_1e-2+augment+batch_32": dict(reg=1e-2, batch=32, augment=dict(shift=0.06, scale=(0.9, 1.1))),
+    "reg_1e-1+augment": dict(reg=1e-1, augment=dict(shift=0.06, scale=(0.9, 1.1))),
+    "landmarks_only": dict(photo=0.0),
+    "photo_x10": dict(photo=19.0),
+}
+# Analysis by synthesis (mofa.fit_codes): the loss minimised per face over the code, no encoder, on the
+# first 64 held-out faces: how much geometry the loss itself can identify.  At 128 px the landmark term
+# (px^2) is 4x larger, so w_reg is scaled by 4 to keep the balance.
+FITS = {
+    "fit": dict(),
+    "fit_landmarks_only": dict(photo=0.0),
+    "fit_true_landmarks_only": dict(photo=0.0, true_landmarks=True),
+    "fit_128px": dict(size=128, reg=0.4),
+    "fit_reg_1e-2": dict(reg=1e-2),
+    "fit_true_landmarks_only_reg_1e-2": dict(photo=0.0, true_landmarks=True, reg=1e-2),
+}
+OUT = Path(__file__).resolve().parent / "results" / "mofa_experiments.json"
+
+
+def save_row(row: dict) -> None:
+    table = json.loads(OUT.read_text()) if OUT.exists() else []
+    key = lambda r: (r["variant"], r["seed"], r["steps"])  # noqa: E731
+    table = [r for r in table if key(r) != key(row)] + [row]
+    tmp = OUT.with_suffix(f".{id(row)}.tmp")
+    tmp.write_text(json.dumps(table, indent=1))
+    tmp.replace(OUT)
+
+
+def run_fit(name: str, full, cfg: dict, test_set: dict, keep, steps: int = 600, n: int = 64) -> dict:
+    over = dict(FITS[name])
+    size = over.pop("size", cfg["size"])
+    true_lm = over.pop("true_landmarks", False)
+    if size != cfg["size"]:  # the same faces (seeds) drawn at another resolution
+        test_set = mofa.make_corpus(full, n, size, 50_000, keep, progress=False)
+    sub = {k: v[:n] for k, v in test_set.items()}
+    weights = selfsup.STAGE1.replace(**over)
+    config = dict(size=size, encoder=cfg["encoder"], width=cfg["width"], n_corrective=0, corrective="linear",
+                  hidden=None, seed=0, model=full.name, n_vertices=cfg["n_vertices"],
+                  encoder_kwargs=dict(cfg["encoder_kwargs"]))
+    net, _ = mofa.build_mofa(full, config)
+    mofa.init_translation(net, sub["landmarks"])
+    t0 = time.time()
+    codes = mofa.fit_codes(net, sub["image"], sub["landmarks_gt" if true_lm else "landmarks"], weights, steps=steps)
+    ev = mofa.evaluate(net, sub, codes=codes)
+    parts = net.layout.unpack(codes)
+    return dict(variant=name, kind="fit", seed=0, steps=steps, faces=n, size=size, weights=weights.__dict__,
+                true_landmarks=true_lm, fit_seconds=round(time.time() - t0, 1), **summary(ev),
+                energy={k: round(float(parts[k].square().sum(1).mean()), 1) for k in ("shape", "expression", "reflectance")},
+                references={"mean face": {"geometric_mm": round(float(mofa.mean_face_error(net, sub).mean()), 4)}})
+
+
+def energies(net, images) -> dict:
+    with torch.no_grad():
+        parts = net(images, final=False).parts
+    return {k: round(float(parts[k].square().sum(1).mean()), 1) for k in ("shape", "expression", "reflectance")}
+
+
+def summary(ev: dict) -> dict:
+    return {"geometric_mm": round(float(ev["base"]["geometric_mm"].mean()), 4),
+            "photometric_rgb": round(float(ev["base"]["photometric_rgb"].mean()), 4),
+            "landmark_px": round(float(ev["landmark_px"].mean()), 3)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("variants", nargs="+", help=f"one of {list(VARIANTS) + list(FITS)}")
+    ap.add_argument("--seed", type=int, default=0, help="training seed (the corpus is chapter 5's, seed 0)")
+    ap.add_argument("--steps", type=int, default=None, help="stage-1 steps (default: the cpu profile's)")
+    args = ap.parse_args(argv)
+    bad = [v for v in args.variants if v not in VARIANTS and v not in FITS]
+    if bad:
+        ap.error(f"unknown variant(s) {bad}; choose from {list(VARIANTS) + list(FITS)}")
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+    cfg = settings("05_mofa", "cpu")
+    steps = args.steps or cfg["steps1"]
+    full = facelib.load_model("open")
+    _, keep = decimate(full, cfg["n_vertices"])
+    train_set, test_set = mofa.book_corpora(full, cfg, 0, keep)
+    for name in args.variants:
+        if name in FITS:
+            row = run_fit(name, full, cfg, test_set, keep)
+            save_row(row)
+            print(f"{name:20s} {row['fit_seconds']:5.0f} s  geo {row['geometric_mm']:.3f} mm (mean face "
+                  f"{row['references']['mean face']['geometric_mm']:.3f})  photo {row['photometric_rgb']:.4f}  "
+                  f"lm {row['landmark_px']:.2f} px  energy {row['energy']}", flush=True)
+            continue
+        over = dict(VARIANTS[name])
+        lr, batch = over.pop("lr", cfg["lr"]), over.pop("batch", cfg["batch"])
+        n_steps = int(round(steps * over.pop("steps", 1.0)))
+        augment = over.pop("augment", None)
+        encoder = over.pop("encoder", cfg["encoder"])
+        encoder_kwargs = over.pop("encoder_kwargs", cfg["encoder_kwargs"])
+        weights = selfsup.STAGE1_PAPER.replace(**over)
+        config = dict(size=cfg["size"], encoder=encoder, width=cfg["width"], n_corrective=0,
+                      corrective="linear", hidden=None, seed=args.seed, model=full.name,
+                      n_vertices=cfg["n_vertices"], encoder_kwargs=dict(encoder_kwargs))
+        net, _ = mofa.build_mofa(full, config)
+        mofa.init_translation(net, train_set["landmarks"])
+        refs = {"untrained encoder": summary(mofa.evaluate(net, test_set)),
+                "mean face": {"geometric_mm": round(float(mofa.mean_face_error(net, test_set).mean()), 4)}}
+        t0 = time.time()
+        hist = mofa.train(net, train_set, n_steps, 1, lr=lr, batch=batch, seed=args.seed, weights=weights,
+                          progress=False, threads=1, augment=augment)
+        seconds = time.time() - t0
+        tail = hist[-max(1, len(hist) // 10):]
+        row = dict(variant=name, seed=args.seed, steps=steps, train_steps=n_steps, lr=lr, batch=batch,
+                   encoder=encoder, encoder_kwargs=encoder_kwargs, augment=augment,
+                   weights=weights.__dict__, train_sparse_last10pct=round(sum(h["sparse"] for h in tail) / len(tail), 3),
+                   train_seconds=round(seconds, 1), **summary(mofa.evaluate(net, test_set)),
+                   energy=energies(net, test_set["image"]), references=refs)
+        save_row(row)
+        print(f"{name:20s} seed {args.seed} {seconds:5.0f} s  geo {row['geometric_mm']:.3f} mm (mean face "
+              f"{refs['mean face']['geometric_mm']:.3f})  photo {row['photometric_rgb']:.4f}  "
+              f"lm {row['landmark_px']:.2f} px  energy {row['energy']}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
