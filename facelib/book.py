@@ -85,11 +85,12 @@ SETTINGS = {
                     train_images=8192, test_images=512, steps1=12000, batch=16, lr=1e-3, threads=None,
                     seeds=(0, 1, 2), curve_faces=128, curve_every=1000, fit_steps=600),
     },
-    # Correctives (chapter 6): C of the main run, the C sweep, stage-2 steps, encoder-speed repeats.
+    # Correctives (chapter 6): C of the main run, the C sweep, stage-2 steps, encoder-speed repeats,
+    # learning-curve interval (on chapter 5's curve faces).
     "06_correctives": {
-        "ci": dict(C=16, Cs=[0, 16], steps2=10, hz_repeats=3),
-        "cpu": dict(C=500, Cs=[0, 100, 250, 500], steps2=800, hz_repeats=10),
-        "gpu": dict(C=500, Cs=[0, 100, 250, 500], steps2=3000, hz_repeats=50),
+        "ci": dict(C=16, Cs=[0, 16], steps2=10, hz_repeats=3, curve_every=5),
+        "cpu": dict(C=500, Cs=[0, 100, 250, 500], steps2=800, hz_repeats=10, curve_every=100),
+        "gpu": dict(C=500, Cs=[0, 100, 250, 500], steps2=3000, hz_repeats=50, curve_every=500),
     },
 }
 

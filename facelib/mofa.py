@@ -451,6 +451,12 @@ def _save(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def _fingerprint(net: nn.Module) -> float:
+    """A number that changes with any weight of ``net`` (the sum of its floating-point state)."""
+    with torch.no_grad():
+        return round(float(sum(v.double().sum() for v in net.state_dict().values() if v.is_floating_point())), 6)
+
+
 def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, batch: int = 8, seed: int = 0,
           weights: LossWeights | None = None, checkpoint: str | os.PathLike | None = None,
           checkpoint_every: int = 100, progress: bool = True, desc: str | None = None,
@@ -487,6 +493,8 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
             "landmark_scale": landmark_scale, "augment": augment,
             "corpus": [int(corpus["image"].shape[0]), round(float(corpus["landmarks"].double().sum()), 3)],
             "weights": weights.__dict__}
+    if stage == 2:  # stage 2 starts from a trained stage 1: a checkpoint fine-tuned from another one is not resumed
+        meta["start"] = _fingerprint(net)
     if ckpt is not None and ckpt.exists():
         state = torch.load(ckpt, map_location=dev, weights_only=False)
         if state.get("meta") == meta and state["step"] <= steps:  # same run: resume (or extend) it
@@ -593,18 +601,18 @@ def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, de
 
 def stage2_network(full_model: FaceModel, stage1: MoFA, cfg: dict, corpus: dict, seed: int, profile: str,
                    n_corrective: int, corrective: str = "linear", weights: LossWeights = STAGE2,
-                   name: str = "final", progress: bool = True) -> tuple:
+                   name: str = "final", progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
     """Stage 2 from a trained stage-1 network: a network with ``n_corrective`` correctives of kind
     ``corrective`` starts from ``stage1`` (:meth:`MoFA.load_stage1`) and fine-tunes for ``cfg["steps2"]``
-    steps with ``weights`` (default the supplement's), checkpointed as ``out/mofa/<profile>_<name>.pt``.
-    Returns ``(net, history)``."""
+    steps with ``weights`` (default the supplement's), checkpointed as ``out/mofa/<profile>_<name>.pt``;
+    ``eval_fn``, ``eval_every``: the learning curve (:func:`train`).  Returns ``(net, history)``."""
     config = {**stage1.config, "n_corrective": n_corrective, "corrective": corrective}
     net, _ = build_mofa(full_model, config)
     net = net.to(stage1.code_offset.device)
     net.load_stage1(stage1.state_dict())
     hist = train(net, corpus, cfg["steps2"], 2, lr=cfg["lr"], batch=cfg["batch"], seed=seed + 1, weights=weights,
                  checkpoint=out_dir() / "mofa" / f"{profile}_{name}.pt", progress=progress, desc=f"stage 2 ({name})",
-                 threads=cfg.get("threads"))
+                 threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, hist
 
 

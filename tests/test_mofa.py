@@ -189,6 +189,20 @@ def test_shift_scale_moves_image_and_landmarks_together():
         shift_scale(img, lm, torch.zeros(3, 2), torch.ones(2))
 
 
+def test_checkpoint_of_another_start_is_not_resumed(small, tmp_path):
+    model, _, c = small
+    ck = tmp_path / "s2.pt"
+    a = net_for(model, 4)
+    train(a, c, 2, 2, lr=1e-3, batch=2, seed=3, checkpoint=ck, progress=False)
+    b = net_for(model, 4)
+    with torch.no_grad():
+        b.encoder.last.heads["base"].bias += 0.01  # e.g. a stage-2 net loaded from a retrained stage 1
+    start = {k: v.clone() for k, v in b.state_dict().items()}
+    hist = train(b, c, 2, 2, lr=1e-3, batch=2, seed=3, checkpoint=ck, progress=False)
+    assert len(hist) == 2 and not torch.equal(b.encoder.last.heads["base"].bias, a.encoder.last.heads["base"].bias)
+    assert not torch.equal(b.encoder.last.heads["base"].bias, start["encoder.last.heads.base.bias"])  # trained anew
+
+
 def test_stage2_step_moves_correctives(small):
     model, _, c = small
     net = net_for(model, 4)
