@@ -2,12 +2,13 @@
 
 Each variant trains one stage-1 network (the ``cpu`` profile of chapter 5: corpus, encoder, decimated
 template, steps) with some settings changed and evaluates it on the 128 held-out wild faces; a row
-is appended to ``benchmarks/results/mofa_experiments.json`` (the table chapter 5 quotes): geometric,
+is appended to ``benchmarks/results/mofa_experiments.json`` (the table chapter 5 quotes; the stage-2
+runs of ``STAGE2_RUNS`` go to ``mofa_stage2_experiments.json``, the weight table of chapter 6): geometric,
 photometric and landmark error of the base level, the energy ``sum alpha^2`` of the regressed
 shape, expression and reflectance codes, and the reference rows of the same faces (the mean face,
 the untrained encoder).
 
-    .venv/bin/python benchmarks/mofa_experiments.py VARIANT [VARIANT ...] [--seed S]   # see VARIANTS, FITS
+    .venv/bin/python benchmarks/mofa_experiments.py VARIANT [VARIANT ...] [--seed S]   # VARIANTS, FITS, STAGE2_RUNS
 """
 
 from __future__ import annotations
@@ -65,16 +66,26 @@ FITS = {
     "fit_reg_1e-2": dict(reg=1e-2),
     "fit_true_landmarks_only_reg_1e-2": dict(photo=0.0, true_landmarks=True, reg=1e-2),
 }
+# Stage 2 (chapter 6): fine-tuning chapter 5's seed-0 stage-1 network for the cpu profile's steps with
+# the supplement's stage-2 weights changed (selfsup.STAGE2_PAPER); C = 500 and, with "c0", also C = 0.
+STAGE2_RUNS = {
+    "stage2_paper": dict(c0=True),
+    "stage2_photo_1.9": dict(photo=1.9, c0=True),
+    "stage2_photo_1.9+smo_x10": dict(photo=1.9, smo=3.2e5),
+    "stage2_photo_3.8": dict(photo=3.8, c0=True),
+    "stage2_photo_3.8+smo_x10": dict(photo=3.8, smo=3.2e5),
+}
 OUT = Path(__file__).resolve().parent / "results" / "mofa_experiments.json"
+OUT_STAGE2 = OUT.with_name("mofa_stage2_experiments.json")  # the rows of chapter 6's weight table
 
 
-def save_row(row: dict) -> None:
-    table = json.loads(OUT.read_text()) if OUT.exists() else []
+def save_row(row: dict, out: Path = OUT) -> None:
+    table = json.loads(out.read_text()) if out.exists() else []
     key = lambda r: (r["variant"], r["seed"], r["steps"])  # noqa: E731
     table = [r for r in table if key(r) != key(row)] + [row]
-    tmp = OUT.with_suffix(f".{id(row)}.tmp")
+    tmp = out.with_suffix(f".{id(row)}.tmp")
     tmp.write_text(json.dumps(table, indent=1))
-    tmp.replace(OUT)
+    tmp.replace(out)
 
 
 def run_fit(name: str, full, cfg: dict, test_set: dict, keep, steps: int = 600, n: int = 64) -> dict:
@@ -100,6 +111,27 @@ def run_fit(name: str, full, cfg: dict, test_set: dict, keep, steps: int = 600, 
                 references={"mean face": {"geometric_mm": round(float(mofa.mean_face_error(net, sub).mean()), 4)}})
 
 
+def run_stage2(name: str, full, cfg: dict, train_set: dict, test_set: dict) -> dict:
+    from facelib.book import settings as _settings
+
+    over = dict(STAGE2_RUNS[name])
+    c0 = over.pop("c0", False)
+    weights = selfsup.STAGE2_PAPER.replace(**over)
+    cfg2 = {**cfg, **_settings("06_correctives", "cpu")}
+    base, _, _ = mofa.stage1_network(full, cfg2, train_set, 0, "cpu", "cpu", progress=False)
+    ev_b = mofa.evaluate(base, test_set)["base"]
+    row = dict(variant=name, kind="stage2", seed=0, steps=cfg2["steps2"], weights=weights.__dict__,
+               base={k: round(float(ev_b[k].mean()), 4) for k in ("photometric_rgb", "geometric_mm")})
+    for C in ((cfg2["C"], 0) if c0 else (cfg2["C"],)):
+        t0 = time.time()
+        net, _ = mofa.stage2_network(full, base, cfg2, train_set, 0, "cpu", C, "linear", weights,
+                                     name=f"exp_{name}_C{C}", progress=False)
+        ev = mofa.evaluate(net, test_set)["final"]
+        row[f"C{C}"] = {k: round(float(ev[k].mean()), 4) for k in ("photometric_rgb", "geometric_mm", "reflectance_rgb")}
+        row[f"C{C}"]["train_seconds"] = round(time.time() - t0, 1)
+    return row
+
+
 def energies(net, images) -> dict:
     with torch.no_grad():
         parts = net(images, final=False).parts
@@ -114,13 +146,14 @@ def summary(ev: dict) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("variants", nargs="+", help=f"one of {list(VARIANTS) + list(FITS)}")
+    ap.add_argument("variants", nargs="+", help=f"one of {list(VARIANTS) + list(FITS) + list(STAGE2_RUNS)}")
     ap.add_argument("--seed", type=int, default=0, help="training seed (the corpus is chapter 5's, seed 0)")
     ap.add_argument("--steps", type=int, default=None, help="stage-1 steps (default: the cpu profile's)")
     args = ap.parse_args(argv)
-    bad = [v for v in args.variants if v not in VARIANTS and v not in FITS]
+    known = list(VARIANTS) + list(FITS) + list(STAGE2_RUNS)
+    bad = [v for v in args.variants if v not in known]
     if bad:
-        ap.error(f"unknown variant(s) {bad}; choose from {list(VARIANTS) + list(FITS)}")
+        ap.error(f"unknown variant(s) {bad}; choose from {known}")
     torch.set_num_threads(1)
     numba.set_num_threads(1)
     cfg = settings("05_mofa", "cpu")
@@ -129,6 +162,13 @@ def main(argv=None):
     _, keep = decimate(full, cfg["n_vertices"])
     train_set, test_set = mofa.book_corpora(full, cfg, 0, keep)
     for name in args.variants:
+        if name in STAGE2_RUNS:
+            row = run_stage2(name, full, cfg, train_set, test_set)
+            save_row(row, OUT_STAGE2)
+            print(f"{name:26s} base photo {row['base']['photometric_rgb']:.4f}  " + "  ".join(
+                f"{k}: photo {v['photometric_rgb']:.4f} geo {v['geometric_mm']:.3f}" for k, v in row.items()
+                if k.startswith("C")), flush=True)
+            continue
         if name in FITS:
             row = run_fit(name, full, cfg, test_set, keep)
             save_row(row)

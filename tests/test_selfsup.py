@@ -9,7 +9,7 @@ import torch
 from facelib.camera import perspective_project
 from facelib.multilevel import one_ring
 from facelib.points import backproject_rays
-from facelib.selfsup import (STAGE1, STAGE1_PAPER, STAGE2, LossWeights, chromaticity_weights, constancy_partners, e_glo,
+from facelib.selfsup import (STAGE1, STAGE1_PAPER, STAGE2, STAGE2_PAPER, LossWeights, chromaticity_weights, constancy_partners, e_glo,
                              e_photo, e_photo_level, e_ref, e_smo, e_sparse, e_sta, e_std, e_total, laplacian,
                              slide_contour)
 
@@ -21,7 +21,8 @@ D = torch.float64
 def test_supplement_weights():
     assert STAGE1_PAPER == LossWeights(photo=1.9, reg=3e-5, rstd=0.002, smo=0, ref=0, glo=0, sta=0)
     assert STAGE1 == STAGE1_PAPER.replace(reg=0.1)  # our units (issue 16)
-    assert STAGE2 == LossWeights(photo=0.2, reg=0.003, rstd=0.002, smo=3.2e4, ref=13, glo=80, sta=0.08)
+    assert STAGE2_PAPER == LossWeights(photo=0.2, reg=0.003, rstd=0.002, smo=3.2e4, ref=13, glo=80, sta=0.08)
+    assert STAGE2 == STAGE2_PAPER.replace(photo=3.8)  # our units (issue 16)
     assert STAGE2.replace(smo=0, sta=0).smo == 0
     with pytest.raises(ValueError, match="unknown loss weights"):
         STAGE2.replace(smoothness=0)
