@@ -139,9 +139,9 @@ def energies(net, images) -> dict:
 
 
 def summary(ev: dict) -> dict:
-    return {"geometric_mm": round(float(ev["base"]["geometric_mm"].mean()), 4),
-            "photometric_rgb": round(float(ev["base"]["photometric_rgb"].mean()), 4),
-            "landmark_px": round(float(ev["landmark_px"].mean()), 3)}
+    m = mofa.mean_errors(ev)
+    return {"geometric_mm": round(m["geometric_mm"], 4), "photometric_rgb": round(m["photometric_rgb"], 4),
+            "landmark_px": round(m["landmark_px"], 3)}
 
 
 def main(argv=None):

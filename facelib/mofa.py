@@ -62,6 +62,7 @@ __all__ = [
     "mark_points",
     "evaluate",
     "learning_curve",
+    "mean_errors",
     "mean_face_error",
     "geometric_error",
     "fit_codes",
@@ -508,7 +509,9 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
     net.train()
     bar = tqdm(range(start, steps), desc=desc or f"stage {stage}", disable=not progress, initial=start, total=steps)
     elapsed = history[-1].get("train_s", 0.0) if history else 0.0
-    if eval_fn is not None and start == 0 and eval_every:
+    curve = eval_fn is not None and eval_every > 0
+    rec0 = None
+    if curve and start == 0:
         rec0 = eval_fn(net.eval())
         net.train()
     t_last = time.perf_counter()
@@ -536,10 +539,10 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
         now = time.perf_counter()
         elapsed += now - t_last
         rec["train_s"] = round(elapsed, 3)
-        if step == 0 and eval_fn is not None and eval_every:
+        if rec0 is not None and step == 0:
             rec["eval_start"] = rec0
         done = step + 1
-        if eval_fn is not None and eval_every and (done % eval_every == 0 or done == steps):
+        if curve and (done % eval_every == 0 or done == steps):
             rec["eval"] = eval_fn(net.eval())
             net.train()
         history.append(rec)
@@ -604,7 +607,7 @@ def stage2_network(full_model: FaceModel, stage1: MoFA, cfg: dict, corpus: dict,
                    name: str = "final", progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
     """Stage 2 from a trained stage-1 network: a network with ``n_corrective`` correctives of kind
     ``corrective`` starts from ``stage1`` (:meth:`MoFA.load_stage1`) and fine-tunes for ``cfg["steps2"]``
-    steps with ``weights`` (default the supplement's), checkpointed as ``out/mofa/<profile>_<name>.pt``;
+    steps with ``weights`` (default :data:`facelib.selfsup.STAGE2`), checkpointed as ``out/mofa/<profile>_<name>.pt``;
     ``eval_fn``, ``eval_every``: the learning curve (:func:`train`).  Returns ``(net, history)``."""
     config = {**stage1.config, "n_corrective": n_corrective, "corrective": corrective}
     net, _ = build_mofa(full_model, config)
@@ -757,6 +760,14 @@ def evaluate(net: MoFA, corpus: dict, batch: int = 32, codes: torch.Tensor | Non
     cat = lambda x: torch.cat(x).cpu()  # noqa: E731
     return {"base": {k: cat(v) for k, v in out["base"].items() if v},
             "final": {k: cat(v) for k, v in out["final"].items() if v}, "landmark_px": cat(out["landmark_px"])}
+
+
+def mean_errors(ev: dict, level: str = "base") -> dict:
+    """The means over faces of an :func:`evaluate` result for one ``level`` (``"base"`` | ``"final"``):
+    ``{"geometric_mm", "photometric_rgb", "landmark_px"}`` as floats (a learning-curve point, a table row)."""
+    return {"geometric_mm": float(ev[level]["geometric_mm"].mean()),
+            "photometric_rgb": float(ev[level]["photometric_rgb"].mean()),
+            "landmark_px": float(ev["landmark_px"].mean())}
 
 
 @torch.no_grad()

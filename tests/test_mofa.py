@@ -6,7 +6,7 @@ import torch
 
 from facelib.metrics import similarity_align
 from facelib.mofa import (STAGE2_LR, MoFA, build_mofa, encoder_hz, evaluate, fit_codes, init_translation,
-                          learning_curve, loss_terms, make_corpus, mean_face_error, render_level,
+                          learning_curve, loss_terms, make_corpus, mean_errors, mean_face_error, render_level,
                           shift_scale, train)
 from facelib.multilevel import decimate
 from facelib.points import render_points
@@ -251,6 +251,16 @@ def test_evaluate_and_build(small, open_model):
     net2, keep2 = build_mofa(open_model, net.config)
     assert torch.equal(keep2, keep)
     net2.load_state_dict(net.state_dict())
+
+
+def test_mean_errors_are_the_means_of_evaluate(small):
+    model, _, c = small
+    ev = evaluate(net_for(model, 3), c, batch=4)
+    for level in ("base", "final"):
+        m = mean_errors(ev, level)
+        assert m["geometric_mm"] == pytest.approx(float(ev[level]["geometric_mm"].mean()))
+        assert m["photometric_rgb"] == pytest.approx(float(ev[level]["photometric_rgb"].mean()))
+        assert m["landmark_px"] == pytest.approx(float(ev["landmark_px"].mean()))
 
 
 def test_encoder_hz_positive(small):
