@@ -28,7 +28,8 @@ from facelib.corpus import FreshCorpus, SyntheticCorpus  # noqa: E402
 AUG = dict(landmark_noise=0.012, blur_px=(0.0, 1.0), noise_std=(0.0, 0.025), jpeg_quality=(35, 95))
 # the cpu profile before issue 15 (the "baseline" variant); variants change it one setting at a time
 OLD_CPU = dict(size=96, iters=1500, lr=1e-3, norm="none", standardize=False, dropout=0.5)
-BASE = dict(loss="euclidean", fresh=False, augment=None, schedule="constant", warmup=0.0, kind="alexnet")
+BASE = dict(loss="euclidean", fresh=False, augment=None, schedule="constant", warmup=0.0, kind="alexnet",
+            prior="sec5")
 VARIANTS = {
     "baseline": {},
     "msl": dict(loss="model_space"),
@@ -42,6 +43,8 @@ VARIANTS = {
                                dropout=0.0, loss="vertex_nosize"),
     "best+msl_rms+fresh+aug": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3,
                                    dropout=0.0, loss="model_space_rms", fresh=True, augment=AUG),
+    "best+msl_rms+aug": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3,
+                             dropout=0.0, loss="model_space_rms", augment=AUG),
     "best+fresh": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, lr=3e-3, fresh=True),
     "standardize": dict(standardize=True),
     "bn": dict(norm="batch"),
@@ -53,6 +56,38 @@ VARIANTS = {
                                  augment=AUG),
     "bn+std+cos+aug": dict(norm="batch", standardize=True, schedule="cosine", warmup=0.05, augment=AUG),
 }
+
+
+def _prior(name: str):
+    """The training corpus' parameter prior for ``prior=NAME``: ``"sec5"`` (the paper's, default),
+    ``"expr0.5"`` (Sec. 5 with every expression coefficient, mouth bias included, halved) or
+    ``"frontal_neutral"`` (Sec. 5 shape, reflectance and light; pose and expression 0: the easiest
+    faces, an upper bound of what the network learns of the shape in the budget).  Experiments only:
+    the book trains on the Sec. 5 prior."""
+    from facelib.params import sample_sec5
+
+    if name == "sec5":
+        return None
+
+    def sampler(model, batch, seed):
+        L = ifn.ParamLayout.from_model(model)
+        th = sample_sec5(model, batch, seed=seed)
+        if name == "expr0.5":
+            th[:, L["expression"]] *= 0.5
+        elif name == "frontal_neutral":
+            th[:, L["expression"]] = 0
+            th[:, L["rotation"]] = 0
+        else:
+            raise ValueError(f"unknown prior {name!r}")
+        return th
+    sampler.__name__ = f"prior_{name}"
+    return sampler
+
+
+def _r2(pred, true, L, n=8):
+    """Per-coefficient R^2 of the first ``n`` shape and expression coefficients."""
+    r2 = ifn.coefficient_r2(pred, true)
+    return {g: [round(float(v), 2) for v in r2[L[g]][:n]] for g in ("shape", "expression")}
 
 
 def main(argv=None):
@@ -87,10 +122,12 @@ def main(argv=None):
             mean_face[key] = {k: round(ifn.summarize(ifn.evaluate_theta(
                 model, ifn.mean_face_theta(model, t["theta"]), t)["geometric_mm"])["mean"], 3)
                 for k, t in tests[key].items()}  # the reference row, once per test set
+        sampler = _prior(v["prior"])
         if v["fresh"]:
-            corpus = FreshCorpus(model, seed=args.seed, size=cfg["size"], augment=v["augment"])
+            corpus = FreshCorpus(model, seed=args.seed, size=cfg["size"], augment=v["augment"], sampler=sampler)
         else:
-            corpus = SyntheticCorpus(model, cfg["n_train"], seed=args.seed, size=cfg["size"], progress=False)
+            corpus = SyntheticCorpus(model, cfg["n_train"], seed=args.seed, size=cfg["size"], progress=False,
+                                     sampler=sampler)
             if v["augment"]:
                 corpus = _Augmented(corpus, v["augment"])
         net = ifn.make_regressor(model, cfg, v["kind"], args.seed)
@@ -114,6 +151,16 @@ def main(argv=None):
         row["r2_synthetic"] = {g: [round(float(v), 2) for v in r2[L[g]][:n]] for g, n in
                                (("rotation", 3), ("shape", 6), ("expression", 6), ("reflectance", 3),
                                 ("illumination", 3))}
+        # where the wild error comes from: the network's shape with the true expression, and the true
+        # shape (head size at the mean, which the crop hides) with the network's expression
+        wt, wp = tests[key]["wild"]["theta"], ifn.predict(net, tests[key]["wild"]["x"])
+        row["r2_wild"] = _r2(wp, wt, L)
+        row["wild_error_sources_mm"] = {k: round(v, 3) for k, v in ifn.error_sources(model, wp, tests[key]["wild"]).items()}
+        if sampler is not None:  # held-out faces of the training prior itself
+            th = sampler(model, args.n_test, 777_000 + args.seed)
+            from facelib.corpus import render_crops
+            x = (render_crops(model, th, cfg["size"])["crop"] * 255).round().to(torch.uint8)
+            row["r2_own_prior"] = _r2(ifn.predict(net, x), th.float(), L)
         print(json.dumps(row), flush=True)
         rows.append(row)
         Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")

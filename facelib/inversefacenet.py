@@ -394,12 +394,8 @@ def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> d
     the unaligned measure charges to every network alike, and the aligned one does not.
     Returns ``photometric_8bit``, ``geometric_mm``, ``geometric_aligned_mm``, ``iou_pct``, each ``(n,)``.
     """
-    from .metrics import similarity_align
-
-    layout = ParamLayout.from_model(model)
     if theta.shape != test["theta"].shape:
         raise ValueError(f"theta has shape {tuple(theta.shape)}; the test set has {tuple(test['theta'].shape)}")
-    face = model.masks["face"].cpu()
     photo, geo, geo_a, iou = [], [], [], []
     for i in range(0, theta.shape[0], batch):
         th = theta[i:i + batch].to(model.device, torch.float32)
@@ -408,14 +404,86 @@ def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> d
         est, em = out["crop"].cpu().float(), out["mask"].cpu()
         photo.append(photometric_rmse(est, tgt, m & em))
         iou.append(mask_iou(em, m))
-        p = layout.unpack(th)
-        verts = model.geometry(p["shape"], p["expression"]).cpu().float()
-        gt = test["verts"][i:i + batch]
-        geo.append(geometric_rmse(verts, gt, face))
-        aligned = similarity_align(verts[:, face].double(), gt[:, face].double())[0].float()
-        geo_a.append(geometric_rmse(aligned, gt[:, face]))
+        g = geometric_errors(model, th, test["verts"][i:i + batch])
+        geo.append(g["geometric_mm"])
+        geo_a.append(g["geometric_aligned_mm"])
     return {"photometric_8bit": torch.cat(photo), "geometric_mm": torch.cat(geo),
             "geometric_aligned_mm": torch.cat(geo_a), "iou_pct": torch.cat(iou)}
+
+
+@torch.no_grad()
+def geometric_errors(model, theta: torch.Tensor, verts_gt: torch.Tensor) -> dict:
+    """The two geometric errors of :func:`evaluate_theta` alone (no rendering): the RMSE [mm] over the
+    ``face`` vertices between the model-space mesh of ``theta (n, m)`` (Eq. 2, pose left out) and
+    ``verts_gt (n, V, 3)``, plain (``geometric_mm``) and after a least-squares similarity alignment
+    (``geometric_aligned_mm``); each ``(n,)``."""
+    from .metrics import similarity_align
+
+    face = model.masks["face"].cpu()
+    p = ParamLayout.from_model(model).unpack(theta.to(model.device, torch.float32))
+    verts = model.geometry(p["shape"], p["expression"]).cpu().float()
+    gt = verts_gt.cpu().float()
+    aligned = similarity_align(verts[:, face].double(), gt[:, face].double())[0].float()
+    return {"geometric_mm": geometric_rmse(verts, gt, face),
+            "geometric_aligned_mm": geometric_rmse(aligned, gt[:, face])}
+
+
+def truncated_truth(model, theta: torch.Tensor, k: int) -> torch.Tensor:
+    """The ground truth ``theta (n, m)`` as a network that saw only the first ``k`` shape components
+    would know it: shape components 2..k and every expression, pose, reflectance and light
+    coefficient true; shape component 1 (the head size, hidden by the Sec. 6.1 crop,
+    :func:`size_share`) and components k+1.. at their mean, 0.  ``k = 1``: only the expression is
+    known; ``k = n_shape``: :func:`reference_rows`' "true parameters, mean head size".  Returns
+    ``(n, m)``."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= model.n_shape:
+        raise ValueError(f"k must be an integer in [1, {model.n_shape}]; got {k!r}")
+    sl = ParamLayout.from_model(model)["shape"]
+    out = theta.clone()
+    out[:, sl.start] = 0
+    out[:, sl.start + int(k):sl.stop] = 0
+    return out
+
+
+def coefficient_r2(theta: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-coefficient R^2 of estimates ``theta (n, m)`` against ``truth (n, m)``: ``1 - mean((p -
+    theta)^2) / var(theta)`` over the faces, ``(m,)`` (1: exact; 0: no better than predicting the
+    test set's mean; below 0: worse, e.g. a coefficient estimated where the truth barely varies)."""
+    if theta.shape != truth.shape or theta.ndim != 2:
+        raise ValueError(f"theta {tuple(theta.shape)} and truth {tuple(truth.shape)} must be the same (n, m)")
+    truth = truth.to(theta)
+    return 1 - (theta - truth).square().mean(0) / truth.var(0).clamp_min(1e-12)
+
+
+def error_sources(model, theta: torch.Tensor, test: dict) -> dict:
+    """Where the geometric error of estimates ``theta (n, m)`` on a :func:`make_test_set` set comes
+    from: the test-set mean [mm] of the plain geometric error of the estimates (``"estimate"``), of the
+    estimated shape with the true expression (``"estimated shape, true expression"``) and of the true
+    shape (head size at the mean, :func:`truncated_truth`) with the estimated expression (``"true
+    shape, estimated expression"``).  Returns ``{row: float}``."""
+    ex = ParamLayout.from_model(model)["expression"]
+    truth = test["theta"]
+    a = theta.clone()
+    a[:, ex] = truth[:, ex]
+    b = truncated_truth(model, truth, model.n_shape)
+    b[:, ex] = theta[:, ex]
+    rows = {"estimate": theta, "estimated shape, true expression": a, "true shape, estimated expression": b}
+    return {k: float(geometric_errors(model, th, test["verts"])["geometric_mm"].mean()) for k, th in rows.items()}
+
+
+def truncation_floor(model, test: dict, ks=(1, 2, 3, 4, 6, 10, 20, 40, 80)) -> dict:
+    """How much of the mean face's geometric error an image can be expected to explain: the errors of
+    :func:`truncated_truth` for each ``k`` of ``ks`` on a :func:`make_test_set` set, next to the mean
+    face's.  Returns ``{"k": [...], "geometric_mm": [...], "geometric_aligned_mm": [...]}`` (test-set
+    means, one per ``k``) and ``"mean_face"`` ``{measure: mean}``."""
+    theta, gt = test["theta"], test["verts"]
+    mf = geometric_errors(model, mean_face_theta(model, theta), gt)
+    out = {"k": [int(k) for k in ks], "geometric_mm": [], "geometric_aligned_mm": [],
+           "mean_face": {m: float(v.mean()) for m, v in mf.items()}}
+    for k in ks:
+        e = geometric_errors(model, truncated_truth(model, theta, int(k)), gt)
+        for m in ("geometric_mm", "geometric_aligned_mm"):
+            out[m].append(float(e[m].mean()))
+    return out
 
 
 def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:
@@ -485,7 +553,8 @@ def make_regressor(model, cfg: dict, kind: str, seed: int = 0) -> torch.nn.Modul
     torch.manual_seed(seed)
     if kind == "alexnet":
         net = make_encoder("alexnet", m, cfg["size"], cfg["alexnet_width"], fc=cfg["alexnet_fc"],
-                           norm=cfg.get("norm", "none"), dropout=cfg.get("dropout", 0.5))
+                           norm=cfg.get("norm", "none"), dropout=cfg.get("dropout", 0.5),
+                           stride=cfg.get("alexnet_stride", 4))
     elif kind == "resnet":
         net = make_encoder("resnet", m, cfg["size"], cfg["resnet_width"], blocks=tuple(cfg["resnet_blocks"]))
     else:
@@ -610,18 +679,15 @@ def reference_rows(model, tests: dict) -> dict:
     shape and expression 0, the rest true) and ``"true parameters (floor)"`` (the ground-truth theta
     rendered through the model: what is left is what the model cannot express) and
     ``"true parameters, mean head size"`` (the truth with shape coefficient 1, the head size that the
-    crop hides, at 0: the best a network that sees everything else can score; :func:`size_share`).
+    crop hides, at 0: the best a network that sees everything else can score; :func:`size_share`) and
+    ``"true expression, mean shape"`` (:func:`truncated_truth` with ``k = 1``: a network that got every
+    expression, pose, reflectance and light coefficient right and learned nothing of the shape).
     Returns ``{row: {set: evaluate_theta(...)}}``."""
-    layout = ParamLayout.from_model(model)
-
-    def mean_size(theta):
-        out = theta.clone()
-        out[:, layout["shape"].start] = 0
-        return out
-    return {"mean face": {k: evaluate_theta(model, mean_face_theta(model, t["theta"]), t) for k, t in tests.items()},
-            "true parameters (floor)": {k: evaluate_theta(model, t["theta"], t) for k, t in tests.items()},
-            "true parameters, mean head size": {k: evaluate_theta(model, mean_size(t["theta"]), t)
-                                                for k, t in tests.items()}}
+    rows = {"mean face": lambda th: mean_face_theta(model, th),
+            "true parameters (floor)": lambda th: th,
+            "true parameters, mean head size": lambda th: truncated_truth(model, th, model.n_shape),
+            "true expression, mean shape": lambda th: truncated_truth(model, th, 1)}
+    return {name: {k: evaluate_theta(model, fn(t["theta"]), t) for k, t in tests.items()} for name, fn in rows.items()}
 
 
 def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device=None, progress: bool = True,
@@ -732,7 +798,8 @@ def rows_json(results: dict, refs: dict, names, test_key: str) -> dict:
                         **{m: summarize(r[test_key][m]) for m in MEASURES}} for s, r in runs.items()]
     ref = {k: {m: summarize(v[test_key][m]) for m in MEASURES} for k, v in refs.items()}
     return {"rows": rows, "seeds": per_seed, "mean_face": ref["mean face"], "floor": ref["true parameters (floor)"],
-            "floor_mean_head_size": ref.get("true parameters, mean head size")}
+            "floor_mean_head_size": ref.get("true parameters, mean head size"),
+            "true_expression_mean_shape": ref.get("true expression, mean shape")}
 
 
 def target_ratios(results: dict, refs: dict, names, test_key: str, measure: str = "geometric_mm") -> dict:

@@ -50,14 +50,20 @@ class AlexNet(nn.Module):
         norm: ``"none"`` (the original AlexNet) or ``"batch"`` (batch normalisation after every
             convolution and hidden fc layer, Ioffe & Szegedy 2015: trains from scratch in far fewer
             iterations, which is what a CPU budget needs; the book states the deviation).
+        stride: stride of the first 11x11 convolution (AlexNet: 4, made for 227-pixel inputs, where
+            its map is 55 cells wide).  On a 64-pixel crop stride 4 leaves a 15-cell map, one cell per
+            4 pixels, before the first pool; stride 2 keeps AlexNet's cells-per-face ratio closer
+            (31 cells at 64 pixels) at about 4x the convolution cost.
     Shapes: ``(B, 3, N, N) -> (B, out_dim)``.
     """
 
     def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, fc: int | None = None,
-                 dropout: float = 0.5, norm: str = "none"):
+                 dropout: float = 0.5, norm: str = "none", stride: int = 4):
         super().__init__()
         if out_dim < 1:
             raise ValueError(f"out_dim must be >= 1; got {out_dim}")
+        if isinstance(stride, bool) or not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be a positive integer; got {stride!r}")
         if norm not in ("none", "batch"):
             raise ValueError(f"norm must be 'none' or 'batch'; got {norm!r}")
         c = [_ch(k, width) for k in (96, 256, 384, 384, 256)]
@@ -66,7 +72,7 @@ class AlexNet(nn.Module):
         bn = (lambda k: nn.BatchNorm2d(k)) if norm == "batch" else (lambda k: nn.Identity())
         bn1 = (lambda k: nn.BatchNorm1d(k)) if norm == "batch" else (lambda k: nn.Identity())
         self.features = nn.Sequential(
-            nn.Conv2d(3, c[0], 11, stride=4, padding=2), bn(c[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
+            nn.Conv2d(3, c[0], 11, stride=stride, padding=5 if stride < 4 else 2), bn(c[0]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
             nn.Conv2d(c[0], c[1], 5, padding=2), bn(c[1]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
             nn.Conv2d(c[1], c[2], 3, padding=1), bn(c[2]), nn.ReLU(inplace=True),
             nn.Conv2d(c[2], c[3], 3, padding=1), bn(c[3]), nn.ReLU(inplace=True),

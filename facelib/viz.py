@@ -532,13 +532,22 @@ def histogram_figure(panels: dict, title: str, cols: int = 3, bins: int = 40, he
     return fig
 
 
+def _add_levels(fig: go.Figure, levels: dict) -> None:
+    """Horizontal reference lines ``{label: y}``: the first dashed, the rest dotted, labelled at the right."""
+    for j, (label, y) in enumerate(levels.items()):
+        fig.add_hline(y=float(y), line=dict(color="#555", dash="dash" if j == 0 else "dot"),
+                      annotation_text=label, annotation_position="top right")
+
+
 def curves_figure(series: dict, title: str, xaxis: str, yaxis: str, log_y: bool = False, mode: str = "lines",
-                  height: int = 380) -> go.Figure:
-    """Line plot of ``{label: (x, y)}`` with axis titles (give units) and an optional log y axis."""
+                  height: int = 380, levels: dict | None = None) -> go.Figure:
+    """Line plot of ``{label: (x, y)}`` with axis titles (give units), an optional log y axis and
+    optional horizontal reference ``levels`` (``{label: y}``)."""
     fig = go.Figure()
     for j, (label, (x, y)) in enumerate(series.items()):
         fig.add_trace(go.Scatter(x=np.asarray(x), y=np.asarray(y), mode=mode, name=label,
                                  line=dict(color=_PALETTE[j % len(_PALETTE)])))
+    _add_levels(fig, levels or {})
     fig.update_layout(title=dict(text=title), xaxis_title=xaxis, yaxis_title=yaxis, height=height,
                       margin=dict(l=60, r=10, t=60, b=50))
     if log_y:
@@ -571,9 +580,7 @@ def learning_curves_figure(curves: dict, levels: dict, series: str, title: str, 
                                      mode="lines+markers", name=row, legendgroup=row, showlegend=k == 0,
                                      line=dict(color=_PALETTE[j % len(_PALETTE)]), marker=dict(size=4),
                                      hovertemplate=f"{row}, seed {seed}<br>%{{x:.0f}} s: %{{y:.2f}}<extra></extra>"))
-    for j, (label, y) in enumerate(levels.items()):
-        fig.add_hline(y=float(y), line=dict(color="#555", dash="dash" if j == 0 else "dot"),
-                      annotation_text=label, annotation_position="top right")
+    _add_levels(fig, levels)
     fig.update_layout(title=dict(text=title), xaxis_title="training time [s]", yaxis_title=yaxis, height=height,
                       margin=dict(l=60, r=10, t=60, b=50))
     return fig

@@ -478,7 +478,8 @@ def test_aligned_geometry_reference_rows_and_verdicts(model):
     assert c["geometric_mm"]["better_seeds"] == 2 and c["iou_pct"]["better_seeds"] == 0  # IoU: higher is better
     assert "better for every seed" in verdict(c, "a", "b", "synthetic")
     md = table1_markdown(results, refs, ["a", "b"], "synthetic")
-    assert md.count("\n") == 6 and "*mean face*" in md and "*true parameters, mean head size*" in md
+    assert md.count("\n") == 7 and "*mean face*" in md and "*true parameters, mean head size*" in md
+    assert "*true expression, mean shape*" in md
 
 
 def test_size_share_finds_the_head_size_component(model):
@@ -486,6 +487,78 @@ def test_size_share_finds_the_head_size_component(model):
 
     assert size_share(model, 0) > 0.9  # the open model's first shape component is head size
     assert size_share(model, 1) < 0.5
+
+
+def test_truncation_floor_against_brute_force(model):
+    from facelib.inversefacenet import geometric_errors, reference_rows, truncated_truth, truncation_floor
+    from facelib.metrics import similarity_align
+
+    test = make_test_set(model, "synthetic", 3, seed=7, size=40)
+    L = ParamLayout.from_model(model)
+    face = model.masks["face"]
+    # brute force: the mesh of the truth with shape components 1 and k+1.. zeroed, one face at a time
+    for k in (1, 3, model.n_shape):
+        th = truncated_truth(model, test["theta"], k)
+        got = geometric_errors(model, th, test["verts"])
+        for i in range(3):
+            a = test["theta"][i, L["shape"]].clone()
+            a[0] = 0
+            a[k:] = 0
+            v = model.mean_shape + torch.einsum("k,kvc->vc", a * model.sigma_s, model.shape_basis) \
+                + torch.einsum("k,kvc->vc", test["theta"][i, L["expression"]] * model.sigma_e, model.expression_basis)
+            d = (v - test["verts"][i])[face]
+            assert abs(float(d.square().sum(-1).mean().sqrt()) - float(got["geometric_mm"][i])) < 1e-3
+            al = similarity_align(v[None, face].double(), test["verts"][i:i + 1, face].double())[0].float()
+            ref = (al[0] - test["verts"][i, face]).square().sum(-1).mean().sqrt()
+            assert abs(float(ref) - float(got["geometric_aligned_mm"][i])) < 1e-3
+        # everything but shape is left true
+        keep = torch.ones(L.size, dtype=torch.bool)
+        keep[L["shape"]] = False
+        assert torch.equal(th[:, keep], test["theta"][:, keep])
+    fl = truncation_floor(model, test, ks=(1, 2, model.n_shape))
+    assert fl["k"] == [1, 2, model.n_shape]
+    refs = reference_rows(model, {"s": test})
+    assert abs(fl["geometric_mm"][-1] - float(refs["true parameters, mean head size"]["s"]["geometric_mm"].mean())) < 1e-4
+    assert abs(fl["mean_face"]["geometric_mm"] - float(refs["mean face"]["s"]["geometric_mm"].mean())) < 1e-4
+    # error sources: the truth has no error of its own; swapping in the mean face's shape or expression
+    from facelib.inversefacenet import error_sources, mean_face_theta
+    src = error_sources(model, test["theta"], test)
+    assert src["estimate"] < 1e-3 and src["estimated shape, true expression"] < 1e-3
+    assert abs(src["true shape, estimated expression"] - fl["geometric_mm"][-1]) < 1e-4
+    mf = mean_face_theta(model, test["theta"])
+    src = error_sources(model, mf, test)
+    assert abs(src["estimate"] - fl["mean_face"]["geometric_mm"]) < 1e-4
+    assert abs(src["estimated shape, true expression"] - fl["geometric_mm"][0]) < 1e-4  # k = 1: expression only
+    with pytest.raises(ValueError, match="k must be"):
+        truncated_truth(model, test["theta"], 0)
+    with pytest.raises(ValueError, match="k must be"):
+        truncated_truth(model, test["theta"], model.n_shape + 1)
+
+
+def test_coefficient_r2_against_numpy():
+    from facelib.inversefacenet import coefficient_r2
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.randn(50, 4, generator=g)
+    est = torch.stack([truth[:, 0], torch.zeros(50), truth[:, 2] + 0.5 * torch.randn(50, generator=g),
+                       torch.full((50,), float(truth[:, 3].mean()))], 1)
+    r2 = coefficient_r2(est, truth)
+    t, e = truth.double().numpy(), est.double().numpy()
+    ref = 1 - ((e - t) ** 2).mean(0) / t.var(0, ddof=1)
+    assert np.allclose(r2.numpy(), ref, atol=1e-5)
+    assert abs(float(r2[0]) - 1) < 1e-6 and float(r2[1]) < 0.1 and abs(float(r2[3])) < 0.05
+    with pytest.raises(ValueError, match="same"):
+        coefficient_r2(est, truth[:, :3])
+
+
+def test_alexnet_first_stride():
+    torch.manual_seed(0)
+    for stride, cells in ((4, 15), (2, 32), (1, 64)):
+        net = AlexNet(20, 64, width=0.125, stride=stride, norm="batch")
+        assert net.features[0](torch.zeros(1, 3, 64, 64)).shape[-1] == cells  # the first map's side
+        assert net(torch.zeros(2, 3, 64, 64)).shape == (2, 20)
+    with pytest.raises(ValueError, match="stride"):
+        AlexNet(20, 64, stride=0)
 
 
 def test_train_row_with_the_issue_15_options_is_bit_reproducible(model, tmp_path, monkeypatch):

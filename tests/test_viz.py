@@ -146,3 +146,15 @@ def test_running_mean_against_a_loop():
     out = running_mean(y, 5)
     assert np.allclose(out, [y[i:i + 5].mean() for i in range(36)])
     assert np.allclose(running_mean(y[:3], 25), y[:3])  # short series: k shrinks to 1
+
+
+def test_curves_figures_draw_reference_levels():
+    fig = viz.curves_figure({"a": ([1, 2, 3], [3.0, 2.0, 1.0])}, "t", "x [k]", "y [mm]",
+                            levels={"mean face": 2.5, "floor": 0.5})
+    lines = [s for s in fig.layout.shapes if s.type == "line"]
+    assert [s.y0 for s in lines] == [2.5, 0.5] and [s.line.dash for s in lines] == ["dash", "dot"]
+    assert [a.text for a in fig.layout.annotations] == ["mean face", "floor"]
+    assert len(viz.curves_figure({"a": ([1], [1.0])}, "t", "x", "y").layout.shapes) == 0
+    curves = {"row": {0: [{"train_s": 1.0, "e": 3.0}, {"train_s": 2.0, "e": 2.0}]}}
+    fig = viz.learning_curves_figure(curves, {"mean face": 4.0}, "e", "t", "y [mm]")
+    assert [s.y0 for s in fig.layout.shapes] == [4.0] and list(fig.data[0].y) == [3.0, 2.0]
