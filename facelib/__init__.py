@@ -14,8 +14,13 @@ def load_model(model: str = "open", device=None) -> FaceModel:
     :mod:`facelib.open_model`); a ``.npz`` written by :meth:`FaceModel.save`; a Basel Face Model 2009
     ``.mat``; or a folder of OBJ files (:func:`facelib.loaders.load_obj_folder`).
     """
+    import os
     from pathlib import Path
 
+    if not isinstance(model, (str, os.PathLike)) or not str(model):
+        raise ModelFileError(f"model must be 'open' or the path of a .npz, a .mat or a folder of OBJ files; "
+                             f"got {model!r}")
+    dev = None if device is None else pick_device(device)  # before the (slow) load: fail early
     if model == "open":
         from .open_model import open_model
         m = open_model()
@@ -35,4 +40,4 @@ def load_model(model: str = "open", device=None) -> FaceModel:
         else:
             raise ModelFileError(f"{model}: unknown face-model format {p.suffix!r}; expected 'open', "
                                  "a .npz, a Basel Face Model 2009 .mat or a folder of OBJ files")
-    return m if device is None else m.to(pick_device(device))
+    return m if dev is None else m.to(dev)

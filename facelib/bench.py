@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from ._checks import MAX_IMAGE_SIZE, check_positive_int
 from .device import pick_device
 
 
@@ -57,9 +58,9 @@ def bench_render(size: int = 240, batch: int = 32, device="auto", batches: int =
     from .raster import HAVE_NUMBA
     from .render import _fused_unavailable, face_camera, render
 
-    for name, v in (("size", size), ("batch", batch), ("batches", batches), ("repeats", repeats)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"{name} must be a positive integer; got {v!r}")
+    check_positive_int(size, "size", most=MAX_IMAGE_SIZE)
+    for name, v in (("batch", batch), ("batches", batches), ("repeats", repeats)):
+        check_positive_int(v, name)
     dev = pick_device(device)
     m = load_model(model, device=dev)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)

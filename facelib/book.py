@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import atomic_write_bytes
 from .device import pick_device
 
 PROFILES = ("ci", "cpu", "gpu")
@@ -132,9 +133,5 @@ def results_dir() -> Path:
 def save_results(chapter: str, data: dict, profile: str) -> Path:
     """Write ``results/<chapter>.json`` (atomically) with ``profile`` added; returns the path."""
     path = results_dir() / f"{chapter}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"chapter": chapter, "profile": profile, **data}, indent=1, sort_keys=True,
-                              default=float) + "\n")
-    os.replace(tmp, path)
-    return path
+    text = json.dumps({"chapter": chapter, "profile": profile, **data}, indent=1, sort_keys=True, default=float)
+    return atomic_write_bytes(path, (text + "\n").encode())

@@ -25,7 +25,7 @@ def _model_info(args) -> int:
     print(f"reflectance     {info['n_reflectance']} components (sigma_r)")
     print("bbox [mm]       x {:.1f}..{:.1f}  y {:.1f}..{:.1f}  z {:.1f}..{:.1f}  (size {:.1f} x {:.1f} x {:.1f})"
           .format(b["min"][0], b["max"][0], b["min"][1], b["max"][1], b["min"][2], b["max"][2], *b["size"]))
-    print(f"landmarks       {info['landmarks']} (iBUG 68 order)")
+    print(f"landmarks       {info['landmarks']} (iBUG 68 order)" if info["landmarks"] else "landmarks       none")
     if m.name == "open":
         print(f"mouth opens     expression component {m.mouth_component + 1} (index {m.mouth_component}),"
               f" prior U(-{float(m.expression_range[m.mouth_component]):.2f}, "
@@ -49,13 +49,10 @@ def _model_build(args) -> int:
 
 
 def _model_preview(args) -> int:
-    from pathlib import Path
-
     from . import load_model
     from .plot import model_preview
 
     m = load_model(args.model)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     model_preview(m, args.out, show_landmarks=True)
     print(f"wrote {args.out}: mean face and +-3 sigma along the first shape, expression and "
           "reflectance components")
@@ -63,8 +60,6 @@ def _model_preview(args) -> int:
 
 
 def _render(args) -> int:
-    from pathlib import Path
-
     import torch
 
     from . import load_model
@@ -76,7 +71,6 @@ def _render(args) -> int:
     theta = sample_sec5(m, 1, seed=args.seed, device=m.device)
     with torch.no_grad():
         r = render(m, theta, args.size, background=args.background)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     save_image(args.out, r.image[0].cpu())
     print(f"wrote {args.out}: a {args.size}x{args.size} face drawn from the Sec. 5 sampler (seed {args.seed})")
     return 0
@@ -113,15 +107,17 @@ def build_parser() -> argparse.ArgumentParser:
     prev.set_defaults(func=_model_preview)
     ren = sub.add_parser("render", help="render one face drawn from the InverseFaceNet Sec. 5 sampler")
     ren.add_argument("--seed", type=int, default=0)
-    ren.add_argument("--size", type=_positive_int, default=240)
+    ren.add_argument("--size", type=_image_size, default=240,
+                     help="pixels per side, at most 8192")
     ren.add_argument("--out", default="face.png")
     ren.add_argument("--model", default="open")
     ren.add_argument("--device", default="auto", help="auto (cuda if present), cpu or cuda")
-    ren.add_argument("--background", type=float, default=0.0, help="grey level of the background, 0..1")
+    ren.add_argument("--background", type=_unit_float, default=0.0, help="grey level of the background, 0..1")
     ren.set_defaults(func=_render)
     bench = sub.add_parser("bench", help="benchmarks").add_subparsers(dest="sub", required=True)
     br = bench.add_parser("render", help="full pipeline speed: coefficients -> shaded RGB + mask")
-    br.add_argument("--size", type=_positive_int, default=240)
+    br.add_argument("--size", type=_image_size, default=240,
+                     help="pixels per side, at most 8192")
     br.add_argument("--batch", type=_positive_int, default=32)
     br.add_argument("--batches", type=_positive_int, default=10, help="timed batches after warm-up")
     br.add_argument("--device", default="auto")
@@ -132,13 +128,39 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _positive_int(text: str) -> int:
-    v = int(text)
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}") from None
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer; got {text}")
     return v
 
 
+def _image_size(text: str) -> int:
+    """A positive integer no larger than :data:`facelib._checks.MAX_IMAGE_SIZE` (pixels per side)."""
+    from ._checks import MAX_IMAGE_SIZE
+
+    v = _positive_int(text)
+    if v > MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_IMAGE_SIZE} pixels per side; got {text}")
+    return v
+
+
+def _unit_float(text: str) -> float:
+    """A number in [0, 1]."""
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not 0.0 <= v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a number in [0, 1]; got {text!r}")
+    return v
+
+
 def main(argv=None) -> int:
+    """Run the command; a bad input or model file ends with one line on stderr and exit status 2, a
+    file that cannot be read or written (missing, read-only folder) with exit status 1."""
     from .facemodel import ModelFileError
 
     args = build_parser().parse_args(argv)
@@ -147,6 +169,9 @@ def main(argv=None) -> int:
     except (ModelFileError, ValueError) as e:
         print(f"facelib: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"facelib: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

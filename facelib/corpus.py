@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._atomic import atomic_path
 from .facemodel import LANDMARK_GROUPS
 from .params import ParamLayout, sample_sec5
 from .render import landmarks_2d, render
@@ -308,10 +308,8 @@ class SyntheticCorpus(torch.utils.data.Dataset):
                 path.unlink(missing_ok=True)
         data = self._render_chunk(c, self.chunk)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(path.stem + f".tmp{os.getpid()}.npz")
-            np.savez(tmp, **data)
-            os.replace(tmp, path)
+            with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez adds no suffix
+                np.savez(f, **data)
         return data
 
     def _build(self, progress: bool) -> None:

@@ -9,17 +9,14 @@ colours and images in [0, 1] (clipped on export).
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["save_obj", "save_ply", "save_image", "image_grid", "save_image_grid"]
+from ._atomic import atomic_write_bytes
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
+__all__ = ["save_obj", "save_ply", "save_image", "image_grid", "save_image_grid"]
 
 
 def _np(x) -> np.ndarray:
@@ -27,21 +24,9 @@ def _np(x) -> np.ndarray:
 
 
 def _atomic_write(path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace``; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``data`` to ``path`` via a temporary sibling and ``os.replace``; returns the path. Errors
+    name the path (a folder that cannot be created or written to)."""
+    return atomic_write_bytes(path, data)
 
 
 def _mesh_arrays(verts, faces, colors):

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._atomic import atomic_path
+
 __all__ = [
     "FaceModel",
     "ModelFileError",
@@ -273,8 +275,9 @@ class FaceModel:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the model to one ``.npz`` (byte-identical for identical content).
 
-        The file is written to a temporary name and renamed, so an interrupted save never leaves a
-        half-written model behind.
+        The file is written to a temporary name of its own and renamed (:func:`facelib._atomic.atomic_path`),
+        so an interrupted save never leaves a half-written model behind and two processes saving the
+        same model at once both succeed.
         """
         path = Path(path)
         arrays = {}
@@ -288,10 +291,8 @@ class FaceModel:
                   "mouth_component": self.mouth_component, "mouth_bias": self.mouth_bias,
                   "metadata": self.metadata, "format": "facelib-facemodel-1"}
         arrays["header"] = np.frombuffer(json.dumps(header, sort_keys=True).encode(), dtype=np.uint8)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        _write_npz_deterministic(tmp, arrays)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            _write_npz_deterministic(tmp, arrays)
         return path
 
     @classmethod
@@ -307,7 +308,12 @@ class FaceModel:
             raise ModelFileError(f"{path}: not a readable .npz face model (truncated or corrupt?): {e}") from e
         if "header" not in data:
             raise ModelFileError(f"{path}: no 'header' entry; not a facelib face model")
-        header = json.loads(bytes(data.pop("header")).decode())
+        try:
+            header = json.loads(bytes(data.pop("header")).decode())
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ModelFileError(f"{path}: its 'header' entry is not JSON ({e}); not a facelib face model") from e
+        if not isinstance(header, dict):
+            raise ModelFileError(f"{path}: its 'header' entry is not a JSON object; not a facelib face model")
         masks = {k[len("mask__"):]: data.pop(k) for k in list(data) if k.startswith("mask__")}
         required = {"mean_shape", "shape_basis", "sigma_s", "expression_basis", "sigma_e",
                     "mean_albedo", "albedo_basis", "sigma_r", "triangles"}

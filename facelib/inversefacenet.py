@@ -18,13 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ._atomic import atomic_path
 from .corpus import network_input, render_crops, to_network
 from .metrics import geometric_rmse, mask_iou, photometric_rmse
 from .params import ParamLayout, breed_children
@@ -246,10 +246,8 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
     log = {"loss": losses, "train_s": time.perf_counter() - t0 - spent_eval, "iters": iters, "curve": curve}
     net.eval()
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save({"net": net.state_dict(), "log": log, "optimizer": opt.state_dict()}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"net": net.state_dict(), "log": log, "optimizer": opt.state_dict()}, tmp)
     return dict(log, cached=False, optimizer=opt.state_dict())
 
 
@@ -470,6 +468,31 @@ def error_sources(model, theta: torch.Tensor, test: dict) -> dict:
     return {k: float(geometric_errors(model, th, test["verts"])["geometric_mm"].mean()) for k, th in rows.items()}
 
 
+ERROR_SOURCES = ("estimate", "estimated shape, true expression", "true shape, estimated expression")
+
+
+def error_sources_rows(model, results: dict, names, tests: dict) -> dict:
+    """:func:`error_sources` of every row of ``names`` (:func:`train_rows`' ``results``) on every test
+    set, averaged over the row's training seeds: ``{set: {row: {source: mm}}}``."""
+    return {key: {n: {k: float(np.mean([error_sources(model, r[key]["theta"], t)[k] for r in results[n].values()]))
+                      for k in ERROR_SOURCES} for n in names} for key, t in tests.items()}
+
+
+def error_sources_markdown(sources: dict, refs: dict | None = None) -> str:
+    """A Markdown table of :func:`error_sources_rows` (one line per test set and row), with the plain
+    geometric error of the reference rows ``refs`` (:func:`reference_rows`) "true expression, mean
+    shape" and "true parameters, mean head size" under it: the levels the middle and the last column
+    compare with."""
+    lines = ["| test set | row | " + " | ".join(f"{k} [mm]" for k in ERROR_SOURCES) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in ERROR_SOURCES) + " |"]
+    lines += [f"| {key} | {n} | " + " | ".join(f"{row[k]:.2f}" for k in ERROR_SOURCES) + " |"
+              for key, rows in sources.items() for n, row in rows.items()]
+    for key in sources if refs else ():
+        for r in ("true expression, mean shape", "true parameters, mean head size"):
+            lines.append(f"| {key} | *{r}* | {summarize(refs[r][key]['geometric_mm'])['mean']:.2f} | | |")
+    return "\n".join(lines)
+
+
 def truncation_floor(model, test: dict, ks=(1, 2, 3, 4, 6, 10, 20, 40, 80)) -> dict:
     """How much of the mean face's geometric error an image can be expected to explain: the errors of
     :func:`truncated_truth` for each ``k`` of ``ks`` on a :func:`make_test_set` set, next to the mean
@@ -660,10 +683,8 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     info = {"train_s": log["train_s"] + hist["train_s"], "iters": total,
             "loss": log["loss"] + hist["loss"], "pretrain_iters": pre, "rounds": rounds, "per_round": per_round,
             "curve": curve, "history": {"theta_r": hist["theta_r"], "children": hist["children"]}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"net": net.state_dict(), "info": info}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"net": net.state_dict(), "info": info}, tmp)
     return net, dict(info, cached=False)
 
 

@@ -30,6 +30,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ._atomic import atomic_path
 from .facemodel import FaceModel
 from .metrics import photometric_rgb_distance, similarity_align
 from .multilevel import MultiLevelModel, code_layout, decimate
@@ -259,14 +260,14 @@ def make_corpus(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tens
     supervision), landmarks_gt, and the ground truth for evaluation only: verts_model ``(n, K, 3)`` (model
     space, mm, with the out-of-model detail, restricted to ``keep``), albedo ``(n, K, 3)`` (with the
     painted detail) and theta.  ``cache``: a ``.pt`` file read when present and
-    written otherwise."""
+    written otherwise (a truncated or unreadable cache file is rendered again and replaced)."""
     from tqdm.auto import tqdm
 
     from .wild import wild_batch
 
-    if cache is not None and Path(cache).exists():
-        data = torch.load(cache, map_location="cpu", weights_only=True)
-        if data.get("_key") == [n, size, seed, None if keep is None else int(keep.numel())]:
+    if cache is not None:
+        data = _load(Path(cache), "corpus cache", map_location="cpu", weights_only=True)
+        if data is not None and data.get("_key") == [n, size, seed, None if keep is None else int(keep.numel())]:
             return {k: v for k, v in data.items() if k != "_key"}
     parts = []
     for i in tqdm(range((n + chunk - 1) // chunk), desc=f"wild corpus ({n} faces, {size}px)", disable=not progress):
@@ -278,10 +279,7 @@ def make_corpus(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tens
                       "albedo": d["albedo"][:, k].float(), "theta": d["theta"].float()})
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if cache is not None:
-        Path(cache).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(str(cache) + ".tmp")
-        torch.save({**data, "_key": [n, size, seed, None if keep is None else int(keep.numel())]}, tmp)
-        os.replace(tmp, cache)
+        _save(Path(cache), {**data, "_key": [n, size, seed, None if keep is None else int(keep.numel())]})
     return data
 
 
@@ -445,11 +443,32 @@ def loss_terms(net: MoFA, out: Decoded, image: torch.Tensor, landmarks: torch.Te
 
 
 # ---------------------------------------------------------------------------------- training
+def _load(path: Path, what: str, **kwargs) -> dict | None:
+    """``torch.load(path, **kwargs)``, or None when there is no such file or it is truncated or corrupt
+    (then with a warning that names it: the caller rebuilds it and the next save replaces it)."""
+    import warnings
+
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, **kwargs)
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # noqa: BLE001 (a damaged file raises RuntimeError, EOFError, OSError, pickle errors)
+        obj, why = None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    else:
+        why = "" if isinstance(obj, dict) else f"holds a {type(obj).__name__}, not a dict"
+    if why:
+        warnings.warn(f"{path}: unreadable {what} (truncated or corrupt?), rebuilding it: {why}", stacklevel=3)
+        return None
+    return obj
+
+
 def _save(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` to ``path`` atomically, under a temporary name of its own (safe under concurrent
+    writers: :func:`facelib._atomic.atomic_path`)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _fingerprint(net: nn.Module) -> float:
@@ -469,6 +488,10 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
     and the learning rates of :meth:`MoFA.param_groups`.  Batches are drawn with a generator seeded by
     ``(seed, step)``, so a run resumed from ``checkpoint`` (written atomically every
     ``checkpoint_every`` steps and at the end) continues exactly; a finished checkpoint just loads.
+    A checkpoint of the same run that holds more than ``steps`` steps is never overwritten: ValueError
+    (ask for at least its steps to load it, or pass another path to train ``steps`` from the start).
+    A checkpoint of another configuration is trained anew and replaced; a truncated or corrupt one
+    (an interrupted copy, a full disk) is reported with a warning and trained anew.
     Adam replaces the paper's AdaDelta.  ``threads``: PyTorch CPU threads for the run (set here because
     Numba's OpenMP kernels, e.g. the corpus renderer, reset the count PyTorch shares with them).
     ``eval_fn(net) -> dict`` (e.g. held-out errors), called every ``eval_every`` steps and after the
@@ -496,12 +519,15 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
             "weights": weights.__dict__}
     if stage == 2:  # stage 2 starts from a trained stage 1: a checkpoint fine-tuned from another one is not resumed
         meta["start"] = _fingerprint(net)
-    if ckpt is not None and ckpt.exists():
-        state = torch.load(ckpt, map_location=dev, weights_only=False)
-        if state.get("meta") == meta and state["step"] <= steps:  # same run: resume (or extend) it
-            net.load_state_dict(state["net"])
-            opt.load_state_dict(state["opt"])
-            start, history = state["step"], state["history"]
+    state = _load(ckpt, "checkpoint", map_location=dev, weights_only=False) if ckpt is not None else None
+    if state is not None and state.get("meta") == meta:  # same run: resume (or extend) it
+        if state["step"] > steps:
+            raise ValueError(f"checkpoint {ckpt} holds {state['step']} steps of this run, more than the "
+                             f"steps={steps} asked for; ask for steps >= {state['step']} to load it, or pass "
+                             "another checkpoint path (or delete it) to train from the start")
+        net.load_state_dict(state["net"])
+        opt.load_state_dict(state["opt"])
+        start, history = state["step"], state["history"]
     if start == 0 and stage == 2:
         net.start_stage2()
     cache = _LossCache(net, seed)

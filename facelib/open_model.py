@@ -38,6 +38,7 @@ Everything is deterministic: the same code gives the same bytes (see ``tests/tes
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -894,14 +895,22 @@ def _source_hash() -> str:
 def open_model(rebuild: bool = False, progress: bool = True) -> FaceModel:
     """The ``open`` model: loaded from the cache, or built and cached on first use.
 
-    The cache file name carries a hash of the builder's source, so a changed builder rebuilds.
+    The cache file name carries a hash of the builder's source, so a changed builder rebuilds. A cache
+    folder that cannot be written to (read-only) gives a warning and the model built in memory.
     """
     path = cache_dir() / f"open-{BUILDER_VERSION}-{_source_hash()}.npz"
     if path.exists() and not rebuild:
         try:
             return FaceModel.load(path)
         except Exception:  # a corrupt cache is rebuilt, never trusted
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (a read-only cache keeps it; the save below warns)
+                path.unlink(missing_ok=True)
     m = build_open_model(progress=progress)
-    m.save(path)
+    try:
+        m.save(path)
+    except OSError as e:
+        import warnings
+
+        warnings.warn(f"the open model was built but not cached: {e}; set FACELIB_CACHE to a writable "
+                      "folder to build it only once", stacklevel=2)
     return m

@@ -311,9 +311,13 @@ def _check_batch(batch) -> int:
     return batch
 
 
+_SEED_RANGE = (-(2 ** 63), 2 ** 64)  # what torch.Generator.manual_seed accepts
+
+
 def _generator(seed) -> torch.Generator:
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer; got {seed!r}")
+    """A CPU generator seeded with ``seed``, an int in ``[-2**63, 2**64)``; ValueError otherwise."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not _SEED_RANGE[0] <= seed < _SEED_RANGE[1]:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64); got {seed!r}")
     g = torch.Generator(device="cpu")
     g.manual_seed(seed)
     return g

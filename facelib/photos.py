@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ._checks import MAX_IMAGE_SIZE, check_positive_int
 from .corpus import crop_to_box
 
-__all__ = ["PHOTO_SUFFIXES", "load_photos", "haar_face_boxes", "ellipse_mask"]
+__all__ = ["PHOTO_SUFFIXES", "MAX_PHOTO_PIXELS", "load_photos", "haar_face_boxes", "ellipse_mask"]
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 HAAR_BOX_SCALE = 1.05  # the Haar box spans about brows to chin, like our landmark box
@@ -51,16 +52,34 @@ def haar_face_boxes(image: np.ndarray) -> list:
     return sorted(boxes, key=lambda b: -b[2] * b[3])
 
 
+MAX_PHOTO_PIXELS = 64_000_000  # larger photos are skipped, not decoded (a 64 MP RGB photo is 192 MB)
+
+
 def _read(path: Path) -> np.ndarray:
-    from PIL import Image
+    """``(H, W, 3)`` uint8 RGB of a photo: turned upright by its EXIF orientation, alpha dropped,
+    grey repeated to RGB, 16-bit grey scaled to 8 bits (not clipped). ValueError for a photo larger
+    than :data:`MAX_PHOTO_PIXELS`; PIL's errors for files it cannot read."""
+    from PIL import Image, ImageOps
 
     with Image.open(path) as im:
+        if im.width * im.height > MAX_PHOTO_PIXELS:
+            raise ValueError(f"{im.width} x {im.height} pixels, more than the {MAX_PHOTO_PIXELS:,} "
+                             "a photo may have")
+        im = ImageOps.exif_transpose(im)
+        if im.mode.startswith("I"):  # 16-bit grey ("I;16", or "I" in older Pillow)
+            a = np.asarray(im).astype(np.float64)
+            top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+            grey = np.clip(np.round(a * (255.0 / top)), 0, 255).astype(np.uint8)
+            return np.repeat(grey[..., None], 3, axis=2)
         return np.asarray(im.convert("RGB"))
 
 
 def load_photos(folder, size: int, detector: str | None = "haar", limit: int | None = None,
                 progress: bool = True) -> dict:
     """Network inputs from the photos in ``folder`` (sorted by name).
+
+    Photos are read upright (EXIF orientation); RGBA loses its alpha, grey and 16-bit grey become
+    8-bit RGB; photos over :data:`MAX_PHOTO_PIXELS` and files that are not images are skipped.
 
     Args:
         folder: a directory with ``.jpg``/``.jpeg``/``.png`` files.
@@ -70,10 +89,14 @@ def load_photos(folder, size: int, detector: str | None = "haar", limit: int | N
         dict with ``crop (n, 3, N, N)`` float in [0, 1] (0 outside the mask), ``mask (n, N, N)``,
         ``files`` (the n paths used), ``skipped`` (list of ``(path, reason)``).
     Raises:
-        ValueError if ``folder`` is not a directory, holds no photos, or no face was found in any.
+        ValueError if ``size`` is not an int in 1..8192 or ``limit`` not a positive int (or None),
+        ``folder`` is not a directory, holds no photos, or no face was found in any.
     """
     from tqdm.auto import tqdm
 
+    check_positive_int(size, "size", most=MAX_IMAGE_SIZE)
+    if limit is not None:
+        check_positive_int(limit, "limit")
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a directory; expected a folder of photos")
@@ -87,8 +110,8 @@ def load_photos(folder, size: int, detector: str | None = "haar", limit: int | N
     for path in tqdm(files, desc="photos", disable=not progress):
         try:
             img = _read(path)
-        except Exception as e:  # unreadable or truncated file
-            skipped.append((str(path), f"unreadable: {e}"))
+        except Exception as e:  # unreadable, truncated, not an image, too large
+            skipped.append((str(path), f"unreadable: {str(e).splitlines()[0] if str(e) else type(e).__name__}"))
             continue
         H, W = img.shape[:2]
         if detector == "haar":

@@ -7,7 +7,11 @@ differentiable renderer lives in :mod:`facelib.render`.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
+
+from ._atomic import atomic_write_bytes
 
 
 def _rot(yaw_deg=0.0, pitch_deg=0.0):
@@ -59,35 +63,49 @@ def draw_mesh(ax, P, tris, colors, yaw=0.0, pitch=0.0, light=(0.3, 0.5, 1.0), am
 def model_preview(model, path, yaw=0.0, components=(0,), show_landmarks=False):
     """Figure: the mean face and +-3 sigma along the first shape, expression and reflectance components.
 
-    Rows: shape, expression, reflectance; columns: -3 sigma, mean, +3 sigma (and a side view).
-    Saved to ``path`` (PNG).  Returns the path.
+    Rows: shape, expression, reflectance; columns: -3 sigma, mean, +3 sigma (and a side view).  A row
+    whose basis has no component (an OBJ-folder model has no reflectance basis, a Basel Face Model
+    without ``expPC`` no expression basis) shows the mean face and says so; ``show_landmarks`` marks
+    the landmarks where the model has them.  Saved to ``path`` (PNG, written atomically; the folders are
+    created).  Returns the path.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
 
-    tris = model.triangles.cpu().numpy()
-    rows = [("shape", "theta_s"), ("expression", "theta_e"), ("reflectance", "theta_r")]
+    model = model if model.device.type == "cpu" else model.to("cpu")
+    tris = model.triangles.numpy()
+    landmarks = model.landmarks.numpy() if (show_landmarks and model.landmarks is not None) else None
+    k = components[0]
     fig, axes = plt.subplots(3, 4, figsize=(13, 12))
-    for r, (label, _) in enumerate(rows):
-        for cidx, s in enumerate([-3.0, 0.0, 3.0, 0.0]):
-            ts = torch.zeros(1, model.n_shape)
-            te = torch.zeros(1, model.n_expression)
-            tr = torch.zeros(1, model.n_reflectance)
-            k = components[0]
-            if cidx == 3:
-                s = 3.0
-            {"shape": ts, "expression": te, "reflectance": tr}[label][0, k] = s
-            P = model.geometry(ts, te)[0].numpy()
-            C = model.reflectance(tr)[0].numpy()
-            yw = 55.0 if cidx == 3 else yaw
-            draw_mesh(axes[r, cidx], P, tris, C, yaw=yw,
-                      landmarks=model.landmarks.numpy() if (show_landmarks and cidx == 1) else None,
-                      title=f"{label} component {k + 1}: {s:+.0f} sigma" + (" (side)" if cidx == 3 else ""))
+    for r, label in enumerate(("shape", "expression", "reflectance")):
+        n = {"shape": model.n_shape, "expression": model.n_expression, "reflectance": model.n_reflectance}[label]
+        for cidx, s in enumerate([-3.0, 0.0, 3.0, 3.0]):
+            s = s if k < n else 0.0
+            P, C = _preview_face(model, label, k, s)
+            side = " (side)" if cidx == 3 else ""
+            title = (f"{label} component {k + 1}: {s:+.0f} sigma" if k < n
+                     else f"mean ({label}: {n} components)") + side
+            draw_mesh(axes[r, cidx], P, tris, C, yaw=55.0 if cidx == 3 else yaw,
+                      landmarks=landmarks if cidx == 1 else None, title=title)
     fig.suptitle(f"face model '{model.name}': mean and +-3 sigma along the first components")
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
     plt.close(fig)
-    return path
+    return atomic_write_bytes(path, buf.getvalue())  # no half-written file, errors name the path
+
+
+def _preview_face(model, label: str, k: int, s: float):
+    """Vertices ``(V, 3)`` mm and albedo ``(V, 3)`` with component ``k`` of ``label`` at ``s`` sigma
+    (Eq. 2-3; the mean face when ``s`` is 0)."""
+    import torch
+
+    theta = {"shape": torch.zeros(1, model.n_shape), "expression": torch.zeros(1, model.n_expression),
+             "reflectance": torch.zeros(1, model.n_reflectance)}
+    if s:
+        theta[label][0, k] = s
+    with torch.no_grad():
+        return (model.geometry(theta["shape"], theta["expression"])[0].numpy(),
+                model.reflectance(theta["reflectance"])[0].numpy())

@@ -40,7 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from ._checks import all_finite
+from ._checks import MAX_IMAGE_SIZE, all_finite, check_image_size  # noqa: F401 (MAX_IMAGE_SIZE: public)
 
 try:  # optional: the fast CPU visibility pass
     import numba
@@ -81,18 +81,8 @@ class Fragments(NamedTuple):
 
 
 def _image_hw(image_size) -> tuple[int, int]:
-    if isinstance(image_size, (int, np.integer)) and not isinstance(image_size, bool):
-        hw = (int(image_size), int(image_size))
-    else:
-        try:
-            hw = tuple(int(s) for s in image_size)
-        except TypeError:
-            raise ValueError(f"image_size must be an int or (H, W); got {image_size!r}") from None
-        if len(hw) != 2:
-            raise ValueError(f"image_size must be an int or (H, W); got {image_size!r}")
-    if hw[0] <= 0 or hw[1] <= 0:
-        raise ValueError(f"image_size must be positive; got (H, W) = {hw}")
-    return hw
+    """``(H, W)`` of ``image_size`` (an int or a pair), checked: :func:`facelib._checks.check_image_size`."""
+    return check_image_size(image_size)
 
 
 def _check_inputs(verts_screen, faces, faces_per_pixel=1, backend="auto"):

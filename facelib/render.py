@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from . import _gemm, _llvm, _resolve, _zchunk
-from ._checks import all_finite
+from ._checks import all_finite, check_theta
 from .camera import Camera, default_camera, perspective_project, rigid_transform
 from .params import ParamLayout, rot_xyz
 from .raster import HAVE_NUMBA, Fragments, _image_hw, interpolate, rasterize
@@ -50,7 +50,7 @@ _K20 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[2] * _C20  # 3 z^2 - 1
 _K22 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[2] * _C22  # x^2 - y^2
 
 __all__ = ["Render", "face_camera", "render", "depth_map", "pncc_colors", "pncc_map", "normal_map",
-           "landmarks_2d", "face_labels"]
+           "landmarks_2d", "face_labels", "mouth_interior_mask"]
 
 
 class Render(NamedTuple):
@@ -85,9 +85,20 @@ def _face_camera_cached(hw: tuple, device, dtype) -> Camera:
     return face_camera(hw, device=device, dtype=dtype)
 
 
+def mouth_interior_mask(model) -> torch.Tensor:
+    """The model's ``mouth_interior`` vertex mask ``(V,)`` bool; all False for a model without one (a
+    Basel Face Model or an OBJ folder: no cavity, so every face pixel is a network-input pixel)."""
+    m = model.masks.get("mouth_interior")
+    if m is None:
+        return _cached(model, "no-mouth", (model.mean_shape,),
+                       lambda: torch.zeros(model.n_vertices, dtype=torch.bool, device=model.device))
+    return m
+
+
 def face_labels(model) -> dict:
-    """Per-triangle labels (T,) bool: ``mouth_interior`` (all three vertices in the cavity)."""
-    tri, m = model.triangles, model.masks["mouth_interior"]
+    """Per-triangle labels (T,) bool: ``mouth_interior`` (all three vertices in the cavity; none for a
+    model without a ``mouth_interior`` mask)."""
+    tri, m = model.triangles, mouth_interior_mask(model)
     return {"mouth_interior": m[tri[:, 0]] & m[tri[:, 1]] & m[tri[:, 2]]}
 
 
@@ -96,6 +107,10 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
            detach_bary: bool = False, outputs: str = "all", fused: bool | None = None,
            geometry: torch.Tensor | None = None, albedo: torch.Tensor | None = None) -> Render:
     """Render faces from InverseFaceNet parameter vectors ``theta (B, m)`` (Eq. 1 layout).
+
+    ``theta`` must be a finite ``(B, m)`` tensor of the model's dtype; ``image_size`` an int or
+    ``(H, W)``, at most :data:`facelib._checks.MAX_IMAGE_SIZE` (8192) pixels per side (ValueError
+    otherwise: a 20000-pixel image takes tens of GB).
 
     The rotation of theta turns the head in front of ``camera`` (default :func:`face_camera`).
 
@@ -113,7 +128,7 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
     """
     want = _wanted_fields(outputs)
     layout = layout or ParamLayout.from_model(model)
-    p = layout.unpack(theta)
+    p = layout.unpack(check_theta(theta, layout.size, model.mean_shape.dtype))
     cam = camera or _face_camera_cached(_image_hw(image_size), theta.device, theta.dtype)
     why = _fused_unavailable(model, theta, cam, backend)
     if geometry is not None or albedo is not None:
@@ -122,6 +137,8 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
         raise ValueError(f"fused=True, but the fused renderer cannot run here: {why}")
     if fused is not False and not why:
         return _render_fused(model, p, cam, image_size, background, want)
+    if not all_finite(theta.detach()):
+        raise ValueError("theta contains NaN or infinite values")
     B = theta.shape[0]
     verts = model.geometry(p["shape"], p["expression"]) if geometry is None else geometry  # Eq. 2
     albedo = model.reflectance(p["reflectance"]) if albedo is None else albedo  # Eq. 3
@@ -194,7 +211,11 @@ def normal_map(model, fragments: Fragments, normals: torch.Tensor) -> torch.Tens
 
 
 def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
-    """Projected landmark positions ``(B, 68, 2)`` in pixels from screen vertices ``(B, V, 3)``."""
+    """Projected landmark positions ``(B, 68, 2)`` in pixels from screen vertices ``(B, V, 3)``;
+    ValueError for a model without landmarks (a Basel Face Model or an OBJ folder)."""
+    if model.landmarks is None:
+        raise ValueError(f"face model {model.name!r} has no landmarks; landmarks_2d needs a model with "
+                         "68 landmark vertex ids (e.g. 'open')")
     return screen[:, model.landmarks, :2]
 
 
@@ -962,7 +983,7 @@ def _cached(model, key: str, tensors: tuple, build):
 def _mesh_arrays(model) -> tuple:
     """The triangles as int32, :func:`face_labels`' ``mouth_interior`` and :func:`_triangle_chunks` as
     NumPy arrays (the torch ops behind face_labels spin up threads: slow on a shared CPU)."""
-    tri, m = model.triangles, model.masks["mouth_interior"]
+    tri, m = model.triangles, mouth_interior_mask(model)
 
     def build():
         faces = np.ascontiguousarray(tri.numpy(), dtype=np.int32)
@@ -1013,7 +1034,7 @@ def _geometry_basis(model, ns: int, ne: int) -> torch.Tensor:
 def _stack_rows(*bases) -> torch.Tensor:
     """Bases ``(K_i, V, 3)`` as the rows of one ``(sum K_i, 3 V)`` matrix with coordinate-major columns
     (all x, then all y, then all z): the products come out in the layout of the per-face kernels."""
-    return torch.cat([x.transpose(1, 2).reshape(x.shape[0], -1) for x in bases]).contiguous()
+    return torch.cat([x.transpose(1, 2).reshape(x.shape[0], 3 * x.shape[1]) for x in bases]).contiguous()
 
 
 def _means(model) -> tuple:

@@ -206,14 +206,15 @@ def shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -> t
     if normals.ndim < 2 or g.shape[0] not in (1, B):
         raise ValueError(f"gamma has batch size {g.shape[0]}; normals {tuple(normals.shape)} have "
                          f"batch size {B}")
+    P = normals.numel() // (3 * B) if B else 0  # points per face (explicit: an empty batch has no -1)
     if HAVE_NUMBA and normals.device.type == "cpu" and not (
             torch.is_grad_enabled() and (albedo.requires_grad or normals.requires_grad or g.requires_grad)):
         out = torch.empty_like(albedo)  # Numba twin: same formula, no autograd graph
-        _shade_kernel(albedo.detach().reshape(B, -1, 3).contiguous().numpy(),
-                      normals.detach().reshape(B, -1, 3).contiguous().numpy(),
-                      g.detach().to(albedo.dtype).expand(B, N_SH, 3).contiguous().numpy(), out.view(B, -1, 3).numpy())
+        _shade_kernel(albedo.detach().reshape(B, P, 3).contiguous().numpy(),
+                      normals.detach().reshape(B, P, 3).contiguous().numpy(),
+                      g.detach().to(albedo.dtype).expand(B, N_SH, 3).contiguous().numpy(), out.view(B, P, 3).numpy())
         return out
-    H = sh_irradiance_basis(normals).movedim(-1, 0).reshape(N_SH, B, -1)  # (9, B, P) planes
+    H = sh_irradiance_basis(normals).movedim(-1, 0).reshape(N_SH, B, P)  # (9, B, P) planes
     irradiance = torch.einsum("kbp,bkc->bpc", H, g.to(H.dtype).expand(B, N_SH, 3))  # sum_b gamma_b H_b
     irradiance = irradiance.reshape(normals.shape)
     return albedo * irradiance  # Eq. 5

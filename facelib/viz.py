@@ -54,9 +54,11 @@ __all__ = [
     "live_panel",
 ]
 
-# One HTML bundle per figure with plotly.js embedded inline once per notebook: it shows in JupyterLab
-# (trusted outputs), in the classic Notebook and in the static book, offline (no CDN is reachable).
-# Adding the "plotly_mimetype" bundle as well would store every figure twice in the committed chapters.
+# One HTML bundle per figure, with plotly.js embedded inline once per notebook while it runs: it shows
+# in JupyterLab (trusted outputs) and in the classic Notebook, offline (no CDN is reachable). The book
+# pipeline strips that bundle from the executed chapters (scripts/build_book.py) and the HTML book
+# loads plotly.js once, from its own _static folder (book/_ext/book_html.py). Adding the
+# "plotly_mimetype" bundle as well would store every figure twice in the committed chapters.
 BOOK_RENDERER = "notebook"
 
 MM_AXES = ("x [mm]", "y [mm]", "z [mm]")
@@ -73,8 +75,8 @@ SH_NAMES = ("Y<sub>0,0</sub> ∝ 1", "Y<sub>1,-1</sub> ∝ y", "Y<sub>1,0</sub> 
 
 
 def setup_plotly(renderer: str = BOOK_RENDERER) -> str:
-    """Make Plotly figures show in JupyterLab *and* in the offline static HTML book; returns the
-    renderer name.  Call once at the top of a chapter."""
+    """Make Plotly figures show in JupyterLab *and* in the offline static HTML book (which loads
+    plotly.js from its ``_static`` folder); returns the renderer name.  Call once at the top of a chapter."""
     pio.renderers.default = renderer
     return renderer
 

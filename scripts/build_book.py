@@ -3,14 +3,17 @@
     python scripts/build_book.py execute [--profile cpu] [--out book] [NOTEBOOK ...]
     python scripts/build_book.py html                 # jupyter-book build . -> book/_build/html
     python scripts/build_book.py all [--profile cpu]  # both: what `make book` runs
+    python scripts/build_book.py tidy [NOTEBOOK ...]  # re-apply the post-processing to book/*.ipynb
 
 ``execute`` runs every ``notebooks/NN_name.ipynb`` (or the ones named) top to bottom on a fresh
 kernel with ``-p profile <profile>``, in the notebook's own folder (as JupyterLab would), and writes
 the executed copy to ``<out>/NN_name.ipynb`` only when every cell succeeded. At the first failing cell
 it stops with ``make book: notebooks/NN_name.ipynb failed at cell N ...``, keeps the partly executed
 notebook in ``out/failed/`` and exits with status 1. Timing metadata that papermill records is
-stripped and the random ids of figures, widgets and the injected cell are made stable, so re-running
-an unchanged chapter changes as little as possible of the committed file.
+stripped, the plotly.js bundle that Plotly's ``notebook`` renderer inlines is removed (the HTML book
+loads plotly.js once from ``_static``) and the random ids of figures, widgets and the injected cell are
+made stable, so re-running an unchanged chapter changes as little as possible of the committed file.
+``tidy`` applies that post-processing to executed notebooks without running them.
 """
 
 from __future__ import annotations
@@ -46,11 +49,34 @@ def _rel(path: Path) -> str:
 
 
 _PLOTLY_MATHJAX = re.compile(r'<script src="https://cdnjs\.cloudflare\.com/ajax/libs/mathjax/[^"]*"></script>')
+# The plotly.js bundle that Plotly's "notebook" renderer inlines with the first figure of a notebook
+# (4.8 MB): the HTML book loads plotly.js once from its _static folder instead (book/_ext/book_html.py).
+_PLOTLY_JS = re.compile(r"<script[^>]*>\s*/\*\*?\s*\*?\s*plotly\.js v\d[\s\S]*?</script>")
+_SCRIPT = re.compile(r"<script[^>]*>[\s\S]*?</script>")
+
+
+def _strip_plotly_js(outputs: list) -> list:
+    """The outputs without the inlined plotly.js bundle and without Plotly's MathJax-from-CDN tags;
+    an output left with nothing but scripts (the bundle's config preamble) is dropped."""
+    kept = []
+    for output in outputs:
+        html = output.get("data", {}).get("text/html")
+        if isinstance(html, list):
+            html = "".join(html)
+        if isinstance(html, str) and (_PLOTLY_JS.search(html) or _PLOTLY_MATHJAX.search(html)):
+            # Plotly's HTML loads MathJax from a CDN once per figure; the book's pages have their own
+            # MathJax, and a second MathJax on the page would fight it.
+            html = _PLOTLY_MATHJAX.sub("", _PLOTLY_JS.sub("", html))
+            if not _SCRIPT.sub("", html).strip() and len(output["data"]) == 1:
+                continue
+            output["data"]["text/html"] = html
+        kept.append(output)
+    return kept
 
 
 def _clean_metadata(nb) -> None:
     """Drop papermill's wall-clock fields (start/end times, durations), the saved widget state and
-    Plotly's MathJax-from-CDN tags from an executed notebook."""
+    Plotly's inlined plotly.js and MathJax-from-CDN tags from an executed notebook."""
     # The saved ipywidgets state (megabytes: the live panel's FigureWidget mesh) would only make the
     # static book load require.js and the widget manager from a CDN to draw sliders with no kernel
     # behind them; the book's static sliders are Plotly's own. The widget outputs stay.
@@ -60,12 +86,8 @@ def _clean_metadata(nb) -> None:
         pm.pop(key, None)
     for cell in nb.cells:
         cell.metadata.pop("execution", None)
-        for output in cell.get("outputs", []):
-            html = output.get("data", {}).get("text/html")
-            if isinstance(html, str) and _PLOTLY_MATHJAX.search(html):
-                # Plotly's HTML loads MathJax from a CDN once per figure; the book's pages have Sphinx's
-                # MathJax already, and a second MathJax on the page would fight it.
-                output["data"]["text/html"] = _PLOTLY_MATHJAX.sub("", html)
+        if "outputs" in cell:
+            cell["outputs"] = _strip_plotly_js(cell["outputs"])
         tags = cell.metadata.get("tags", [])
         if "injected-parameters" in tags and "remove-cell" not in tags:
             tags.append("remove-cell")  # the book shows the parameters cell once, not papermill's copy
@@ -175,12 +197,27 @@ def execute_notebook(src: Path, dst: Path, profile: str, *, parameters: dict | N
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    nb = nbformat.read(tmp, as_version=4)
-    _clean_metadata(nb)
-    nb = _stable_ids(nb, dst.stem)
-    nbformat.write(nb, tmp)
+    _postprocess(tmp, dst.stem)
     os.replace(tmp, dst)
     return time.perf_counter() - t0
+
+
+def _postprocess(path: Path, name: str) -> None:
+    """Clean an executed notebook in place (:func:`_clean_metadata`, :func:`_stable_ids`)."""
+    import nbformat
+
+    nb = nbformat.read(path, as_version=4)
+    _clean_metadata(nb)
+    nbformat.write(_stable_ids(nb, name), path)
+
+
+def tidy(notebooks: list[Path]) -> None:
+    """Apply ``execute``'s post-processing to already executed notebooks in place, without running
+    them (after a change to the post-processing); one line each with the size before and after."""
+    for path in notebooks:
+        before = path.stat().st_size
+        _postprocess(path, path.stem)
+        print(f"{_rel(path)}: {before / 1e6:.1f} MB -> {path.stat().st_size / 1e6:.1f} MB", flush=True)
 
 
 def execute_all(notebooks: list[Path], out: Path, profile: str) -> None:
@@ -231,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--profile", default="cpu", choices=("ci", "cpu", "gpu"))
         p.add_argument("--out", type=Path, default=BOOK, help="folder for the executed notebooks")
         p.add_argument("notebooks", nargs="*", type=Path, help="default: every notebooks/NN_name.ipynb")
+    p = sub.add_parser("tidy", help="post-process executed notebooks in place (no execution)")
+    p.add_argument("notebooks", nargs="*", type=Path, help="default: every book/NN_name.ipynb")
     html = sub.add_parser("html")
     for p in (html, sub.choices["all"]):
         p.add_argument("--strict", action="store_true", help="turn Sphinx warnings into errors")
@@ -239,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("execute", "all"):
             execute_all([Path(p) for p in args.notebooks] or chapter_notebooks(), args.out, args.profile)
+        if args.command == "tidy":
+            tidy([Path(p) for p in args.notebooks] or chapter_notebooks(BOOK))
         if args.command in ("html", "all"):
             build_html(strict=args.strict)
     except NotebookFailed as err:

@@ -110,6 +110,43 @@ def test_executed_chapter_is_current(notebook):
         f"{executed.relative_to(ROOT)} was not executed in the cpu profile (make book)")
 
 
+@chapters
+def test_executed_chapter_carries_no_plotly_js(notebook):
+    """The committed executed copy has no inlined plotly.js (the HTML book loads it from _static)."""
+    text = (ROOT / "book" / notebook.name).read_text()
+    assert "* plotly.js v" not in text, (
+        f"book/{notebook.name} inlines plotly.js: `python scripts/build_book.py tidy book/{notebook.name}`")
+
+
+def test_postprocessing_strips_plotly_js_only():
+    """The pipeline drops Plotly's inlined bundle (and the output it leaves empty), keeps each figure."""
+    build = _build_book()
+    bundle = {"output_type": "display_data", "metadata": {}, "data": {"text/html": (
+        "<script>window.PlotlyConfig = {MathJaxConfig: 'local'};</script>\n"
+        "<script>/**\n* plotly.js v4.1.1\n* Copyright 2012-2026, Plotly, Inc.\n*/\nwindow.Plotly = 1;</script>")}}
+    figure = {"output_type": "display_data", "metadata": {}, "data": {"text/html": (
+        '<div id="f" class="plotly-graph-div"></div><script>Plotly.newPlot("f", [], {})</script>'
+        '<script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/2.7.5/MathJax.js"></script>')}}
+    kept = build._strip_plotly_js([bundle, figure])
+    assert len(kept) == 1 and kept[0]["data"]["text/html"] == (
+        '<div id="f" class="plotly-graph-div"></div><script>Plotly.newPlot("f", [], {})</script>')
+    assert build._strip_plotly_js(kept) == kept  # idempotent: `tidy` may run twice
+
+
+def _book_html():
+    spec = importlib.util.spec_from_file_location("book_html", ROOT / "book" / "_ext" / "book_html.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_numeric_columns_are_recognised():
+    numeric = _book_html()._is_numeric_column
+    assert numeric(["3", "1,800", "-0.5", "3.1e-05", "36.94 ± 4.31", "92.1 %", "-", "–"])
+    assert numeric(["152.0 x 199.9 x 128.4", "0.2 (paper)", "21.0 / 26.6"])
+    assert not numeric(["AlexNet", "3"]) and not numeric(["-", ""]) and not numeric(["mean face", "0"])
+
+
 @pytest.mark.notebooks
 @chapters
 def test_notebook_runs_in_ci_profile(notebook, tmp_path, monkeypatch):
