@@ -147,7 +147,7 @@ def main(argv=None):
             row[k]["ratio"] = round(row[k]["geometric_mm"] / row[k]["mean_face_mm"], 3)
         th_t, th_p = tests[key]["synthetic"]["theta"], ifn.predict(net, tests[key]["synthetic"]["x"])
         L = corpus.layout if hasattr(corpus, "layout") else ifn.ParamLayout.from_model(model)
-        r2 = 1 - (th_p - th_t).square().mean(0) / th_t.var(0).clamp_min(1e-12)
+        r2 = ifn.coefficient_r2(th_p, th_t)
         row["r2_synthetic"] = {g: [round(float(v), 2) for v in r2[L[g]][:n]] for g, n in
                                (("rotation", 3), ("shape", 6), ("expression", 6), ("reflectance", 3),
                                 ("illumination", 3))}
