@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 import facelib.coarse_fine as cf  # noqa: E402
+from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 
 # before issue 17: the exact feedback mask (the paper) and Eq. 3 states only
@@ -81,9 +82,7 @@ def main(argv=None):
         row["references"] = refs
         table = json.loads(OUT.read_text()) if OUT.exists() else []
         table = [r for r in table if r["variant"] != name] + [row]
-        tmp = OUT.with_suffix(f".{id(row)}.tmp")
-        tmp.write_text(json.dumps(table, indent=1))
-        tmp.replace(OUT)
+        atomic_write_bytes(OUT, json.dumps(table, indent=1).encode())  # a temp name of its own, renamed
         it = row["iterations"]
         print(f"{name:32s} {row['train_seconds']:6.0f} s  rmse " + " ".join(f"{r['rmse_mm']:.2f}" for r in it)
               + f"  aligned {it[1]['aligned_mm']:.2f}  (mean face {refs['mean face']['rmse_mm']:.2f} / "

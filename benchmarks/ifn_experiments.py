@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 import facelib.inversefacenet as ifn  # noqa: E402
+from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.corpus import FreshCorpus, SyntheticCorpus  # noqa: E402
 
@@ -163,7 +164,7 @@ def main(argv=None):
             row["r2_own_prior"] = _r2(ifn.predict(net, x), th.float(), L)
         print(json.dumps(row), flush=True)
         rows.append(row)
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+        atomic_write_bytes(args.out, (json.dumps(rows, indent=1) + "\n").encode())
 
 
 def _vertex_loss(model, name):

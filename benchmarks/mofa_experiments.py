@@ -25,6 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib import mofa, selfsup  # noqa: E402
+from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.multilevel import decimate  # noqa: E402
 
@@ -83,9 +84,7 @@ def save_row(row: dict, out: Path = OUT) -> None:
     table = json.loads(out.read_text()) if out.exists() else []
     key = lambda r: (r["variant"], r["seed"], r["steps"])  # noqa: E731
     table = [r for r in table if key(r) != key(row)] + [row]
-    tmp = out.with_suffix(f".{id(row)}.tmp")
-    tmp.write_text(json.dumps(table, indent=1))
-    tmp.replace(out)
+    atomic_write_bytes(out, json.dumps(table, indent=1).encode())  # a temp name of its own, renamed
 
 
 def run_fit(name: str, full, cfg: dict, test_set: dict, keep, steps: int = 600, n: int = 64) -> dict:

@@ -21,6 +21,8 @@ from .device import pick_device
 
 PROFILES = ("ci", "cpu", "gpu")
 
+_RUN: dict = {}  # what setup() was given (the seed), for the results' environment record
+
 _IFN_OPTIONS = dict(norm="batch", standardize=True, dropout=0.0, schedule="cosine", warmup=0.05)
 
 # One table of sizes per chapter and profile: "ci" runs in minutes on a 2-core CPU, "cpu" is the
@@ -115,10 +117,19 @@ def setup(seed: int = 0, device="auto") -> torch.device:
     threads = os.environ.get("FACELIB_THREADS")
     if threads:
         torch.set_num_threads(int(threads))
+    _RUN["seed"] = seed
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
     return pick_device(device)
+
+
+def benchmark_results(name: str):
+    """The record ``benchmarks/results/<name>`` of this checkout, parsed (what a chapter quotes from a
+    benchmark script), or None where there is no such file (an installed package has no benchmarks).
+    Found from the package's location, so it does not depend on where the notebook runs."""
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def results_dir() -> Path:
@@ -131,7 +142,15 @@ def results_dir() -> Path:
 
 
 def save_results(chapter: str, data: dict, profile: str) -> Path:
-    """Write ``results/<chapter>.json`` (atomically) with ``profile`` added; returns the path."""
+    """Write ``results/<chapter>.json`` (atomically) with ``profile`` added; returns the path.
+
+    It also adds ``environment``: :func:`facelib.repro.environment` with the seed given to
+    :func:`setup` (versions, thread counts, CPU flags: what the numbers depend on besides the code).
+    """
+    from .repro import environment
+
     path = results_dir() / f"{chapter}.json"
-    text = json.dumps({"chapter": chapter, "profile": profile, **data}, indent=1, sort_keys=True, default=float)
+    record = {"chapter": chapter, "profile": profile, **data}
+    record.setdefault("environment", environment(seed=_RUN.get("seed")))
+    text = json.dumps(record, indent=1, sort_keys=True, default=float)
     return atomic_write_bytes(path, (text + "\n").encode())

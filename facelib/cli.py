@@ -1,4 +1,5 @@
-"""Command line: ``facelib model info|build|preview``."""
+"""Command line: ``facelib model info|build|preview``, ``facelib render``, ``facelib bench render``,
+``facelib reconstruct``."""
 
 from __future__ import annotations
 
@@ -90,6 +91,32 @@ def _bench_render(args) -> int:
     return 0
 
 
+def _reconstruct(args) -> int:
+    from .reconstruct import reconstruct_photo, write_reconstruction
+
+    rec = reconstruct_photo(args.photo, method=args.method, size=args.size, iters=args.iters, model=args.model,
+                            seed=args.seed, progress=not args.quiet)
+    for note in rec["notes"]:
+        print(f"facelib: note: {note}", file=sys.stderr)
+    paths = write_reconstruction(rec, args.out)
+    err = rec["params"]["landmark_error_px"]
+    print(f"wrote {', '.join(p.name for p in paths)} to {args.out} (fit in {rec['params']['fit']['seconds']:.1f} s; "
+          f"landmarks {err['inner_51']:.1f} px from the detected ones, inner 51)")
+    return 0
+
+
+def _iters(text: str) -> tuple:
+    """``"S1,S2"``: the two stages' iterations of the fit, non-negative integers."""
+    parts = text.split(",")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 2 or min(vals) < 0:
+        raise argparse.ArgumentTypeError(f"must be two non-negative integers S1,S2 (e.g. 200,80); got {text!r}")
+    return vals
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facelib", description="Monocular inverse face rendering toolkit.")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -124,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--model", default="open")
     br.add_argument("--json", action="store_true", help="print one JSON object")
     br.set_defaults(func=_bench_render)
+    rec = sub.add_parser("reconstruct", help="reconstruct the face in a photo: mesh.obj, mesh.ply, albedo.png, "
+                                             "overlay.png, params.json")
+    rec.add_argument("photo", help="a JPEG or PNG photo with a face (the largest one is reconstructed)")
+    rec.add_argument("--method", default="fit", choices=("fit", "inversefacenet", "mofa", "coarse"),
+                     help="fit: analysis by synthesis (facelib.fit); the network methods are not available yet")
+    rec.add_argument("--out", default="reconstruction", help="output folder (created)")
+    rec.add_argument("--size", type=_image_size, default=128, help="pixels per side of the face crop that is fitted")
+    rec.add_argument("--iters", type=_iters, default=(200, 80),
+                     help="iterations of the fit's two stages: landmarks, then everything (default 200,80)")
+    rec.add_argument("--model", default="open")
+    rec.add_argument("--seed", type=int, default=0)
+    rec.add_argument("--quiet", action="store_true", help="no progress bar")
+    rec.set_defaults(func=_reconstruct)
     return p
 
 
@@ -159,14 +199,15 @@ def _unit_float(text: str) -> float:
 
 
 def main(argv=None) -> int:
-    """Run the command; a bad input or model file ends with one line on stderr and exit status 2, a
-    file that cannot be read or written (missing, read-only folder) with exit status 1."""
+    """Run the command; a bad input or model file (or a missing optional package) ends with one line on
+    stderr and exit status 2, a file that cannot be read or written (missing, read-only folder) with
+    exit status 1."""
     from .facemodel import ModelFileError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ModelFileError, ValueError) as e:
+    except (ModelFileError, ValueError, ImportError) as e:  # ImportError: an optional extra is missing
         print(f"facelib: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:

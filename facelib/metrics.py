@@ -8,13 +8,19 @@ Small tensor functions, batch first, that return one value per image ``(B,)`` so
 - :func:`geometric_rmse` over corresponding vertices (mm), after :func:`similarity_align` if wanted;
 - :func:`mask_iou` (%) and :func:`depth_error` (mean and 90th percentile, mm);
 - :func:`point_to_surface_distance` and :func:`mesh_to_mesh_rmse` for meshes of different topology
-  (e.g. a reconstruction against a ground-truth scan).
+  (e.g. a reconstruction against a ground-truth scan);
+- :func:`now_error`, the NoW benchmark's measure shared by every chapter: landmark similarity
+  alignment, rigid ICP, then the distance of each ground-truth point to the reconstruction's surface
+  (:func:`closest_points`, exact and fast enough for hundreds of faces).
 
 An image whose mask (or valid region) is empty gets ``nan``, never an exception, so a batch is
 never lost to one bad image; use ``torch.nanmean`` or filter before averaging.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -29,6 +35,9 @@ __all__ = [
     "closest_point_on_triangle",
     "point_to_surface_distance",
     "mesh_to_mesh_rmse",
+    "closest_points",
+    "NowError",
+    "now_error",
 ]
 
 
@@ -388,3 +397,221 @@ def mesh_to_mesh_rmse(verts_a, verts_b, faces_b, faces_a=None) -> torch.Tensor:
     if faces_a is not None:
         d = torch.cat([d, point_to_surface_distance(verts_b, verts_a, faces_a)])
     return d.square().mean().sqrt()
+
+
+# ------------------------------------------------------------------ NoW-style geometric error
+
+@functools.lru_cache(maxsize=1)
+def _pairs_kernel():
+    """The Numba kernel of :func:`closest_points` (compiled on first use, cached on disk), or None
+    without Numba."""
+    try:
+        from numba import njit, prange
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return None
+
+    @njit(parallel=True, cache=True)
+    def _closest_pairs_kernel(pts, tri, cand, out_d2, out_q):  # pragma: no cover - compiled
+        """For each point i and each candidate triangle ``cand[i, k]`` (-1: none): the closest point
+        (Ericson Sec. 5.1.5, the formulas of :func:`closest_point_on_triangle`); keeps the nearest."""
+        for i in prange(pts.shape[0]):
+            px, py, pz = pts[i, 0], pts[i, 1], pts[i, 2]
+            best = np.inf
+            bx = by = bz = 0.0
+            for k in range(cand.shape[1]):
+                f = cand[i, k]
+                if f < 0:
+                    continue
+                ax, ay, az = tri[f, 0, 0], tri[f, 0, 1], tri[f, 0, 2]
+                abx, aby, abz = tri[f, 1, 0] - ax, tri[f, 1, 1] - ay, tri[f, 1, 2] - az
+                acx, acy, acz = tri[f, 2, 0] - ax, tri[f, 2, 1] - ay, tri[f, 2, 2] - az
+                apx, apy, apz = px - ax, py - ay, pz - az
+                d1 = abx * apx + aby * apy + abz * apz
+                d2 = acx * apx + acy * apy + acz * apz
+                bpx, bpy, bpz = px - tri[f, 1, 0], py - tri[f, 1, 1], pz - tri[f, 1, 2]
+                d3 = abx * bpx + aby * bpy + abz * bpz
+                d4 = acx * bpx + acy * bpy + acz * bpz
+                cpx, cpy, cpz = px - tri[f, 2, 0], py - tri[f, 2, 1], pz - tri[f, 2, 2]
+                d5 = abx * cpx + aby * cpy + abz * cpz
+                d6 = acx * cpx + acy * cpy + acz * cpz
+                va, vb, vc = d3 * d6 - d5 * d4, d5 * d2 - d1 * d6, d1 * d4 - d3 * d2
+                if d1 <= 0 and d2 <= 0:  # vertex A
+                    u, v = 0.0, 0.0
+                elif d3 >= 0 and d4 <= d3:  # vertex B
+                    u, v = 1.0, 0.0
+                elif vc <= 0 and d1 >= 0 and d3 <= 0:  # edge AB
+                    u, v = d1 / (d1 - d3) if d1 - d3 != 0 else 0.0, 0.0
+                elif d6 >= 0 and d5 <= d6:  # vertex C
+                    u, v = 0.0, 1.0
+                elif vb <= 0 and d2 >= 0 and d6 <= 0:  # edge AC
+                    u, v = 0.0, d2 / (d2 - d6) if d2 - d6 != 0 else 0.0
+                elif va <= 0 and d4 - d3 >= 0 and d5 - d6 >= 0:  # edge BC
+                    den = (d4 - d3) + (d5 - d6)
+                    w = (d4 - d3) / den if den != 0 else 0.0
+                    u, v = 1.0 - w, w
+                else:  # interior
+                    s = va + vb + vc
+                    den = 1.0 / s if s != 0 else 1.0
+                    u, v = vb * den, vc * den
+                qx, qy, qz = ax + abx * u + acx * v, ay + aby * u + acy * v, az + abz * u + acz * v
+                dd = (px - qx) ** 2 + (py - qy) ** 2 + (pz - qz) ** 2
+                if dd < best:
+                    best = dd
+                    bx, by, bz = qx, qy, qz
+            out_d2[i] = best
+            out_q[i, 0], out_q[i, 1], out_q[i, 2] = bx, by, bz
+
+    return _closest_pairs_kernel
+
+
+def _closest_candidates(pts: np.ndarray, tri: np.ndarray, cand: np.ndarray) -> tuple:
+    """``(P, 3)`` points, ``(F, 3, 3)`` triangles, ``(P, K)`` candidate ids (-1: none) -> squared
+    distance ``(P,)`` and closest point ``(P, 3)`` over each point's candidates (float64)."""
+    d2, q = np.empty(len(pts)), np.empty((len(pts), 3))
+    kernel = _pairs_kernel()
+    if kernel is not None:
+        kernel(pts, tri, cand.astype(np.int64), d2, q)
+        return d2, q
+    with torch.no_grad():  # pragma: no cover - the PyTorch twin, without numba
+        p, t = torch.from_numpy(pts), torch.from_numpy(tri)
+        c = torch.from_numpy(cand)
+        tt = t[c.clamp_min(0)]  # (P, K, 3, 3)
+        qq = closest_point_on_triangle(p[:, None], tt[..., 0, :], tt[..., 1, :], tt[..., 2, :])
+        dd = (p[:, None] - qq).square().sum(-1).masked_fill(c < 0, float("inf"))
+        k = dd.argmin(1)
+        return dd.gather(1, k[:, None])[:, 0].numpy(), qq[torch.arange(len(p)), k].numpy()
+
+
+class _Surface:
+    """A triangle mesh ``(F, 3, 3)`` float64 indexed for exact closest-point queries: kd-trees of the
+    triangle centroids, one per group of triangles of similar radius ``r`` (largest centroid-to-corner
+    distance; quantiles 0.5, 0.9, 0.99), so that a few large triangles do not widen every bound."""
+
+    def __init__(self, tri: np.ndarray):
+        from scipy.spatial import cKDTree
+
+        self.tri = tri
+        cen = tri.mean(1)
+        r = np.linalg.norm(tri - cen[:, None], axis=-1).max(1)
+        self.groups, lo = [], -np.inf
+        for hi in np.unique(np.quantile(r, [0.5, 0.9, 0.99, 1.0])):
+            g = np.flatnonzero((r > lo) & (r <= hi))
+            lo = hi
+            if len(g):
+                self.groups.append((g, float(hi), cKDTree(cen[g])))
+
+    def query(self, pts: np.ndarray, k: int = 16) -> tuple:
+        """``(P, 3)`` -> squared distance ``(P,)`` and closest point ``(P, 3)``, exact."""
+        P = len(pts)
+        d2, q = np.full(P, np.inf), np.zeros((P, 3))
+        for g, hi, tree in self.groups:
+            todo, kk = np.arange(P), min(k, len(g))
+            while len(todo):  # the kk nearest centroids; kk x 4 for the points not yet settled
+                dist, idx = tree.query(pts[todo], k=kk)
+                dist, idx = dist.reshape(len(todo), kk), idx.reshape(len(todo), kk)
+                gd2, gq = _closest_candidates(pts[todo], self.tri, g[idx])
+                better = gd2 < d2[todo]
+                d2[todo[better]], q[todo[better]] = gd2[better], gq[better]
+                if kk == len(g):
+                    break
+                todo = todo[dist[:, -1] < np.sqrt(d2[todo]) + hi]  # an unmeasured triangle may be closer
+                kk = min(4 * kk, len(g))
+        return d2, q
+
+
+def closest_points(points, verts, faces, k: int = 16) -> tuple:
+    """The nearest point of a triangle mesh's surface to each point, exact: ``(distance (P,), closest
+    (P, 3))``, without gradients, float64 on the CPU.
+
+    ``points (P, 3)``, ``verts (V, 3)``, ``faces (F, 3)`` 0-based.  Candidates are the ``k`` triangles
+    with the nearest centroids (scipy ``cKDTree``), measured by a Numba twin of
+    :func:`closest_point_on_triangle`; a point is settled when its ``k``-th centroid lies farther than
+    its best distance plus the triangle radius ``r`` (largest centroid-to-corner distance), since no
+    unmeasured triangle can then be closer; the others are measured again against 4x as many, until
+    settled.  Triangles are grouped by ``r`` (quantiles 0.5, 0.9, 0.99) so that a few large ones do
+    not widen every point's bound.  About 0.1-0.2 s for the 18.8k
+    face vertices of the open model against its 44.6k triangles on one core (10x
+    :func:`point_to_surface_distance`, which keeps gradients).
+    """
+    points = _check_points(points, "points", False)
+    verts, faces = _check_mesh(verts, faces, "mesh")
+    pts = np.ascontiguousarray(points.detach().cpu().double().numpy().reshape(-1, 3))
+    tri = np.ascontiguousarray(verts.detach().cpu().double().numpy()[faces.cpu().numpy()])
+    d2, q = _Surface(tri).query(pts, k)
+    return torch.from_numpy(np.sqrt(d2)), torch.from_numpy(q)
+
+
+class NowError(NamedTuple):
+    """:func:`now_error`'s result for B faces with P ground-truth points each.
+
+    ``distance (B, P)`` mm from each ground-truth point to the aligned reconstruction's surface;
+    ``closest (B, P, 3)`` the nearest points of that surface (ground-truth frame); ``aligned (B, V, 3)``
+    the reconstruction's vertices in the ground-truth frame, ``aligned = s * verts @ R^T + t`` with
+    ``scale (B,)``, ``R (B, 3, 3)``, ``t (B, 3)``.  All float64 on the CPU.
+    """
+
+    distance: torch.Tensor
+    closest: torch.Tensor
+    aligned: torch.Tensor
+    scale: torch.Tensor
+    R: torch.Tensor
+    t: torch.Tensor
+
+
+def now_error(verts, faces, landmarks, gt_points, gt_landmarks, icp_iters: int = 3, icp_points: int = 2000,
+              k: int = 16) -> NowError:
+    """The NoW benchmark's geometric error (Sanyal et al. 2019), the shared measure of the book.
+
+    For each face: (1) a similarity transform (rigid + isotropic scale, :func:`similarity_align`) takes
+    the reconstruction's landmarks onto the ground truth's; (2) ``icp_iters`` rounds of rigid alignment
+    (scale kept) of the reconstruction onto the ground-truth points through their closest points on its
+    surface (ICP, as NoW's refinement on the scan-to-mesh distance; on every ``ceil(P / icp_points)``-th
+    point); (3) the distance from every
+    ground-truth point to the reconstruction's surface (:func:`closest_points`, exact).  Report the
+    mean, median and std of ``distance`` as NoW does.
+
+    ``verts (B, V, 3)`` reconstructed vertices (mm) on ``faces (F, 3)``; ``landmarks (B, L, 3)`` their
+    landmarks (e.g. ``verts[:, model.landmarks]``); ``gt_points (B, P, 3)`` the ground truth (scan
+    points or a mesh's vertices, e.g. within the face mask); ``gt_landmarks (B, L, 3)`` the same
+    landmarks on it.  Any topology; no gradients.  Returns :class:`NowError`.
+    """
+    verts = _check_points(verts, "verts", True).detach().cpu().double()
+    landmarks = _check_points(landmarks, "landmarks", True).detach().cpu().double()
+    gt_points = _check_points(gt_points, "gt_points", True).detach().cpu().double()
+    gt_landmarks = _check_points(gt_landmarks, "gt_landmarks", True).detach().cpu().double()
+    _check_same(landmarks, gt_landmarks, "landmarks", "gt_landmarks")
+    B = verts.shape[0]
+    if gt_points.shape[0] != B or landmarks.shape[0] != B:
+        raise ValueError(f"verts {_shape(verts)}, landmarks {_shape(landmarks)} and gt_points "
+                         f"{_shape(gt_points)} must have the same batch size")
+    if landmarks.shape[1] < 3:
+        raise ValueError(f"landmarks have shape {_shape(landmarks)}; a similarity alignment needs at least 3")
+    if isinstance(icp_iters, bool) or not isinstance(icp_iters, int) or icp_iters < 0:
+        raise ValueError(f"icp_iters must be a non-negative integer; got {icp_iters!r}")
+    if isinstance(icp_points, bool) or not isinstance(icp_points, int) or icp_points < 3:
+        raise ValueError(f"icp_points must be an integer >= 3; got {icp_points!r}")
+    stride = -(-gt_points.shape[1] // icp_points)
+    _check_mesh(verts[0], faces, "reconstruction")
+    _, s, R, t = similarity_align(landmarks, gt_landmarks)  # (1) landmarks, rigid + scale
+    out = {k_: [] for k_ in ("distance", "closest", "aligned", "R", "t")}
+    f_np = faces.cpu().numpy() if isinstance(faces, torch.Tensor) else np.asarray(faces)
+    for b in range(B):
+        surf = _Surface(np.ascontiguousarray(verts[b].numpy()[f_np]))  # indexed once, in its own frame
+
+        def nearest(Rb, tb, gt):  # closest points of the aligned surface s R v + t: query gt in v's frame
+            g = ((gt - tb) @ Rb / s[b]).numpy()
+            d2, q = surf.query(np.ascontiguousarray(g), k)
+            return s[b] * torch.from_numpy(np.sqrt(d2)), s[b] * torch.from_numpy(q) @ Rb.T + tb
+
+        Rb, tb = R[b], t[b]
+        sub = gt_points[b][::stride]
+        for _ in range(icp_iters):  # (2) rigid ICP on the point-to-surface correspondences
+            _, q = nearest(Rb, tb, sub)
+            _, _, dR, dt = similarity_align(q[None], sub[None], scale=False)
+            Rb, tb = dR[0] @ Rb, dR[0] @ tb + dt[0]
+        d, q = nearest(Rb, tb, gt_points[b])  # (3) ground truth -> reconstruction
+        v = s[b] * verts[b] @ Rb.T + tb
+        for key, val in (("distance", d), ("closest", q), ("aligned", v), ("R", Rb), ("t", tb)):
+            out[key].append(val)
+    st = {key: torch.stack(val) for key, val in out.items()}
+    return NowError(st["distance"], st["closest"], st["aligned"], s, st["R"], st["t"])

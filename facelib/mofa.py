@@ -138,6 +138,9 @@ class MoFA(nn.Module):
                            corrective=corrective, hidden=hidden, seed=seed, model=model.name,
                            n_vertices=model.n_vertices, encoder_kwargs=dict(encoder_kwargs or {}))
         self.size = int(size)
+        from .corpus import _model_key
+
+        self.model_key = _model_key(model)  # the face model's contents: part of a checkpoint's identity (train)
         self.layout = code_layout(model, n_corrective)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -253,6 +256,14 @@ def build_mofa(full_model: FaceModel, config: dict) -> tuple[MoFA, torch.Tensor]
 
 
 # ---------------------------------------------------------------------------------- data
+def _corpus_key(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tensor | None) -> list:
+    """What a corpus cache depends on: its size, seed, kept vertices and the face model's contents
+    (:func:`facelib.corpus._model_key`), so a cache of another model is never reused."""
+    from .corpus import _model_key
+
+    return [n, size, seed, None if keep is None else int(keep.numel()), _model_key(model)]
+
+
 def make_corpus(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tensor | None = None,
                 chunk: int = 32, progress: bool = True, cache: str | os.PathLike | None = None) -> dict:
     """``n`` wild faces (:func:`facelib.wild.wild_batch`) at ``size`` pixels, drawn in chunks with seeds
@@ -267,7 +278,7 @@ def make_corpus(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tens
 
     if cache is not None:
         data = _load(Path(cache), "corpus cache", map_location="cpu", weights_only=True)
-        if data is not None and data.get("_key") == [n, size, seed, None if keep is None else int(keep.numel())]:
+        if data is not None and data.get("_key") == _corpus_key(model, n, size, seed, keep):
             return {k: v for k, v in data.items() if k != "_key"}
     parts = []
     for i in tqdm(range((n + chunk - 1) // chunk), desc=f"wild corpus ({n} faces, {size}px)", disable=not progress):
@@ -279,42 +290,25 @@ def make_corpus(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tens
                       "albedo": d["albedo"][:, k].float(), "theta": d["theta"].float()})
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if cache is not None:
-        _save(Path(cache), {**data, "_key": [n, size, seed, None if keep is None else int(keep.numel())]})
+        _save(Path(cache), {**data, "_key": _corpus_key(model, n, size, seed, keep)})
     return data
 
 
 def landmark_detector():
-    """The optional detector for real photos: dlib's HOG face detector and its 68-point shape predictor
-    (iBUG order, as our landmarks), whose weights ship inside the ``face_recognition_models`` package
-    (``pip install -e ".[landmarks]"``).  Returns ``detect(rgb (H, W, 3) uint8) -> (68, 2)`` pixel
-    positions (pixel centres at +0.5) of the largest face, or ``None`` when no face is found.
-    Raises ImportError with the install hint when the packages are missing."""
-    import importlib.util
+    """The optional detector for real photos (:func:`facelib.photos.detect_landmarks`: dlib's HOG face
+    detector and its 68-point shape predictor, iBUG order as our landmarks, whose weights ship inside the
+    ``face_recognition_models`` package of the ``photos`` extra).  Returns ``detect(rgb (H, W, 3) uint8)
+    -> (68, 2)`` pixel positions (pixel centres at +0.5) of the largest face, or ``None`` when no face is
+    found.  Raises ImportError with the install hint when the packages are missing."""
+    from .photos import NoFaceError, detect_landmarks, landmark_detector as load
 
-    import numpy as np
-
-    hint = "the landmark detector needs the optional extra: pip install -e '.[landmarks]' (dlib-bin, face-recognition-models)"
-    try:
-        import dlib
-    except ImportError as e:  # pragma: no cover - depends on the optional extra
-        raise ImportError(hint) from e
-    spec = importlib.util.find_spec("face_recognition_models")  # located, not imported: it needs pkg_resources
-    model = None if spec is None else Path(list(spec.submodule_search_locations)[0]) / "models" / \
-        "shape_predictor_68_face_landmarks.dat"
-    if model is None or not model.exists():
-        raise ImportError(hint)
-    detector = dlib.get_frontal_face_detector()
-    predictor = dlib.shape_predictor(str(model))
+    load()  # the ImportError with the install line now, not at the first photo
 
     def detect(rgb):
-        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        boxes = detector(rgb, 1)
-        if len(boxes) == 0:
+        try:
+            return detect_landmarks(rgb).points
+        except NoFaceError:
             return None
-        box = max(boxes, key=lambda b: b.width() * b.height())
-        shape = predictor(rgb, box)
-        pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32) + 0.5
-        return torch.from_numpy(pts)
 
     return detect
 
@@ -513,7 +507,7 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
     opt = torch.optim.Adam(net.param_groups(stage, lr))
     start, history = 0, []
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    meta = {"config": net.config, "stage": stage, "lr": lr, "batch": batch, "seed": seed,
+    meta = {"config": net.config, "model": net.model_key, "stage": stage, "lr": lr, "batch": batch, "seed": seed,
             "landmark_scale": landmark_scale, "augment": augment,
             "corpus": [int(corpus["image"].shape[0]), round(float(corpus["landmarks"].double().sum()), 3)],
             "weights": weights.__dict__}

@@ -824,8 +824,26 @@ def expression_prior(basis: np.ndarray, sigma: np.ndarray, D: np.ndarray):
     return np.abs(C).max(0)
 
 
+BUILD_BLAS_THREADS = 2  # the BLAS threads of every build (the committed numbers come from 2)
+
+
 def build_open_model(progress: bool = True) -> FaceModel:
-    """Build the ``open`` model from scratch (deterministic; about 10-20 s on 2 CPU cores)."""
+    """Build the ``open`` model from scratch (deterministic; about 10-20 s on 2 CPU cores).
+
+    NumPy's BLAS runs on :data:`BUILD_BLAS_THREADS` threads whatever the process's setting: OpenBLAS
+    splits its sums by thread, so a build on 1 thread gave other bits than one on 2 under the same
+    cache name (issue 20). The bits still depend on the BLAS kernel the CPU gets (OpenBLAS's Haswell
+    kernels give other bits than its AVX-512 ones; README, "Reproducibility").
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a declared dependency
+        return _build_open_model(progress)
+    with threadpool_limits(limits=BUILD_BLAS_THREADS, user_api="blas"):
+        return _build_open_model(progress)
+
+
+def _build_open_model(progress: bool) -> FaceModel:
     from tqdm.auto import tqdm
 
     T = build_template()

@@ -8,19 +8,29 @@ mask (a Haar detector gives a box, not 68 landmarks).  ``detector=None`` uses th
 each photo instead (for pre-cropped, aligned photos such as CelebA's aligned set).
 
 Unreadable files are reported and skipped, never silently: the result lists them in ``skipped``.
+
+One photo at a time (``facelib reconstruct``): :func:`read_photo` reads it and says what it converted,
+:func:`detect_landmarks` finds the 68 iBUG landmarks of the largest face with dlib's HOG detector and
+68-point shape predictor, whose model file ships inside the ``face-recognition-models`` package (the
+``photos`` extra installs both; nothing is downloaded at run time), and :func:`landmark_crop` cuts the
+square around them that a method expects.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ._checks import MAX_IMAGE_SIZE, check_positive_int
-from .corpus import crop_to_box
+from .corpus import _box_points, crop_to_box, landmark_box, landmark_mask
 
-__all__ = ["PHOTO_SUFFIXES", "MAX_PHOTO_PIXELS", "load_photos", "haar_face_boxes", "ellipse_mask"]
+__all__ = ["PHOTO_SUFFIXES", "MAX_PHOTO_PIXELS", "MAX_PHOTO_SIDE", "load_photos", "haar_face_boxes",
+           "ellipse_mask", "read_photo", "NoFaceError", "FaceLandmarks", "landmark_detector",
+           "detect_landmarks", "landmark_crop"]
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 HAAR_BOX_SCALE = 1.05  # the Haar box spans about brows to chin, like our landmark box
@@ -131,3 +141,121 @@ def load_photos(folder, size: int, detector: str | None = "haar", limit: int | N
                          + "; ".join(f"{p}: {r}" for p, r in skipped[:5]))
     return {"crop": torch.stack(crops).clamp(0, 1), "mask": mask.expand(len(crops), size, size).clone(),
             "files": used, "skipped": skipped}
+
+
+# ---------------------------------------------------------------------------------- one photo
+MAX_PHOTO_SIDE = 2048  # read_photo downscales larger photos to this longer side
+
+
+class NoFaceError(ValueError):
+    """No face was found in a photo."""
+
+
+def read_photo(path, max_side: int = MAX_PHOTO_SIDE) -> tuple:
+    """One photo as ``(rgb (H, W, 3) uint8, notes)``, like :func:`load_photos` reads them (upright by
+    EXIF, alpha dropped, grey and 16-bit grey to 8-bit RGB), downscaled (Lanczos) so that its longer side
+    is at most ``max_side``; ``notes`` lists in words what was converted.  ValueError with the path for
+    a file that is not an image, is truncated or too large (:data:`MAX_PHOTO_PIXELS`); OSError (e.g.
+    FileNotFoundError) when it cannot be opened."""
+    from PIL import Image, UnidentifiedImageError
+
+    check_positive_int(max_side, "max_side", most=MAX_IMAGE_SIZE)
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; expected a photo (.jpg, .png)")
+    notes = []
+    try:
+        with Image.open(path) as im:
+            mode, bits = im.mode, {"I;16": 16, "I;16B": 16, "I;16L": 16, "I": 32}.get(im.mode)
+        rgb = _read(path)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not an image file (Pillow cannot identify it)") from None
+    except (OSError, SyntaxError) as e:
+        if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
+            raise
+        raise ValueError(f"{path}: unreadable image ({str(e).splitlines()[0] if str(e) else type(e).__name__})"
+                         ) from None
+    except ValueError as e:  # too many pixels
+        raise ValueError(f"{path}: {e}") from None
+    if bits:
+        notes.append(f"{bits}-bit greyscale image converted to 8-bit RGB")
+    elif mode in ("L", "LA", "1"):
+        notes.append(f"greyscale image (mode {mode}) converted to RGB")
+    elif mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in getattr(im, "info", {})):
+        notes.append(f"image with an alpha channel (mode {mode}): alpha dropped")
+    elif mode not in ("RGB", "P"):
+        notes.append(f"{mode} image converted to RGB")
+    H, W = rgb.shape[:2]
+    if max(H, W) > max_side:
+        k = max_side / max(H, W)
+        size = (max(1, round(W * k)), max(1, round(H * k)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.LANCZOS))
+        notes.append(f"{W} x {H} image downscaled to {size[0]} x {size[1]}")
+    return np.ascontiguousarray(rgb), notes
+
+
+@functools.lru_cache(maxsize=1)
+def landmark_detector():
+    """dlib's HOG face detector and 68-point shape predictor (iBUG order, as the face model's
+    landmarks), loaded once: ``(detector, predictor)``.  The predictor's model file ships inside the
+    ``face_recognition_models`` package.  ImportError with the install line when either is missing."""
+    import importlib.util
+
+    hint = ("landmark detection needs dlib and its 68-point model: pip install dlib-bin "
+            "face-recognition-models (or pip install -e '.[photos]')")
+    try:
+        import dlib
+    except ImportError as e:
+        raise ImportError(hint) from e
+    spec = importlib.util.find_spec("face_recognition_models")  # located, not imported (it needs pkg_resources)
+    model = None if spec is None else \
+        Path(list(spec.submodule_search_locations)[0]) / "models" / "shape_predictor_68_face_landmarks.dat"
+    if model is None or not model.exists():
+        raise ImportError(hint)
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(model))
+
+
+class FaceLandmarks(NamedTuple):
+    """:func:`detect_landmarks`: ``points (68, 2)`` float32 pixel positions (pixel centres at +0.5,
+    iBUG order) of the largest face, its detector ``box`` ``(x0, y0, x1, y1)`` and ``n_faces`` found."""
+
+    points: torch.Tensor
+    box: tuple
+    n_faces: int
+
+
+def detect_landmarks(rgb: np.ndarray, upsample: int = 1) -> FaceLandmarks:
+    """The 68 iBUG landmarks of the largest face in ``rgb (H, W, 3)`` uint8 (dlib, see
+    :func:`landmark_detector`; ``upsample`` image doublings for small faces).  :class:`NoFaceError` when
+    there is none; check ``n_faces`` to tell the user that others were ignored."""
+    rgb = np.asarray(rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ValueError(f"image has shape {rgb.shape} and dtype {rgb.dtype}; expected (H, W, 3) uint8 RGB")
+    detector, predictor = landmark_detector()
+    rgb = np.ascontiguousarray(rgb)
+    boxes = list(detector(rgb, int(upsample)))
+    if not boxes:
+        raise NoFaceError(f"no face found in the {rgb.shape[1]} x {rgb.shape[0]} image (dlib's frontal face "
+                          "detector); use a photo with a frontal or near-frontal face")
+    box = max(boxes, key=lambda b: b.width() * b.height())
+    shape = predictor(rgb, box)
+    pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float32) + 0.5
+    return FaceLandmarks(torch.from_numpy(pts), (box.left(), box.top(), box.right(), box.bottom()), len(boxes))
+
+
+def landmark_crop(rgb: np.ndarray, landmarks: torch.Tensor, size: int, margin: float = 0.25) -> dict:
+    """The square around ``landmarks (68, 2)`` (:func:`facelib.corpus.landmark_box`, ``margin`` of the
+    landmark box added on each side) resampled to ``size`` pixels.  Returns ``image (1, 3, N, N)`` in
+    [0, 1] (black outside the photo), ``mask (1, N, N)`` (the pixels inside the photo), ``face_mask
+    (1, N, N)`` (those also inside the jaw-and-brow outline and outside the lips:
+    :func:`facelib.corpus.landmark_mask`, the pixels that surely show the face), ``landmarks (1, 68, 2)``
+    in crop pixels and ``box (1, 3)`` (centre x, centre y, side) in photo pixels."""
+    check_positive_int(size, "size", most=MAX_IMAGE_SIZE)
+    t = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1)[None].float() / 255.0
+    lm = torch.as_tensor(landmarks, dtype=torch.float32).reshape(1, -1, 2)
+    box = landmark_box(lm, margin)
+    ones = torch.ones(1, 1, *t.shape[2:])
+    inside = crop_to_box(ones, box, size)[:, 0] > 0.5
+    lm_crop = _box_points(lm, box, size)
+    return {"image": crop_to_box(t, box, size).clamp(0, 1), "mask": inside,
+            "face_mask": inside & landmark_mask(lm_crop, size, size), "landmarks": lm_crop, "box": box}

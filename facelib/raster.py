@@ -51,7 +51,7 @@ except ImportError:  # pragma: no cover - exercised only without numba
     HAVE_NUMBA = False
 
 __all__ = ["Fragments", "rasterize", "visibility", "fragments_from_pix_to_face", "interpolate",
-           "HAVE_NUMBA"]
+           "pytorch3d_fragments", "HAVE_NUMBA"]
 
 AREA_EPS = 1e-10  # twice the signed area (px^2) at or below which a triangle is degenerate
 BACKENDS = ("auto", "numba", "torch", "pytorch3d")
@@ -411,35 +411,59 @@ def _edge_weights_xy(x, y):
 # visibility: PyTorch3D
 
 
-def _visibility_pytorch3d(verts, faces, H, W, K, perspective, cull):
-    """pix_to_face from ``pytorch3d.renderer.mesh.rasterize_meshes``: our pixel frame is converted to
-    PyTorch3D's NDC (+x left, +y up, the shorter image side spanning [-1, 1]), and the faces we skip
-    (behind the camera, degenerate, culled) are removed before, their indices mapped back after."""
+def pytorch3d_fragments(verts_screen, faces, image_size, faces_per_pixel=1, perspective_correct=True,
+                        cull_backfaces=False, bin_size=None) -> Fragments:
+    """PyTorch3D's own ``rasterize_meshes`` output in our conventions (needs PyTorch3D): the parity
+    reference of :func:`rasterize`, and what ``backend="pytorch3d"`` takes ``pix_to_face`` from.
+
+    ``verts_screen`` ``(N, V, 3)`` in our pixel frame (module docstring) is mapped to PyTorch3D's NDC
+    (+x left, +y up, the shorter image side spanning [-1, 1]) in PyTorch, so gradients reach it through
+    PyTorch3D's backward. The faces we skip (behind the camera, degenerate, culled) are removed before
+    and the packed indices mapped back after. PyTorch3D computes in float32: ``zbuf`` and
+    ``bary_coords`` are float32; ``dists`` is converted from its signed *squared* NDC distance to our
+    signed distance in pixels. Its inside test is strict (a pixel centre exactly on an edge is covered
+    by neither triangle; ours is inclusive) and its barycentrics divide by the area plus 1e-8 (NDC
+    units). ``bin_size``: ``None`` (its heuristic: naive on the CPU), 0 (naive) or the bin width in
+    pixels (coarse-to-fine).
+    """
     try:
         from pytorch3d.renderer.mesh import rasterize_meshes
         from pytorch3d.structures import Meshes
     except ImportError as e:
         raise ImportError("backend='pytorch3d' needs PyTorch3D (https://github.com/facebookresearch/"
                           "pytorch3d); install it or use backend='numba' or 'torch'") from e
-    N, F = verts.shape[0], faces.shape[0]
-    v = verts.detach()
+    faces = _check_inputs(verts_screen, faces, faces_per_pixel)
+    H, W = _image_hw(image_size)
+    K = int(faces_per_pixel)
+    v, (N, F) = verts_screen, (verts_screen.shape[0], faces.shape[0])
     s = min(H, W)
     ndc = torch.stack((-(2 * v[..., 0] - W) / s, -(2 * v[..., 1] - H) / s, v[..., 2]), -1)
-    tri = v.to(torch.float64)[:, faces]  # (N, F, 3, 3)
+    tri = v.detach().to(torch.float64)[:, faces]  # (N, F, 3, 3)
     x, y = tri[..., 0], tri[..., 1]
     area = ((x[..., 1] - x[..., 0]) * (y[..., 2] - y[..., 0])
             - (y[..., 1] - y[..., 0]) * (x[..., 2] - x[..., 0]))
     keep = (tri[..., 2] > 0).all(-1) & (area.abs() > AREA_EPS)
-    if cull:
+    if cull_backfaces:
         keep &= area < 0
     if not bool(keep.any()):
-        return torch.full((N, H, W, K), -1, dtype=torch.int64, device=v.device)
+        empty = torch.full((N, H, W, K), -1, dtype=torch.int64, device=v.device)
+        minus = torch.full((N, H, W, K), -1.0, dtype=torch.float32, device=v.device)
+        return Fragments(empty, minus, minus[..., None].expand(-1, -1, -1, -1, 3).clone(), minus.clone())
     faces_list = [faces[keep[n]] for n in range(N)]
     back = torch.cat([n * F + keep[n].nonzero().squeeze(1) for n in range(N)])
     meshes = Meshes(verts=list(ndc.float()), faces=faces_list)
-    p2f = rasterize_meshes(meshes, image_size=(H, W), faces_per_pixel=K,
-                           perspective_correct=perspective)[0]
-    return torch.where(p2f >= 0, back[p2f.clamp(min=0)], p2f)
+    p2f, zbuf, bary, d2 = rasterize_meshes(meshes, image_size=(H, W), faces_per_pixel=K,
+                                           perspective_correct=bool(perspective_correct),
+                                           bin_size=bin_size)
+    p2f = torch.where(p2f >= 0, back[p2f.clamp(min=0)], p2f)
+    dists = torch.where(p2f >= 0, torch.sign(d2) * d2.abs().sqrt() * (s / 2), d2)
+    return Fragments(p2f, zbuf, bary, dists)
+
+
+def _visibility_pytorch3d(verts, faces, H, W, K, perspective, cull):
+    """pix_to_face of :func:`pytorch3d_fragments` (no gradient)."""
+    with torch.no_grad():
+        return pytorch3d_fragments(verts, faces, (H, W), K, perspective, cull).pix_to_face
 
 
 # ------------------------------------------------------------------------------------------------

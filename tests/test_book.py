@@ -182,3 +182,14 @@ def test_failing_cell_is_named(tmp_path):
     assert "99_broken.ipynb failed at cell 4" in msg and "ValueError: image has 4 channels" in msg, msg
     assert not (tmp_path / "book" / src.name).exists()  # the published copy is left alone
     assert (tmp_path / "failed" / src.name).exists()
+
+
+def test_benchmark_results_reads_this_checkout_from_any_folder(tmp_path, monkeypatch):
+    from facelib.book import benchmark_results
+
+    monkeypatch.chdir(tmp_path)  # a chapter runs from notebooks/, book/ or out/ci/: the path must not care
+    root = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    assert benchmark_results("open_model_shape_scale.json") == json.loads(
+        (root / "open_model_shape_scale.json").read_text())
+    assert benchmark_results("cf_sweep/base.json")["variant"] == "base"
+    assert benchmark_results("no_such_benchmark.json") is None

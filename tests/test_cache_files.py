@@ -122,4 +122,20 @@ def test_truncated_corpus_cache_is_rendered_again(open_model, tmp_path, cut):
     with pytest.warns(UserWarning, match=r"corpus\.pt: unreadable corpus cache"):
         b = make_corpus(open_model, 2, 32, seed=5, chunk=2, progress=False, cache=cache)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert torch.load(cache, weights_only=True)["_key"] == [2, 32, 5, None]  # replaced by a good file
+    assert torch.load(cache, weights_only=True)["_key"][:4] == [2, 32, 5, None]  # replaced by a good file
+
+
+def test_corpus_cache_of_another_face_model_is_not_reused(open_model, tmp_path):
+    import copy
+
+    cache = tmp_path / "corpus.pt"
+    a = make_corpus(open_model, 2, 32, seed=5, chunk=2, progress=False, cache=cache)
+    moved = copy.copy(open_model)
+    moved.mean_shape = open_model.mean_shape + torch.tensor([0.0, 0.0, 3.0])  # another model, same sizes
+    b = make_corpus(moved, 2, 32, seed=5, chunk=2, progress=False, cache=cache)
+    shift = (b["verts_model"] - a["verts_model"]).mean((0, 1))
+    assert torch.allclose(shift, torch.tensor([0.0, 0.0, 3.0]), atol=1e-3)  # drawn again from the new model
+    from facelib.mofa import _corpus_key
+
+    key = torch.load(cache, weights_only=True)["_key"]
+    assert key == _corpus_key(moved, 2, 32, 5, None) != _corpus_key(open_model, 2, 32, 5, None)
