@@ -282,19 +282,6 @@ def _check_mesh(verts, faces, name: str):
     return verts, faces.long()
 
 
-def _pair_sq_dist(points, tri, pi, fi, chunk: int) -> np.ndarray:
-    """Squared point-triangle distances for index pairs ``(pi, fi)``, computed without gradients."""
-    out = np.empty(len(pi), dtype=np.float64)
-    with torch.no_grad():
-        for s in range(0, len(pi), chunk):
-            i = torch.from_numpy(pi[s:s + chunk]).to(points.device)
-            f = torch.from_numpy(fi[s:s + chunk]).to(points.device)
-            p, t = points[i], tri[f]
-            q = closest_point_on_triangle(p, t[:, 0], t[:, 1], t[:, 2])
-            out[s:s + len(i)] = (p - q).square().sum(-1).double().cpu().numpy()
-    return out
-
-
 def point_to_surface_distance(points, verts, faces, method: str = "pruned",
                               chunk: int = 1 << 20) -> torch.Tensor:
     """Exact Euclidean distance of each point to the nearest point of a triangle mesh's surface.
@@ -304,13 +291,10 @@ def point_to_surface_distance(points, verts, faces, method: str = "pruned",
     against a scan).  Differentiable in ``points`` and ``verts`` (the nearest triangle is chosen
     without gradients, the distance to it then recomputed with them).
 
-    ``method="pruned"`` (default) is exact and fast (about 1.5 s for the 22.6k vertices of the open
-    model against its own 44.6k triangles, float64, 2 CPU cores): the distance to a triangle at the
-    nearest mesh vertex gives an upper bound ``u`` per point; only triangles whose centroid lies
-    within ``u + r`` (``r`` = the triangle's largest centroid-to-corner distance) can be closer, and
-    those candidates (scipy ``cKDTree`` ball queries) are all measured exactly.  ``method="brute"``
-    measures every point against every triangle in chunks of ``chunk`` pairs (a reference, and
-    fine for small meshes).
+    ``method="pruned"`` (default) is exact and fast: the nearest triangle comes from the search of
+    :func:`closest_points` (kd-trees of the triangle centroids, candidates measured until no unmeasured
+    triangle can be closer).  ``method="brute"`` measures every point against every triangle in
+    chunks of ``chunk`` pairs (a reference, and fine for small meshes).
     """
     points = _check_points(points, "points", False)
     verts, faces = _check_mesh(verts, faces, "mesh")
@@ -331,58 +315,13 @@ def point_to_surface_distance(points, verts, faces, method: str = "pruned",
                 p = points[s:s + step, None]  # (p, 1, 3) against (F, 3)
                 q = closest_point_on_triangle(p, tri[:, 0], tri[:, 1], tri[:, 2])
                 best[s:s + step] = (p - q).square().sum(-1).argmin(1)
-    else:
-        best = _nearest_triangle_pruned(points, verts, faces, tri, chunk)
+    else:  # the nearest triangle of closest_points' exact search, then the distance with gradients
+        t_np = np.ascontiguousarray(tri.detach().double().cpu().numpy())
+        pts = np.ascontiguousarray(points.detach().double().cpu().numpy())
+        best = torch.from_numpy(_Surface(t_np).query(pts)[2]).to(verts.device)
     t = tri[best]
     q = closest_point_on_triangle(points, t[:, 0], t[:, 1], t[:, 2])
     return torch.linalg.vector_norm(points - q, dim=-1)
-
-
-def _nearest_triangle_pruned(points, verts, faces, tri, chunk: int) -> torch.Tensor:
-    """Index ``(P,)`` of the nearest triangle per point, exact, with kd-tree candidate pruning.
-
-    ``u`` (distance to a triangle at the nearest mesh vertex) bounds the answer from above; a
-    triangle with centroid ``c`` and circumradius-about-centroid ``r`` can only beat it if
-    ``|p - c| <= u + r``.  Triangles are grouped by ``r`` so that a few large ones do not widen the
-    search for all.
-    """
-    from itertools import chain
-
-    from scipy.spatial import cKDTree
-
-    P = len(points)
-    pts = points.detach().double().cpu().numpy()
-    t_np = tri.detach().double().cpu().numpy()
-    f_np = faces.cpu().numpy()
-    cen = t_np.mean(1)
-    r = np.linalg.norm(t_np - cen[:, None], axis=-1).max(1)  # (F,)
-    used = np.unique(f_np)  # vertices on some face; each point gets one of their triangles
-    incident = np.empty(len(verts), dtype=np.int64)
-    incident[f_np.ravel()] = np.repeat(np.arange(len(f_np)), 3)
-    _, k = cKDTree(verts.detach().double().cpu().numpy()[used]).query(pts)
-    f0 = incident[used[k]]
-    u = np.sqrt(_pair_sq_dist(points, tri, np.arange(P), f0, chunk))
-    pis, fis = [], []
-    edges = np.unique(np.quantile(r, [0.5, 0.9, 0.99, 1.0]))
-    lo = -np.inf
-    for hi in edges:  # groups of triangles by size
-        g = np.flatnonzero((r > lo) & (r <= hi))
-        lo = hi
-        if len(g) == 0:
-            continue
-        cand = cKDTree(cen[g]).query_ball_point(pts, (u + hi) * (1 + 1e-9) + 1e-9,
-                                                 return_sorted=False)
-        counts = np.fromiter((len(c) for c in cand), dtype=np.int64, count=P)
-        pi = np.repeat(np.arange(P), counts)
-        fi = g[np.fromiter(chain.from_iterable(cand), dtype=np.int64, count=int(counts.sum()))]
-        keep = np.linalg.norm(pts[pi] - cen[fi], axis=-1) <= (u[pi] + r[fi]) * (1 + 1e-9) + 1e-9
-        pis.append(pi[keep])
-        fis.append(fi[keep])
-    pi, fi = np.concatenate(pis), np.concatenate(fis)
-    d2 = _pair_sq_dist(points, tri, pi, fi, chunk)
-    order = np.lexsort((d2, pi))  # by point, then distance
-    first = np.unique(pi[order], return_index=True)[1]
-    return torch.from_numpy(fi[order][first]).to(verts.device)
 
 
 def mesh_to_mesh_rmse(verts_a, verts_b, faces_b, faces_a=None) -> torch.Tensor:
@@ -411,13 +350,15 @@ def _pairs_kernel():
         return None
 
     @njit(parallel=True, cache=True)
-    def _closest_pairs_kernel(pts, tri, cand, out_d2, out_q):  # pragma: no cover - compiled
+    def _closest_pairs_kernel(pts, tri, cand, out_d2, out_q, out_f):  # pragma: no cover - compiled
         """For each point i and each candidate triangle ``cand[i, k]`` (-1: none): the closest point
-        (Ericson Sec. 5.1.5, the formulas of :func:`closest_point_on_triangle`); keeps the nearest."""
+        (Ericson Sec. 5.1.5, the formulas of :func:`closest_point_on_triangle`); keeps the nearest
+        (its squared distance, point and triangle)."""
         for i in prange(pts.shape[0]):
             px, py, pz = pts[i, 0], pts[i, 1], pts[i, 2]
             best = np.inf
             bx = by = bz = 0.0
+            bf = -1
             for k in range(cand.shape[1]):
                 f = cand[i, k]
                 if f < 0:
@@ -458,20 +399,23 @@ def _pairs_kernel():
                 if dd < best:
                     best = dd
                     bx, by, bz = qx, qy, qz
+                    bf = f
             out_d2[i] = best
             out_q[i, 0], out_q[i, 1], out_q[i, 2] = bx, by, bz
+            out_f[i] = bf
 
     return _closest_pairs_kernel
 
 
 def _closest_candidates(pts: np.ndarray, tri: np.ndarray, cand: np.ndarray) -> tuple:
     """``(P, 3)`` points, ``(F, 3, 3)`` triangles, ``(P, K)`` candidate ids (-1: none) -> squared
-    distance ``(P,)`` and closest point ``(P, 3)`` over each point's candidates (float64)."""
-    d2, q = np.empty(len(pts)), np.empty((len(pts), 3))
+    distance ``(P,)``, closest point ``(P, 3)`` (float64) and its triangle ``(P,)`` over each point's
+    candidates."""
+    d2, q, f = np.empty(len(pts)), np.empty((len(pts), 3)), np.empty(len(pts), dtype=np.int64)
     kernel = _pairs_kernel()
     if kernel is not None:
-        kernel(pts, tri, cand.astype(np.int64), d2, q)
-        return d2, q
+        kernel(pts, tri, cand.astype(np.int64), d2, q, f)
+        return d2, q, f
     with torch.no_grad():  # pragma: no cover - the PyTorch twin, without numba
         p, t = torch.from_numpy(pts), torch.from_numpy(tri)
         c = torch.from_numpy(cand)
@@ -479,7 +423,8 @@ def _closest_candidates(pts: np.ndarray, tri: np.ndarray, cand: np.ndarray) -> t
         qq = closest_point_on_triangle(p[:, None], tt[..., 0, :], tt[..., 1, :], tt[..., 2, :])
         dd = (p[:, None] - qq).square().sum(-1).masked_fill(c < 0, float("inf"))
         k = dd.argmin(1)
-        return dd.gather(1, k[:, None])[:, 0].numpy(), qq[torch.arange(len(p)), k].numpy()
+        return (dd.gather(1, k[:, None])[:, 0].numpy(), qq[torch.arange(len(p)), k].numpy(),
+                c.gather(1, k[:, None])[:, 0].numpy())
 
 
 class _Surface:
@@ -501,22 +446,23 @@ class _Surface:
                 self.groups.append((g, float(hi), cKDTree(cen[g])))
 
     def query(self, pts: np.ndarray, k: int = 16) -> tuple:
-        """``(P, 3)`` -> squared distance ``(P,)`` and closest point ``(P, 3)``, exact."""
+        """``(P, 3)`` -> squared distance ``(P,)``, closest point ``(P, 3)`` and its triangle ``(P,)``,
+        exact."""
         P = len(pts)
-        d2, q = np.full(P, np.inf), np.zeros((P, 3))
+        d2, q, f = np.full(P, np.inf), np.zeros((P, 3)), np.zeros(P, dtype=np.int64)
         for g, hi, tree in self.groups:
             todo, kk = np.arange(P), min(k, len(g))
             while len(todo):  # the kk nearest centroids; kk x 4 for the points not yet settled
                 dist, idx = tree.query(pts[todo], k=kk)
                 dist, idx = dist.reshape(len(todo), kk), idx.reshape(len(todo), kk)
-                gd2, gq = _closest_candidates(pts[todo], self.tri, g[idx])
+                gd2, gq, gf = _closest_candidates(pts[todo], self.tri, g[idx])
                 better = gd2 < d2[todo]
-                d2[todo[better]], q[todo[better]] = gd2[better], gq[better]
+                d2[todo[better]], q[todo[better]], f[todo[better]] = gd2[better], gq[better], gf[better]
                 if kk == len(g):
                     break
                 todo = todo[dist[:, -1] < np.sqrt(d2[todo]) + hi]  # an unmeasured triangle may be closer
                 kk = min(4 * kk, len(g))
-        return d2, q
+        return d2, q, f
 
 
 def closest_points(points, verts, faces, k: int = 16) -> tuple:
@@ -530,14 +476,14 @@ def closest_points(points, verts, faces, k: int = 16) -> tuple:
     unmeasured triangle can then be closer; the others are measured again against 4x as many, until
     settled.  Triangles are grouped by ``r`` (quantiles 0.5, 0.9, 0.99) so that a few large ones do
     not widen every point's bound.  About 0.1-0.2 s for the 18.8k
-    face vertices of the open model against its 44.6k triangles on one core (10x
-    :func:`point_to_surface_distance`, which keeps gradients).
+    face vertices of the open model against its 44.6k triangles on one core.
+    :func:`point_to_surface_distance` uses the same search and keeps gradients.
     """
     points = _check_points(points, "points", False)
     verts, faces = _check_mesh(verts, faces, "mesh")
     pts = np.ascontiguousarray(points.detach().cpu().double().numpy().reshape(-1, 3))
     tri = np.ascontiguousarray(verts.detach().cpu().double().numpy()[faces.cpu().numpy()])
-    d2, q = _Surface(tri).query(pts, k)
+    d2, q, _ = _Surface(tri).query(pts, k)
     return torch.from_numpy(np.sqrt(d2)), torch.from_numpy(q)
 
 
@@ -600,7 +546,7 @@ def now_error(verts, faces, landmarks, gt_points, gt_landmarks, icp_iters: int =
 
         def nearest(Rb, tb, gt):  # closest points of the aligned surface s R v + t: query gt in v's frame
             g = ((gt - tb) @ Rb / s[b]).numpy()
-            d2, q = surf.query(np.ascontiguousarray(g), k)
+            d2, q, _ = surf.query(np.ascontiguousarray(g), k)
             return s[b] * torch.from_numpy(np.sqrt(d2)), s[b] * torch.from_numpy(q) @ Rb.T + tb
 
         Rb, tb = R[b], t[b]
