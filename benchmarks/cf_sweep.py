@@ -4,7 +4,11 @@ Each variant trains one GMSE CoarseNet on fresh synthetic faces (:func:`facelib.
 and every ``--every`` steps iterates it on 128 held-out faces; the learning curve (held-out RMS vertex
 error after the first and the last pass, raw and similarity-aligned, and the R^2 of the first
 coefficients) is appended to ``<out>/<variant>.json`` as it grows, so a run cut short still reports.
-One process per variant, one thread each: ``--jobs`` variants at a time.
+One process per variant, one thread each: ``--jobs`` variants at a time. A process of its own is
+also what makes the diagnostic settings safe: the pose range, the identity and expression scales,
+the curriculum, the pose weight and the grid patch :mod:`facelib.coarse_fine`'s module state
+(``POSE_PRIOR``, ``sample_r``, ``coarse_loss``, ``CoarseNet.GRID``) for that process only; the
+library itself is unchanged.
 
     .venv/bin/python benchmarks/cf_sweep.py --out benchmarks/results/cf_sweep --jobs 2 base w16_64
     .venv/bin/python benchmarks/cf_sweep.py --list
