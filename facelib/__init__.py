@@ -41,3 +41,12 @@ def load_model(model: str = "open", device=None) -> FaceModel:
             raise ModelFileError(f"{model}: unknown face-model format {p.suffix!r}; expected 'open', "
                                  "a .npz, a Basel Face Model 2009 .mat or a folder of OBJ files")
     return m if dev is None else m.to(dev)
+
+
+def load_network(name: str = "inversefacenet", **kwargs):
+    """A network the book trained, for inference (never trains): :func:`facelib.networks.load_network`
+    (``name``: ``"inversefacenet"``, ``"mofa"`` or ``"mofa-final"``; ``row=``, ``seed=``, ``profile=``,
+    ``model=``, ``device=``)."""
+    from .networks import load_network as _load
+
+    return _load(name, **kwargs)

@@ -88,6 +88,17 @@ SETTINGS = {
                     train_images=8192, test_images=512, steps1=12000, batch=16, lr=1e-3, threads=None,
                     seeds=(0, 1, 2), curve_faces=128, curve_every=1000, fit_steps=600),
     },
+    # Fitting by optimisation and a real photo (chapter 8): held-out wild faces and their frame size,
+    # the fit's two stages and its trace interval, the photo crop and fit of `facelib reconstruct`, CPU
+    # threads (the fit's small tensor ops gain nothing from two on a shared 2-core CPU).
+    "08_fitting": {
+        "ci": dict(n_faces=2, frame_size=64, iters=(16, 4), trace_every=8, photo_size=64, photo_iters=(16, 4),
+                   threads=1),
+        "cpu": dict(n_faces=8, frame_size=128, iters=(200, 80), trace_every=40, photo_size=128,
+                    photo_iters=(200, 80), threads=1),
+        "gpu": dict(n_faces=64, frame_size=240, iters=(300, 150), trace_every=25, photo_size=240,
+                    photo_iters=(300, 150), threads=None),
+    },
     # Correctives (chapter 6): C of the main run, the C sweep, stage-2 steps, encoder-speed repeats,
     # learning-curve interval (on chapter 5's curve faces).
     "06_correctives": {
@@ -130,6 +141,13 @@ def benchmark_results(name: str):
     Found from the package's location, so it does not depend on where the notebook runs."""
     path = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def markdown_table(header, rows) -> str:
+    """A Markdown table: ``header`` (column titles) and ``rows`` (lists of cells, printed with ``str``)."""
+    lines = ["| " + " | ".join(str(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def results_dir() -> Path:

@@ -95,13 +95,32 @@ def _reconstruct(args) -> int:
     from .reconstruct import reconstruct_photo, write_reconstruction
 
     rec = reconstruct_photo(args.photo, method=args.method, size=args.size, iters=args.iters, model=args.model,
-                            seed=args.seed, progress=not args.quiet)
+                            seed=args.seed, progress=not args.quiet, profile=args.profile)
     for note in rec["notes"]:
         print(f"facelib: note: {note}", file=sys.stderr)
     paths = write_reconstruction(rec, args.out)
-    err = rec["params"]["landmark_error_px"]
-    print(f"wrote {', '.join(p.name for p in paths)} to {args.out} (fit in {rec['params']['fit']['seconds']:.1f} s; "
+    prm = rec["params"]
+    err = prm["landmark_error_px"]
+    how = (f"fit in {prm['fit']['seconds']:.1f} s" if "fit" in prm else
+           f"{prm['network']} ({prm['network_meta'].get('profile')} profile) in {prm['seconds']:.2f} s")
+    print(f"wrote {', '.join(p.name for p in paths)} to {args.out} ({how}; "
           f"landmarks {err['inner_51']:.1f} px from the detected ones, inner 51)")
+    return 0
+
+
+def _networks(args) -> int:
+    from .networks import NETWORKS, available_networks, networks_dir
+
+    rows = available_networks(args.model)
+    if not rows:
+        print(f"no trained networks for model {args.model!r} yet (looked in {networks_dir()} and out/mofa); "
+              "`make book` trains them")
+        return 0
+    for r in rows:
+        budget = f"{r['iters']} iterations" if "iters" in r else f"{r['step']} steps"
+        row = f" [{r['row']}]" if r["row"] else ""
+        print(f"{r['name']}{row} seed {r['seed']}, profile {r['profile'] or 'custom'}, {budget}: {r['path']}")
+    print("names: " + "; ".join(f"{k}: {v}" for k, v in NETWORKS.items()))
     return 0
 
 
@@ -155,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
                                              "overlay.png, params.json")
     rec.add_argument("photo", help="a JPEG or PNG photo with a face (the largest one is reconstructed)")
     rec.add_argument("--method", default="fit", choices=("fit", "inversefacenet", "mofa", "coarse"),
-                     help="fit: analysis by synthesis (facelib.fit); the network methods are not available yet")
+                     help="fit: analysis by synthesis (facelib.fit); inversefacenet, mofa: the network make book "
+                          "trained (facelib.networks); coarse is not saved yet")
+    rec.add_argument("--profile", default=None, choices=("ci", "cpu", "gpu"),
+                     help="the book profile whose trained network to use (default: the largest on disk)")
     rec.add_argument("--out", default="reconstruction", help="output folder (created)")
     rec.add_argument("--size", type=_image_size, default=128, help="pixels per side of the face crop that is fitted")
     rec.add_argument("--iters", type=_iters, default=(200, 80),
@@ -164,6 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=0)
     rec.add_argument("--quiet", action="store_true", help="no progress bar")
     rec.set_defaults(func=_reconstruct)
+    nets = sub.add_parser("networks", help="list the trained networks facelib.load_network can load")
+    nets.add_argument("--model", default="open")
+    nets.set_defaults(func=_networks)
     return p
 
 

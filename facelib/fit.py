@@ -103,7 +103,10 @@ class FitResult(NamedTuple):
     ``theta (B, m)`` the fitted parameters in ``layout`` (:func:`fit_layout`); ``energy (T, B)`` the
     energy of the current stage at each of the T iterations (before that iteration's step);
     ``terms``: name -> ``(T, B)`` for ``landmark``, ``photo`` (nan in stage 1) and ``prior``, unweighted;
-    ``stage (T,)`` int64, 1 or 2; ``seconds`` wall-clock time of the whole fit.
+    ``stage (T,)`` int64, 1 or 2; ``seconds`` wall-clock time of the whole fit; ``trace``: with
+    ``fit(trace_every=k)``, one ``(iteration, seconds, theta (B, m))`` every k iterations and at the end
+    of each stage, ``theta`` what the fit would return if stopped there (each face's lowest-energy
+    parameters of the current stage), ``seconds`` the fit's time up to then.
     """
 
     theta: torch.Tensor
@@ -112,6 +115,7 @@ class FitResult(NamedTuple):
     terms: dict
     stage: torch.Tensor
     seconds: float
+    trace: list = []
 
 
 # ---------------------------------------------------------------------------------- parameters
@@ -199,18 +203,21 @@ def _project(model: FaceModel, p: dict, cam: Camera, verts: torch.Tensor | None 
 @torch.no_grad()
 def initial_theta(model: FaceModel, landmarks: torch.Tensor, image_size, camera: Camera | None = None,
                   theta0: torch.Tensor | None = None) -> torch.Tensor:
-    """The start of the fit ``(B, m_fit)``: ``theta0`` (Eq. 1 or fit layout, e.g. a network's estimate)
-    or the mean face under a grey ambient light, moved (translation only, in closed form) so that the
-    centre and spread of its projected landmarks match ``landmarks (B, 68, 2)`` (pixels)."""
+    """The start of the fit ``(B, m_fit)``: ``theta0`` in the fit layout as it is, or the face of
+    ``theta0`` in the Eq. 1 layout (e.g. a network's estimate, which has no translation) or the mean
+    face under a grey ambient light, moved (translation only, in closed form) so that the centre and
+    spread of its projected landmarks match ``landmarks (B, 68, 2)`` (pixels)."""
     lay = fit_layout(model)
     B = landmarks.shape[0]
     if theta0 is not None:
         th = to_fit_layout(model, theta0).to(landmarks).clone()
         if th.shape[0] != B:
             raise ValueError(f"theta0 has {th.shape[0]} faces but landmarks {B}")
-        return th
-    th = lay.zeros(B, device=landmarks.device, dtype=landmarks.dtype)
-    th[:, lay["illumination"].start:lay["illumination"].start + 3] = AMBIENT  # gamma_1, RGB
+        if theta0.shape[1] == lay.size:
+            return th
+    else:
+        th = lay.zeros(B, device=landmarks.device, dtype=landmarks.dtype)
+        th[:, lay["illumination"].start:lay["illumination"].start + 3] = AMBIENT  # gamma_1, RGB
     cam = face_camera(image_size, device=landmarks.device, dtype=landmarks.dtype) if camera is None else camera
     p = lay.unpack(th)
     v = model.geometry(p["shape"], p["expression"])[:, model.landmarks]
@@ -342,9 +349,11 @@ def _steps(lay: ParamLayout, names, ref: torch.Tensor, step: dict = STEP) -> tor
     return s
 
 
-def _stage(theta: torch.Tensor, steps: torch.Tensor, iters: int, energy_fn, log: list, stage: int, bar):
+def _stage(theta: torch.Tensor, steps: torch.Tensor, iters: int, energy_fn, log: list, stage: int, bar,
+           tracer=None):
     """Adam on ``theta = theta_0 + steps * z`` (per-entry step sizes; Adam's step is ~1 in z), the
-    learning rate decayed to a tenth over ``iters``; returns the theta of the lowest energy per face."""
+    learning rate decayed to a tenth over ``iters``; returns the theta of the lowest energy per face.
+    ``tracer(best, last)``: called after each iteration with the lowest-energy theta so far."""
     z = torch.zeros_like(theta, requires_grad=True)
     opt = torch.optim.Adam([z], lr=1.0)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.1 ** (1.0 / max(iters, 1)))
@@ -361,13 +370,15 @@ def _stage(theta: torch.Tensor, steps: torch.Tensor, iters: int, energy_fn, log:
         sched.step()
         bar.update(1)
         bar.set_postfix(stage=stage, E=f"{float(e.detach().mean()):.4g}")
+        if tracer is not None:
+            tracer(best, _ == iters - 1)
     return best
 
 
 def fit(model: FaceModel, image: torch.Tensor, landmarks: torch.Tensor, theta0: torch.Tensor | None = None,
         iters: tuple = (200, 80), weights: FitWeights = FIT_WEIGHTS, mask: torch.Tensor | None = None,
         camera: Camera | None = None, confidence: torch.Tensor | None = None, seed: int = 0,
-        progress: bool = True) -> FitResult:
+        progress: bool = True, trace_every: int = 0) -> FitResult:
     """Fit the full parameter vector to one image or a batch, by analysis by synthesis.
 
     Stage 1 (``iters[0]`` Adam steps, no rasterisation): the first half moves rotation and translation
@@ -393,6 +404,8 @@ def fit(model: FaceModel, image: torch.Tensor, landmarks: torch.Tensor, theta0: 
             for a detector's jaw points, whose convention differs from the model's contour.
         seed: seeds PyTorch's generator for the fit (restored afterwards), so a fit repeats exactly.
         progress: show a tqdm bar.
+        trace_every: > 0 records the parameters every ``trace_every`` iterations and at each stage's
+            end (:class:`FitResult` ``trace``: error against fitting time); 0: no trace.
     Returns:
         :class:`FitResult` (``theta`` in :func:`fit_layout`, energy and terms per iteration).
     """
@@ -408,6 +421,8 @@ def fit(model: FaceModel, image: torch.Tensor, landmarks: torch.Tensor, theta0: 
         raise ValueError(f"weights must be a FitWeights; got {type(weights).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an integer; got {seed!r}")
+    if isinstance(trace_every, bool) or not isinstance(trace_every, int) or trace_every < 0:
+        raise ValueError(f"trace_every must be a non-negative integer; got {trace_every!r}")
     dtype, dev = model.mean_shape.dtype, model.mean_shape.device
     image, landmarks = image.to(dev, dtype), landmarks.to(dev, dtype)
     if confidence is not None:
@@ -424,9 +439,17 @@ def fit(model: FaceModel, image: torch.Tensor, landmarks: torch.Tensor, theta0: 
     F = model.triangles.shape[0]
     t0 = time.perf_counter()
     log: list = []
+    trace: list = []
+
+    def tracer(best, stage_end):
+        if trace_every and (len(log) % trace_every == 0 or stage_end):
+            trace.append((len(log), time.perf_counter() - t0, best.detach().clone()))
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         theta = initial_theta(model, landmarks, (H, W), cam, theta0)
+        if trace_every:
+            trace.append((0, time.perf_counter() - t0, theta.detach().clone()))
 
         sp = _sparse(model)
 
@@ -457,11 +480,12 @@ def fit(model: FaceModel, image: torch.Tensor, landmarks: torch.Tensor, theta0: 
         n1 = iters[0] // 2
         with tqdm(total=sum(iters), desc="fit", disable=not progress) as bar:
             theta = _stage(theta, _steps(lay, ("rotation", "translation"), theta), n1, energy_landmarks,
-                           log, 1, bar)
+                           log, 1, bar, tracer)
             theta = _stage(theta, _steps(lay, ("rotation", "translation", "shape", "expression"), theta),
-                           iters[0] - n1, energy_landmarks, log, 1, bar)
+                           iters[0] - n1, energy_landmarks, log, 1, bar, tracer)
             theta = init_illumination(model, theta, image, (H, W), cam)
-            theta = _stage(theta, _steps(lay, lay.names, theta, STEP2), iters[1], energy_full, log, 2, bar)
+            theta = _stage(theta, _steps(lay, lay.names, theta, STEP2), iters[1], energy_full, log, 2, bar,
+                           tracer)
     T, B = len(log), image.shape[0]
     nan = torch.full((B,), float("nan"), dtype=dtype, device=dev)
     energy = torch.stack([e for _, e, _ in log]) if log else torch.zeros(0, B)
@@ -469,4 +493,4 @@ def fit(model: FaceModel, image: torch.Tensor, landmarks: torch.Tensor, theta0: 
              for k in ("landmark", "photo", "prior")}
     stage = torch.tensor([s for s, _, _ in log], dtype=torch.int64)
     return FitResult(theta.detach(), lay, energy.cpu(), {k: v.cpu() for k, v in terms.items()}, stage,
-                     time.perf_counter() - t0)
+                     time.perf_counter() - t0, trace)

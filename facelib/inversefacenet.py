@@ -657,8 +657,10 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
         log = train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, device=device,
                     progress=progress, desc=name, cache_key=dict(key, iters=iters), eval_fn=eval_fn,
                     eval_every=every, **sched)
-        return net, {"train_s": log["train_s"], "iters": iters, "loss": log["loss"], "cached": log["cached"],
-                     "curve": log["curve"]}
+        info = {"train_s": log["train_s"], "iters": iters, "loss": log["loss"], "cached": log["cached"],
+                "curve": log["curve"]}
+        _publish(model, cfg, name, seed, kind, net, info, dict(key, iters=iters))
+        return net, info
     if real_x is None:
         raise ValueError("the breeding row needs the images of R (real_x)")
     pre = iters // 5
@@ -671,6 +673,7 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
         try:
             ck = torch.load(path, map_location=device or "cpu", weights_only=False)
             net.load_state_dict(ck["net"])
+            _publish(model, cfg, name, seed, kind, net, ck["info"], bkey)
             return net, dict(ck["info"], cached=True)
         except Exception:
             path.unlink(missing_ok=True)
@@ -688,7 +691,22 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
             "curve": curve, "history": {"theta_r": hist["theta_r"], "children": hist["children"]}}
     with atomic_path(path) as tmp:
         torch.save({"net": net.state_dict(), "info": info}, tmp)
+    _publish(model, cfg, name, seed, kind, net, info, bkey)
     return net, dict(info, cached=False)
+
+
+def _publish(model, cfg: dict, name: str, seed: int, kind: str, net, info: dict, key: dict) -> None:
+    """Save the trained row for :func:`facelib.networks.load_network`; a cache that cannot be written
+    costs the file only (a warning), never the training run."""
+    import warnings
+
+    from .networks import publish_inversefacenet
+
+    try:
+        publish_inversefacenet(model, cfg, name, seed, kind, net, info, _key(key))
+    except OSError as e:
+        warnings.warn(f"the trained network {name!r} (seed {seed}) was not saved for load_network: {e}",
+                      stacklevel=3)
 
 
 # ------------------------------------------------------------------------------------------- the book's tables

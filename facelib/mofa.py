@@ -58,6 +58,7 @@ __all__ = [
     "book_corpora",
     "stage1_network",
     "stage2_network",
+    "settings_steps",
     "render_level",
     "panels",
     "mark_points",
@@ -637,6 +638,16 @@ def stage2_network(full_model: FaceModel, stage1: MoFA, cfg: dict, corpus: dict,
                  checkpoint=out_dir() / "mofa" / f"{profile}_{name}.pt", progress=progress, desc=f"stage 2 ({name})",
                  threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, hist
+
+
+def settings_steps(name: str, profile: str) -> int | None:
+    """The steps the book trains network ``name`` for in ``profile``: ``"mofa"`` stage 1
+    (``steps1`` of chapter 5), ``"mofa-final"`` stage 2 (``steps2`` of chapter 6); None for another name
+    or profile.  :func:`facelib.networks.load_network` refuses a checkpoint that holds fewer."""
+    from .book import SETTINGS
+
+    chapter, key = {"mofa": ("05_mofa", "steps1"), "mofa-final": ("06_correctives", "steps2")}.get(name, (None, None))
+    return SETTINGS.get(chapter, {}).get(profile, {}).get(key) if chapter else None
 
 
 # ---------------------------------------------------------------------------------- evaluation

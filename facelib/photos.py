@@ -30,7 +30,7 @@ from .corpus import _box_points, crop_to_box, landmark_box, landmark_mask
 
 __all__ = ["PHOTO_SUFFIXES", "MAX_PHOTO_PIXELS", "MAX_PHOTO_SIDE", "load_photos", "haar_face_boxes",
            "ellipse_mask", "read_photo", "NoFaceError", "FaceLandmarks", "landmark_detector",
-           "detect_landmarks", "landmark_crop"]
+           "detect_landmarks", "landmark_crop", "sample_photo", "SAMPLE_PHOTOS"]
 
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
 HAAR_BOX_SCALE = 1.05  # the Haar box spans about brows to chin, like our landmark box
@@ -149,6 +149,37 @@ MAX_PHOTO_SIDE = 2048  # read_photo downscales larger photos to this longer side
 
 class NoFaceError(ValueError):
     """No face was found in a photo."""
+
+
+SAMPLE_PHOTOS = ("grace_hopper", "astronaut")  # real photos that ship inside installed packages
+
+
+def sample_photo(name: str = "grace_hopper") -> Path:
+    """The path of a real photo that ships with an installed package (nothing is downloaded):
+    ``"grace_hopper"`` (matplotlib's sample data, JPEG) or ``"astronaut"`` (scikit-image's
+    ``skimage.data.astronaut()``, Eileen Collins; written once as a PNG into the facelib cache).
+    ValueError for another name; ImportError (with the install line) when scikit-image is missing."""
+    if name not in SAMPLE_PHOTOS:
+        raise ValueError(f"unknown sample photo {name!r}; expected one of {SAMPLE_PHOTOS}")
+    if name == "grace_hopper":
+        import matplotlib.cbook as cbook
+
+        return Path(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False))
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise ImportError("the astronaut photo ships with scikit-image: pip install -e '.[photos]'") from e
+    from PIL import Image
+
+    from ._atomic import atomic_path
+    from .open_model import cache_dir
+
+    path = cache_dir() / "samples" / "astronaut.png"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Image.fromarray(data.astronaut()).save(tmp, format="PNG")
+    return path
 
 
 def read_photo(path, max_side: int = MAX_PHOTO_SIDE) -> tuple:

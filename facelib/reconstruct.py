@@ -21,9 +21,10 @@ import torch
 
 from .camera import Camera
 
-__all__ = ["METHODS", "reconstruct_photo", "write_reconstruction", "photo_camera"]
+__all__ = ["METHODS", "reconstruct_photo", "write_reconstruction", "photo_camera", "paste_crop"]
 
 METHODS = ("fit", "inversefacenet", "mofa", "coarse")
+NETWORK_METHODS = {"inversefacenet": "inversefacenet", "mofa": "mofa"}  # method -> facelib.networks name
 OUTPUTS = ("mesh.obj", "mesh.ply", "albedo.png", "overlay.png", "params.json")
 
 
@@ -40,12 +41,14 @@ def photo_camera(crop_camera: Camera, box: torch.Tensor, crop_size: int, photo_h
 
 
 def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple = (200, 80),
-                      model="open", seed: int = 0, progress: bool = True) -> dict:
+                      model="open", seed: int = 0, progress: bool = True, profile: str | None = None) -> dict:
     """Reconstruct the largest face in the photo at ``path``.
 
     ``method``: ``"fit"`` (analysis by synthesis, :func:`facelib.fit.fit`, ``iters`` its two stages,
-    on a ``size``-pixel crop); the network methods are not available yet.  ``model``: a name or path
-    for :func:`facelib.load_model`, or a :class:`facelib.FaceModel`.
+    on a ``size``-pixel crop), ``"inversefacenet"`` or ``"mofa"`` (the network ``make book`` trained,
+    :func:`facelib.networks.load_network`, of ``profile``: None takes the largest on disk; ``size`` and
+    ``iters`` are then the network's own).  ``model``: a name or path for :func:`facelib.load_model`, or
+    a :class:`facelib.FaceModel`.
 
     Returns a dict: ``rgb (H, W, 3)`` uint8 (the photo as read, after any downscale), ``notes`` (what was
     converted, and other faces ignored), ``model``, ``theta (1, m)`` and ``layout``
@@ -62,14 +65,21 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method != "fit":
-        raise ValueError(f"method {method!r} is not available yet: the networks are not saved by make book "
-                         "(issue 21); use --method fit")
+    if method == "coarse":
+        raise ValueError("method 'coarse' is not available yet: chapter 7 does not save CoarseNet; use "
+                         "--method fit, inversefacenet or mofa")
+    m = model if isinstance(model, FaceModel) else load_model(model)
+    trained = None
+    if method in NETWORK_METHODS:  # before the photo is read: a missing network is reported at once
+        from .networks import load_network
+
+        trained = load_network(NETWORK_METHODS[method], model=m, profile=profile)
     rgb, notes = read_photo(path)
     det = detect_landmarks(rgb)
     if det.n_faces > 1:
         notes.append(f"{det.n_faces} faces found; reconstructing the largest")
-    m = model if isinstance(model, FaceModel) else load_model(model)
+    if trained is not None:
+        return _reconstruct_network(trained, rgb, det, notes, path, method)
     crop = landmark_crop(rgb, det.points, size)
     # the photometric term only where the photo surely shows the face (inside the landmarks' outline):
     # elsewhere hair, a hat or the background would pull the face's outline and albedo towards them
@@ -112,6 +122,61 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
             "albedo": albedo, "faces": m.triangles, "overlay": overlay,
             "albedo_image": a.image[0].permute(1, 2, 0).clamp(0, 1).numpy(), "landmarks": det.points,
             "landmarks_fit": lm_fit, "params": params}
+
+
+def paste_crop(crop: torch.Tensor, box: torch.Tensor, photo_hw: tuple, mode: str = "bilinear") -> torch.Tensor:
+    """The inverse of :func:`facelib.corpus.crop_to_box`: resample ``crop (B, C, N, N)`` of the square
+    ``box (B, 3)`` (centre x, centre y, side; photo pixels) into the photo's frame ``(B, C, H, W)``
+    (zeros outside the box).  A photo pixel centre ``x`` reads the crop at ``2 (x - c) / side`` in
+    grid_sample's normalised coordinates."""
+    import torch.nn.functional as F
+
+    H, W = photo_hw
+    b = box.to(crop.dtype)
+    xs = torch.arange(W, dtype=crop.dtype) + 0.5
+    ys = torch.arange(H, dtype=crop.dtype) + 0.5
+    gx = 2 * (xs[None, None, :] - b[:, 0, None, None]) / b[:, 2, None, None]
+    gy = 2 * (ys[None, :, None] - b[:, 1, None, None]) / b[:, 2, None, None]
+    grid = torch.stack([gx.expand(-1, H, W), gy.expand(-1, H, W)], dim=-1)
+    return F.grid_sample(crop, grid, mode=mode, padding_mode="zeros", align_corners=False)
+
+
+def _reconstruct_network(trained, rgb, det, notes: list, path, method: str) -> dict:
+    """:func:`reconstruct_photo` with a trained network: its own crop from the detected landmarks, the
+    estimate, and the estimate's rendering (in the crop) resampled back into the photo."""
+    import time
+
+    H, W = rgb.shape[:2]
+    photo = torch.from_numpy(np.array(rgb)).float() / 255.0  # (H, W, 3)
+    t0 = time.perf_counter()
+    est = trained.estimate(photo.permute(2, 0, 1)[None], det.points[None].float())
+    seconds = time.perf_counter() - t0
+    rend = paste_crop(est["rendering"], est["box"], (H, W))[0].permute(1, 2, 0).clamp(0, 1)
+    mask = paste_crop(est["mask"][:, None].float(), est["box"], (H, W))[0, 0] > 0.5
+    over = torch.where(mask[..., None], rend, photo)
+    alone = torch.where(mask[..., None], rend, torch.ones_like(photo))
+    overlay = torch.cat([photo, over, alone], dim=1).numpy()
+    alb = paste_crop(est["albedo_rendering"], est["box"], (H, W))[0].permute(1, 2, 0).clamp(0, 1)
+    albedo_image = torch.where(mask[..., None], alb, torch.ones_like(photo)).numpy()
+    lm_est = est["landmarks"][0]
+    err = (lm_est - det.points).norm(dim=-1)
+    box = est["box"][0]
+    lay = est["layout"]
+    params = {
+        "method": method, "network": trained.name, "network_meta": {k: v for k, v in trained.meta.items()
+                                                                    if k not in ("keep", "config")},
+        "network_config": trained.meta.get("config"), "model": trained.model.name, "photo": str(path),
+        "photo_size": [W, H], "notes": notes, "faces_found": det.n_faces, "face_box": list(det.box),
+        "crop": {"centre": [float(box[0]), float(box[1])], "side": float(box[2]), "size": trained.size},
+        "seconds": round(seconds, 3),
+        "landmark_error_px": {"all_68": float(err.mean()), "inner_51": float(err[17:].mean())},
+        "landmarks_detected_px": det.points.tolist(), "landmarks_fit_px": lm_est.tolist(),
+        "layout": [[n, k] for n, k in lay.entries],
+        "theta": {n: v[0].tolist() for n, v in lay.unpack(est["theta"]).items()},
+    }
+    return {"rgb": rgb, "notes": notes, "model": trained.model, "theta": est["theta"], "layout": lay,
+            "verts": est["verts"][0], "albedo": est["albedo"][0], "faces": est["faces"], "overlay": overlay,
+            "albedo_image": albedo_image, "landmarks": det.points, "landmarks_fit": lm_est, "params": params}
 
 
 def write_reconstruction(rec: dict, out_dir) -> list:

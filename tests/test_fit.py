@@ -207,3 +207,36 @@ def test_bad_inputs_give_clear_errors(open_model, synthetic):
         fit("open", img, lm, progress=False)
     with pytest.raises(ValueError, match="unknown fit weights"):
         FIT_WEIGHTS.replace(photometric=1.0)
+
+
+def test_trace_records_the_fit_as_it_goes(open_model, synthetic):
+    """``trace_every``: the parameters a fit stopped at that iteration would return, with the time so far."""
+    args = (open_model, synthetic["image"][:1], synthetic["landmarks"][:1])
+    res = fit(*args, iters=(10, 3), seed=2, progress=False, trace_every=4)
+    its = [i for i, _, _ in res.trace]
+    assert its == [0, 4, 5, 8, 10, 12, 13]  # every 4th iteration and each stage's end (5, 10, 13)
+    secs = [s for _, s, _ in res.trace]
+    assert secs == sorted(secs) and secs[-1] <= res.seconds
+    assert torch.equal(res.trace[-1][2], res.theta)  # the end of the last stage is the result
+    plain = fit(*args, iters=(10, 3), seed=2, progress=False)
+    assert torch.equal(plain.theta, res.theta) and plain.trace == []  # tracing changes nothing
+    with pytest.raises(ValueError, match="trace_every"):
+        fit(*args, iters=(1, 0), progress=False, trace_every=-1)
+
+
+def test_an_eq1_start_is_placed_on_the_landmarks(open_model, synthetic):
+    """A network's estimate (Eq. 1 layout, no translation) is moved onto the landmarks like the mean
+    face; a start in the fit's own layout is taken as it is."""
+    m = open_model
+    lm = synthetic["landmarks"][:1]
+    th = initial_theta(m, lm, SIZE, theta0=synthetic["theta"][:1])
+    lay = fit_layout(m)
+    assert th[0, lay["translation"]].abs().max() < 0.5  # the truth's own landmarks: it stays (mm)
+    shifted = initial_theta(m, lm + torch.tensor([6.0, 0.0]), SIZE, theta0=synthetic["theta"][:1])
+    with torch.no_grad():
+        r = render_fit(m, shifted, SIZE, outputs=("screen",))
+    centre = landmarks_2d(m, r.screen).mean(1) - lm.mean(1)
+    assert abs(float(centre[0, 0]) - 6.0) < 0.3 and abs(float(centre[0, 1])) < 0.3
+    own = to_fit_layout(m, synthetic["theta"][:1])
+    own[:, lay["translation"]] = torch.tensor([1.0, 2.0, 3.0])
+    assert torch.equal(initial_theta(m, lm, SIZE, theta0=own), own)

@@ -71,14 +71,16 @@ def test_reconstruct_writes_every_file(reconstruction, open_model):
     photo = np.asarray(Image.open(reconstruction["photo"]).convert("RGB"))
     assert np.abs(over[:, :W].astype(int) - photo).max() <= 1  # left panel: the photo itself
     changed = np.abs(over[:, W:2 * W].astype(int) - photo).sum(-1) > 0
-    assert 0.05 < changed.mean() < 0.6  # the face is drawn over part of it
+    assert 0.02 < changed.mean() < 0.6  # the face is drawn over part of it (astronaut: ~5%, Grace Hopper: ~10%)
     assert Image.open(out / "albedo.png").size == (W, H)
 
 
 def test_reconstruct_params_and_landmarks(reconstruction, open_model):
     p = json.loads((reconstruction["out"] / "params.json").read_text())
     m = open_model
-    assert p["method"] == "fit" and p["model"] == "open" and p["faces_found"] == 1
+    assert p["method"] == "fit" and p["model"] == "open" and p["faces_found"] >= 1
+    # dlib finds two faces in the astronaut photo: the largest is reconstructed, and the note says so
+    assert (p["faces_found"] > 1) == any("reconstructing the largest" in n for n in p["notes"])
     assert [n for n, _ in p["layout"]] == ["rotation", "translation", "shape", "expression", "reflectance",
                                            "illumination"]
     assert len(p["theta"]["shape"]) == m.n_shape and len(p["theta"]["illumination"]) == 27
@@ -89,7 +91,11 @@ def test_reconstruct_params_and_landmarks(reconstruction, open_model):
     assert p["fit"]["seconds"] > 0
 
 
-def test_reconstruct_bad_photos_leave_nothing(tmp_path, capsys):
+def test_reconstruct_bad_photos_leave_nothing(tmp_path, capsys, monkeypatch):
+    import facelib.networks
+
+    monkeypatch.setattr(facelib.networks, "networks_dir", lambda: tmp_path / "networks")  # no trained networks
+    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "no_checkpoints"))
     out = tmp_path / "out"
     cases = []
     (tmp_path / "text.jpg").write_text("not a photo")
@@ -106,8 +112,12 @@ def test_reconstruct_bad_photos_leave_nothing(tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("facelib: error:") and msg in err[0], (name, err)
         assert not out.exists()
-    assert main(["reconstruct", str(tmp_path / "grey.png"), "--method", "mofa", "--out", str(out)]) == 2
-    assert "not available yet: the networks are not saved by make book" in capsys.readouterr().err
+    assert main(["reconstruct", str(tmp_path / "grey.png"), "--method", "coarse", "--out", str(out)]) == 2
+    assert "not available yet: chapter 7 does not save CoarseNet" in capsys.readouterr().err
+    for method, chapter in (("mofa", "chapter 5"), ("inversefacenet", "chapters 3 and 4")):
+        assert main(["reconstruct", str(tmp_path / "grey.png"), "--method", method, "--out", str(out)]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no trained" in err[0] and chapter in err[0] and "make book" in err[0], err
     with pytest.raises(SystemExit):
         main(["reconstruct", str(tmp_path / "grey.png"), "--iters", "10"])
     assert not out.exists()
@@ -158,3 +168,42 @@ def test_detect_landmarks_takes_the_largest_face():
     lm = c["landmarks"][0]
     assert (lm > 0).all() and (lm < 64).all()  # inside the crop, with a margin
     assert (lm.max(0).values - lm.min(0).values).max() == pytest.approx(64 / 1.5, rel=1e-4)
+
+
+def test_reconstruct_with_the_saved_networks(open_model, tmp_path, monkeypatch):
+    """``--method inversefacenet`` and ``--method mofa`` run the networks the book saved (here tiny ones
+    trained into an empty cache): the same files as the fit, the mesh of each network's decoder."""
+    from facelib.book import settings
+    from facelib.corpus import SyntheticCorpus
+    from facelib.inversefacenet import train_row
+    from facelib.mofa import make_corpus, stage1_network
+    from facelib.photos import sample_photo
+    from facelib.reconstruct import reconstruct_photo, write_reconstruction
+
+    m = open_model
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "out"))
+    cfg = dict(size=32, iters=4, batch=4, lr=1e-3, alexnet_width=0.05, alexnet_fc=16, resnet_width=0.05,
+               resnet_blocks=(1, 1, 1, 1), breed_rounds=2)
+    corpus = SyntheticCorpus(m, 8, seed=1, size=32, cache=False, chunk=8, progress=False)
+    x = torch.zeros(2, 3, 32, 32)
+    train_row(m, cfg, "+ breeding (= InverseFaceNet)", corpus, real_x=x, progress=False)
+    mcfg = dict(settings("05_mofa", "ci"), steps1=50, threads=None)
+    net, _, _ = stage1_network(m, mcfg, make_corpus(m, 4, mcfg["size"], seed=0, progress=False), 0, "cpu", "ci",
+                               progress=False)
+    photo = sample_photo("grace_hopper")
+    W, H = Image.open(photo).size
+    for method, n_verts in (("inversefacenet", m.n_vertices), ("mofa", net.decoder.n_vertices)):
+        rec = reconstruct_photo(photo, method=method, model=m, progress=False)
+        paths = write_reconstruction(rec, tmp_path / method)
+        assert sorted(p.name for p in paths) == ["albedo.png", "mesh.obj", "mesh.ply", "overlay.png", "params.json"]
+        v = [line for line in (tmp_path / method / "mesh.obj").read_text().splitlines() if line.startswith("v ")]
+        assert len(v) == n_verts
+        assert np.asarray(Image.open(tmp_path / method / "overlay.png")).shape == (H, 3 * W, 3)
+        p = json.loads((tmp_path / method / "params.json").read_text())
+        assert p["method"] == method and p["network_meta"]["profile"] in (None, "ci") and p["seconds"] > 0
+        assert np.isfinite(p["landmark_error_px"]["inner_51"]) and np.array(p["landmarks_fit_px"]).shape == (68, 2)
+        over = np.asarray(Image.open(tmp_path / method / "overlay.png"))
+        photo_rgb = np.asarray(Image.open(photo).convert("RGB"))
+        changed = np.abs(over[:, W:2 * W].astype(int) - photo_rgb).sum(-1) > 0
+        assert 0.02 < changed.mean() < 0.6, (method, changed.mean())  # the face is drawn over part of it

@@ -1,0 +1,139 @@
+"""Trained networks as files (issue 21, item 0): what the book trains is saved with its configuration
+and the face model's key, and ``facelib.load_network`` returns it for inference without the training
+data and without ever training."""
+
+import dataclasses
+
+import pytest
+import torch
+
+import facelib
+from facelib.corpus import SyntheticCorpus, crop_to_box, landmark_box, network_input, to_network
+from facelib.inversefacenet import predict, train_row
+from facelib.networks import NetworkNotFoundError, available_networks, load_network
+from facelib.wild import wild_batch
+
+CFG = dict(size=32, iters=10, batch=4, lr=1e-3, alexnet_width=0.05, alexnet_fc=16, resnet_width=0.05,
+           resnet_blocks=(1, 1, 1, 1), breed_rounds=2)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return facelib.load_model("open")
+
+
+@pytest.fixture(scope="module")
+def frames(model):
+    return wild_batch(model, 3, seed=1, size=48)
+
+
+@pytest.fixture()
+def trained(model, frames, tmp_path, monkeypatch):
+    """Two Table 1 rows trained (tiny) into an empty cache (and no MoFA checkpoints)."""
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "out"))
+    corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
+    x = to_network(network_input(frames["image"], frames["landmarks"], 32)["crop"])
+    bred, _ = train_row(model, CFG, "+ breeding (= InverseFaceNet)", corpus, real_x=x, progress=False)
+    plain, _ = train_row(model, CFG, "AlexNet", corpus, progress=False)
+    return {"bred": bred, "plain": plain, "corpus": corpus, "cache": tmp_path}
+
+
+def test_load_network_returns_the_trained_weights_and_never_trains(model, frames, trained):
+    rows = available_networks(model)
+    assert sorted(r["row"] for r in rows) == ["+ breeding (= InverseFaceNet)", "AlexNet"]
+    assert all(r["profile"] is None and r["iters"] == 10 for r in rows)  # a custom budget, not a book profile
+    t = facelib.load_network("inversefacenet", model=model)
+    assert t.meta["row"] == "+ breeding (= InverseFaceNet)" and t.size == 32 and not t.net.training
+    for a, b in zip(trained["bred"].state_dict().values(), t.net.state_dict().values()):
+        assert torch.equal(a.cpu(), b)
+    # the estimate is the trained network's output on the Sec. 6.1 crop (8-bit, like the corpus)
+    est = t.estimate(frames["image"], frames["landmarks"])
+    crop = network_input(frames["image"], frames["landmarks"], 32)["crop"]
+    assert torch.equal(est["theta"], predict(trained["bred"], to_network((crop * 255).round() / 255)))
+    assert est["verts"].shape == (3, model.n_vertices, 3) and est["rendering"].shape == (3, 3, 32, 32)
+    assert est["landmarks"].shape == (3, 68, 2) and torch.isfinite(est["landmarks"]).all()
+    a = load_network("inversefacenet", row="AlexNet", model=model)
+    for p, q in zip(trained["plain"].state_dict().values(), a.net.state_dict().values()):
+        assert torch.equal(p.cpu(), q)
+    # loading wrote nothing and trained nothing: the same files as before
+    before = sorted(p.name for p in (trained["cache"] / "networks" / "inversefacenet").iterdir())
+    load_network("inversefacenet", model=model)
+    assert sorted(p.name for p in (trained["cache"] / "networks" / "inversefacenet").iterdir()) == before
+
+
+def test_load_network_refuses_other_models_profiles_and_bad_names(model, trained):
+    other = dataclasses.replace(model, mean_shape=model.mean_shape + 1.0)  # another face model's contents
+    with pytest.raises(NetworkNotFoundError, match="make book"):
+        load_network("inversefacenet", model=other)
+    with pytest.raises(NetworkNotFoundError, match="profile 'cpu'"):
+        load_network("inversefacenet", model=model, profile="cpu")  # only a custom budget is on disk
+    with pytest.raises(NetworkNotFoundError, match="seed 1"):
+        load_network("inversefacenet", model=model, seed=1)
+    with pytest.raises(ValueError, match="unknown network"):
+        load_network("vgg", model=model)
+    with pytest.raises(ValueError, match="unknown Table 1 row"):
+        load_network("inversefacenet", row="VGG", model=model)
+    with pytest.raises(ValueError, match="profile"):
+        load_network("inversefacenet", model=model, profile="huge")
+    with pytest.raises(ValueError, match="seed"):
+        load_network("inversefacenet", model=model, seed=-1)
+
+
+def test_a_truncated_network_file_is_not_loaded(model, trained):
+    for p in (trained["cache"] / "networks" / "inversefacenet").iterdir():
+        p.write_bytes(p.read_bytes()[:100])
+    with pytest.raises(NetworkNotFoundError):
+        load_network("inversefacenet", model=model)
+
+
+def test_empty_cache_says_how_to_train(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "out"))
+    assert available_networks(model) == []
+    for name, chapter in (("inversefacenet", "chapters 3 and 4"), ("mofa", "chapter 5"), ("mofa-final", "chapter 6")):
+        with pytest.raises(NetworkNotFoundError, match=chapter):
+            load_network(name, model=model)
+
+
+def test_mofa_checkpoint_loads_and_an_unfinished_one_is_refused(model, tmp_path, monkeypatch):
+    from facelib.book import settings
+    from facelib.mofa import make_corpus, stage1_network
+
+    monkeypatch.setenv("FACELIB_OUT", str(tmp_path))
+    cfg = dict(settings("05_mofa", "ci"), steps1=3, threads=None)  # 3 of the ci profile's 50 steps: unfinished
+    net, keep, _ = stage1_network(model, cfg, make_corpus(model, 4, cfg["size"], seed=0, progress=False,
+                                                           keep=None), 0, "cpu", "ci", progress=False)
+    with pytest.raises(NetworkNotFoundError, match="step 3 of 50"):
+        load_network("mofa", model=model)
+    # the same checkpoint, counted as finished (as chapter 5's 50 steps would leave it)
+    ck = tmp_path / "mofa" / "ci_stage1_s0.pt"
+    state = torch.load(ck, weights_only=False)
+    state["step"] = 50
+    torch.save(state, ck)
+    t = load_network("mofa", model=model)
+    assert t.method == "mofa" and t.meta["profile"] == "ci" and t.size == cfg["size"]
+    for a, b in zip(net.state_dict().values(), t.net.state_dict().values()):
+        assert torch.equal(a.cpu(), b)
+    frames = wild_batch(model, 2, seed=4, size=96)
+    est = t.estimate(frames["image"], frames["landmarks"])
+    assert est["verts"].shape == (2, net.decoder.n_vertices, 3) and est["mask"].shape == (2, t.size, t.size)
+    # MoFA's crop: the landmark box plus 35% on each side, the landmarks placed as in its training frames
+    box = landmark_box(frames["landmarks"].float(), 0.35)
+    box[:, 1] -= 0.098 * box[:, 2]
+    assert torch.allclose(est["crop"], crop_to_box(frames["image"].float(), box, t.size).clamp(0, 1))
+    assert torch.equal(est["theta"], net.encode(est["crop"]))
+
+
+def test_paste_crop_inverts_crop_to_box():
+    from facelib.reconstruct import paste_crop
+
+    H, W = 60, 80
+    yy, xx = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    photo = torch.stack([xx / W, yy / H, (xx + yy) / (W + H)])[None]  # smooth: bilinear is exact on ramps
+    box = torch.tensor([[41.0, 27.5, 30.0]])
+    crop = crop_to_box(photo, box, 40)
+    back = paste_crop(crop, box, (H, W))
+    inside = ((xx - 41.0).abs() < 13) & ((yy - 27.5).abs() < 13)
+    assert (back[0, :, inside] - photo[0, :, inside]).abs().max() < 1e-5
+    assert back[0, :, ~(((xx - 41.0).abs() < 16) & ((yy - 27.5).abs() < 16))].abs().max() == 0
