@@ -94,7 +94,7 @@ SETTINGS = {
     "08_fitting": {
         "ci": dict(n_faces=2, frame_size=64, iters=(16, 4), trace_every=8, photo_size=64, photo_iters=(16, 4),
                    threads=1),
-        "cpu": dict(n_faces=8, frame_size=128, iters=(200, 80), trace_every=40, photo_size=128,
+        "cpu": dict(n_faces=24, frame_size=128, iters=(200, 80), trace_every=40, photo_size=128,
                     photo_iters=(200, 80), threads=1),
         "gpu": dict(n_faces=64, frame_size=240, iters=(300, 150), trace_every=25, photo_size=240,
                     photo_iters=(300, 150), threads=None),

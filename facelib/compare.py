@@ -23,7 +23,7 @@ import time
 
 import torch
 
-__all__ = ["now_mm", "frame_photometric", "fit_frames", "fit_curve", "network_point", "reference_points"]
+__all__ = ["now_mm", "frame_photometric", "fit_frames", "fit_curve", "network_point", "reference_points", "verdict"]
 
 
 def now_mm(model, verts: torch.Tensor, faces: torch.Tensor, landmark_ids: torch.Tensor,
@@ -130,3 +130,19 @@ def reference_points(model, frames: dict) -> dict:
     gt = frames["verts_model"]
     return {"mean face": now_mm(model, mean, model.triangles, model.landmarks, gt),
             "true parameters (floor)": now_mm(model, true, model.triangles, model.landmarks, gt)}
+
+
+def verdict(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, unit: str = "mm", alpha: float = 0.05) -> str:
+    """One sentence comparing per-face errors ``a`` and ``b`` (same faces, lower is better) with a paired
+    Wilcoxon signed-rank test (:func:`facelib.inversefacenet.paired_test`): which is lower, by how much
+    on average, and the p-value; "no measurable difference" when ``p >= alpha``."""
+    from .inversefacenet import paired_test
+
+    t = paired_test(torch.as_tensor(a).double(), torch.as_tensor(b).double())
+    d = t["mean_diff"]  # mean(b - a)
+    if t["p_value"] >= alpha:
+        return (f"{name_a} and {name_b}: no measurable difference on these {t['n']} faces (mean difference "
+                f"{abs(d):.2f} {unit}, paired Wilcoxon p = {t['p_value']:.2g})")
+    lo, hi = (name_a, name_b) if d > 0 else (name_b, name_a)
+    return (f"{lo} is lower than {hi} by {abs(d):.2f} {unit} on average over {t['n']} faces "
+            f"(paired Wilcoxon p = {t['p_value']:.2g})")

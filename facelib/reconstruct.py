@@ -21,7 +21,7 @@ import torch
 
 from .camera import Camera
 
-__all__ = ["METHODS", "reconstruct_photo", "write_reconstruction", "photo_camera", "paste_crop"]
+__all__ = ["METHODS", "reconstruct_photo", "write_reconstruction", "photo_camera", "paste_crop", "face_panels"]
 
 METHODS = ("fit", "inversefacenet", "mofa", "coarse")
 NETWORK_METHODS = {"inversefacenet": "inversefacenet", "mofa": "mofa"}  # method -> facelib.networks name
@@ -177,6 +177,20 @@ def _reconstruct_network(trained, rgb, det, notes: list, path, method: str) -> d
     return {"rgb": rgb, "notes": notes, "model": trained.model, "theta": est["theta"], "layout": lay,
             "verts": est["verts"][0], "albedo": est["albedo"][0], "faces": est["faces"], "overlay": overlay,
             "albedo_image": albedo_image, "landmarks": det.points, "landmarks_fit": lm_est, "params": params}
+
+
+def face_panels(rec: dict, size: int = 192, margin: float = 0.3) -> torch.Tensor:
+    """The three panels of ``rec["overlay"]`` (:func:`reconstruct_photo`: the photo, the reconstruction
+    over it, the reconstruction alone) cut to the square around the detected landmarks (``margin`` of
+    the landmark box added on each side) and resampled to ``size``: ``(3, 3, size, size)`` in [0, 1],
+    for looking at the face when it fills little of the photo."""
+    from .corpus import crop_to_box, landmark_box
+
+    o = torch.as_tensor(rec["overlay"], dtype=torch.float32)  # (H, 3W, 3)
+    W = o.shape[1] // 3
+    panels = torch.stack([o[:, k * W:(k + 1) * W].permute(2, 0, 1) for k in range(3)])  # (3, 3, H, W)
+    box = landmark_box(torch.as_tensor(rec["landmarks"], dtype=torch.float32)[None], margin)
+    return crop_to_box(panels, box.expand(3, -1), size).clamp(0, 1)
 
 
 def write_reconstruction(rec: dict, out_dir) -> list:

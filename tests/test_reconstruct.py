@@ -178,7 +178,7 @@ def test_reconstruct_with_the_saved_networks(open_model, tmp_path, monkeypatch):
     from facelib.inversefacenet import train_row
     from facelib.mofa import make_corpus, stage1_network
     from facelib.photos import sample_photo
-    from facelib.reconstruct import reconstruct_photo, write_reconstruction
+    from facelib.reconstruct import face_panels, reconstruct_photo, write_reconstruction
 
     m = open_model
     monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / "cache"))
@@ -195,6 +195,8 @@ def test_reconstruct_with_the_saved_networks(open_model, tmp_path, monkeypatch):
     W, H = Image.open(photo).size
     for method, n_verts in (("inversefacenet", m.n_vertices), ("mofa", net.decoder.n_vertices)):
         rec = reconstruct_photo(photo, method=method, model=m, progress=False)
+        panels = face_panels(rec, size=64)
+        assert panels.shape == (3, 3, 64, 64) and (panels[1] != panels[0]).any()  # the face drawn over the photo
         paths = write_reconstruction(rec, tmp_path / method)
         assert sorted(p.name for p in paths) == ["albedo.png", "mesh.obj", "mesh.ply", "overlay.png", "params.json"]
         v = [line for line in (tmp_path / method / "mesh.obj").read_text().splitlines() if line.startswith("v ")]
