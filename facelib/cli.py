@@ -174,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
                                              "overlay.png, params.json")
     rec.add_argument("photo", help="a JPEG or PNG photo with a face (the largest one is reconstructed)")
     rec.add_argument("--method", default="fit", choices=("fit", "inversefacenet", "mofa", "coarse"),
-                     help="fit: analysis by synthesis (facelib.fit); inversefacenet, mofa: the network make book "
-                          "trained (facelib.networks); coarse is not saved yet")
+                     help="fit: analysis by synthesis (facelib.fit); inversefacenet, mofa, coarse (CoarseNet): the "
+                          "network make book trained (facelib.networks)")
     rec.add_argument("--profile", default=None, choices=("ci", "cpu", "gpu"),
                      help="the book profile whose trained network to use (default: the largest on disk)")
     rec.add_argument("--out", default="reconstruction", help="output folder (created)")

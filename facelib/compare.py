@@ -110,7 +110,7 @@ def network_point(trained, frames: dict) -> dict:
     est = trained.estimate(image, lm)
     rgb = paste_crop(est["rendering"], est["box"], (H, W))
     mask = paste_crop(est["mask"][:, None].float(), est["box"], (H, W))[:, 0] > 0.5
-    ids = trained.model.landmarks if trained.method == "inversefacenet" else trained.net.decoder.landmarks
+    ids = trained.net.decoder.landmarks if trained.method == "mofa" else trained.model.landmarks
     return {"estimate": est, "seconds_per_face": seconds,
             "now_mm": now_mm(trained.model, est["verts"], est["faces"], ids, frames["verts_model"]),
             "photometric_8bit": frame_photometric(image, rgb, mask, frames["landmarks"])}

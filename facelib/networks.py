@@ -27,14 +27,17 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["NETWORKS", "PROFILE_ORDER", "networks_dir", "publish_inversefacenet", "available_networks",
-           "load_network", "TrainedNetwork", "NetworkNotFoundError"]
+__all__ = ["NETWORKS", "PROFILE_ORDER", "networks_dir", "publish_inversefacenet", "save_network",
+           "available_networks", "load_network", "TrainedNetwork", "NetworkNotFoundError"]
 
 NETWORKS = {
     "inversefacenet": "InverseFaceNet, Kim et al. 2018 (chapters 3-4; row= picks a Table 1 row)",
     "mofa": "MoFA's base level, Tewari et al. 2017 (chapter 5, stage 1)",
     "mofa-final": "the multi-level model's final level, Tewari et al. 2018 (chapter 6, stage 2)",
+    "coarsenet": "CoarseNet, Richardson et al. 2017 (chapter 7, the GMSE network of the first seed)",
+    "finenet": "FineNet, Richardson et al. 2017 (chapter 7, the full Eq. 14 criterion)",
 }
+_SAVED = ("coarsenet", "finenet")  # saved by their chapter with save_network
 PROFILE_ORDER = ("gpu", "cpu", "ci")  # the first one found wins
 IFN_DEFAULT_ROW = "+ breeding (= InverseFaceNet)"
 FORMAT = 1
@@ -47,7 +50,9 @@ MOFA_MARGIN = 0.35
 MOFA_CENTRE_Y = 0.098
 _HOW = {"inversefacenet": "run `make book` (chapters 3 and 4 train InverseFaceNet's rows)",
         "mofa": "run `make book` (chapter 5 trains MoFA's base level)",
-        "mofa-final": "run `make book` (chapter 6 trains the final level)"}
+        "mofa-final": "run `make book` (chapter 6 trains the final level)",
+        "coarsenet": "run `make book` (chapter 7 trains CoarseNet)",
+        "finenet": "run `make book` (chapter 7 trains FineNet)"}
 
 
 class NetworkNotFoundError(FileNotFoundError):
@@ -98,6 +103,38 @@ def publish_inversefacenet(model, cfg: dict, row: str, seed: int, kind: str, net
     with atomic_path(path) as tmp:
         torch.save(record, tmp)
     return path
+
+
+def save_network(name: str, net: torch.nn.Module, config: dict, model, profile: str, seed: int = 0) -> Path:
+    """Save a network a chapter trained (``name``: ``"coarsenet"`` or ``"finenet"``) for
+    :func:`load_network`, atomically, as ``networks_dir()/<name>/<profile>-s<seed>.pt``: its weights (on
+    the CPU), ``config`` (what rebuilds it: CoarseNet ``n_shape``, ``n_expression``, ``width``,
+    ``blocks``, ``size``, ``iterations``, ``mask_dilate``; FineNet ``width``, ``head``, ``size``), the face
+    model's key and name, the profile and the seed.  Returns the path."""
+    from ._atomic import atomic_path
+    from .book import PROFILES
+    from .corpus import _model_key
+
+    if name not in _SAVED:
+        raise ValueError(f"save_network saves {_SAVED}; InverseFaceNet and MoFA save themselves (got {name!r})")
+    if profile not in PROFILES:
+        raise ValueError(f"profile {profile!r} is not one of {PROFILES}")
+    path = networks_dir() / name / f"{profile}-s{int(seed)}.pt"
+    record = {"format": FORMAT, "method": name, "config": dict(config), "model_key": _model_key(model),
+              "model_name": model.name, "profile": profile, "seed": int(seed),
+              "state": {k: v.detach().cpu() for k, v in net.state_dict().items()}}
+    with atomic_path(path) as tmp:
+        torch.save(record, tmp)
+    return path
+
+
+def _saved_candidates(name: str, model_key: str) -> list:
+    out = []
+    for p in sorted((networks_dir() / name).glob("*.pt")):
+        r = _read(p)
+        if r and r.get("format") == FORMAT and r.get("method") == name and r.get("model_key") == model_key:
+            out.append(dict(r, path=p))
+    return out
 
 
 def _read(path: Path) -> dict | None:
@@ -159,6 +196,8 @@ def available_networks(model="open") -> list:
     key = _model_key(m)
     rows = [{"name": "inversefacenet", "row": r["row"], "seed": r["seed"], "profile": r["profile"],
              "iters": r["iters"], "path": str(r["path"])} for r in _ifn_candidates(key)]
+    rows += [{"name": name, "row": None, "seed": r["seed"], "profile": r["profile"], "path": str(r["path"])}
+             for name in _SAVED for r in _saved_candidates(name, key)]
     for name in ("mofa", "mofa-final"):
         seeds = range(8) if name == "mofa" else (0,)
         for s in seeds:
@@ -199,6 +238,13 @@ class TrainedNetwork:
         if landmarks.shape != (image.shape[0], 68, 2):
             raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({image.shape[0]}, 68, 2)")
         image, landmarks = image.float(), landmarks.float()
+        if self.method == "finenet":
+            raise ValueError("FineNet refines CoarseNet's depth map, it has no input of its own from a frame: "
+                             "use facelib.coarse_fine.finenet_data and finenet_refine with a CoarseNet")
+        if self.method == "coarsenet":
+            box = self._coarse_box(landmarks)
+            grey = crop_to_box(image, box, self.size).clamp(0, 1).mean(1, keepdim=True)  # Sec. 3: grey input
+            return {"crop": grey, "box": box}
         if self.method == "inversefacenet":
             d = network_input(image, landmarks, self.size)
             crop = (d["crop"] * 255).round() / 255  # the training corpus holds 8-bit crops
@@ -207,6 +253,19 @@ class TrainedNetwork:
         box[:, 1] -= MOFA_CENTRE_Y * box[:, 2]
         return {"crop": crop_to_box(image, box, self.size).clamp(0, 1), "box": box}
 
+    def _coarse_box(self, landmarks: torch.Tensor) -> torch.Tensor:
+        """CoarseNet's crop ``(B, 3)``: the square that puts the landmarks where the mean face's lie at
+        its start ``r_0 = 0`` (the centred frontal mean face of :func:`facelib.coarse_fine.coarse_iterate`)."""
+        from .corpus import landmark_box
+
+        space, N = self.meta["space"], self.size
+        m = space.model
+        lm0 = space.project(m.mean_shape[m.landmarks][None].float(), torch.zeros(1, 6), N)[..., :2]
+        b0, bp = landmark_box(lm0, 0.0), landmark_box(landmarks, 0.0)
+        k = bp[:, 2] / b0[:, 2]  # photo pixels per crop pixel
+        centre = bp[:, :2] - (b0[:, :2] - N / 2) * k[:, None]
+        return torch.cat([centre, (N * k)[:, None]], 1)
+
     @torch.no_grad()
     def predict(self, image: torch.Tensor, landmarks: torch.Tensor) -> dict:
         """The network's part alone: :meth:`crop` and one forward pass.  Returns ``theta (B, m)``
@@ -214,6 +273,12 @@ class TrainedNetwork:
         with ``crop`` and ``box``."""
         c = self.crop(image, landmarks)
         dev = next(self.net.parameters()).device
+        if self.method == "coarsenet":
+            from .coarse_fine import coarse_iterate
+
+            r = coarse_iterate(self.meta["space"], self.net, c["crop"].to(dev), int(self.meta["config"]["iterations"]),
+                               self.size)[-1]
+            return {"theta": r.cpu(), **c}
         if self.method == "inversefacenet":
             from .corpus import to_network
             from .inversefacenet import predict
@@ -227,7 +292,8 @@ class TrainedNetwork:
         ``(B, 68, 2)`` in pixels (detected, e.g. :func:`facelib.photos.detect_landmarks`).
 
         Returns ``theta (B, m)`` and ``layout`` (InverseFaceNet: :class:`facelib.params.ParamLayout`
-        of ``model``; MoFA: its code layout), ``verts (B, K, 3)`` (model space, mm), ``albedo (B, K, 3)``,
+        of ``model``; MoFA: its code layout; CoarseNet: ``r`` after its iterations, shape, expression,
+        pose; its albedo is the model's mean and its pictures are grey under a fixed light), ``verts (B, K, 3)`` (model space, mm), ``albedo (B, K, 3)``,
         ``faces (F, 3)`` (K = the model's vertices; MoFA: its decimated template), ``crop``, ``box``
         (:meth:`crop`), ``rendering (B, 3, N, N)`` / ``mask (B, N, N)`` (the estimate drawn in the crop,
         shaded with the estimated light), ``albedo_rendering (B, 3, N, N)`` (unlit) and ``landmarks
@@ -237,6 +303,22 @@ class TrainedNetwork:
         c = self.predict(image, landmarks)
         theta = c.pop("theta")
         dev = next(self.net.parameters()).device
+        if self.method == "coarsenet":
+            from .coarse_fine import render_view
+            from .mofa import GREY_LIGHT
+
+            space, B = self.meta["space"], theta.shape[0]
+            alpha, pose = space.split(theta)
+            verts = space.geometry(alpha)
+            grey = dict(theta_r=torch.zeros(B, self.model.n_reflectance), gamma=torch.tensor(GREY_LIGHT).expand(B, 9))
+            v = render_view(space, theta, self.size, grey, background=1.0)
+            u = space.project(verts[:, self.model.landmarks], pose, self.size)[..., :2]
+            lay = ParamLayout((("shape", space.n_shape), ("expression", space.n_expression), ("pose", 6)))
+            return {"theta": theta, "layout": lay, "verts": verts,
+                    "albedo": self.model.mean_albedo.expand(B, -1, -1).clamp(0, 1), "faces": space.faces,
+                    "rendering": v.image.expand(-1, 3, -1, -1), "albedo_rendering": torch.where(
+                        v.mask[:, None], torch.full_like(v.image, 0.7), torch.ones_like(v.image)).expand(-1, 3, -1, -1),
+                    "mask": v.mask, "landmarks": _to_frame(u, c["box"], self.size), **c}
         if self.method == "inversefacenet":
             from .corpus import crop_to_box, landmark_box
             from .render import landmarks_2d, render
@@ -333,6 +415,26 @@ def load_network(name: str = "inversefacenet", *, row: str | None = None, seed: 
         meta = {k: best[k] for k in ("row", "seed", "kind", "profile", "iters", "train_s", "config")}
         meta["path"] = str(best["path"])
         return TrainedNetwork(name, "inversefacenet", net.to(dev).eval(), m, int(best["config"]["size"]), meta)
+    if name in _SAVED:
+        cands = [r for r in _saved_candidates(name, key) if r["seed"] == seed
+                 and (profile is None or r["profile"] == profile)]
+        if not cands:
+            raise _missing(name, f"for seed {seed}, " + (f"profile {profile!r}, " if profile else "")
+                           + f"face model {m.name!r}")
+        best = min(cands, key=lambda r: _rank(r["profile"]))
+        from .coarse_fine import CoarseNet, CoarseSpace, FineNet
+
+        cfg = best["config"]
+        meta = {"seed": best["seed"], "profile": best["profile"], "config": cfg, "path": str(best["path"])}
+        if name == "coarsenet":
+            space = CoarseSpace.from_model(m, int(cfg["n_shape"]), int(cfg["n_expression"]))
+            net = CoarseNet(space.n_params, width=int(cfg["width"]), blocks=tuple(cfg["blocks"]),
+                            mask_dilate=cfg.get("mask_dilate"))
+            meta["space"] = space
+        else:
+            net = FineNet(width=int(cfg["width"]), head=int(cfg["head"]))
+        net.load_state_dict(best["state"])
+        return TrainedNetwork(name, name, net.to(dev).eval(), m, int(cfg["size"]), meta)
     from .mofa import build_mofa, settings_steps
 
     cands = [c for c in _mofa_candidates(name, m, seed) if profile is None or c["profile"] == profile]

@@ -24,7 +24,7 @@ from .camera import Camera
 __all__ = ["METHODS", "reconstruct_photo", "write_reconstruction", "photo_camera", "paste_crop", "face_panels"]
 
 METHODS = ("fit", "inversefacenet", "mofa", "coarse")
-NETWORK_METHODS = {"inversefacenet": "inversefacenet", "mofa": "mofa"}  # method -> facelib.networks name
+NETWORK_METHODS = {"inversefacenet": "inversefacenet", "mofa": "mofa", "coarse": "coarsenet"}  # method -> facelib.networks name
 OUTPUTS = ("mesh.obj", "mesh.ply", "albedo.png", "overlay.png", "params.json")
 
 
@@ -45,7 +45,7 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
     """Reconstruct the largest face in the photo at ``path``.
 
     ``method``: ``"fit"`` (analysis by synthesis, :func:`facelib.fit.fit`, ``iters`` its two stages,
-    on a ``size``-pixel crop), ``"inversefacenet"`` or ``"mofa"`` (the network ``make book`` trained,
+    on a ``size``-pixel crop), ``"inversefacenet"``, ``"mofa"`` or ``"coarse"`` (CoarseNet; the network ``make book`` trained,
     :func:`facelib.networks.load_network`, of ``profile``: None takes the largest on disk; ``size`` and
     ``iters`` are then the network's own).  ``model``: a name or path for :func:`facelib.load_model`, or
     a :class:`facelib.FaceModel`.
@@ -65,9 +65,6 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
 
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    if method == "coarse":
-        raise ValueError("method 'coarse' is not available yet: chapter 7 does not save CoarseNet; use "
-                         "--method fit, inversefacenet or mofa")
     m = model if isinstance(model, FaceModel) else load_model(model)
     trained = None
     if method in NETWORK_METHODS:  # before the photo is read: a missing network is reported at once

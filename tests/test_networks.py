@@ -137,3 +137,38 @@ def test_paste_crop_inverts_crop_to_box():
     inside = ((xx - 41.0).abs() < 13) & ((yy - 27.5).abs() < 13)
     assert (back[0, :, inside] - photo[0, :, inside]).abs().max() < 1e-5
     assert back[0, :, ~(((xx - 41.0).abs() < 16) & ((yy - 27.5).abs() < 16))].abs().max() == 0
+
+
+def test_coarsenet_and_finenet_saved_by_their_chapter_load_and_estimate(model, frames, tmp_path, monkeypatch):
+    from facelib.coarse_fine import CoarseNet, CoarseSpace, FineNet, coarse_iterate
+    from facelib.networks import save_network
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    space = CoarseSpace.from_model(model, 6, 3)
+    torch.manual_seed(0)
+    coarse, fine = CoarseNet(space.n_params, width=4, blocks=(1, 1, 1, 1)), FineNet(width=4, head=8)
+    cfg = dict(n_shape=6, n_expression=3, width=4, blocks=[1, 1, 1, 1], size=32, iterations=2,
+               mask_dilate=coarse.mask_dilate)
+    save_network("coarsenet", coarse, cfg, model, "ci", seed=0)
+    save_network("finenet", fine, dict(width=4, head=8, size=48), model, "ci")
+    with pytest.raises(ValueError, match="save_network saves"):
+        save_network("mofa", fine, {}, model, "ci")
+    c = load_network("coarsenet", model=model)
+    f = load_network("finenet", model=model)
+    assert c.meta["profile"] == "ci" and c.size == 32 and f.size == 48
+    for a, b in zip(coarse.state_dict().values(), c.net.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(fine.state_dict().values(), f.net.state_dict().values()):
+        assert torch.equal(a, b)
+    # CoarseNet's crop puts the detected landmarks where the mean face's lie at its start r_0 = 0
+    est = c.estimate(frames["image"], frames["landmarks"])
+    lm0 = space.project(model.mean_shape[model.landmarks][None], torch.zeros(1, 6), 32)[..., :2]
+    u = (frames["landmarks"] - est["box"][:, None, :2]) / est["box"][:, None, 2:3] * 32 + 16
+    assert torch.allclose(landmark_box(u, 0.0), landmark_box(lm0, 0.0).expand(3, -1), atol=1e-3)
+    r = coarse_iterate(space, coarse, est["crop"], 2, 32)[-1]
+    assert torch.allclose(est["theta"], r) and est["verts"].shape == (3, model.n_vertices, 3)
+    assert est["rendering"].shape == (3, 3, 32, 32) and est["landmarks"].shape == (3, 68, 2)
+    with pytest.raises(ValueError, match="FineNet refines"):
+        f.estimate(frames["image"], frames["landmarks"])
+    names = sorted(r["name"] for r in available_networks(model))
+    assert "coarsenet" in names and "finenet" in names
