@@ -117,9 +117,9 @@ def _networks(args) -> int:
               "`make book` trains them")
         return 0
     for r in rows:
-        budget = f"{r['iters']} iterations" if "iters" in r else f"{r['step']} steps"
+        budget = (f", {r['iters']} iterations" if "iters" in r else f", {r['step']} steps" if "step" in r else "")
         row = f" [{r['row']}]" if r["row"] else ""
-        print(f"{r['name']}{row} seed {r['seed']}, profile {r['profile'] or 'custom'}, {budget}: {r['path']}")
+        print(f"{r['name']}{row} seed {r['seed']}, profile {r['profile'] or 'custom'}{budget}: {r['path']}")
     print("names: " + "; ".join(f"{k}: {v}" for k, v in NETWORKS.items()))
     return 0
 

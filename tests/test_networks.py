@@ -172,3 +172,16 @@ def test_coarsenet_and_finenet_saved_by_their_chapter_load_and_estimate(model, f
         f.estimate(frames["image"], frames["landmarks"])
     names = sorted(r["name"] for r in available_networks(model))
     assert "coarsenet" in names and "finenet" in names
+
+
+def test_networks_command_lists_every_kind(model, trained, capsys, monkeypatch):
+    from facelib.cli import main
+    from facelib.coarse_fine import FineNet
+    from facelib.networks import save_network
+
+    save_network("finenet", FineNet(width=4, head=8), dict(width=4, head=8, size=48), model, "ci")
+    monkeypatch.setattr(facelib, "load_model", lambda name="open", device=None: model)
+    assert main(["networks"]) == 0
+    out = capsys.readouterr().out
+    assert "inversefacenet [AlexNet] seed 0, profile custom, 10 iterations" in out
+    assert "finenet seed 0, profile ci:" in out
