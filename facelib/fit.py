@@ -115,7 +115,7 @@ class FitResult(NamedTuple):
     terms: dict
     stage: torch.Tensor
     seconds: float
-    trace: list = []
+    trace: list = ()
 
 
 # ---------------------------------------------------------------------------------- parameters

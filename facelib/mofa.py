@@ -81,6 +81,7 @@ CODE_SCALE = {"rotation": 0.5, "translation": 50.0, "shape": 1.0, "expression": 
               "illumination": 0.5, "illumination_final": 0.5, "corrective_geometry": 1.0,
               "corrective_reflectance": 1.0}
 AMBIENT = 0.8  # initial gamma_1 of both levels
+PHOTO_MARGIN = 0.35  # a photo's crop: the landmark box plus this fraction on every side (the paper's tight box)
 
 
 def out_dir() -> Path:
@@ -314,7 +315,7 @@ def landmark_detector():
     return detect
 
 
-def photo_corpus(folder: str | os.PathLike, size: int, margin: float = 0.35, detect=None,
+def photo_corpus(folder: str | os.PathLike, size: int, margin: float = PHOTO_MARGIN, detect=None,
                  progress: bool = True) -> dict:
     """A training corpus from a folder of real photos (``*.jpg``, ``*.jpeg``, ``*.png``): each photo's
     68 landmarks are detected (:func:`landmark_detector`), the face is cropped to a square around them

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .mofa import PHOTO_MARGIN
+
 __all__ = ["NETWORKS", "PROFILE_ORDER", "networks_dir", "publish_inversefacenet", "save_network",
            "available_networks", "load_network", "TrainedNetwork", "NetworkNotFoundError"]
 
@@ -46,7 +48,7 @@ _REGRESSOR_KEYS = ("size", "alexnet_width", "alexnet_fc", "alexnet_stride", "res
 # MoFA's crop of a frame, placed as its training frames place the face (facelib.wild.wild_batch, measured
 # on 256 faces: the landmarks span 0.58 of the frame, their box's centre 0.098 of the frame below its
 # centre): the landmark box plus 35% on every side (mofa.photo_corpus's margin), moved up by 0.098 side.
-MOFA_MARGIN = 0.35
+MOFA_MARGIN = PHOTO_MARGIN
 MOFA_CENTRE_Y = 0.098
 _HOW = {"inversefacenet": "run `make book` (chapters 3 and 4 train InverseFaceNet's rows)",
         "mofa": "run `make book` (chapter 5 trains MoFA's base level)",
@@ -156,28 +158,33 @@ def _ifn_candidates(model_key: str) -> list:
     return out
 
 
-def _mofa_candidates(name: str, model, seed: int) -> list:
-    """MoFA checkpoints of ``name`` (seed ``seed``) whose decoder is ``model`` (full, or decimated to the
-    checkpoint's ``n_vertices``: the key MoFA records is its decoder's), in :data:`PROFILE_ORDER`."""
+def _mofa_candidates(name: str, model, seed: int | None = None) -> list:
+    """MoFA checkpoints of ``name`` (``"mofa"``: of training seed ``seed``, every seed when None) whose
+    decoder is ``model`` (full, or decimated to the checkpoint's ``n_vertices``: the key MoFA records is
+    its decoder's), in :data:`PROFILE_ORDER`; each with its ``profile``, ``seed`` (0 for the final
+    level, which has one file per profile), ``path`` and ``record``."""
     from .corpus import _model_key
     from .mofa import out_dir
     from .multilevel import decimate
 
     keys, out = {}, []
     for prof in PROFILE_ORDER:
-        f = out_dir() / "mofa" / (f"{prof}_stage1_s{int(seed)}.pt" if name == "mofa" else f"{prof}_final.pt")
-        if not f.exists():
-            continue
-        r = _read(f)
-        meta = (r or {}).get("meta") or {}
-        if r is None or "net" not in r or "n_vertices" not in meta.get("config", {}):
-            continue
-        n = int(meta["config"]["n_vertices"])
-        if n not in keys:
-            keys[n] = _model_key(decimate(model, n)[0])
-        if meta.get("model") != keys[n]:
-            continue
-        out.append({"profile": prof, "path": f, "record": r})
+        if name == "mofa":
+            pattern = f"{prof}_stage1_s{'*' if seed is None else int(seed)}.pt"
+        else:
+            pattern = f"{prof}_final.pt"
+        for f in sorted((out_dir() / "mofa").glob(pattern)):
+            r = _read(f)
+            meta = (r or {}).get("meta") or {}
+            if r is None or "net" not in r or "n_vertices" not in meta.get("config", {}):
+                continue
+            n = int(meta["config"]["n_vertices"])
+            if n not in keys:
+                keys[n] = _model_key(decimate(model, n)[0])
+            if meta.get("model") != keys[n]:
+                continue
+            s = int(f.stem.rsplit("_s", 1)[1]) if name == "mofa" else 0
+            out.append({"profile": prof, "seed": s, "path": f, "record": r})
     return out
 
 
@@ -198,13 +205,9 @@ def available_networks(model="open") -> list:
              "iters": r["iters"], "path": str(r["path"])} for r in _ifn_candidates(key)]
     rows += [{"name": name, "row": None, "seed": r["seed"], "profile": r["profile"], "path": str(r["path"])}
              for name in _SAVED for r in _saved_candidates(name, key)]
-    for name in ("mofa", "mofa-final"):
-        seeds = range(8) if name == "mofa" else (0,)
-        for s in seeds:
-            for c in _mofa_candidates(name, m, s):
-                seed = c["record"]["meta"].get("seed", s) if name == "mofa" else s
-                rows.append({"name": name, "row": None, "seed": int(seed), "profile": c["profile"],
-                             "step": int(c["record"].get("step", 0)), "path": str(c["path"])})
+    rows += [{"name": name, "row": None, "seed": c["seed"], "profile": c["profile"],
+              "step": int(c["record"].get("step", 0)), "path": str(c["path"])}
+             for name in ("mofa", "mofa-final") for c in _mofa_candidates(name, m)]
     return rows
 
 
@@ -321,6 +324,7 @@ class TrainedNetwork:
                     "mask": v.mask, "landmarks": _to_frame(u, c["box"], self.size), **c}
         if self.method == "inversefacenet":
             from .corpus import crop_to_box, landmark_box
+            from .params import unlit
             from .render import landmarks_2d, render
 
             lay = ParamLayout.from_model(self.model)
@@ -335,11 +339,7 @@ class TrainedNetwork:
             box = landmark_box(lm)
             rgb = crop_to_box(r.image, box, self.size).clamp(0, 1)
             mask = crop_to_box(r.mask[:, None].float(), box, self.size)[:, 0] > 0.5
-            unlit = theta.clone()
-            gamma = torch.zeros(theta.shape[0], 9, 3)
-            gamma[:, 0] = 1.0  # H_1 = 1: the albedo itself
-            unlit[:, lay["illumination"]] = gamma.reshape(-1, 27)
-            alb = crop_to_box(render(self.model, unlit, frame).image, box, self.size).clamp(0, 1)
+            alb = crop_to_box(render(self.model, unlit(theta, lay), frame).image, box, self.size).clamp(0, 1)
             u = (lm - box[:, None, :2]) / box[:, None, 2:3] * self.size + self.size / 2  # crop pixels
             return {"theta": theta, "layout": lay, "verts": verts, "albedo": albedo, "faces": self.model.triangles,
                     "rendering": rgb, "albedo_rendering": alb, "mask": mask,

@@ -43,6 +43,7 @@ import torch
 from .facemodel import FaceModel
 
 __all__ = [
+    "unlit",
     "ParamLayout",
     "ALIASES",
     "N_SH",
@@ -260,6 +261,16 @@ class ParamLayout:
             else:
                 cols.append(v.to(device=device, dtype=dtype).expand(B, n))
         return torch.cat(cols, dim=-1)
+
+
+def unlit(theta: torch.Tensor, layout: "ParamLayout") -> torch.Tensor:
+    """``theta (B, m)`` of ``layout`` with the light replaced by a white ambient term of irradiance 1
+    (gamma_1 = 1 per channel, the rest 0; our H_1 = 1): rendered, it shows the albedo itself."""
+    out = theta.clone()
+    gamma = torch.zeros(theta.shape[0], 9, 3, dtype=theta.dtype, device=theta.device)
+    gamma[:, 0] = 1.0
+    out[:, layout["illumination"]] = gamma.reshape(-1, 27)
+    return out
 
 
 def illumination_rgb(theta_i: torch.Tensor) -> torch.Tensor:

@@ -60,6 +60,7 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
     """
     from . import FaceModel, load_model
     from .fit import fit, render_fit
+    from .params import unlit
     from .photos import detect_landmarks, landmark_crop, read_photo
     from .render import face_camera
 
@@ -88,11 +89,7 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
     cam = photo_camera(face_camera(size), crop["box"], size, (H, W))
     with torch.no_grad():
         r = render_fit(m, theta, (H, W), cam, background=1.0, outputs=("screen",))
-        unlit = theta.clone()
-        gamma = torch.zeros(1, 9, 3)
-        gamma[:, 0] = 1.0  # H_1 = 1: the albedo itself
-        unlit[:, lay["illumination"]] = gamma.reshape(1, 27)
-        a = render_fit(m, unlit, (H, W), cam, background=1.0)
+        a = render_fit(m, unlit(theta, lay), (H, W), cam, background=1.0)
         verts = m.geometry(p["shape"], p["expression"])[0]
         albedo = m.reflectance(p["reflectance"])[0].clamp(0, 1)
     photo = torch.from_numpy(np.array(rgb)).float() / 255.0  # (H, W, 3)
