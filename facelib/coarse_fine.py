@@ -667,9 +667,11 @@ def sfs_mask(mask: torch.Tensor) -> torch.Tensor:
 
 
 def train_finenet(fine: FineNet, data: dict, size: int, steps: int, batch: int, seed: int = 0, lr: float = 1e-3,
-                  lambdas: tuple = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM), progress: bool = True) -> dict:
+                  lambdas: tuple = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM), progress: bool = True,
+                  criterion: dict | None = None) -> dict:
     """Train FineNet with the unsupervised criterion of Eq. 14 (``lambdas`` = ``(lambda_sh, lambda_f,
-    lambda_sm)``) on the ``size``-pixel faces of :func:`finenet_data`: no ground-truth depth is used.
+    lambda_sm)``; ``criterion``: further keywords of :func:`facelib.sfs.sfs_loss`, e.g. ``sfs.PAPER``)
+    on the ``size``-pixel faces of :func:`finenet_data`: no ground-truth depth is used.
     Returns the per-step history of ``loss``, ``E_sh``, ``E_f``, ``E_sm``."""
     g = _gen(seed)
     opt = torch.optim.Adam(fine.parameters(), lr=lr)
@@ -683,7 +685,7 @@ def train_finenet(fine: FineNet, data: dict, size: int, steps: int, batch: int, 
         mask = sfs_mask(d["mask"])
         z_hat = fine.refine(d["image"], d["z0"], d["mask"])
         out = sfs.sfs_loss(z_hat, d["z0"], d["image"][:, 0], d["mu_T"], d["A_T"], mask, d["pixel_mm"],
-                           *lambdas)
+                           *lambdas, **(criterion or {}))
         loss = out["loss"].mean()
         opt.zero_grad()
         loss.backward()
@@ -707,14 +709,16 @@ def finenet_refine(fine: FineNet, data: dict, size: int, batch: int = 16) -> tor
 def train_end_to_end(space: CoarseSpace, coarse: CoarseNet, fine: FineNet, steps: int, batch: int,
                      image_size: int, iterations: int, detail_pool: torch.Tensor | None, seed: int = 0,
                      lr: float = 1e-4, coarse_lr: float = 1e-5, lambda_fidelity: float = 1.0,
-                     fine_size: int | None = None, progress: bool = True) -> dict:
+                     fine_size: int | None = None, progress: bool = True,
+                     lambdas: tuple = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM), criterion: dict | None = None) -> dict:
     """End-to-end training (Sec. 4.4): CoarseNet (``iterations`` passes) -> rendering layer -> FineNet,
     the criterion of Eq. 14 on FineNet's output, plus ``lambda_fidelity`` times the MSE between
     CoarseNet's output and that of its original (frozen) copy.  The gradient reaches CoarseNet through
     the coarse depth (FineNet's input and ``E_f``) and the rendering layer (Eq. 7); like an unrolled
     RNN the earlier passes only build the feedback, the last one is trained.  CoarseNet sees the faces at
     ``image_size`` pixels, the rendering layer and FineNet work at ``fine_size`` (default the same).
-    CoarseNet's batch-norm statistics stay frozen.  Returns the per-step history."""
+    CoarseNet's batch-norm statistics stay frozen.  ``lambdas``, ``criterion``: as :func:`train_finenet`.
+    Returns the per-step history."""
     g = _gen(seed)
     original = copy.deepcopy(coarse).eval()
     for p in original.parameters():
@@ -735,7 +739,8 @@ def train_end_to_end(space: CoarseSpace, coarse: CoarseNet, fine: FineNet, steps
         z0, mask, frags = rendering_layer(space, r, fs)  # Eq. 5-7: differentiable in r
         mu, A = texture_maps(space, frags)
         z_hat = fine.refine(image, z0, mask)
-        out = sfs.sfs_loss(z_hat, z0, image[:, 0], mu, A, sfs_mask(mask), space.pixel_mm(r.detach(), fs))
+        out = sfs.sfs_loss(z_hat, z0, image[:, 0], mu, A, sfs_mask(mask), space.pixel_mm(r.detach(), fs),
+                           *lambdas, **(criterion or {}))
         fid = ((r - r_orig) ** 2).mean(1)
         loss = (out["loss"] + lambda_fidelity * fid).mean()
         opt.zero_grad()

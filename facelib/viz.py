@@ -52,6 +52,9 @@ __all__ = [
     "studio_light",
     "LivePanel",
     "live_panel",
+    "grey3",
+    "shaded_depth",
+    "signed_map",
 ]
 
 # One HTML bundle per figure, with plotly.js embedded inline once per notebook while it runs: it shows
@@ -255,6 +258,42 @@ def image_figure(images, title: str = "rendered faces", nrow: int = 8, height: i
                       height=height or min(900, int(H * min(1.0, 900 / W)) + 110))
     _pixel_axes(fig)
     return fig
+
+
+def grey3(x: torch.Tensor) -> torch.Tensor:
+    """Grey images ``(B, 1, H, W)`` or ``(B, H, W)`` in [0, 1] -> ``(B, 3, H, W)`` on the CPU, for
+    :func:`image_figure`."""
+    if not isinstance(x, torch.Tensor) or x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[1] != 1):
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"grey images have shape {got}; expected (B, 1, H, W) or (B, H, W)")
+    x = x if x.ndim == 4 else x[:, None]
+    return x.detach().clamp(0, 1).expand(-1, 3, -1, -1).cpu()
+
+
+# The light of the "shaded normals" pictures: first-order SH (facelib.sfs), from the upper left.
+SHADED_LIGHT = (0.15, -0.35, 0.45, 0.75)
+
+
+def shaded_depth(depth: torch.Tensor, pixel_mm, mask: torch.Tensor) -> torch.Tensor:
+    """A depth map ``(B, H, W)`` mm shown as a grey surface lit from the upper left (normals by finite
+    differences, :func:`facelib.sfs.depth_normals`; white outside ``mask``) -> ``(B, 3, H, W)``."""
+    from .sfs import depth_normals, shading_image
+
+    n, _ = depth_normals(depth, pixel_mm, mask)
+    light = torch.tensor(SHADED_LIGHT, dtype=depth.dtype, device=depth.device)
+    s = shading_image(light.expand(depth.shape[0], 4), n)
+    return grey3(torch.where(mask, s, torch.ones_like(s)))
+
+
+def signed_map(x: torch.Tensor, limit: float) -> torch.Tensor:
+    """A signed map ``(B, H, W)`` (e.g. mm) as blue (negative) - white - red (positive) pictures
+    ``(B, 3, H, W)``, saturating at ``+-limit``."""
+    if not limit > 0:
+        raise ValueError(f"limit must be positive; got {limit!r}")
+    t = (x.detach() / limit).clamp(-1, 1).cpu()
+    r = torch.where(t > 0, torch.ones_like(t), 1 + t)
+    b = torch.where(t < 0, torch.ones_like(t), 1 - t)
+    return torch.stack([r, 1 - t.abs(), b], 1)
 
 
 def image_slider_figure(images, values, label: str = "expression component 1 [sigma]",

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from facelib.sfs import (LAMBDA_F, LAMBDA_SH, LAMBDA_SM, depth_normals, e_f, e_sh, e_sm, laplacian,
-                         sfs_loss, shading_image, solve_albedo, solve_lighting)
-from facelib.shading import sh_first_order_basis
+from facelib.sfs import (LAMBDA_F, LAMBDA_SH, LAMBDA_SM, PAPER, depth_normals, e_f, e_sh, e_sm, interior,
+                         laplacian, recover_light_albedo, sfs_loss, shading_image, smooth_pixels, solve_albedo,
+                         solve_lighting)
+from facelib.shading import sh_basis, sh_first_order_basis
 
 D = torch.float64
 
@@ -124,18 +125,80 @@ def test_sfs_loss_is_zero_shading_error_on_the_true_surface():
     n, valid = depth_normals(s["depth"], p)
     img = 0.8 * s["mu"] * shading_image(s["l"], n)  # in [0, 1]; the loss works in grey levels
     mask = torch.ones_like(valid)
-    out = sfs_loss(s["depth"], s["depth"], img, s["mu"], s["A"], mask, p)
+    out = sfs_loss(s["depth"], s["depth"], img, s["mu"], s["A"], mask, p, **PAPER)
     assert torch.allclose(out["l"], 0.8 * 255 * s["l"], atol=1e-6)
     assert torch.allclose(out["alpha_T"], s["alpha"], atol=1e-6)
     assert out["E_sh"].max() < 1e-9  # grey levels^2 and out["E_f"].abs().max() == 0
     assert torch.allclose(out["loss"], LAMBDA_SH * out["E_sh"] + LAMBDA_F * out["E_f"] + LAMBDA_SM * out["E_sm"])
     bump = s["depth"] + 0.5 * torch.sin(torch.arange(s["depth"].shape[2], dtype=D))
-    worse = sfs_loss(bump, s["depth"], img, s["mu"], s["A"], mask, p)
+    worse = sfs_loss(bump, s["depth"], img, s["mu"], s["A"], mask, p, **PAPER)
     assert (worse["E_sh"] > 1.0).all() and (worse["E_f"] > 0).all()
+    # the library's criterion (second-order light, alternations, smooth pixels) explains the image too
+    lib = sfs_loss(s["depth"], s["depth"], img, s["mu"], s["A"], mask, p)
+    assert lib["l"].shape == (2, 9) and lib["E_sh"].max() < 1e-6  # grey levels^2; the solve's 1e-9 ridge
+    assert (sfs_loss(bump, s["depth"], img, s["mu"], s["A"], mask, p)["E_sh"] > 1.0).all()
     # l* and alpha_T* come from z0 and carry no gradient
     z0 = s["depth"].clone().requires_grad_(True)
     o = sfs_loss(bump, z0, img, s["mu"], s["A"], mask, p)
     assert not o["l"].requires_grad and not o["rho"].requires_grad
+
+
+def test_smooth_pixels_drop_creases_and_keep_smooth_surfaces():
+    """A V-shaped fold (a crease of the coarse depth) is cut out with its neighbours; a sphere keeps its
+    whole interior; None keeps the interior of the mask."""
+    depth, _ = sphere_depth()
+    mask = torch.ones_like(depth, dtype=torch.bool)
+    assert torch.equal(smooth_pixels(depth, 1.5, mask, 0.5), interior(mask))
+    assert torch.equal(smooth_pixels(depth, 1.5, mask, None), interior(mask))
+    H, W = 10, 12
+    cols = torch.arange(W, dtype=D).expand(H, W)
+    fold = (500 + 3.0 * (cols - 6).abs())[None]  # 3 mm per pixel on each side of column 6
+    keep = smooth_pixels(fold, 1.0, torch.ones_like(fold, dtype=torch.bool), 0.5)
+    assert not keep[0, :, 6].any()  # |Laplacian| = 6 mm at the fold
+    assert keep[0, 1:-1, 1:6].all() and keep[0, 1:-1, 7:-1].all()  # planes on both sides
+    with pytest.raises(ValueError, match="max_laplacian_px"):
+        smooth_pixels(fold, 1.0, keep, -1.0)
+
+
+def test_second_order_lighting_least_squares():
+    """order=2: 9 SH coefficients recovered exactly from a noise-free image, and the least-squares
+    solution (numpy) on a noisy one."""
+    s = _scene()
+    g = torch.Generator().manual_seed(5)  # normals over the front hemisphere (a sphere cap's are too
+    n = torch.randn(s["n"].shape, generator=g, dtype=D)  # narrow to tell Y_00 from Y_20)
+    n[..., 2] = n[..., 2].abs()
+    s["n"] = n / n.norm(dim=-1, keepdim=True)
+    l9 = torch.tensor([[0.9, 0.1, 0.4, -0.2, 0.05, -0.1, 0.08, 0.02, -0.06],
+                       [0.7, -0.2, 0.3, 0.1, 0.0, 0.1, -0.05, 0.04, 0.03]], dtype=D)
+    I = s["rho"] * shading_image(l9, s["n"])
+    assert torch.allclose(I, s["rho"] * (sh_basis(s["n"]) * l9[:, None, None]).sum(-1))
+    assert torch.allclose(solve_lighting(I, s["rho"], s["n"], s["mask"], order=2), l9, atol=1e-8)
+    I_noisy = I + 0.05 * torch.randn(I.shape, generator=torch.Generator().manual_seed(4), dtype=D)
+    l = solve_lighting(I_noisy, s["rho"], s["n"], s["mask"], order=2)
+    for b in range(2):
+        m = s["mask"][b]
+        A = (s["rho"][b][m][:, None] * sh_basis(s["n"][b][m])).numpy()
+        assert np.allclose(l[b].numpy(), np.linalg.lstsq(A, I_noisy[b][m].numpy(), rcond=None)[0], atol=1e-8)
+    with pytest.raises(ValueError, match="order"):
+        solve_lighting(I, s["rho"], s["n"], s["mask"], order=3)
+    with pytest.raises(ValueError, match=r"\(B, 4\) or \(B, 9\)"):
+        shading_image(torch.zeros(2, 5, dtype=D), s["n"])
+
+
+def test_alternating_light_and_albedo_lowers_the_shading_error():
+    """Eq. 11 solves the light with the mean albedo; each further light/albedo pair is a block step of
+    the same least-squares problem, so the residual never grows, and on a noise-free image whose
+    albedo is not the mean it ends far below the single solve."""
+    s = _scene(K=3)
+    I = s["rho"] * shading_image(s["l"], s["n"])  # the albedo of alpha != 0
+    res = []
+    for k in range(5):
+        l, alpha, rho = recover_light_albedo(I, s["mu"], s["A"], s["n"], s["mask"], order=1, alternations=k)
+        res.append(float(((rho * shading_image(l, s["n"]) - I) ** 2)[s["mask"]].mean()))
+    assert all(b <= a + 1e-15 for a, b in zip(res, res[1:]))
+    assert res[-1] < 0.1 * res[0]
+    with pytest.raises(ValueError, match="alternations"):
+        recover_light_albedo(I, s["mu"], s["A"], s["n"], s["mask"], alternations=-1)
 
 
 def test_errors():

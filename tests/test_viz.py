@@ -158,3 +158,32 @@ def test_curves_figures_draw_reference_levels():
     curves = {"row": {0: [{"train_s": 1.0, "e": 3.0}, {"train_s": 2.0, "e": 2.0}]}}
     fig = viz.learning_curves_figure(curves, {"mean face": 4.0}, "e", "t", "y [mm]")
     assert [s.y0 for s in fig.layout.shapes] == [4.0] and list(fig.data[0].y) == [3.0, 2.0]
+
+
+def test_grey_shaded_and_signed_pictures():
+    """Chapter 7's pictures: grey to RGB, a depth map lit from the upper left (a plane facing the
+    camera is uniform; one tilted towards the light is brighter), and a signed map's colours."""
+    import pytest
+    from facelib.viz import grey3, shaded_depth, signed_map
+
+    g = torch.rand(2, 5, 6)
+    assert torch.equal(grey3(g), g[:, None].expand(-1, 3, -1, -1)) and grey3(g[:, None]).shape == (2, 3, 5, 6)
+    with pytest.raises(ValueError, match="grey images"):
+        grey3(torch.rand(2, 3, 5, 6))
+    H = W = 8
+    cols = torch.arange(W, dtype=torch.float32).expand(H, W)
+    flat = torch.full((1, H, W), 500.0)
+    tilted = (500.0 - 0.5 * cols)[None]  # further away to the left: faces left, towards the light
+    mask = torch.ones(1, H, W, dtype=torch.bool)
+    a, b = shaded_depth(flat, 1.0, mask), shaded_depth(tilted, 1.0, mask)
+    assert a.shape == (1, 3, H, W) and torch.allclose(a[0, :, 2:-2, 2:-2], a[0, 0, 3, 3].expand(3, H - 4, W - 4))
+    assert b[0, 0, 4, 4] > a[0, 0, 4, 4]
+    out = shaded_depth(flat, 1.0, mask & (cols < 4)[None])
+    assert (out[0, :, :, 5:] == 1).all()  # outside the mask: white
+    s = signed_map(torch.tensor([[[-2.0, 0.0, 1.0, 5.0]]]), 2.0)
+    assert torch.allclose(s[0, :, 0, 0], torch.tensor([0.0, 0.0, 1.0]))  # -limit: blue
+    assert torch.allclose(s[0, :, 0, 1], torch.ones(3))  # 0: white
+    assert torch.allclose(s[0, :, 0, 2], torch.tensor([1.0, 0.5, 0.5]))
+    assert torch.allclose(s[0, :, 0, 3], torch.tensor([1.0, 0.0, 0.0]))  # saturates at +limit: red
+    with pytest.raises(ValueError, match="limit"):
+        signed_map(s[:, 0], 0.0)

@@ -1,0 +1,120 @@
+"""Can FineNet learn the detail? Its unsupervised criterion against a supervised twin (issue 17).
+
+``benchmarks/sfs_criterion.py`` asks what the criterion's minimum is; this asks whether the network
+finds it.  FineNet (chapter 7's ``cpu`` settings: width, head, batch, learning rate, 128 training faces,
+48 held-out ones) is trained on detailed faces whose coarse depth is the **true** one (the fit of the
+true coefficients), so CoarseNet's errors play no part, with
+
+* the library's criterion (:func:`facelib.sfs.sfs_loss`, the paper's lambdas);
+* the criterion as the paper writes it (``sfs.PAPER``);
+* a diagnostic that is not the paper's method: the same network trained *supervised*, on the squared
+  difference between the depth it adds and the true detail.  If this one learns and the criterion
+  does not, the network can represent the detail and the criterion's gradient does not lead it there.
+
+Every ``--every`` steps: the correlation of the added depth with the true detail over the held-out face
+pixels, and the mean depth error.  Writes ``benchmarks/results/finenet_training.json``.
+
+    .venv/bin/python benchmarks/finenet_training.py [--steps 750] [--every 250]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import facelib  # noqa: E402
+from facelib import sfs  # noqa: E402
+from facelib._atomic import atomic_write_bytes  # noqa: E402
+from facelib.book import settings  # noqa: E402
+from facelib.coarse_fine import (CoarseSpace, FineNet, align_depth, depth_errors, finenet_refine,  # noqa: E402
+                                 make_faces, render_view, rendering_layer, sfs_mask, texture_maps)
+from facelib.detail import detail_displacement  # noqa: E402
+
+LAM = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM)
+
+
+def faces(space, n: int, seed: int, size: int, pool, batch: int = 16) -> dict:
+    """Detailed faces at ``size`` pixels with the true coarse depth as ``z0`` and the true detail."""
+    keys = ("image", "z0", "mask", "mu_T", "A_T", "pixel_mm", "depth_gt", "mask_gt", "detail", "both")
+    out = {k: [] for k in keys}
+    g = torch.Generator().manual_seed(seed)
+    for s in range(0, n, batch):
+        r_gt, view, _, _ = make_faces(space, min(batch, n - s), g, size, detail_pool=pool)
+        with torch.no_grad():
+            z0, mask, frags = rendering_layer(space, r_gt, size)
+            mu, A = texture_maps(space, frags)
+        both = mask & view.mask
+        detail = torch.where(both, view.depth - align_depth(z0, view.depth, both), torch.zeros_like(z0))
+        for k, v in zip(keys, (view.image, z0, mask, mu, A, space.pixel_mm(r_gt, size), view.depth, view.mask,
+                               detail, both)):
+            out[k].append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def train(fine: FineNet, data: dict, how: str, steps: int, batch: int, lr: float, seed: int, every: int, test: dict):
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(fine.parameters(), lr=lr)
+    n = data["image"].shape[0]
+    curve, t0 = [], time.perf_counter()
+    for step in range(1, steps + 1):
+        fine.train()
+        i = torch.randint(0, n, (batch,), generator=g)
+        z_hat = fine.refine(data["image"][i], data["z0"][i], data["mask"][i])
+        if how == "supervised":
+            m = data["both"][i]
+            loss = ((z_hat - data["z0"][i] - data["detail"][i]) ** 2)[m].mean()
+        else:
+            crit = {} if how == "library" else sfs.PAPER
+            loss = sfs.sfs_loss(z_hat, data["z0"][i], data["image"][i][:, 0], data["mu_T"][i], data["A_T"][i],
+                                sfs_mask(data["mask"][i]), data["pixel_mm"][i], *LAM, **crit)["loss"].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % every == 0 or step == steps:
+            zf = finenet_refine(fine, {(k, 0): v for k, v in test.items()}, 0)
+            b = test["both"]
+            r = float(torch.corrcoef(torch.stack([(zf - test["z0"])[b].double(), test["detail"][b].double()]))[0, 1])
+            e = depth_errors({"fine": zf}, test["depth_gt"], test["mask_gt"], {"coarse": test["mask"]})[0]
+            curve.append(dict(step=step, seconds=round(time.perf_counter() - t0, 1), detail_correlation=round(r, 3),
+                              depth_mean_mm=round(e["depth_mean_mm"], 3)))
+            print(how, json.dumps(curve[-1]), flush=True)
+    return curve
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=750)
+    ap.add_argument("--every", type=int, default=250)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "finenet_training.json"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
+    cfg = settings("07_coarse_fine", "cpu")
+    model = facelib.load_model("open")
+    space = CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
+    NF = cfg["fine_size"]
+    pool = detail_displacement(model, cfg["detail_pool"], seed=args.seed + 1000, amplitude_mm=cfg["detail_mm"])
+    train_set = faces(space, cfg["fine_faces"], args.seed + 30_000, NF, pool)
+    test = faces(space, cfg["test_faces"], args.seed + 20_000, NF, pool)
+    coarse = depth_errors({"coarse": test["z0"]}, test["depth_gt"], test["mask_gt"], {"coarse": test["mask"]})[0]
+    result = dict(size=NF, steps=args.steps, batch=cfg["fine_batch"], lr=cfg["fine_lr"], width=cfg["fine_width"],
+                  train_faces=cfg["fine_faces"], test_faces=cfg["test_faces"],
+                  coarse_depth_mean_mm=round(coarse["depth_mean_mm"], 3), runs={})
+    for how in ("library", "paper", "supervised"):
+        torch.manual_seed(args.seed)
+        fine = FineNet(width=cfg["fine_width"], head=cfg["fine_head"])
+        result["runs"][how] = train(fine, train_set, how, args.steps, cfg["fine_batch"], cfg["fine_lr"],
+                                    args.seed + 40, args.every, test)
+    atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
