@@ -150,6 +150,13 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines)
 
 
+def mean_std(x, digits: int = 4) -> dict:
+    """``{"mean", "std"}`` of the per-face values ``x (n,)``, rounded to ``digits`` (a results file's
+    entry; the std is the sample standard deviation, as ``torch.Tensor.std``)."""
+    x = torch.as_tensor(x, dtype=torch.float64)
+    return {"mean": round(float(x.mean()), digits), "std": round(float(x.std()), digits)}
+
+
 def results_dir() -> Path:
     """``$FACELIB_RESULTS`` or ``results/`` at the repository root (or the working directory)."""
     env = os.environ.get("FACELIB_RESULTS")

@@ -67,6 +67,8 @@ __all__ = [
     "mean_errors",
     "mean_face_error",
     "geometric_error",
+    "now_error_mm",
+    "mean_face_now",
     "fit_codes",
     "encoder_hz",
     "out_dir",
@@ -754,8 +756,28 @@ def geometric_error(v: torch.Tensor, gt: torch.Tensor, face: torch.Tensor) -> to
     return (al - gt[:, face]).norm(dim=-1).mean(1)
 
 
+def now_error_mm(net: MoFA, v: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    """The book's shared measure (chapter 8, :func:`facelib.metrics.now_error`) on the decoder's mesh:
+    ``v (B, V, 3)`` reconstructions (model space, mm) against ``gt (B, V, 3)`` the true meshes of the
+    same template; ground-truth points are the face mask's vertices, the alignment starts from the
+    model's landmark vertices -> ``(B,)`` mm, the mean point-to-surface distance."""
+    from .metrics import now_error
+
+    dec = net.decoder
+    lm, face = dec.landmarks.cpu(), dec.face_mask.cpu()
+    v, gt = v.detach().cpu().double(), gt.detach().cpu().double()
+    return now_error(v, dec.triangles.cpu(), v[:, lm], gt[:, face], gt[:, lm]).distance.mean(1).float()
+
+
+def mean_face_now(net: MoFA, corpus: dict) -> torch.Tensor:
+    """:func:`now_error_mm` of the **mean face** (shape and expression 0) against each face of
+    ``corpus`` -> ``(n,)`` (the reference row, as :func:`mean_face_error`)."""
+    gt = corpus["verts_model"]
+    return now_error_mm(net, net.decoder.a_g.view(1, -1, 3).expand(gt.shape[0], -1, -1), gt)
+
+
 @torch.no_grad()
-def evaluate(net: MoFA, corpus: dict, batch: int = 32, codes: torch.Tensor | None = None) -> dict:
+def evaluate(net: MoFA, corpus: dict, batch: int = 32, codes: torch.Tensor | None = None, now: bool = False) -> dict:
     """Errors against the wild corpus's ground truth, per image ``(n,)`` for ``base`` and ``final``:
 
     ``photometric_rgb``: mean Euclidean RGB distance (channels in [0, 1]) between the input and the
@@ -766,13 +788,14 @@ def evaluate(net: MoFA, corpus: dict, batch: int = 32, codes: torch.Tensor | Non
     true painted albedo over the face mask, global shift compensated (supplement Sec. 4);
     also ``landmark_px``: mean distance of the projected landmark vertices to the true landmarks.
     ``codes (n, m)``: score these codes (e.g. :func:`fit_codes`) instead of the encoder's.
+    ``now``: also ``now_mm``, the NoW-style error of every chapter (:func:`now_error_mm`).
     """
     if codes is not None and codes.shape[0] != corpus["image"].shape[0]:
         raise ValueError(f"{codes.shape[0]} codes for {corpus['image'].shape[0]} images")
     net.eval()
     dev = net.code_offset.device
     face = net.decoder.face_mask
-    keys = ("photometric_rgb", "geometric_mm", "reflectance_rgb")
+    keys = ("photometric_rgb", "geometric_mm", "reflectance_rgb", "now_mm")
     out = {"base": {k: [] for k in keys}, "final": {k: [] for k in keys}, "landmark_px": []}
     for s in range(0, corpus["image"].shape[0], batch):
         image = corpus["image"][s:s + batch].to(dev)
@@ -784,6 +807,8 @@ def evaluate(net: MoFA, corpus: dict, batch: int = 32, codes: torch.Tensor | Non
             img, mask = render_level(pr, net.decoder.triangles, net.focal, net.size)
             out[name]["photometric_rgb"].append(photometric_rgb_distance(img.clamp(0, 1), image, mask))
             out[name]["geometric_mm"].append(geometric_error(v, gt, face))
+            if now:
+                out[name]["now_mm"].append(now_error_mm(net, v, gt).to(gt.device))
             if alb is not None:  # reflectance, global shift compensated (supplement Sec. 4)
                 dr = (r[:, face] - r[:, face].mean(1, keepdim=True)) - (alb - alb.mean(1, keepdim=True))
                 out[name]["reflectance_rgb"].append(dr.norm(dim=-1).mean(1))

@@ -3,6 +3,8 @@ evaluation (Kim et al. 2018 Secs. 5-8)."""
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -12,9 +14,9 @@ from facelib.corpus import (SyntheticCorpus, crop_to_box, landmark_box, landmark
                             polygon_mask, render_crops, to_network)
 from facelib.inversefacenet import (TensorCorpus, breed, coefficient_displacement, euclidean_loss,
                                     evaluate, evaluate_theta, make_test_set, model_space_loss,
-                                    model_space_weights, paired_test, summarize, train)
+                                    model_space_weights, paired_test, predict, summarize, train)
 from facelib.nets import AlexNet, ResNet, make_encoder
-from facelib.params import ParamLayout, sample_sec5
+from facelib.params import ParamLayout, breed_children, sample_sec5
 from facelib.wild import directional_sh, sample_wild, wild_batch
 
 
@@ -275,10 +277,21 @@ def test_breed_runs_algorithm_1(model):
     net = make_encoder("alexnet", layout.size, 32, width=0.05, fc=16)
     real = wild_batch(model, 3, seed=1, size=48)
     x = to_network(network_input(real["image"], real["landmarks"], 32)["crop"])
+    net0 = copy.deepcopy(net)
     hist = breed(net, model, x, rounds=2, iters=2, loss_fn=euclidean_loss, size=32, batch=4, progress=False)
     assert len(hist["theta_r"]) == 3 and hist["theta_r"][0].shape == (3, layout.size)
     assert [c.shape[0] for c in hist["children"]] == [6, 6]  # two children per parent
     assert len(hist["loss"]) == 4 and hist["train_s"] > 0
+    # step 1: the estimates on R of the network as it enters the round; the last one is the final network's
+    assert torch.allclose(hist["theta_r"][0], predict(net0, x))
+    assert torch.allclose(hist["theta_r"][-1], predict(net, x))
+    # step 2: the children are Sec. 7's perturbations of exactly those estimates, seeded per round
+    for k in range(2):
+        want = breed_children(hist["theta_r"][k], model, seed=0 * 1000 + k, children=2)
+        assert torch.equal(hist["children"][k], want.cpu())
+    # step 4: each round trains the network, so the next round breeds from other estimates
+    assert not torch.allclose(hist["theta_r"][1], hist["theta_r"][0])
+    assert not torch.allclose(hist["theta_r"][2], hist["theta_r"][1])
 
 
 def test_evaluate_oracle_and_paired_test(model):

@@ -263,9 +263,24 @@ def test_mean_errors_are_the_means_of_evaluate(small):
         assert m["landmark_px"] == pytest.approx(float(ev["landmark_px"].mean()))
 
 
-def test_encoder_hz_positive(small):
+def test_encoder_hz_counts_images_per_second_of_the_timed_passes(small):
+    """encoder_hz on a module whose forward pass takes a known time: warm-up passes are run but not
+    timed, and the rate is batch x repeats over the timed passes only; a MoFA goes through encode."""
+    import time as _time
+
+    class Slow(torch.nn.Module):
+        calls = 0
+
+        def forward(self, x):
+            Slow.calls += 1
+            _time.sleep(0.02)
+            return x.mean((1, 2, 3))
+
+    hz = encoder_hz(Slow(), batch=4, size=8, repeats=3, warmup=2)
+    assert Slow.calls == 5
+    assert 100 < hz <= 4 / 0.02  # 4 images per 20 ms pass at most; sleep overshoot and overhead lower it
     model, _, _ = small
-    assert encoder_hz(net_for(model, 0), batch=2, size=SIZE, repeats=2, warmup=1) > 0
+    assert encoder_hz(net_for(model, 0), batch=2, size=SIZE, repeats=2, warmup=1) > 0  # MoFA.encode
 
 
 def test_panels_and_mark_points(small):
@@ -317,3 +332,25 @@ def test_optional_dlib_detector_finds_landmarks():
     except ImportError as e:
         pytest.skip(str(e))
     assert detect(np.zeros((64, 64, 3), np.uint8)) is None  # no face in a black image
+
+
+def test_now_style_error_of_the_decoder_mesh(small):
+    """The shared NoW-style measure on the decimated template: 0 for the true mesh, unchanged by a
+    similarity transform of the reconstruction, the mean face's for an untrained encoder's near-mean
+    shapes; evaluate(now=True) adds it per level without changing the other measures."""
+    from facelib.mofa import mean_face_now, now_error_mm
+    from facelib.params import rot_xyz
+
+    model, _, c = small
+    net = net_for(model, 2)
+    gt = c["verts_model"]
+    assert now_error_mm(net, gt, gt).abs().max() < 1e-4
+    R = rot_xyz(torch.tensor([[0.1, -0.2, 0.05]])).expand(gt.shape[0], -1, -1)
+    moved = 1.1 * gt @ R.transpose(1, 2) + torch.tensor([3.0, -2.0, 40.0])
+    assert now_error_mm(net, moved, gt).abs().max() < 1e-3
+    mean = mean_face_now(net, c)
+    assert mean.shape == (6,) and (mean > 0.1).all()
+    ev, ev_now = evaluate(net, c, batch=4), evaluate(net, c, batch=4, now=True)
+    assert "now_mm" not in ev["base"] and ev_now["base"]["now_mm"].shape == (6,)
+    assert ev_now["final"]["now_mm"].shape == (6,)
+    assert torch.equal(ev["base"]["geometric_mm"], ev_now["base"]["geometric_mm"])

@@ -190,6 +190,24 @@ def test_fused_render_equals_the_pytorch_path(open_model, size):
 
 
 @needs_numba
+def test_fused_render_equals_the_differentiable_pytorch_path(open_model):
+    """``fused=False`` under ``no_grad`` runs the Numba twins of the rasterizer and the shading; with a
+    gradient the PyTorch code itself runs (the path every training loop differentiates): the fused
+    kernel must agree with that one too."""
+    theta = sample_sec5(open_model, 2, seed=12)
+    with torch.no_grad():
+        a = render(open_model, theta, (48, 40), background=0.3, fused=True)
+    t = theta.clone().requires_grad_(True)
+    b = render(open_model, t, (48, 40), background=0.3)
+    assert b.image.requires_grad  # the differentiable path ran
+    assert _ties_only(a, b) <= 1e-3 * a.mask.numel()
+    same = (a.fragments.pix_to_face == b.fragments.pix_to_face)[..., 0]
+    torch.testing.assert_close(torch.where(same[:, None], a.image, 0), torch.where(same[:, None], b.image.detach(), 0),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(a.colors, b.colors.detach(), rtol=1e-4, atol=1e-3)
+
+
+@needs_numba
 def test_fused_render_equals_the_pytorch_path_at_240(open_model):
     """The benchmark's setting: the whole batch agrees (visibility except at ties, colours to 1e-4)."""
     theta = sample_sec5(open_model, 4, seed=5)
