@@ -193,3 +193,16 @@ def test_benchmark_results_reads_this_checkout_from_any_folder(tmp_path, monkeyp
         (root / "open_model_shape_scale.json").read_text())
     assert benchmark_results("cf_sweep/base.json")["variant"] == "base"
     assert benchmark_results("no_such_benchmark.json") is None
+
+
+def test_mean_std_and_markdown_table():
+    """The results files' {mean, std} entries (sample std, rounded) and the chapters' Markdown tables."""
+    import numpy as np
+    import torch
+
+    from facelib.book import markdown_table, mean_std
+
+    x = torch.tensor([1.0, 2.0, 4.0])
+    assert mean_std(x) == {"mean": round(7 / 3, 4), "std": round(float(np.std([1, 2, 4], ddof=1)), 4)}
+    assert mean_std([0.123456, 0.123456], digits=2) == {"mean": 0.12, "std": 0.0}
+    assert markdown_table(["a", "b"], [[1, "x"], [2.5, None]]) == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | None |"
