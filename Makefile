@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.facelib-installed
 
-.PHONY: setup book html model preview test test-unit clean
+.PHONY: setup book html model preview test test-unit test-avx2 clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ test: $(STAMP)
 
 test-unit: $(STAMP)
 	$(PY) -m pytest -q -m "not browser and not notebooks"
+
+# The CPU-specific tests (renderer, kernels, GEMM, rasterizer, shading, closest points) once more as on an
+# AVX2-only CPU: our LLVM kernels compiled for Haswell (FACELIB_CPU), Numba's code, PyTorch's kernels
+# and OpenBLAS's for AVX2. .ci/run runs it after `make test`.
+AVX2_ENV := FACELIB_CPU=haswell NUMBA_CPU_NAME=haswell ATEN_CPU_CAPABILITY=avx2 OPENBLAS_CORETYPE=Haswell
+test-avx2: $(STAMP)
+	$(AVX2_ENV) $(PY) -m facelib.repro | head -n 2
+	$(AVX2_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_kernels.py \
+		tests/test_gemm.py tests/test_raster.py tests/test_camera_shading.py tests/test_now.py
 
 clean:
 	rm -rf $(VENV) out .pytest_cache book/_build

@@ -104,7 +104,8 @@ def _shape() -> tuple:
 
 
 def available() -> bool:
-    """Whether :func:`gemm` can run here (llvmlite imports and a test product is right)."""
+    """Whether :func:`gemm` can run here (llvmlite imports and a test product is right); where it cannot,
+    a ``RuntimeWarning`` says why (once per process)."""
     if _STATE["shape"] is None and _STATE["error"] is None:
         try:
             MR, NR = _shape()
@@ -117,7 +118,12 @@ def available() -> bool:
             if not np.allclose(out, c.astype(np.float64) @ b, rtol=1e-5, atol=1e-5):
                 raise RuntimeError("the compiled micro-kernel gives wrong products")
         except Exception as e:  # noqa: BLE001 (no llvmlite, an LLVM without this IR, a CPU it cannot target)
+            import warnings
+
             _STATE["shape"], _STATE["error"] = None, f"{type(e).__name__}: {e}"
+            warnings.warn(f"facelib: the packed GEMM kernel is not used ({_STATE['error']}); NumPy's BLAS runs "
+                          "instead (slower). `python -m facelib.repro` lists the kernels that run.",
+                          RuntimeWarning, stacklevel=2)
     return _STATE["shape"] is not None
 
 

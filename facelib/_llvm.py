@@ -4,23 +4,48 @@ not find the code we want (:mod:`facelib._gemm`, :mod:`facelib._resolve`)."""
 
 from __future__ import annotations
 
+import os
 import threading
+
+# ``FACELIB_CPU=haswell`` compiles every kernel for an AVX2-only CPU and reports its features, whatever
+# the host: the AVX2 code paths (and the Numba fallback of the AVX-512-only kernel) run and are tested
+# on an AVX-512 machine.  With ``NUMBA_CPU_NAME=haswell``, ``ATEN_CPU_CAPABILITY=avx2`` and
+# ``OPENBLAS_CORETYPE=Haswell`` the whole library runs as on such a CPU (``.ci/run`` tests that way).
+SIMULATED_CPUS = {
+    "haswell": ("haswell", "+avx,+avx2,+fma,+f16c,+bmi,+bmi2,+lzcnt,+movbe,+popcnt,+sse4.1,+sse4.2,+ssse3,"
+                           "+sse3,+sse2,+sse,+cx16,+xsave,+fsgsbase,+rdrnd,+aes,+pclmul"),
+}
 
 _LOCK = threading.Lock()
 _CACHE: dict = {}  # (ir, name, cpu, features) -> address; the engines that own the code stay alive here
 _ENGINES: list = []
 
 
-def host_features() -> set:
-    """LLVM's names of the host CPU's features that are on (e.g. ``"avx512f"``)."""
+def target() -> tuple:
+    """``(cpu, features)``: LLVM's name and feature string of the CPU the kernels are compiled for, the
+    host's or, where ``$FACELIB_CPU`` is set, one of :data:`SIMULATED_CPUS`."""
+    name = os.environ.get("FACELIB_CPU", "")
+    if name:
+        if name not in SIMULATED_CPUS:
+            raise ValueError(f"FACELIB_CPU={name!r} is not a CPU we can simulate; known: {sorted(SIMULATED_CPUS)}")
+        return SIMULATED_CPUS[name]
     import llvmlite.binding as ll
 
-    return {f[1:] for f in ll.get_host_cpu_features().flatten().split(",") if f.startswith("+")}
+    return ll.get_host_cpu_name(), ll.get_host_cpu_features().flatten()
+
+
+def host_features() -> set:
+    """LLVM's names of the features that are on for the CPU the kernels target (e.g. ``"avx512f"``):
+    the host's, or the simulated CPU's (:func:`target`)."""
+    return {f[1:] for f in target()[1].split(",") if f.startswith("+")}
 
 
 def compile_ir(ir: str, name: str, cpu: str | None = None, features: str | None = None) -> int:
     """Address of function ``name`` of the LLVM IR module ``ir``, compiled (once per process) at -O3
-    for the host CPU, or for ``cpu`` with ``features`` (LLVM names, e.g. ``"haswell"``, ``"+avx2,+fma"``)."""
+    for the host CPU (:func:`target`), or for ``cpu`` with ``features`` (LLVM names, e.g. ``"haswell"``,
+    ``"+avx2,+fma"``)."""
+    host_cpu, host_feats = target()
+    cpu, features = cpu or host_cpu, host_feats if features is None else features
     key = (ir, name, cpu, features)
     with _LOCK:
         addr = _CACHE.get(key)
@@ -31,9 +56,7 @@ def compile_ir(ir: str, name: str, cpu: str | None = None, features: str | None 
             ll.initialize_native_asmprinter()
             mod = ll.parse_assembly(ir)
             mod.verify()
-            tm = ll.Target.from_default_triple().create_target_machine(
-                cpu=cpu or ll.get_host_cpu_name(),
-                features=ll.get_host_cpu_features().flatten() if features is None else features, opt=3)
+            tm = ll.Target.from_default_triple().create_target_machine(cpu=cpu, features=features, opt=3)
             pb = ll.create_pass_builder(tm, ll.create_pipeline_tuning_options(speed_level=3))
             pb.getModulePassManager().run(mod, pb)
             engine = ll.create_mcjit_compiler(mod, tm)
@@ -47,16 +70,23 @@ def checked_kernel(state: dict, make_ir, name: str, self_test, needs: str = "avx
     """Address of the kernel ``name`` compiled from ``make_ir()`` (once per process: the answer is kept in
     ``state``, a dict with ``addr`` and ``error``), or 0 where the host lacks the feature ``needs``,
     llvmlite or the compilation fails, or ``self_test(address)`` raises; the reason goes to
-    ``state["error"]`` and the caller runs its Numba code instead."""
+    ``state["error"]`` and the caller runs its Numba code instead.  A missing feature is expected and
+    quiet; any other failure also warns (``RuntimeWarning``)."""
     if state["addr"] is None:
         try:
             if needs not in host_features():
-                raise RuntimeError(f"the CPU has no {needs}")
+                state["addr"], state["error"] = 0, f"RuntimeError: the CPU has no {needs}"  # expected: quiet
+                return 0
             addr = compile_ir(make_ir(), name)
             self_test(addr)
             state["addr"] = addr
         except Exception as e:  # noqa: BLE001 (no llvmlite, an LLVM without this IR, a CPU it cannot target)
+            import warnings
+
             state["addr"], state["error"] = 0, f"{type(e).__name__}: {e}"
+            warnings.warn(f"facelib: the {name} kernel is not used ({state['error']}); the slower Numba code "
+                          "runs instead (same results). `python -m facelib.repro` lists the kernels that run.",
+                          RuntimeWarning, stacklevel=2)
     return state["addr"]
 
 

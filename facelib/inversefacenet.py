@@ -8,6 +8,8 @@
 * :func:`make_test_set` and :func:`evaluate` measure Sec. 8's errors per image: photometric RMSE in
   8-bit units inside the face mask, geometric RMSE in mm on corresponding vertices, IoU of the face
   masks in %, and the test time in ms per image; :func:`paired_test` compares two rows image by image.
+  A test set made with ``n_now`` also gets the book's shared NoW-style error on its first ``n_now``
+  faces (:func:`facelib.compare.now_mm`: landmark + rigid/scale alignment, point-to-surface distance).
 
 Deviations from the paper, all stated in the book: networks are trained from scratch (no ImageNet
 weights here) with AdamW instead of Caffe's AdaDelta, at the profile's size and budget.
@@ -30,7 +32,7 @@ from .metrics import geometric_rmse, mask_iou, photometric_rmse
 from .params import ParamLayout, breed_children
 
 __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_loss", "coefficient_displacement",
-           "TensorCorpus", "lr_at", "train", "predict", "test_time_ms", "breed", "make_test_set", "evaluate_theta",
+           "TensorCorpus", "lr_at", "train", "predict", "test_time_ms", "breed", "make_test_set", "evaluate_theta", "now_errors",
            "evaluate", "mean_face_theta",
            "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
            "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
@@ -342,15 +344,20 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
 
 
 # ------------------------------------------------------------------------------------------- evaluation
-def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: int | None = None) -> dict:
+def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: int | None = None,
+                  n_now: int = 0) -> dict:
     """A held-out test set with ground truth: ``kind`` ``"synthetic"`` (Sec. 5 prior) or ``"wild"``
     (:mod:`facelib.wild`, the stand-in for R; landmarks with detector noise, no renderer mask).
 
     Returns ``x (n, 3, N, N)`` uint8 crops (network input before :func:`to_network`), ``target``
     ``(n, 3, N, N)`` float in [0, 1], ``mask (n, N, N)``, ``theta (n, m)``, ``verts (n, V, 3)`` model-space
-    ground-truth geometry (with the wild set's out-of-model detail).
+    ground-truth geometry (with the wild set's out-of-model detail); ``n_now``: :func:`evaluate_theta`
+    also measures the NoW-style error on the first ``n_now`` faces (about 0.1 s per face).
     """
     from .params import sample_sec5
+
+    if isinstance(n_now, bool) or not isinstance(n_now, int) or not 0 <= n_now <= n:
+        raise ValueError(f"n_now must be an integer in [0, n={n}]; got {n_now!r}")
     from .wild import wild_batch
 
     render_size = render_size or int(math.ceil(1.5 * size))
@@ -373,7 +380,7 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
                       "theta": theta.float().cpu(), "verts": verts.float().cpu()})
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     data["target"] = data["x"].float() / 255.0
-    data.update(kind=kind, seed=seed, size=size, render_size=render_size)
+    data.update(kind=kind, seed=seed, size=size, render_size=render_size, n_now=n_now)
     return data
 
 
@@ -390,7 +397,9 @@ def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> d
     the landmark box to N x N, so a face's absolute size cannot be seen in the input; the open model's
     first shape component is 97% a uniform scale (head size) and carries half the shape variance, which
     the unaligned measure charges to every network alike, and the aligned one does not.
-    Returns ``photometric_8bit``, ``geometric_mm``, ``geometric_aligned_mm``, ``iou_pct``, each ``(n,)``.
+    Returns ``photometric_8bit``, ``geometric_mm``, ``geometric_aligned_mm``, ``iou_pct``, each ``(n,)``;
+    and ``now_mm`` ``(n,)`` when the set has ``n_now > 0`` (:func:`now_errors`; nan after the first
+    ``n_now`` faces).
     """
     if theta.shape != test["theta"].shape:
         raise ValueError(f"theta has shape {tuple(theta.shape)}; the test set has {tuple(test['theta'].shape)}")
@@ -405,8 +414,28 @@ def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> d
         g = geometric_errors(model, th, test["verts"][i:i + batch])
         geo.append(g["geometric_mm"])
         geo_a.append(g["geometric_aligned_mm"])
-    return {"photometric_8bit": torch.cat(photo), "geometric_mm": torch.cat(geo),
-            "geometric_aligned_mm": torch.cat(geo_a), "iou_pct": torch.cat(iou)}
+    out = {"photometric_8bit": torch.cat(photo), "geometric_mm": torch.cat(geo),
+           "geometric_aligned_mm": torch.cat(geo_a), "iou_pct": torch.cat(iou)}
+    if test.get("n_now", 0):
+        out["now_mm"] = now_errors(model, theta, test["verts"], test["n_now"])
+    return out
+
+
+@torch.no_grad()
+def now_errors(model, theta: torch.Tensor, verts_gt: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """The book's shared NoW-style error [mm] (:func:`facelib.compare.now_mm`, the measure of chapters
+    5-8) of the model-space meshes of estimates ``theta (B, m)`` (Eq. 2, pose left out) against
+    ``verts_gt (B, V, 3)``, on the first ``n`` faces (all when None); ``(B,)`` float32, nan after them."""
+    from .compare import now_mm
+
+    B = theta.shape[0]
+    n = B if n is None else min(int(n), B)
+    out = torch.full((B,), float("nan"))
+    if n:
+        p = ParamLayout.from_model(model).unpack(theta[:n].to(model.device, torch.float32))
+        verts = model.geometry(p["shape"], p["expression"]).cpu()
+        out[:n] = now_mm(model, verts, model.triangles.cpu(), model.landmarks.cpu(), verts_gt[:n].cpu()).float()
+    return out
 
 
 @torch.no_grad()
@@ -606,7 +635,7 @@ def curve_eval(model, tests: dict, n: int = 64):
     """A learning-curve probe for :func:`train`'s ``eval_fn``: the mean geometric (plain and aligned)
     and photometric error of the net on the first ``n`` faces of each test set
     (``{"wild": make_test_set(...), ...}``); returns ``net -> {"<set>_<measure>": float}``."""
-    subsets = {k: {**t, **{f: t[f][:n] for f in ("x", "target", "mask", "theta", "verts")}}
+    subsets = {k: {**t, **{f: t[f][:n] for f in ("x", "target", "mask", "theta", "verts")}, "n_now": 0}
                for k, t in tests.items()}
 
     def fn(net):
@@ -710,10 +739,17 @@ def _publish(model, cfg: dict, name: str, seed: int, kind: str, net, info: dict,
 
 
 # ------------------------------------------------------------------------------------------- the book's tables
-MEASURES = ("photometric_8bit", "geometric_mm", "geometric_aligned_mm", "iou_pct")
+MEASURES = ("photometric_8bit", "geometric_mm", "geometric_aligned_mm", "iou_pct", "now_mm")
 MEASURE_LABELS = {"photometric_8bit": "photometric error [8 bits]", "geometric_mm": "geometric error [mm]",
-                  "geometric_aligned_mm": "geometric error, aligned [mm]", "iou_pct": "IoU [%]"}
-LOWER_IS_BETTER = {"photometric_8bit": True, "geometric_mm": True, "geometric_aligned_mm": True, "iou_pct": False}
+                  "geometric_aligned_mm": "geometric error, aligned [mm]", "iou_pct": "IoU [%]",
+                  "now_mm": "NoW-style error [mm]"}
+LOWER_IS_BETTER = {"photometric_8bit": True, "geometric_mm": True, "geometric_aligned_mm": True, "iou_pct": False,
+                   "now_mm": True}
+
+
+def _measures(evaluation: dict) -> tuple:
+    """The :data:`MEASURES` an evaluation holds (``now_mm`` only where the test set had ``n_now``)."""
+    return tuple(m for m in MEASURES if m in evaluation)
 
 
 def reference_rows(model, tests: dict) -> dict:
@@ -765,7 +801,7 @@ def _row_summary(runs: dict, test_key: str) -> dict:
     row = {"train_iters": next(iter(runs.values()))["info"]["iters"],
            "train_s": float(np.mean([r["info"]["train_s"] for r in runs.values()])),
            "test_ms": float(np.mean([r[test_key]["test_ms"] for r in runs.values()])), "n_seeds": len(runs)}
-    for m in MEASURES:
+    for m in _measures(next(iter(runs.values()))[test_key]):
         v = seed_means(runs, test_key, m)
         row[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
     return row
@@ -778,16 +814,18 @@ def table1_markdown(results: dict, refs: dict, names, test_key: str) -> str:
     [ms/image], photometric error [8 bits], geometric error [mm] without and with similarity
     alignment, IoU [%]."""
     short = {"photometric_8bit": "photo. [8 bit]", "geometric_mm": "geom. [mm]",
-             "geometric_aligned_mm": "geom. aligned [mm]", "iou_pct": "IoU [%]"}
-    head = ("| approach | seeds | iters | train [s] | test [ms] | " + " | ".join(short[m] for m in MEASURES) + " |")
-    lines = [head, "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in MEASURES) + " |"]
+             "geometric_aligned_mm": "geom. aligned [mm]", "iou_pct": "IoU [%]", "now_mm": "NoW [mm]"}
+    ms = _measures(next(iter(results[names[0]].values()))[test_key]) if names else _measures(
+        next(iter(refs.values()))[test_key])
+    head = ("| approach | seeds | iters | train [s] | test [ms] | " + " | ".join(short[m] for m in ms) + " |")
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in ms) + " |"]
     for n in names:
         r = _row_summary(results[n], test_key)
-        cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in MEASURES]
+        cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in ms]
         lines.append(f"| {n} | {r['n_seeds']} | {r['train_iters']} | {r['train_s']:.0f} | {r['test_ms']:.2f} | "
                      + " | ".join(cells) + " |")
     for n, r in refs.items():
-        cells = [f"{summarize(r[test_key][m])['mean']:.2f} ± {summarize(r[test_key][m])['std']:.2f}" for m in MEASURES]
+        cells = [f"{summarize(r[test_key][m])['mean']:.2f} ± {summarize(r[test_key][m])['std']:.2f}" for m in ms]
         lines.append(f"| *{n}* | - | - | - | - | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -798,7 +836,7 @@ def compare_rows(results: dict, a: str, b: str, test_key: str) -> dict:
     "significant_better": k_sig, "significant_worse": k_worse}}`` where "better" follows the measure's
     direction and "significant" is p < 0.05."""
     out = {}
-    for m in MEASURES:
+    for m in _measures(next(iter(results[a].values()))[test_key]):
         tests, better, sig_b, sig_w = [], 0, 0, 0
         for seed in results[a]:
             if seed not in results[b]:
@@ -837,8 +875,8 @@ def rows_json(results: dict, refs: dict, names, test_key: str) -> dict:
         runs = results[n]
         rows.append({"name": n, **_row_summary(runs, test_key)})
         per_seed[n] = [{"seed": int(s), "train_s": r["info"]["train_s"],
-                        **{m: summarize(r[test_key][m]) for m in MEASURES}} for s, r in runs.items()]
-    ref = {k: {m: summarize(v[test_key][m]) for m in MEASURES} for k, v in refs.items()}
+                        **{m: summarize(r[test_key][m]) for m in _measures(r[test_key])}} for s, r in runs.items()]
+    ref = {k: {m: summarize(v[test_key][m]) for m in _measures(v[test_key])} for k, v in refs.items()}
     return {"rows": rows, "seeds": per_seed, "mean_face": ref["mean face"], "floor": ref["true parameters (floor)"],
             "floor_mean_head_size": ref.get("true parameters, mean head size"),
             "true_expression_mean_shape": ref.get("true expression, mean shape")}

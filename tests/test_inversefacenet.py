@@ -314,6 +314,28 @@ def test_evaluate_oracle_and_paired_test(model):
     assert paired_test(a, a)["p_value"] == 1.0
     with pytest.raises(ValueError, match="kind"):
         make_test_set(model, "celeba", 2, seed=0, size=32)
+    assert "now_mm" not in e  # only where the set asks for it
+
+
+def test_now_style_error_on_the_first_n_now_faces(model):
+    """A test set with ``n_now`` gets the NoW-style error of chapters 5-8 on its first faces: 0 for the
+    truth, the value of facelib.compare.now_mm for an estimate, nan after them; it is a column of Table 1."""
+    from facelib.compare import now_mm
+    from facelib.inversefacenet import mean_face_theta, rows_json, table1_markdown
+
+    test = make_test_set(model, "synthetic", 5, seed=3, size=32, n_now=2)
+    e = evaluate_theta(model, test["theta"], test)
+    assert e["now_mm"].shape == (5,) and torch.all(e["now_mm"][:2] < 1e-6) and torch.isnan(e["now_mm"][2:]).all()
+    mf = mean_face_theta(model, test["theta"])
+    e_mf = evaluate_theta(model, mf, test)
+    ref = now_mm(model, model.geometry(torch.zeros(2, 1)), model.triangles, model.landmarks, test["verts"][:2])
+    assert torch.allclose(e_mf["now_mm"][:2].double(), ref, atol=1e-5) and torch.all(ref > 0.3)
+    refs = {"mean face": {"synthetic": e_mf}, "true parameters (floor)": {"synthetic": e}}
+    assert "NoW [mm]" in table1_markdown({}, refs, [], "synthetic")
+    assert abs(rows_json({}, refs, [], "synthetic")["mean_face"]["now_mm"]["mean"] - float(ref.mean())) < 1e-5
+    for bad in (-1, 6, 1.5, True):
+        with pytest.raises(ValueError, match="n_now"):
+            make_test_set(model, "synthetic", 5, seed=3, size=32, n_now=bad)
 
 
 # ------------------------------------------------------------------------------------------ photos

@@ -136,3 +136,40 @@ def test_without_a_kernel_its_address_is_zero_and_render_still_works(open_model,
     with torch.no_grad():
         r = render(open_model, sample_sec5(open_model, 1, seed=0), 32, outputs="image")
     assert bool(r.mask.any())
+
+
+def test_a_kernel_that_fails_falls_back_loudly_and_a_missing_feature_quietly(monkeypatch):
+    """A kernel that does not compile or fails its self-test warns and returns 0 (the Numba code runs);
+    a CPU without the feature returns 0 without a warning; both reasons are kept for facelib.repro."""
+    import warnings
+
+    def bad_test(addr):
+        raise AssertionError("wrong bits")
+
+    tiny = 'define void @k() {\n  ret void\n}\n'  # compiles; its self-test fails
+    state = {"addr": None, "error": None}
+    with pytest.warns(RuntimeWarning, match="the k kernel is not used .*wrong bits"):
+        assert _llvm.checked_kernel(state, lambda: tiny, "k", bad_test, needs="sse2") == 0
+    assert state["error"] == "AssertionError: wrong bits"
+    state = {"addr": None, "error": None}
+    with pytest.warns(RuntimeWarning, match="not used"):  # IR that does not parse
+        assert _llvm.checked_kernel(state, lambda: "not IR", "k", bad_test, needs="sse2") == 0
+    state = {"addr": None, "error": None}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _llvm.checked_kernel(state, lambda: "", "k", bad_test, needs="no-such-feature") == 0
+    assert state["error"] == "RuntimeError: the CPU has no no-such-feature"
+
+
+def test_simulated_cpu_targets_avx2_only(monkeypatch):
+    """FACELIB_CPU=haswell: the kernels see an AVX2-only CPU (so the z-buffer kernel steps aside and
+    the GEMM takes its 6x16 tiles); an unknown name is an error that says which names exist."""
+    monkeypatch.setenv("FACELIB_CPU", "haswell")
+    assert _llvm.target()[0] == "haswell"
+    feats = _llvm.host_features()
+    assert "avx2" in feats and "fma" in feats and "avx512f" not in feats
+    from facelib import _gemm
+    assert _gemm._shape() == (6, 16)
+    monkeypatch.setenv("FACELIB_CPU", "pentium")
+    with pytest.raises(ValueError, match="haswell"):
+        _llvm.target()

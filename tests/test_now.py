@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from facelib.metrics import closest_point_on_triangle, closest_points, now_error, point_to_surface_distance
+from facelib.metrics import _Surface, closest_point_on_triangle, closest_points, now_error, point_to_surface_distance
 
 
 def random_rotation(gen):
@@ -59,9 +59,15 @@ def test_closest_points_match_brute_force(big):
     same = (q - q_ref).norm(dim=-1) < 1e-8  # and is the brute-force one, except at exact ties
     assert same.float().mean() > 0.999
     assert torch.allclose(d, point_to_surface_distance(pts, verts, faces), atol=1e-10)
-    # small k forces the widening search; the answer does not change
-    d4, _ = closest_points(pts, verts, faces, k=1)
-    assert torch.allclose(d4, d_ref, atol=1e-10, rtol=0)
+    # the answer does not depend on the grid: tiny cells (many rings), huge cells (a few cells),
+    # every triangle measured against every point (max_span=0), a cell budget that forces larger cells
+    tri = np.ascontiguousarray(verts[faces].numpy())
+    for kw in ({"cell": 0.3}, {"cell": 500.0}, {"max_span": 0}, {"max_cells": 64}):
+        surf = _Surface(tri, **kw)
+        d2, q2, f2 = surf.query(pts.numpy())
+        assert torch.allclose(torch.from_numpy(d2).sqrt(), d_ref, atol=1e-10, rtol=0), kw
+        assert (f2 >= 0).all() and surf.start[-1] == len(surf.items), kw
+    assert len(_Surface(tri, max_span=0).big) == len(faces)
     # points on the surface are at distance 0 from it
     assert closest_points(verts[faces].mean(1), verts, faces)[0].max() < 1e-12
 
