@@ -1,14 +1,14 @@
-"""The LLVM IR kernels of the fused renderer: facelib._zchunk (the z-buffer's main pass, 16 triangles at
-a time) and facelib._resolve (the per-pixel resolve, 16 pixels at a time), against the Numba code they
+"""The LLVM IR kernels of the fused renderer: facelib.render.fast._zchunk (the z-buffer's main pass, 16 triangles at
+a time) and facelib.render.fast._resolve (the per-pixel resolve, 16 pixels at a time), against the Numba code they
 replace and their NumPy reference; renders with and without them are bit-identical."""
 
 import numpy as np
 import pytest
 import torch
 
-from facelib import _llvm, _resolve, _zchunk
-from facelib.params import sample_sec5
-from facelib.raster import HAVE_NUMBA
+from facelib.render.fast import _llvm, _resolve, _zchunk
+from facelib.model.params import sample_sec5
+from facelib.render.raster import HAVE_NUMBA
 from facelib.render import render
 
 try:
@@ -42,7 +42,7 @@ def test_chunk_kernel_equals_the_numba_loops(seed, H, W, n):
 @needs_kernel
 @pytest.mark.parametrize("size", [240, 97, (7, 40), 3])
 def test_renders_with_and_without_the_zbuffer_kernel_are_bit_identical(open_model, monkeypatch, size):
-    import facelib.render as R
+    import facelib.render.fast.fused as R
 
     theta = sample_sec5(open_model, 3, seed=8)
     with torch.no_grad():
@@ -106,7 +106,7 @@ def test_row_kernel_equals_the_numpy_reference_on_random_rows(seed, target):
 def test_renders_with_and_without_the_resolve_kernel_are_bit_identical(open_model, monkeypatch, size):
     """Image widths with and without a remainder of W % 16 pixels (done by the Numba code), and narrower
     than a block."""
-    import facelib.render as R
+    import facelib.render.fast.fused as R
 
     theta = sample_sec5(open_model, 3, seed=4)
     with torch.no_grad():
