@@ -27,26 +27,16 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
            camera: Camera | None = None, background: float = 0.0, backend: str = "auto",
            detach_bary: bool = False, outputs: str = "all", fused: bool | None = None,
            geometry: torch.Tensor | None = None, albedo: torch.Tensor | None = None) -> Render:
-    """Render faces from InverseFaceNet parameter vectors ``theta (B, m)`` (Eq. 1 layout).
+    """Render faces from InverseFaceNet parameter vectors ``theta (B, m)`` (Eq. 1 layout): the fused fast
+    path where it applies, else the differentiable reference :func:`facelib.render.formation.render`
+    (every argument but ``fused`` is the reference's; see there). Returns a :class:`Render`.
 
-    ``theta`` must be a finite ``(B, m)`` tensor of the model's dtype; ``image_size`` an int or
-    ``(H, W)``, at most :data:`facelib._checks.MAX_IMAGE_SIZE` (8192) pixels per side (ValueError
-    otherwise: a 20000-pixel image takes tens of GB).
-
-    The rotation of theta turns the head in front of ``camera`` (default :func:`face_camera`).
-
-    ``outputs``: ``"all"`` (default) fills every field of :class:`Render`; ``"image"`` only ``image``,
-    ``mask``, ``input_mask`` and ``depth`` (the others are None): what a corpus renderer needs, and
-    less memory to write; or a collection of field names to add to those four (e.g.
-    ``("screen",)`` for landmarks). ``fused``: on the CPU without gradients (``torch.no_grad()`` or nothing that
-    requires grad), float32, the whole pipeline runs as one Numba kernel per face
-    (:func:`facelib.render.fast.fused._render_fused`, the twin of :func:`facelib.render.formation.render`,
-    which stays the differentiable reference); ``None`` (default) uses it whenever it applies, ``False``
-    never, ``True`` insists (ValueError where it cannot run).
-
-    ``geometry`` ``(B, V, 3)`` model-space vertices and ``albedo`` ``(B, V, 3)`` replace Eq. 2 and Eq. 3
-    when given (faces with detail the model cannot express, used by :mod:`facelib.data.wild`; NOTE to
-    maintainers: keep these two arguments, other modules depend on them).
+    ``fused``: on the CPU without gradients (``torch.no_grad()`` or nothing that requires grad), float32,
+    no ``geometry`` / ``albedo`` overrides and ``backend`` ``"auto"`` or ``"numba"``, the whole pipeline
+    runs as one Numba kernel per face (:func:`facelib.render.fast.fused._render_fused`, the twin of the
+    reference, with the same numbers up to float32 rounding and ties in the visibility decision);
+    ``None`` (default) uses it whenever it applies, ``False`` never, ``True`` insists (ValueError where
+    it cannot run).
     """
     want, p, cam = formation._prepare(model, theta, image_size, layout, camera, outputs)
     from .fast import fused as _fast  # here only: the reference modules never import the fast path
