@@ -22,7 +22,7 @@ _K22 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[2] * _C22  # x^2 - y^2
 # ------------------------------------------------------------------------------------------------
 # the fused no-grad path (CPU, Numba): coefficients -> image, one kernel per face
 #
-# Twins of the PyTorch code above, used by :func:`render` when no gradient is asked for on the CPU
+# Twins of the PyTorch code of :mod:`facelib.render.formation`, used by :func:`facelib.render.render` when no gradient is asked for on the CPU
 # (corpus rendering, benchmarks); the PyTorch path stays the differentiable reference and the tests
 # compare the two. Eq. 2-3 are two float32 GEMMs over the batch (:func:`_offsets`: the packed-basis
 # micro-kernel of :mod:`facelib.render.fast._gemm`, else NumPy's BLAS; one thread per block of columns); then,
