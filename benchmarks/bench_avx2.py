@@ -5,7 +5,7 @@ Run: ``.venv/bin/python benchmarks/bench_avx2.py [--rounds 2]``; prints JSON and
 ``benchmarks/results/avx2_vs_avx512.json``.
 
 An AVX2-only CPU is simulated in a fresh process: llvmlite reports a Haswell host (so our LLVM IR
-kernels, :mod:`facelib._gemm` / ``_zchunk`` / ``_resolve``, are compiled for AVX2 + FMA and the
+kernels, :mod:`facelib.render.fast._gemm` / ``_zchunk`` / ``_resolve``, are compiled for AVX2 + FMA and the
 z-buffer kernel, which needs AVX-512, steps aside), ``NUMBA_CPU_NAME=haswell`` (Numba's code),
 ``ATEN_CPU_CAPABILITY=avx2`` (PyTorch's kernels) and ``OPENBLAS_CORETYPE=Haswell`` (NumPy's BLAS).
 The instructions are an AVX2 CPU's; the core running them is still this one, so the figures say
@@ -42,7 +42,7 @@ if sys.argv[1] == "haswell":
 KERNELS = PRELUDE + r"""
 sys.path.insert(0, sys.argv[2])
 import json
-from facelib import _llvm, _zchunk
+from facelib.render.fast import _llvm, _zchunk
 if sys.argv[1] == "haswell":  # the z-buffer kernel needs AVX-512; compile it for Haswell to time it
     addr = _llvm.compile_ir(_zchunk._chunk_kernel_ir(), "zb_chunk")
     _zchunk._self_test(addr)  # the same bits as the Numba code, or this raises

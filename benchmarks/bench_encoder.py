@@ -17,7 +17,7 @@ import torch
 import facelib
 from facelib.book import settings
 from facelib.mofa import MoFA, encoder_hz
-from facelib.multilevel import decimate
+from facelib.mofa.multilevel import decimate
 
 
 def run(device: str, size: int, width: float, n_corrective: int, encoder: str = "alexnet", repeats: int = 10,

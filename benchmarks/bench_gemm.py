@@ -1,9 +1,9 @@
 """Benchmark: the Eq. 2-3 products of the fused renderer, ``coef (B, K) @ basis (K, 3 V)``, on the
-packed-basis micro-kernel of :mod:`facelib._gemm` against NumPy's BLAS and torch.mm.
+packed-basis micro-kernel of :mod:`facelib.render.fast._gemm` against NumPy's BLAS and torch.mm.
 
 Run: ``.venv/bin/python benchmarks/bench_gemm.py [--batch 32] [--repeats 15]``; prints JSON and writes
 ``benchmarks/results/gemm_cpu.json``. The open model's two products (shape + expression rows, then
-reflectance) at batch B, on one thread and split over two (as :func:`facelib.render._offsets` does).
+reflectance) at batch B, on one thread and split over two (as :func:`facelib.render.fast.fused._offsets` does).
 Each figure is the best of ``--repeats`` calls (other processes share the CPU: the best is the least
 disturbed), in GFLOP/s and ms per batch; the backends are timed in turns so that a busy spell hits
 them alike. The products of the three backends are compared with a float64 reference.
@@ -22,9 +22,9 @@ import torch
 from threadpoolctl import threadpool_limits
 
 import facelib
-from facelib import _gemm
-from facelib import render as R
-from facelib.params import ParamLayout, sample_sec5
+from facelib.render.fast import _gemm
+from facelib.render.fast import fused as R
+from facelib.model.params import ParamLayout, sample_sec5
 
 
 def main():
@@ -46,7 +46,7 @@ def main():
     outs = [np.empty((args.batch, b.shape[1]), np.float32) for b in plain]
     flop = sum(2 * c.shape[0] * c.shape[1] * b.shape[1] for c, b in zip(coefs, plain))
 
-    def cols(n, j, jobs):  # as facelib.render._offsets splits the columns for BLAS
+    def cols(n, j, jobs):  # as facelib.render.fast.fused._offsets splits the columns for BLAS
         return (n * j // jobs) // 16 * 16, (n * (j + 1) // jobs) // 16 * 16 if j + 1 < jobs else n
 
     def micro(j, jobs):
@@ -63,7 +63,7 @@ def main():
             lo, hi = cols(b.shape[1], j, jobs)
             torch.mm(torch.from_numpy(c), torch.from_numpy(b[:, lo:hi]), out=torch.from_numpy(o)[:, lo:hi])
 
-    backends = {"facelib._gemm (packed basis)": micro, "NumPy BLAS": blas, "torch.mm": torch_mm}
+    backends = {"facelib.render.fast._gemm (packed basis)": micro, "NumPy BLAS": blas, "torch.mm": torch_mm}
     refs = [c.astype(np.float64) @ b.astype(np.float64) for c, b in zip(coefs, plain)]
     res = {"batch": args.batch, "shapes (K, N)": [list(b.shape) for b in plain], "gflop_per_batch": round(flop / 1e9, 3),
            "repeats": args.repeats, "micro_kernel_block (MR, NR)": list(_gemm._STATE["shape"]),

@@ -20,10 +20,10 @@ import torch
 
 import facelib
 from facelib.book import settings, setup
-from facelib.corpus import render_crops
+from facelib.data.corpus import render_crops
 from facelib.inversefacenet import make_regressor, model_space_weights, model_space_loss, test_time_ms
-from facelib.params import sample_sec5
-from facelib.wild import wild_batch
+from facelib.model.params import sample_sec5
+from facelib.data.wild import wild_batch
 
 
 def _rate(fn, n_items, repeats=3):

@@ -2,10 +2,10 @@
 
 Run: ``.venv/bin/python benchmarks/bench_kernels.py [--repeats 9]``; prints JSON and writes
 ``benchmarks/results/kernels_cpu.json``. For the faces of one Sec. 5 batch at 240x240, as
-:func:`facelib.render._fz_faces` runs them (vertices, normals, shading, then per face the z-buffer, the
+:func:`facelib.render.fast.kernels._fz_faces` runs them (vertices, normals, shading, then per face the z-buffer, the
 packed records and the resolve, so the caches hold what they would), the z-buffer
-(:func:`facelib.render._fz_zbuffer`) and the resolve (``_fz_resolve``) are timed with the thread's CPU
-clock, with the kernels of :mod:`facelib._zchunk` / :mod:`facelib._resolve` and with the Numba code, in
+(:func:`facelib.render.fast.kernels._fz_zbuffer`) and the resolve (``_fz_resolve``) are timed with the thread's CPU
+clock, with the kernels of :mod:`facelib.render.fast._zchunk` / :mod:`facelib.render.fast._resolve` and with the Numba code, in
 turns (a busy spell on the shared host hits both alike); microseconds per face, the best and the
 median of ``--repeats`` passes over the batch. The outputs of the two are compared (they must be the
 same bits).
@@ -23,9 +23,10 @@ import numpy as np
 import torch
 
 import facelib
-from facelib import _resolve, _zchunk
-from facelib import render as R
-from facelib.params import ParamLayout, sample_sec5
+from facelib.render.fast import _resolve, _zchunk
+from facelib.render import render
+from facelib.render.fast import fused as R, kernels as K
+from facelib.model.params import ParamLayout, sample_sec5
 from facelib.render import face_camera
 
 from bench_render import face_inputs  # noqa: E402 (this folder is on sys.path when run as a script)
@@ -47,16 +48,16 @@ def main():
     p = ParamLayout.from_model(m).unpack(theta)
     cam = face_camera(args.size)
     with torch.no_grad():
-        R.render(m, theta[:1], args.size, outputs="image")  # compiled / loaded
+        render(m, theta[:1], args.size, outputs="image")  # compiled / loaded
     fi = face_inputs(m, p, cam)
     (faces, mouth, chunks), (mean_s, mean_a) = fi["mesh"], fi["means"]
     f32 = np.float32
     with R._workspace(V, H, W) as (vc, nrm, col, pk, xyq, zb, ws_f32, ws_i32, ws_i64):
         xyqs, cols = [], []
         for b in range(B):  # the per-vertex stages, once
-            R._fz_vertices(fi["geo"][b], mean_s, fi["R"][b], fi["t"][b], fi["focal"], *fi["pp"], vc, xyq)
-            R._fz_normals(faces, chunks, vc, nrm, ws_f32)
-            R._fz_shade(nrm, fi["alb"][b], mean_a, fi["gamma"][b], col)
+            K._fz_vertices(fi["geo"][b], mean_s, fi["R"][b], fi["t"][b], fi["focal"], *fi["pp"], vc, xyq)
+            K._fz_normals(faces, chunks, vc, nrm, ws_f32)
+            K._fz_shade(nrm, fi["alb"][b], mean_a, fi["gamma"][b], col)
             xyqs.append(xyq.copy())
             cols.append(col.copy())
         outs = {v: [np.empty((B, 3, H, W), f32), np.empty((B, H, W), bool), np.empty((B, H, W), bool),
@@ -69,11 +70,11 @@ def main():
                 image, mask, imask, depth = outs[v]
                 for b in range(B):
                     t0 = time.thread_time()
-                    R._fz_zbuffer(xyqs[b], faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64, zf)
+                    K._fz_zbuffer(xyqs[b], faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64, zf)
                     t1 = time.thread_time()
-                    R._fz_pack(xyqs[b], cols[b], pk)
+                    K._fz_pack(xyqs[b], cols[b], pk)
                     t2 = time.thread_time()
-                    R._fz_resolve(zb, faces, pk, mouth, H, W, f32(0), image[b], mask[b], imask[b], depth[b], rf)
+                    K._fz_resolve(zb, faces, pk, mouth, H, W, f32(0), image[b], mask[b], imask[b], depth[b], rf)
                     tr += time.thread_time() - t2
                     tz += t1 - t0
                 times[f"z-buffer ({v})"].append(tz / B * 1e6)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from facelib.open_model import build_open_model
+from facelib.model.open_model import build_open_model
 
 
 def main():

@@ -38,10 +38,11 @@ import numpy as np
 import torch
 
 import facelib
-from facelib import camera, raster, shading
-from facelib import render as R
+from facelib.render import camera, raster, shading
+from facelib.render import render
+from facelib.render.fast import fused as R, kernels as K
 from facelib.bench import bench_render
-from facelib.params import ParamLayout, rot_xyz, sample_sec5
+from facelib.model.params import ParamLayout, rot_xyz, sample_sec5
 from facelib.render import face_camera
 
 
@@ -79,12 +80,12 @@ def pytorch_stages(device, size=240, batch=32, reps=5):
         fr = tm("rasterize (visibility + fragments)", lambda: raster.rasterize(s, m.triangles, size,
                                                                                cull_backfaces=True))
         tm("interpolate", lambda: raster.interpolate(c, fr, m.triangles))
-        tm("render(fused=False), total", lambda: R.render(m, th, size, fused=False))
+        tm("render(fused=False), total", lambda: render(m, th, size, fused=False))
     return out
 
 
 def gemms(m, p, n_jobs=1, pool=None) -> list:
-    """The Eq. 2-3 offsets ``(B, 3 V)`` of the batch ``p`` (unpacked theta), as facelib.render._render_fused."""
+    """The Eq. 2-3 offsets ``(B, 3 V)`` of the batch ``p`` (unpacked theta), as facelib.render.fast.fused._render_fused."""
     with torch.no_grad():
         c = torch.cat([p["shape"] * m.sigma_s, p["expression"] * m.sigma_e], 1)
         geo_basis, alb_basis = R._bases(m, m.n_shape, m.n_expression, m.n_reflectance)
@@ -93,14 +94,14 @@ def gemms(m, p, n_jobs=1, pool=None) -> list:
 
 def face_inputs(m, p, cam) -> dict:
     """The inputs of the fused path's per-face kernels for the batch ``p`` (unpacked theta) seen by
-    ``cam``, as facelib.render._render_fused makes them: offsets, rotations, translations, SH gammas,
+    ``cam``, as facelib.render.fast.fused._render_fused makes them: offsets, rotations, translations, SH gammas,
     focal length and principal point, the mesh arrays and the coordinate-major means."""
     B = p["rotation"].shape[0]
     f32 = np.float32
     with torch.no_grad():
         geo, alb = gemms(m, p)
         Rm = (cam.R @ rot_xyz(p["rotation"])).contiguous().numpy()
-        gamma = R.illumination_gamma(p["illumination"]).contiguous().numpy()
+        gamma = shading.illumination_gamma(p["illumination"]).contiguous().numpy()
     return dict(geo=geo, alb=alb, R=Rm, t=cam.t.expand(B, 3).contiguous().numpy(), gamma=gamma,
                 focal=f32(cam.focal), pp=(f32(cam.principal_point[0]), f32(cam.principal_point[1])),
                 mesh=R._mesh_arrays(m), means=R._means(m))
@@ -118,7 +119,7 @@ def fused_stages(size=240, batch=32, reps=3):
     V = m.n_vertices
     out = {}
     with torch.no_grad():
-        R.render(m, th, size, outputs="image")  # compiled / loaded
+        render(m, th, size, outputs="image")  # compiled / loaded
 
         n_jobs = torch.get_num_threads()
         pool = R._thread_pool(n_jobs - 1) if n_jobs > 1 else None
@@ -129,7 +130,7 @@ def fused_stages(size=240, batch=32, reps=3):
             t = time.perf_counter()
             gemms(m, p, n_jobs, pool)
             ts.append(time.perf_counter() - t)
-        how = "facelib._gemm micro-kernel" if R._gemm.available() else "NumPy BLAS"
+        how = "facelib.render.fast._gemm micro-kernel" if R._gemm.available() else "NumPy BLAS"
         out[f"gemm Eq. 2-3 (ms per batch, wall, {how}, one thread per worker)"] = round(statistics.median(ts) * 1000, 2)
         fi = face_inputs(m, p, cam)
         geo, alb, Rm, t3, g, pp = fi["geo"], fi["alb"], fi["R"], fi["t"], fi["gamma"], fi["pp"]
@@ -142,14 +143,14 @@ def fused_stages(size=240, batch=32, reps=3):
         imask = np.empty((batch, H, W), bool)
         depth = np.empty((batch, H, W), np.float32)
         steps = {
-            "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: R._fz_vertices(
+            "vertices: Eq. 2 mean + offsets, Phi, projection": lambda b: K._fz_vertices(
                 geo[b], mean_s, Rm[b], t3[b], fi["focal"], *pp, vc, xyq),
-            "vertex normals": lambda b: R._fz_normals(faces, chunks, vc, nrm, ws_f32),
-            "SH shading (Eq. 3, 5)": lambda b: R._fz_shade(nrm, alb[b], mean_a, g[b], col),
-            "z-buffer (setup, culling, visibility)": lambda b: R._fz_zbuffer(
+            "vertex normals": lambda b: K._fz_normals(faces, chunks, vc, nrm, ws_f32),
+            "SH shading (Eq. 3, 5)": lambda b: K._fz_shade(nrm, alb[b], mean_a, g[b], col),
+            "z-buffer (setup, culling, visibility)": lambda b: K._fz_zbuffer(
                 xyq, faces, chunks, H, W, zb, ws_f32, ws_i32, ws_i64, R._zchunk.address()),
-            "packed vertex records": lambda b: R._fz_pack(xyq, col, pk),
-            "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: R._fz_resolve(
+            "packed vertex records": lambda b: K._fz_pack(xyq, col, pk),
+            "resolve (barycentrics, Eq. 6 colour, masks, depth)": lambda b: K._fz_resolve(
                 zb, faces, pk, mouth, H, W, f32(0), image[b], mask[b], imask[b], depth[b], R._resolve.address()),
         }
         per = {k: [] for k in steps}
@@ -171,7 +172,7 @@ def fused_stages(size=240, batch=32, reps=3):
 
 def compile_seconds(size=240) -> float:
     """Seconds of the first fused render in a fresh process with an empty Numba cache."""
-    code = ("import time, torch, facelib\nfrom facelib.params import sample_sec5\nfrom facelib.render import render\n"
+    code = ("import time, torch, facelib\nfrom facelib.model.params import sample_sec5\nfrom facelib.render import render\n"
             "m = facelib.load_model('open'); th = sample_sec5(m, 2, seed=0)\n"
             f"t = time.perf_counter()\nwith torch.no_grad(): render(m, th, {size})\nprint(time.perf_counter() - t)\n")
     with tempfile.TemporaryDirectory() as d:

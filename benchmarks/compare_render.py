@@ -27,7 +27,10 @@ RUN = r"""
 import inspect, json, os, statistics, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch, facelib
-from facelib.params import sample_sec5
+try:
+    from facelib.model.params import sample_sec5
+except ImportError:  # a tree from before the subpackages (issue 19)
+    from facelib.params import sample_sec5
 from facelib.render import render
 m = facelib.load_model("open")
 kw = {"outputs": sys.argv[2]} if "outputs" in inspect.signature(render).parameters else {}

@@ -5,7 +5,7 @@ finds it.  FineNet (chapter 7's ``cpu`` settings: width, head, batch, learning r
 48 held-out ones) is trained on detailed faces whose coarse depth is the **true** one (the fit of the
 true coefficients), so CoarseNet's errors play no part, with
 
-* the library's criterion (:func:`facelib.sfs.sfs_loss`, the paper's lambdas);
+* the library's criterion (:func:`facelib.coarse_fine.sfs.sfs_loss`, the paper's lambdas);
 * the criterion as the paper writes it (``sfs.PAPER``);
 * a diagnostic that is not the paper's method: the same network trained *supervised*, on the squared
   difference between the depth it adds and the true detail.  If this one learns and the criterion
@@ -30,12 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
-from facelib import sfs  # noqa: E402
+from facelib.coarse_fine import sfs  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import (CoarseSpace, FineNet, align_depth, depth_errors, finenet_refine,  # noqa: E402
                                  make_faces, render_view, rendering_layer, sfs_mask, texture_maps)
-from facelib.detail import detail_displacement  # noqa: E402
+from facelib.model.detail import detail_displacement  # noqa: E402
 
 LAM = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM)
 

@@ -24,7 +24,7 @@ import facelib  # noqa: E402
 import facelib.inversefacenet as ifn  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
-from facelib.corpus import FreshCorpus, SyntheticCorpus  # noqa: E402
+from facelib.data.corpus import FreshCorpus, SyntheticCorpus  # noqa: E402
 
 AUG = dict(landmark_noise=0.012, blur_px=(0.0, 1.0), noise_std=(0.0, 0.025), jpeg_quality=(35, 95))
 # the cpu profile before issue 15 (the "baseline" variant); variants change it one setting at a time
@@ -65,7 +65,7 @@ def _prior(name: str):
     ``"frontal_neutral"`` (Sec. 5 shape, reflectance and light; pose and expression 0: the easiest
     faces, an upper bound of what the network learns of the shape in the budget).  Experiments only:
     the book trains on the Sec. 5 prior."""
-    from facelib.params import sample_sec5
+    from facelib.model.params import sample_sec5
 
     if name == "sec5":
         return None
@@ -159,7 +159,7 @@ def main(argv=None):
         row["wild_error_sources_mm"] = {k: round(v, 3) for k, v in ifn.error_sources(model, wp, tests[key]["wild"]).items()}
         if sampler is not None:  # held-out faces of the training prior itself
             th = sampler(model, args.n_test, 777_000 + args.seed)
-            from facelib.corpus import render_crops
+            from facelib.data.corpus import render_crops
             x = (render_crops(model, th, cfg["size"])["crop"] * 255).round().to(torch.uint8)
             row["r2_own_prior"] = _r2(ifn.predict(net, x), th.float(), L)
         print(json.dumps(row), flush=True)
@@ -201,7 +201,7 @@ class _Augmented:
         return len(self.c)
 
     def batch(self, index):
-        from facelib.corpus import augment_crops, to_network
+        from facelib.data.corpus import augment_crops, to_network
         self.k += 1
         imgs = self.c.images[index].float() / 255
         out = augment_crops(imgs, self.c.masks[index], self.k,

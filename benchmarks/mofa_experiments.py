@@ -24,10 +24,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
-from facelib import mofa, selfsup  # noqa: E402
+from facelib import mofa  # noqa: E402
+from facelib.mofa import selfsup
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
-from facelib.multilevel import decimate  # noqa: E402
+from facelib.mofa.multilevel import decimate  # noqa: E402
 
 # Training variants: changes to the chapter-5 run before issue 16 (the supplement's stage-1 weights,
 # selfsup.STAGE1_PAPER); loss weights by name, or lr, batch, steps (a factor), augment, encoder.

@@ -1,5 +1,5 @@
-"""Speed of the shared NoW-style error (issue 21): :func:`facelib.metrics.closest_points` and
-:func:`facelib.metrics.now_error` on the open model, checked against brute force.
+"""Speed of the shared NoW-style error (issue 21): :func:`facelib.eval.metrics.closest_points` and
+:func:`facelib.eval.metrics.now_error` on the open model, checked against brute force.
 
 The measure every chapter reports is the distance from each ground-truth point (the 18.8k vertices of
 the open model's ``face`` mask) to the surface of a reconstruction (44.6k triangles), after landmark
@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
-from facelib import metrics  # noqa: E402
+from facelib.eval import metrics  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.repro import environment  # noqa: E402
 

@@ -9,7 +9,7 @@ For every shape component ``k`` of the open model (Eq. 2) it reports
   and InverseFaceNet's / MoFA's 64-pixel crop of the landmark box (its side in mm measured on the
   mean face, frontal);
 * ``bump_share``: the share of the component's variance in the identity population that comes from
-  the smooth random bump field of :func:`facelib.open_model.sample_identity` rather than from the
+  the smooth random bump field of :func:`facelib.model.open_model.sample_identity` rather than from the
   anatomical parameters (the population rebuilt with the bumps' amplitudes set to 0, same seed).
 
     .venv/bin/python benchmarks/open_model_shape_scale.py   # about 2 min -> benchmarks/results/open_model_shape_scale.json
@@ -26,9 +26,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
-from facelib import open_model as om  # noqa: E402
+from facelib.model import open_model as om  # noqa: E402
 from facelib.coarse_fine import FRAME_MM  # noqa: E402
-from facelib.corpus import CROP_MARGIN  # noqa: E402
+from facelib.data.corpus import CROP_MARGIN  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "results" / "open_model_shape_scale.json"

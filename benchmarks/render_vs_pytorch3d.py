@@ -10,8 +10,8 @@ Timed, in turns within each round so that a busy spell on the shared host hits a
 and the process's CPU time, per call; ours, a few milliseconds, as the median of ``--inner`` calls per
 round, PyTorch3D's one call per round):
 
-- ``facelib visibility``: :func:`facelib.raster.visibility` (the Numba z-buffer, ``pix_to_face`` only);
-- ``facelib rasterize``: :func:`facelib.raster.rasterize` under ``no_grad`` (plus zbuf, barycentrics,
+- ``facelib visibility``: :func:`facelib.render.raster.visibility` (the Numba z-buffer, ``pix_to_face`` only);
+- ``facelib rasterize``: :func:`facelib.render.raster.rasterize` under ``no_grad`` (plus zbuf, barycentrics,
   distances: what PyTorch3D returns);
 - ``pytorch3d default``: ``rasterize_meshes(..., bin_size=None)`` (on the CPU its heuristic picks 0);
 - ``pytorch3d naive``: ``bin_size=0``.
@@ -32,8 +32,8 @@ from pathlib import Path
 import torch
 
 import facelib
-from facelib.params import sample_sec5
-from facelib.raster import rasterize, visibility
+from facelib.model.params import sample_sec5
+from facelib.render.raster import rasterize, visibility
 from facelib.render import render
 from facelib.repro import environment
 

@@ -1,6 +1,6 @@
 """What FineNet's shape-from-shading criterion asks for (issue 17): minimise it directly, per pixel.
 
-FineNet is trained to minimise Eq. 14 (:func:`facelib.sfs.sfs_loss`).  Before asking whether a network
+FineNet is trained to minimise Eq. 14 (:func:`facelib.coarse_fine.sfs.sfs_loss`).  Before asking whether a network
 learns to, this asks what the *minimum* of the criterion is: on detailed synthetic faces of chapter 7,
 starting from the true coarse depth (the fit of the true coefficients, no detail), a free depth map is
 moved by Adam to minimise the criterion, and the depth it adds is compared with the true detail
@@ -8,7 +8,7 @@ moved by Adam to minimise the criterion, and the depth it adds is compared with 
 A criterion whose minimum does not follow the detail cannot teach a network to find it.
 
 Variants: the criterion as the paper writes it (``sfs.PAPER``), then the three choices of
-:mod:`facelib.sfs` one at a time, other fidelity weights, and an upper bound with the exact albedo
+:mod:`facelib.coarse_fine.sfs` one at a time, other fidelity weights, and an upper bound with the exact albedo
 (and the light solved with it).  Writes ``benchmarks/results/sfs_criterion.json``.
 
     .venv/bin/python benchmarks/sfs_criterion.py [--sizes 96 192] [--faces 8] [--steps 300]
@@ -27,13 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
-from facelib import sfs  # noqa: E402
+from facelib.coarse_fine import sfs  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import (CoarseSpace, align_depth, make_faces, rendering_layer,  # noqa: E402
                                  texture_maps)
-from facelib.detail import detail_displacement  # noqa: E402
-from facelib.raster import interpolate  # noqa: E402
+from facelib.model.detail import detail_displacement  # noqa: E402
+from facelib.render.raster import interpolate  # noqa: E402
 
 LITERAL = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM)
 VARIANTS = [  # name, sfs_loss keywords, (lambda_sh, lambda_f, lambda_sm)
@@ -94,11 +94,11 @@ def _minimise(d: dict, crit, lambdas, steps: int, lr: float):
 
 def _exact_at_truth(d: dict, cfg: dict) -> dict:
     """The per-pixel shading error (grey levels^2) of the *true* detailed depth under the exact image
-    formation of the renders (true albedo, the true second-order light: :func:`facelib.shading.shade`),
+    formation of the renders (true albedo, the true second-order light: :func:`facelib.render.shading.shade`),
     with normals by finite differences: its mean and median over every interior face pixel and over the
-    smooth pixels only (:func:`facelib.sfs.smooth_pixels`).  Where it is not 0 the normals of a depth
+    smooth pixels only (:func:`facelib.coarse_fine.sfs.smooth_pixels`).  Where it is not 0 the normals of a depth
     map, not the light or albedo, are what disagrees with the image."""
-    from facelib.shading import shade
+    from facelib.render.shading import shade
 
     out = {}
     with torch.no_grad():

@@ -1,18 +1,34 @@
 """facelib: monocular inverse face rendering in PyTorch (model -> parameters -> image formation ->
 networks -> losses -> training -> evaluation)."""
 
-from .facemodel import FaceModel, ModelFileError, geometry, reflectance
+from .model.facemodel import FaceModel, ModelFileError, geometry, reflectance
 from .device import pick_device
 
 __version__ = "0.1.0"
+
+# the modules that sat at the top level before the subpackages (issue 19): ``from facelib import mofa,
+# viz`` keeps working (imported on first use); dotted paths use the new place (facelib.book.viz)
+_MOVED = {"facemodel": "model", "open_model": "model", "loaders": "model", "params": "model", "detail": "model",
+          "camera": "render", "shading": "render", "raster": "render", "points": "render",
+          "corpus": "data", "wild": "data", "photos": "data", "multilevel": "mofa", "selfsup": "mofa",
+          "sfs": "coarse_fine", "metrics": "eval", "export": "eval", "compare": "eval",
+          "viz": "book", "plot": "book", "explorer": "book"}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{_MOVED[name]}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_model(model: str = "open", device=None) -> FaceModel:
     """A face model by name or path.
 
     ``"open"``: our procedurally built open model (built on first use and cached, see
-    :mod:`facelib.open_model`); a ``.npz`` written by :meth:`FaceModel.save`; a Basel Face Model 2009
-    ``.mat``; or a folder of OBJ files (:func:`facelib.loaders.load_obj_folder`).
+    :mod:`facelib.model.open_model`); a ``.npz`` written by :meth:`FaceModel.save`; a Basel Face Model 2009
+    ``.mat``; or a folder of OBJ files (:func:`facelib.model.loaders.load_obj_folder`).
     """
     import os
     from pathlib import Path
@@ -22,15 +38,15 @@ def load_model(model: str = "open", device=None) -> FaceModel:
                              f"got {model!r}")
     dev = None if device is None else pick_device(device)  # before the (slow) load: fail early
     if model == "open":
-        from .open_model import open_model
+        from .model.open_model import open_model
         m = open_model()
     else:
         p = Path(model)
         if p.is_dir():
-            from .loaders import load_obj_folder
+            from .model.loaders import load_obj_folder
             m = load_obj_folder(p)
         elif p.suffix == ".mat":
-            from .loaders import load_bfm2009
+            from .model.loaders import load_bfm2009
             m = load_bfm2009(p)
         elif p.suffix == ".npz":
             m = FaceModel.load(p)

@@ -54,9 +54,10 @@ def bench_render(size: int = 240, batch: int = 32, device="auto", batches: int =
     :class:`facelib.render.Render` field, fragments included) is timed as well (``faces_per_s_all``).
     """
     from . import load_model
-    from .params import sample_sec5
-    from .raster import HAVE_NUMBA
-    from .render import _fused_unavailable, face_camera, render
+    from .model.params import sample_sec5
+    from .render.raster import HAVE_NUMBA
+    from .render import face_camera, render
+    from .render.fast.fused import _fused_unavailable
 
     check_positive_int(size, "size", most=MAX_IMAGE_SIZE)
     for name, v in (("batch", batch), ("batches", batches), ("repeats", repeats)):

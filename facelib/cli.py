@@ -37,7 +37,7 @@ def _model_info(args) -> int:
 def _model_build(args) -> int:
     import time
 
-    from .open_model import cache_dir, open_model
+    from .model.open_model import cache_dir, open_model
 
     t = time.perf_counter()
     m = open_model(rebuild=True)
@@ -51,7 +51,7 @@ def _model_build(args) -> int:
 
 def _model_preview(args) -> int:
     from . import load_model
-    from .plot import model_preview
+    from .book.plot import model_preview
 
     m = load_model(args.model)
     model_preview(m, args.out, show_landmarks=True)
@@ -64,8 +64,8 @@ def _render(args) -> int:
     import torch
 
     from . import load_model
-    from .export import save_image
-    from .params import sample_sec5
+    from .eval.export import save_image
+    from .model.params import sample_sec5
     from .render import render
 
     m = load_model(args.model, device=args.device)
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     """Run the command; a bad input or model file (or a missing optional package) ends with one line on
     stderr and exit status 2, a file that cannot be read or written (missing, read-only folder) with
     exit status 1."""
-    from .facemodel import ModelFileError
+    from .model.facemodel import ModelFileError
 
     args = build_parser().parse_args(argv)
     try:

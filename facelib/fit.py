@@ -8,10 +8,10 @@ with the input image::
     E(theta) = w_lan E_lan + w_photo E_photo + w_reg E_prior
 
 - ``E_lan`` (:func:`e_landmark`): the 68 landmarks, Tewari et al. 2018 Eq. 10, with the sliding jaw
-  contour (:func:`facelib.selfsup.slide_contour`, re-chosen at every step);
+  contour (:func:`facelib.mofa.selfsup.slide_contour`, re-chosen at every step);
 - ``E_photo`` (:func:`e_photo_dense`): the l2,1 colour error of Tewari Eq. 9, taken per pixel of the
   rasterised face (the differentiable PyTorch path of :func:`facelib.render.render`) over the face mask;
-- ``E_prior`` (:func:`e_prior`): the statistical prior of Eq. 11 (:func:`facelib.selfsup.e_std`).
+- ``E_prior`` (:func:`e_prior`): the statistical prior of Eq. 11 (:func:`facelib.mofa.selfsup.e_std`).
 
 Coarse to fine (:func:`fit`): first the pose alone on the landmarks, then pose, shape and expression
 on the landmarks and the prior (no rasterisation: only the landmark and contour-candidate vertices,
@@ -20,7 +20,7 @@ robust least squares), then everything on the whole energy (about 0.15-0.2 s a s
 CPU: the render and its backward pass over the 22.6k vertices).
 
 Measured on synthetic faces (8 Sec. 5 faces, seed 11, 128 px, ``iters=(200, 80)``, one CPU thread):
-the NoW-style error (:func:`facelib.metrics.now_error`) of the fitted geometry is 1.23 mm against the
+the NoW-style error (:func:`facelib.eval.metrics.now_error`) of the fitted geometry is 1.23 mm against the
 mean face's 2.74 mm (1.42 mm after stage 1 alone), at 20-25 s per face on our shared 2-core CPU (0.8 s
 for stage 1).  ``w_reg = 0.01`` was the best of 0.002, 0.01, 0.03 and 0.1 for stage 1's geometry,
 with exact landmarks and with 1.5 px of noise on them.
@@ -38,13 +38,13 @@ from typing import NamedTuple
 
 import torch
 
-from .camera import Camera
-from .facemodel import N_LANDMARKS, FaceModel
-from .params import N_ILLUMINATION, N_SH, ParamLayout, SEC5_SH_CONSTANT, rot_xyz
-from .points import backface_visibility, inside_image, project_points, sample_image
+from .render.camera import Camera
+from .model.facemodel import N_LANDMARKS, FaceModel
+from .model.params import N_ILLUMINATION, N_SH, ParamLayout, SEC5_SH_CONSTANT, rot_xyz
+from .render.points import backface_visibility, inside_image, project_points, sample_image
 from .render import Render, face_camera, render
-from .selfsup import e_sparse, e_std, slide_contour
-from .shading import sh_irradiance_basis, vertex_normals
+from .mofa.selfsup import e_sparse, e_std, slide_contour
+from .render.shading import sh_irradiance_basis, vertex_normals
 
 __all__ = [
     "FitWeights",
@@ -194,7 +194,7 @@ def _sparse_geometry(sp: _Sparse, theta_s: torch.Tensor, theta_e: torch.Tensor) 
 def _project(model: FaceModel, p: dict, cam: Camera, verts: torch.Tensor | None = None):
     """Every vertex of the face ``p`` (unpacked :func:`fit_layout` parts), or ``verts (B, K, 3)``
     model-space points, through ``cam`` with the pose of :func:`render_fit`, without rasterising ->
-    :class:`facelib.points.ProjectedPoints`."""
+    :class:`facelib.render.points.ProjectedPoints`."""
     v = model.geometry(p["shape"], p["expression"]) if verts is None else verts  # Eq. 2
     R = cam.R.to(v) @ rot_xyz(p["rotation"])  # Sec. 4.2, camera @ head
     return project_points(v, R, cam.t.to(v) + p["translation"], cam.focal, _pp(cam, v))
@@ -242,7 +242,7 @@ def e_landmark(f: torch.Tensor, u: torch.Tensor, v_cam: torch.Tensor, landmark_i
     ``f (B, 68, 2)`` detected landmarks in pixels; ``u (B, V, 2)`` projected and ``v_cam (B, V, 3)``
     camera-space vertices; ``landmark_ids (68,)``, ``sliding (68,)`` and ``candidates (17, K)`` as the
     model's ``landmarks``, ``landmark_sliding``, ``contour_candidates`` (indices into V).  The target
-    vertex ``k_f`` of a jaw point is re-chosen on its ray (:func:`facelib.selfsup.slide_contour`).
+    vertex ``k_f`` of a jaw point is re-chosen on its ray (:func:`facelib.mofa.selfsup.slide_contour`).
     Errors in percent of ``image_height``; ``confidence (B, 68)`` weights the points (Eq. 10's ``c_f``,
     default 1).  -> ``(B,)``.
     """
@@ -267,7 +267,7 @@ def e_photo_dense(image: torch.Tensor, target: torch.Tensor, weight: torch.Tenso
 
 def e_prior(theta_s: torch.Tensor, theta_e: torch.Tensor, theta_r: torch.Tensor,
             weights: FitWeights = FIT_WEIGHTS) -> torch.Tensor:
-    """Tewari et al. 2018 Eq. 11 (:func:`facelib.selfsup.e_std`): ``||theta_s||^2 + w_e ||theta_e||^2 +
+    """Tewari et al. 2018 Eq. 11 (:func:`facelib.mofa.selfsup.e_std`): ``||theta_s||^2 + w_e ||theta_e||^2 +
     w_rstd ||theta_r||^2`` (coefficients in units of sigma); ``(B, N_s)``, ``(B, N_e)``, ``(B, N_r)`` ->
     ``(B,)``."""
     return e_std(theta_s, theta_e * math.sqrt(weights.expression), theta_r, weights.rstd)  # Eq. 11

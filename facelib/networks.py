@@ -45,7 +45,7 @@ IFN_DEFAULT_ROW = "+ breeding (= InverseFaceNet)"
 FORMAT = 1
 _REGRESSOR_KEYS = ("size", "alexnet_width", "alexnet_fc", "alexnet_stride", "resnet_width", "resnet_blocks", "norm",
                    "dropout", "standardize")
-# MoFA's crop of a frame, placed as its training frames place the face (facelib.wild.wild_batch, measured
+# MoFA's crop of a frame, placed as its training frames place the face (facelib.data.wild.wild_batch, measured
 # on 256 faces: the landmarks span 0.58 of the frame, their box's centre 0.098 of the frame below its
 # centre): the landmark box plus 35% on every side (mofa.photo_corpus's margin), moved up by 0.098 side.
 MOFA_MARGIN = PHOTO_MARGIN
@@ -63,7 +63,7 @@ class NetworkNotFoundError(FileNotFoundError):
 
 def networks_dir() -> Path:
     """``$FACELIB_CACHE/networks`` or ``~/.cache/facelib/networks``: the published networks."""
-    from .open_model import cache_dir
+    from .model.open_model import cache_dir
 
     return cache_dir() / "networks"
 
@@ -91,7 +91,7 @@ def publish_inversefacenet(model, cfg: dict, row: str, seed: int, kind: str, net
     face model's key and name, and the book profile ``cfg`` belongs to.  ``key``: the training cache's
     key of the run (:func:`facelib.inversefacenet.train_row`), so two runs never share a file."""
     from ._atomic import atomic_path
-    from .corpus import _model_key
+    from .data.corpus import _model_key
 
     path = networks_dir() / "inversefacenet" / f"{_slug(row)}-s{int(seed)}-{key}.pt"
     if path.exists():
@@ -115,7 +115,7 @@ def save_network(name: str, net: torch.nn.Module, config: dict, model, profile: 
     model's key and name, the profile and the seed.  Returns the path."""
     from ._atomic import atomic_path
     from .book import PROFILES
-    from .corpus import _model_key
+    from .data.corpus import _model_key
 
     if name not in _SAVED:
         raise ValueError(f"save_network saves {_SAVED}; InverseFaceNet and MoFA save themselves (got {name!r})")
@@ -163,9 +163,9 @@ def _mofa_candidates(name: str, model, seed: int | None = None) -> list:
     decoder is ``model`` (full, or decimated to the checkpoint's ``n_vertices``: the key MoFA records is
     its decoder's), in :data:`PROFILE_ORDER`; each with its ``profile``, ``seed`` (0 for the final
     level, which has one file per profile), ``path`` and ``record``."""
-    from .corpus import _model_key
+    from .data.corpus import _model_key
     from .mofa import out_dir
-    from .multilevel import decimate
+    from .mofa.multilevel import decimate
 
     keys, out = {}, []
     for prof in PROFILE_ORDER:
@@ -197,7 +197,7 @@ def available_networks(model="open") -> list:
     one dict per network file with ``name``, ``row`` (InverseFaceNet), ``seed``, ``profile``, ``iters``
     or ``step``, and ``path``."""
     from . import FaceModel, load_model
-    from .corpus import _model_key
+    from .data.corpus import _model_key
 
     m = model if isinstance(model, FaceModel) else load_model(model)
     key = _model_key(m)
@@ -230,11 +230,11 @@ class TrainedNetwork:
     @torch.no_grad()
     def crop(self, image: torch.Tensor, landmarks: torch.Tensor) -> dict:
         """The network's input made from frames ``image (B, 3, H, W)`` in [0, 1] and their 68 landmarks
-        ``(B, 68, 2)`` (pixels): InverseFaceNet's Sec. 6.1 crop (:func:`facelib.corpus.network_input`:
+        ``(B, 68, 2)`` (pixels): InverseFaceNet's Sec. 6.1 crop (:func:`facelib.data.corpus.network_input`:
         landmark box plus 8%, masked by the landmark outline) or MoFA's square, placed as in its training
         frames (:data:`MOFA_MARGIN`, :data:`MOFA_CENTRE_Y`).  Returns ``crop (B, 3, N, N)`` in
         [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels."""
-        from .corpus import crop_to_box, landmark_box, network_input
+        from .data.corpus import crop_to_box, landmark_box, network_input
 
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image has shape {tuple(image.shape)}; expected (B, 3, H, W) RGB in [0, 1]")
@@ -259,7 +259,7 @@ class TrainedNetwork:
     def _coarse_box(self, landmarks: torch.Tensor) -> torch.Tensor:
         """CoarseNet's crop ``(B, 3)``: the square that puts the landmarks where the mean face's lie at
         its start ``r_0 = 0`` (the centred frontal mean face of :func:`facelib.coarse_fine.coarse_iterate`)."""
-        from .corpus import landmark_box
+        from .data.corpus import landmark_box
 
         space, N = self.meta["space"], self.size
         m = space.model
@@ -272,7 +272,7 @@ class TrainedNetwork:
     @torch.no_grad()
     def predict(self, image: torch.Tensor, landmarks: torch.Tensor) -> dict:
         """The network's part alone: :meth:`crop` and one forward pass.  Returns ``theta (B, m)``
-        (InverseFaceNet: Eq. 1 layout of ``model``; MoFA: its code, :func:`facelib.multilevel.code_layout`)
+        (InverseFaceNet: Eq. 1 layout of ``model``; MoFA: its code, :func:`facelib.mofa.multilevel.code_layout`)
         with ``crop`` and ``box``."""
         c = self.crop(image, landmarks)
         dev = next(self.net.parameters()).device
@@ -283,7 +283,7 @@ class TrainedNetwork:
                                self.size)[-1]
             return {"theta": r.cpu(), **c}
         if self.method == "inversefacenet":
-            from .corpus import to_network
+            from .data.corpus import to_network
             from .inversefacenet import predict
 
             return {"theta": predict(self.net, to_network(c["crop"]).to(dev)).cpu(), **c}
@@ -292,16 +292,16 @@ class TrainedNetwork:
     @torch.no_grad()
     def estimate(self, image: torch.Tensor, landmarks: torch.Tensor) -> dict:
         """Reconstruct the faces of frames ``image (B, 3, H, W)`` in [0, 1] with 68 landmarks
-        ``(B, 68, 2)`` in pixels (detected, e.g. :func:`facelib.photos.detect_landmarks`).
+        ``(B, 68, 2)`` in pixels (detected, e.g. :func:`facelib.data.photos.detect_landmarks`).
 
-        Returns ``theta (B, m)`` and ``layout`` (InverseFaceNet: :class:`facelib.params.ParamLayout`
+        Returns ``theta (B, m)`` and ``layout`` (InverseFaceNet: :class:`facelib.model.params.ParamLayout`
         of ``model``; MoFA: its code layout; CoarseNet: ``r`` after its iterations, shape, expression,
         pose; its albedo is the model's mean and its pictures are grey under a fixed light), ``verts (B, K, 3)`` (model space, mm), ``albedo (B, K, 3)``,
         ``faces (F, 3)`` (K = the model's vertices; MoFA: its decimated template), ``crop``, ``box``
         (:meth:`crop`), ``rendering (B, 3, N, N)`` / ``mask (B, N, N)`` (the estimate drawn in the crop,
         shaded with the estimated light), ``albedo_rendering (B, 3, N, N)`` (unlit) and ``landmarks
         (B, 68, 2)``: the estimate's own landmarks projected into the input frame (pixels)."""
-        from .params import ParamLayout
+        from .model.params import ParamLayout
 
         c = self.predict(image, landmarks)
         theta = c.pop("theta")
@@ -323,8 +323,8 @@ class TrainedNetwork:
                         v.mask[:, None], torch.full_like(v.image, 0.7), torch.ones_like(v.image)).expand(-1, 3, -1, -1),
                     "mask": v.mask, "landmarks": _to_frame(u, c["box"], self.size), **c}
         if self.method == "inversefacenet":
-            from .corpus import crop_to_box, landmark_box
-            from .params import unlit
+            from .data.corpus import crop_to_box, landmark_box
+            from .model.params import unlit
             from .render import landmarks_2d, render
 
             lay = ParamLayout.from_model(self.model)
@@ -385,7 +385,7 @@ def load_network(name: str = "inversefacenet", *, row: str | None = None, seed: 
     """
     from . import FaceModel, load_model
     from .book import PROFILES
-    from .corpus import _model_key
+    from .data.corpus import _model_key
     from .device import pick_device
 
     if name not in NETWORKS:

@@ -1,9 +1,9 @@
 """Evaluation on a real photo: reconstruct the face of one photo and write it as files (``facelib
 reconstruct``).
 
-:func:`reconstruct_photo` reads the photo (:func:`facelib.photos.read_photo`), finds the 68 landmarks of
-the largest face (:func:`facelib.photos.detect_landmarks`), crops the square around them
-(:func:`facelib.photos.landmark_crop`) and fits the face model to the crop (:func:`facelib.fit.fit`);
+:func:`reconstruct_photo` reads the photo (:func:`facelib.data.photos.read_photo`), finds the 68 landmarks of
+the largest face (:func:`facelib.data.photos.detect_landmarks`), crops the square around them
+(:func:`facelib.data.photos.landmark_crop`) and fits the face model to the crop (:func:`facelib.fit.fit`);
 the result is then drawn back into the photo's own frame (the crop camera scaled and moved to the
 photo).  :func:`write_reconstruction` writes ``mesh.obj`` and ``mesh.ply`` (model space, mm, the fitted
 albedo as vertex colours), ``albedo.png`` (the unlit albedo in the photo's view), ``overlay.png`` (the
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .camera import Camera
+from .render.camera import Camera
 
 __all__ = ["METHODS", "reconstruct_photo", "write_reconstruction", "photo_camera", "paste_crop", "face_panels"]
 
@@ -60,8 +60,8 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
     """
     from . import FaceModel, load_model
     from .fit import fit, render_fit
-    from .params import unlit
-    from .photos import detect_landmarks, landmark_crop, read_photo
+    from .model.params import unlit
+    from .data.photos import detect_landmarks, landmark_crop, read_photo
     from .render import face_camera
 
     if method not in METHODS:
@@ -119,7 +119,7 @@ def reconstruct_photo(path, method: str = "fit", size: int = 128, iters: tuple =
 
 
 def paste_crop(crop: torch.Tensor, box: torch.Tensor, photo_hw: tuple, mode: str = "bilinear") -> torch.Tensor:
-    """The inverse of :func:`facelib.corpus.crop_to_box`: resample ``crop (B, C, N, N)`` of the square
+    """The inverse of :func:`facelib.data.corpus.crop_to_box`: resample ``crop (B, C, N, N)`` of the square
     ``box (B, 3)`` (centre x, centre y, side; photo pixels) into the photo's frame ``(B, C, H, W)``
     (zeros outside the box).  A photo pixel centre ``x`` reads the crop at ``2 (x - c) / side`` in
     grid_sample's normalised coordinates."""
@@ -178,7 +178,7 @@ def face_panels(rec: dict, size: int = 192, margin: float = 0.3) -> torch.Tensor
     over it, the reconstruction alone) cut to the square around the detected landmarks (``margin`` of
     the landmark box added on each side) and resampled to ``size``: ``(3, 3, size, size)`` in [0, 1],
     for looking at the face when it fills little of the photo."""
-    from .corpus import crop_to_box, landmark_box
+    from .data.corpus import crop_to_box, landmark_box
 
     o = torch.as_tensor(rec["overlay"], dtype=torch.float32)  # (H, 3W, 3)
     W = o.shape[1] // 3
@@ -191,7 +191,7 @@ def write_reconstruction(rec: dict, out_dir) -> list:
     """Write :func:`reconstruct_photo`'s result into ``out_dir`` (created): ``mesh.obj``, ``mesh.ply``,
     ``albedo.png``, ``overlay.png``, ``params.json``, each atomically.  Returns the paths."""
     from ._atomic import atomic_write_bytes
-    from .export import save_image, save_obj, save_ply
+    from .eval.export import save_image, save_obj, save_ply
 
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

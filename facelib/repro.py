@@ -19,7 +19,7 @@ import torch
 
 __all__ = ["environment", "cpu_flags", "cpu_summary", "kernels", "SIMD_FLAGS"]
 
-# the /proc/cpuinfo flags that change which code paths and instructions run (ours: facelib._zchunk,
+# the /proc/cpuinfo flags that change which code paths and instructions run (ours: facelib.render.fast._zchunk,
 # _resolve, _gemm; PyTorch's and OpenBLAS's kernels)
 SIMD_FLAGS = ("sse4_2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512dq", "avx512cd", "avx512bw",
               "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -124,7 +124,7 @@ def kernels() -> dict:
     """Which of facelib's CPU kernels run on this CPU (compiling them on first use, a few seconds):
     ``{"gemm": ..., "zbuffer": ..., "resolve": ...}``, each "llvm" or the reason for the Numba/NumPy
     fallback."""
-    from . import _gemm, _resolve, _zchunk
+    from .render.fast import _gemm, _resolve, _zchunk
     out = {"gemm": "llvm" if _gemm.available() else f"numpy ({_gemm._STATE['error']})"}
     for key, mod in (("zbuffer", _zchunk), ("resolve", _resolve)):
         out[key] = "llvm" if mod.address() else f"numba ({mod._STATE['error']})"

@@ -21,10 +21,10 @@ import torch
 
 import facelib
 from facelib.bench import bench_render
-from facelib.export import save_image, save_obj
-from facelib.facemodel import FaceModel, ModelFileError
-from facelib.params import ParamLayout, sample_sec5
-from facelib.photos import load_photos
+from facelib.eval.export import save_image, save_obj
+from facelib.model.facemodel import FaceModel, ModelFileError
+from facelib.model.params import ParamLayout, sample_sec5
+from facelib.data.photos import load_photos
 from facelib.render import render
 from test_loaders import bfm_dict, grid_mesh, make_obj_folder, orthogonal_modes, save_mat
 
@@ -111,7 +111,7 @@ def _obj_bad_line(folder):
 
 def _obj_fewer_vertices(folder):
     verts, _ = grid_mesh()
-    from facelib.loaders import write_obj
+    from facelib.model.loaders import write_obj
 
     write_obj(folder / "expression" / "bs_00.obj", verts[:25])
     return folder
@@ -347,7 +347,7 @@ def test_photo_exif_orientation_is_applied(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
     Image.fromarray(img).save(tmp_path / "a.jpg", exif=exif, quality=95)
-    from facelib.photos import _read
+    from facelib.data.photos import _read
 
     up = _read(tmp_path / "a.jpg")
     assert up.shape == (60, 40, 3) and up[:25].mean() > 200 and up[35:].mean() < 50  # white on top

@@ -391,7 +391,7 @@ def _explorer_error(driver, model) -> dict:
     """Largest differences between the page's face and facelib's for the page's current sliders."""
     import numpy as np
 
-    from facelib.explorer import explorer_face
+    from facelib.book.explorer import explorer_face
 
     params = driver.execute_script("return window.facelibExplorer.instances[0].params()")
     state = driver.execute_script("return window.facelibExplorer.instances[0].state()")
@@ -410,7 +410,7 @@ def _explorer_image_error(driver, model, params: dict) -> dict:
     import numpy as np
     from PIL import Image
 
-    from facelib.explorer import IMAGE_SIZE, explorer_theta
+    from facelib.book.explorer import IMAGE_SIZE, explorer_theta
     from facelib.render import render
 
     url = driver.execute_script("return window.facelibExplorer.instances[0].canvas.toDataURL('image/png')")
@@ -428,7 +428,7 @@ def test_face_explorer(server, driver):
     import numpy as np
 
     import facelib
-    from facelib.explorer import asset_name
+    from facelib.book.explorer import asset_name
 
     page = HTML / "book" / f"{CHAPTERS[0]}.html" if CHAPTERS else None
     if page is None or "facelib-explorer" not in page.read_text():

@@ -7,8 +7,8 @@ import os
 import pytest
 import torch
 
-import facelib.open_model
-from facelib.facemodel import FaceModel
+import facelib.model.open_model
+from facelib.model.facemodel import FaceModel
 from facelib.mofa import _save, make_corpus, train
 from test_mofa import net_for, small  # noqa: F401 (small is a fixture)
 from test_multilevel import grid_model
@@ -35,9 +35,9 @@ def _save_checkpoint(path, barrier, model):
 def _build_open_model(path, barrier, model):
     """``open_model()`` into an empty cache, with a tiny stand-in for the (10 s) builder."""
     os.environ["FACELIB_CACHE"] = str(path.parent)
-    facelib.open_model.build_open_model = lambda progress=True: model
+    facelib.model.open_model.build_open_model = lambda progress=True: model
     barrier.wait()
-    facelib.open_model.open_model(progress=False)
+    facelib.model.open_model.open_model(progress=False)
 
 
 @pytest.mark.parametrize("writer", [_save_model, _save_checkpoint, _build_open_model])

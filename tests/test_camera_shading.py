@@ -1,5 +1,5 @@
-"""Image formation: cameras (facelib.camera), SH shading (facelib.shading), point rendering
-(facelib.points).  Closed-form references, quadrature on the sphere, and float64 gradchecks."""
+"""Image formation: cameras (facelib.render.camera), SH shading (facelib.render.shading), point rendering
+(facelib.render.points).  Closed-form references, quadrature on the sphere, and float64 gradchecks."""
 
 import math
 
@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from facelib.camera import (default_camera, focal_from_fov, image_hw, look_at, perspective_project,
+from facelib.render.camera import (default_camera, focal_from_fov, image_hw, look_at, perspective_project,
                             rigid_transform, weak_perspective_project)
-from facelib.params import illumination_rgb, rot_xyz
-from facelib.points import (backface_visibility, inside_image, project_points, render_points,
+from facelib.model.params import illumination_rgb, rot_xyz
+from facelib.render.points import (backface_visibility, inside_image, project_points, render_points,
                             sample_image)
-from facelib.shading import (SH_IRRADIANCE_CONSTANTS, face_normals, gamma_from_radiance,
+from facelib.render.shading import (SH_IRRADIANCE_CONSTANTS, face_normals, gamma_from_radiance,
                              sh_basis, sh_first_order_basis, sh_irradiance_basis, shade,
                              shade_first_order, vertex_normals)
 
@@ -406,7 +406,7 @@ def test_bad_inputs_raise():
 
 def test_vertex_normals_numba_twin_matches_autograd_path():
     """Under no_grad the Numba twin runs; it must give the PyTorch path's normals."""
-    from facelib.shading import vertex_normals
+    from facelib.render.shading import vertex_normals
 
     g = torch.Generator().manual_seed(0)
     verts = torch.randn(3, 40, 3, generator=g, dtype=torch.float64)
@@ -420,7 +420,7 @@ def test_vertex_normals_numba_twin_matches_autograd_path():
 
 
 def test_shade_numba_twin_matches_autograd_path():
-    from facelib.shading import shade
+    from facelib.render.shading import shade
 
     g = torch.Generator().manual_seed(1)
     n = torch.nn.functional.normalize(torch.randn(2, 50, 3, generator=g, dtype=torch.float64), dim=-1)

@@ -1,20 +1,20 @@
 """CoarseNet, the rendering layer and FineNet (facelib.coarse_fine, Richardson et al. 2017 Sec. 3-4):
 the rendering layer's gradient (Eq. 7) against finite differences, GMSE (Eq. 4) against the meshes,
-Eq. 3, the renders' conventions against facelib.sfs, network shapes and one step of each training loop."""
+Eq. 3, the renders' conventions against facelib.coarse_fine.sfs, network shapes and one step of each training loop."""
 
 import copy
 
 import pytest
 import torch
 
-from facelib import sfs
+from facelib.coarse_fine import sfs
 from facelib.coarse_fine import (FineNet, CoarseNet, CoarseSpace, P_EXACT, P_START, align_depth, coarse_input,
                                  coarse_iterate, coarse_loss, coarse_step, depth_errors, depth_from_screen,
                                  feedback_state, finenet_data, finenet_refine, geometry_errors,
                                  geometry_references, gmse, make_faces, pooled_rms,
                                  render_view, rendering_layer, sample_appearance, sample_r,
                                  texture_maps, train_coarsenet, train_end_to_end, train_finenet)
-from facelib.detail import detail_displacement
+from facelib.model.detail import detail_displacement
 
 D = torch.float64
 
@@ -151,7 +151,7 @@ def test_coarse_input_masks(space):
 
 
 def test_renders_agree_with_the_sfs_conventions(open_model):
-    """The normal map of a render, the normals of its depth map by finite differences (facelib.sfs) and
+    """The normal map of a render, the normals of its depth map by finite differences (facelib.coarse_fine.sfs) and
     the first-order lighting fit on a face lit by first-order light agree."""
     sp = CoarseSpace.from_model(open_model, 4, 2)
     S = 96
@@ -174,7 +174,7 @@ def test_renders_agree_with_the_sfs_conventions(open_model):
     l = sfs.solve_lighting(I, mu, nm, valid)
     fit = mu * sfs.shading_image(l, nm)
     rms = ((fit - I)[valid] ** 2).mean().sqrt()
-    assert rms < 2.0  # grey levels: the SH conventions of facelib.shading and Eq. 9 match
+    assert rms < 2.0  # grey levels: the SH conventions of facelib.render.shading and Eq. 9 match
     assert (l[:, 3] > 0).all()  # light from the front (+z, towards the viewer)
 
 

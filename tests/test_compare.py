@@ -1,11 +1,11 @@
-"""facelib.compare: methods scored alike on the same frames (the fitting chapter's measures)."""
+"""facelib.eval.compare: methods scored alike on the same frames (the fitting chapter's measures)."""
 
 import pytest
 import torch
 
-from facelib import compare
-from facelib.params import ParamLayout
-from facelib.wild import wild_batch
+from facelib.eval import compare
+from facelib.model.params import ParamLayout
+from facelib.data.wild import wild_batch
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -1,11 +1,11 @@
-"""Fine detail beyond the 3DMM (facelib.detail): determinism, mask, amplitude bound, the features
+"""Fine detail beyond the 3DMM (facelib.model.detail): determinism, mask, amplitude bound, the features
 where they should be, and the displacement along the normals."""
 
 import pytest
 import torch
 
-from facelib.detail import apply_detail, detail_displacement, detail_mask
-from facelib.shading import vertex_normals
+from facelib.model.detail import apply_detail, detail_displacement, detail_mask
+from facelib.render.shading import vertex_normals
 
 
 def test_deterministic_and_batch_independent(open_model):

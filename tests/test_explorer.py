@@ -1,4 +1,4 @@
-"""The book's face explorer data (facelib.explorer): the asset the page decodes holds the model's mean
+"""The book's face explorer data (facelib.book.explorer): the asset the page decodes holds the model's mean
 and first bases to well within the explorer's tolerances, and explorer_face is the face facelib's
 renderer shades for the same sliders. (The page itself is checked in tests/test_browser.py.)"""
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import facelib
-from facelib.explorer import (IMAGE_SIZE, N_COMPONENTS, asset_name, explorer_arrays, explorer_face,
+from facelib.book.explorer import (IMAGE_SIZE, N_COMPONENTS, asset_name, explorer_arrays, explorer_face,
                               explorer_html, explorer_theta, write_asset)
 from facelib.render import face_camera, render
 
@@ -75,7 +75,7 @@ def test_explorer_face_is_what_render_shades(model):
 
 def test_explorer_theta_layout(model):
     theta = explorer_theta(model, {"shape": [1.0] * 12, "sh": [0.5] + [0.0] * 8, "yaw": 90.0})
-    from facelib.params import ParamLayout
+    from facelib.model.params import ParamLayout
 
     p = ParamLayout.from_model(model).unpack(theta)
     assert p["shape"][0, :12].tolist() == [1.0] * 12 and p["shape"][0, 12:].abs().sum() == 0

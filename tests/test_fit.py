@@ -5,8 +5,8 @@ import torch
 
 from facelib.fit import (FIT_WEIGHTS, e_landmark, e_photo_dense, e_prior, fit, fit_layout, init_illumination,
                          initial_theta, render_fit, to_fit_layout)
-from facelib.metrics import now_error
-from facelib.params import ParamLayout, sample_sec5
+from facelib.eval.metrics import now_error
+from facelib.model.params import ParamLayout, sample_sec5
 from facelib.render import landmarks_2d, render
 
 SIZE = 96

@@ -1,17 +1,17 @@
-"""facelib._gemm: the packed-basis micro-kernel of the fused renderer's Eq. 2-3 products, against a
+"""facelib.render.fast._gemm: the packed-basis micro-kernel of the fused renderer's Eq. 2-3 products, against a
 float64 reference, for every row and column remainder of its blocking and any split over threads."""
 
 import numpy as np
 import pytest
 
-from facelib import _gemm
+from facelib.render.fast import _gemm
 
 needs_kernel = pytest.mark.skipif(not _gemm.available(), reason=f"no micro-kernel here: {_gemm._STATE['error']}")
 
 
 @pytest.fixture(params=[(8, 32), (6, 16)], ids=["avx512-blocks", "avx2-blocks"])
 def shape(request, monkeypatch):
-    """Both block shapes of :func:`facelib._gemm._shape`, whatever this CPU picks (the other one
+    """Both block shapes of :func:`facelib.render.fast._gemm._shape`, whatever this CPU picks (the other one
     still compiles and runs here: LLVM lowers the vectors to the registers it has)."""
     monkeypatch.setitem(_gemm._STATE, "shape", request.param)
     return request.param

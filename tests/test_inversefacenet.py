@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import facelib
-from facelib.corpus import (SyntheticCorpus, crop_to_box, landmark_box, landmark_mask, network_input,
+from facelib.data.corpus import (SyntheticCorpus, crop_to_box, landmark_box, landmark_mask, network_input,
                             polygon_mask, render_crops, to_network)
 from facelib.inversefacenet import (TensorCorpus, breed, coefficient_displacement, euclidean_loss,
                                     evaluate, evaluate_theta, make_test_set, model_space_loss,
                                     model_space_weights, paired_test, predict, summarize, train)
 from facelib.nets import AlexNet, ResNet, make_encoder
-from facelib.params import ParamLayout, breed_children, sample_sec5
-from facelib.wild import directional_sh, sample_wild, wild_batch
+from facelib.model.params import ParamLayout, breed_children, sample_sec5
+from facelib.data.wild import directional_sh, sample_wild, wild_batch
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_directional_sh_matches_clamped_cosine():
     d = torch.tensor([[0.0, 0.0, 1.0]], dtype=torch.float64)
     gamma = directional_sh(d, torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0], dtype=torch.float64),
                            torch.ones(1, 3, dtype=torch.float64)).reshape(1, 9, 3)
-    from facelib.shading import shade
+    from facelib.render.shading import shade
     t = torch.linspace(0, np.pi, 7, dtype=torch.float64)
     n = torch.stack([torch.sin(t), torch.zeros_like(t), torch.cos(t)], -1)[None]
     c = shade(torch.ones(1, 7, 3, dtype=torch.float64), n, gamma)[0, :, 0]
@@ -319,8 +319,8 @@ def test_evaluate_oracle_and_paired_test(model):
 
 def test_now_style_error_on_the_first_n_now_faces(model):
     """A test set with ``n_now`` gets the NoW-style error of chapters 5-8 on its first faces: 0 for the
-    truth, the value of facelib.compare.now_mm for an estimate, nan after them; it is a column of Table 1."""
-    from facelib.compare import now_mm
+    truth, the value of facelib.eval.compare.now_mm for an estimate, nan after them; it is a column of Table 1."""
+    from facelib.eval.compare import now_mm
     from facelib.inversefacenet import mean_face_theta, rows_json, table1_markdown
 
     test = make_test_set(model, "synthetic", 5, seed=3, size=32, n_now=2)
@@ -352,7 +352,7 @@ def _write_photos(folder, model):
 
 
 def test_load_photos_central_square(model, tmp_path):
-    from facelib.photos import load_photos
+    from facelib.data.photos import load_photos
 
     _write_photos(tmp_path, model)
     out = load_photos(tmp_path, 48, detector=None, progress=False)
@@ -371,7 +371,7 @@ def test_load_photos_central_square(model, tmp_path):
 
 def test_load_photos_haar(model, tmp_path):
     pytest.importorskip("cv2")
-    from facelib.photos import haar_face_boxes, load_photos
+    from facelib.data.photos import haar_face_boxes, load_photos
 
     _write_photos(tmp_path, model)
     blank = tmp_path / "blank"
@@ -428,7 +428,7 @@ def test_lr_at_warmup_and_cosine():
 
 
 def test_sec5_moments_match_samples(model):
-    from facelib.params import sec5_moments
+    from facelib.model.params import sec5_moments
 
     mean, std = sec5_moments(model)
     th = sample_sec5(model, 20000, seed=4).double()
@@ -438,7 +438,7 @@ def test_sec5_moments_match_samples(model):
 
 def test_standardized_outputs_start_at_the_prior_mean(model):
     from facelib.nets import Standardized
-    from facelib.params import sec5_moments
+    from facelib.model.params import sec5_moments
 
     mean, std = sec5_moments(model)
     torch.manual_seed(0)
@@ -470,7 +470,7 @@ def test_model_space_weights_rms_units(model):
 
 
 def test_fresh_corpus_is_seeded_and_never_repeats(model):
-    from facelib.corpus import FreshCorpus
+    from facelib.data.corpus import FreshCorpus
 
     aug = dict(landmark_noise=0.012, blur_px=(0.0, 1.0), noise_std=(0.0, 0.02), jpeg_quality=(40, 90))
     c = FreshCorpus(model, seed=3, size=32, augment=aug)
@@ -526,7 +526,7 @@ def test_size_share_finds_the_head_size_component(model):
 
 def test_truncation_floor_against_brute_force(model):
     from facelib.inversefacenet import geometric_errors, reference_rows, truncated_truth, truncation_floor
-    from facelib.metrics import similarity_align
+    from facelib.eval.metrics import similarity_align
 
     test = make_test_set(model, "synthetic", 3, seed=7, size=40)
     L = ParamLayout.from_model(model)

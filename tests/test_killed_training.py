@@ -19,7 +19,7 @@ import sys, torch
 sys.path.insert(0, sys.argv[1])
 import facelib
 from facelib.mofa import make_corpus, train
-from facelib.multilevel import decimate
+from facelib.mofa.multilevel import decimate
 from test_mofa import SIZE, net_for
 m = facelib.load_model("open")
 model, keep = decimate(m, 400)

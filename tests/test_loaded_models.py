@@ -11,9 +11,9 @@ import torch
 
 import facelib
 from facelib.bench import bench_render
-from facelib.params import ParamLayout, sample_sec5
-from facelib.plot import model_preview
-from facelib.raster import HAVE_NUMBA
+from facelib.model.params import ParamLayout, sample_sec5
+from facelib.book.plot import model_preview
+from facelib.render.raster import HAVE_NUMBA
 from facelib.render import face_labels, landmarks_2d, render
 from test_loaders import bfm_dict, make_obj_folder, orthogonal_modes, save_mat
 

@@ -1,4 +1,4 @@
-"""Tests of facelib.loaders: Basel Face Model 2009 .mat, OBJ-folder models, the OBJ reader/writer."""
+"""Tests of facelib.model.loaders: Basel Face Model 2009 .mat, OBJ-folder models, the OBJ reader/writer."""
 
 import re
 
@@ -8,8 +8,8 @@ import scipy.io
 import torch
 
 import facelib
-from facelib.facemodel import FaceModel, ModelFileError
-from facelib.loaders import BFM_KEYS, load_bfm2009, load_obj_folder, read_obj, write_obj
+from facelib.model.facemodel import FaceModel, ModelFileError
+from facelib.model.loaders import BFM_KEYS, load_bfm2009, load_obj_folder, read_obj, write_obj
 
 NX, NY = 6, 5  # a 30-vertex grid mesh
 V = NX * NY

@@ -1,5 +1,5 @@
-"""Tests of facelib.metrics (error measures against closed-form and brute-force references) and
-facelib.export (OBJ / PLY / PNG round trips, atomic writes, error paths)."""
+"""Tests of facelib.eval.metrics (error measures against closed-form and brute-force references) and
+facelib.eval.export (OBJ / PLY / PNG round trips, atomic writes, error paths)."""
 
 import math
 import os
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from facelib.export import image_grid, save_image, save_image_grid, save_obj, save_ply
-from facelib.metrics import (closest_point_on_triangle, depth_error, geometric_rmse, mask_iou,
+from facelib.eval.export import image_grid, save_image, save_image_grid, save_obj, save_ply
+from facelib.eval.metrics import (closest_point_on_triangle, depth_error, geometric_rmse, mask_iou,
                              mesh_to_mesh_rmse, photometric_rgb_distance, photometric_rmse,
                              point_to_surface_distance, similarity_align)
 

@@ -4,15 +4,15 @@ hand-over, resumable training, evaluation and the encoder benchmark (tiny sizes)
 import pytest
 import torch
 
-from facelib.metrics import similarity_align
+from facelib.eval.metrics import similarity_align
 from facelib.mofa import (STAGE2_LR, MoFA, build_mofa, encoder_hz, evaluate, fit_codes, init_translation,
                           learning_curve, loss_terms, make_corpus, mean_errors, mean_face_error, render_level,
                           shift_scale, train)
-from facelib.multilevel import decimate
-from facelib.points import render_points
+from facelib.mofa.multilevel import decimate
+from facelib.render.points import render_points
 from facelib.render import face_camera, render
-from facelib.params import ParamLayout, rot_xyz, sample_sec5
-from facelib.selfsup import STAGE1, STAGE2
+from facelib.model.params import ParamLayout, rot_xyz, sample_sec5
+from facelib.mofa.selfsup import STAGE1, STAGE2
 
 SIZE = 64
 
@@ -339,7 +339,7 @@ def test_now_style_error_of_the_decoder_mesh(small):
     similarity transform of the reconstruction, the mean face's for an untrained encoder's near-mean
     shapes; evaluate(now=True) adds it per level without changing the other measures."""
     from facelib.mofa import mean_face_now, now_error_mm
-    from facelib.params import rot_xyz
+    from facelib.model.params import rot_xyz
 
     model, _, c = small
     net = net_for(model, 2)

@@ -4,10 +4,10 @@ spaces, the two levels, 1-ring edges, the skin mask of Eq. 14 and the decimated 
 import pytest
 import torch
 
-from facelib.facemodel import FaceModel
-from facelib.multilevel import (CORRECTIVE_KINDS, Corrective, MultiLevelModel, code_layout, constancy_mask,
+from facelib.model.facemodel import FaceModel
+from facelib.mofa.multilevel import (CORRECTIVE_KINDS, Corrective, MultiLevelModel, code_layout, constancy_mask,
                                 decimate, one_ring)
-from facelib.shading import vertex_normals
+from facelib.render.shading import vertex_normals
 
 
 def grid_model(n=5, ns=4, ne=3, nr=4, seed=0, dtype=torch.float64) -> FaceModel:
@@ -150,7 +150,7 @@ def test_decimate_keeps_exact_vertices(open_model):
 
 
 def test_best_base_fit_recovers_model_faces_and_leaves_detail():
-    from facelib.multilevel import best_base_fit
+    from facelib.mofa.multilevel import best_base_fit
 
     m = grid_model(6, ns=3, ne=2, nr=3)
     ml = MultiLevelModel(m).double()

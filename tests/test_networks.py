@@ -8,10 +8,10 @@ import pytest
 import torch
 
 import facelib
-from facelib.corpus import SyntheticCorpus, crop_to_box, landmark_box, network_input, to_network
+from facelib.data.corpus import SyntheticCorpus, crop_to_box, landmark_box, network_input, to_network
 from facelib.inversefacenet import predict, train_row
 from facelib.networks import NetworkNotFoundError, available_networks, load_network
-from facelib.wild import wild_batch
+from facelib.data.wild import wild_batch
 
 CFG = dict(size=32, iters=10, batch=4, lr=1e-3, alexnet_width=0.05, alexnet_fc=16, resnet_width=0.05,
            resnet_blocks=(1, 1, 1, 1), breed_rounds=2)

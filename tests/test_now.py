@@ -1,10 +1,10 @@
-"""facelib.metrics.closest_points and now_error: the shared NoW-style geometric error."""
+"""facelib.eval.metrics.closest_points and now_error: the shared NoW-style geometric error."""
 
 import numpy as np
 import pytest
 import torch
 
-from facelib.metrics import _Surface, closest_point_on_triangle, closest_points, now_error, point_to_surface_distance
+from facelib.eval.metrics import _Surface, closest_point_on_triangle, closest_points, now_error, point_to_surface_distance
 
 
 def random_rotation(gen):
@@ -101,7 +101,7 @@ def test_now_error_against_a_brute_force_reference(open_model):
     """Mean face against a Sec. 5 face: the distances are the exact point-to-surface distances of the
     ground-truth points to the aligned reconstruction, the closest points lie on it, and ICP does not
     make the error worse than the landmark alignment alone."""
-    from facelib.params import ParamLayout, sample_sec5
+    from facelib.model.params import ParamLayout, sample_sec5
 
     m = open_model
     lay = ParamLayout.from_model(m)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from facelib import FaceModel
-from facelib.facemodel import LANDMARK_GROUPS
-from facelib.open_model import build_open_model, build_template, positions, mean_identity
+from facelib.model.facemodel import LANDMARK_GROUPS
+from facelib.model.open_model import build_open_model, build_template, positions, mean_identity
 
 
 def test_sizes_and_units(open_model):
@@ -41,7 +41,7 @@ def test_mesh_is_manifold_with_consistent_winding(open_model):
     deg = np.bincount(boundary.ravel(), minlength=open_model.n_vertices)
     assert set(np.unique(deg)) <= {0, 2}  # boundary vertices are manifold
     # exactly one boundary loop: the outer rim of the face
-    from facelib.open_model import _boundary_loops
+    from facelib.model.open_model import _boundary_loops
 
     loops = _boundary_loops(tris)
     assert len(loops) == 1 and len(loops[0]) == int((deg == 2).sum())
@@ -50,7 +50,7 @@ def test_mesh_is_manifold_with_consistent_winding(open_model):
 
 
 def test_normals_point_outwards(open_model):
-    from facelib.open_model import vertex_normals
+    from facelib.model.open_model import vertex_normals
 
     P = open_model.mean_shape.numpy()
     n = vertex_normals(P, open_model.triangles.numpy())

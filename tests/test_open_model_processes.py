@@ -18,7 +18,7 @@ import hashlib, sys, tempfile
 from pathlib import Path
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from facelib.open_model import open_model
+from facelib.model.open_model import open_model
 m = open_model(rebuild=True, progress=False)  # builds and writes the cache, as a first use does
 with tempfile.TemporaryDirectory() as d:
     print(hashlib.sha256(m.save(Path(d) / "m.npz").read_bytes()).hexdigest(), torch.get_num_threads())
@@ -46,7 +46,7 @@ def test_two_processes_build_into_one_empty_cache_with_1_and_2_threads(tmp_path)
     assert digests[0] == digests[1], "the open model's bits depend on the thread count"
     files = sorted(f.name for f in cache.iterdir())
     assert len(files) == 1 and re.fullmatch(r"open-.+-[0-9a-f]{12}\.npz", files[0]), files
-    from facelib.facemodel import FaceModel
+    from facelib.model.facemodel import FaceModel
     with_cache = FaceModel.load(cache / files[0])
     saved = tmp_path / "back.npz"
     assert hashlib.sha256(with_cache.save(saved).read_bytes()).hexdigest() == digests[0]
@@ -65,7 +65,7 @@ def test_readme_python_example_runs_as_written(tmp_path):
     holding the built open model, so the networks it trains are trained, not loaded)."""
     import shutil
 
-    from facelib.open_model import cache_dir
+    from facelib.model.open_model import cache_dir
 
     cache = tmp_path / "cache"
     cache.mkdir()

@@ -1,4 +1,4 @@
-"""Tests for facelib.params: layout (Eq. 1), Rot_xyz (Sec. 4.2), the Sec. 5 sampler, Sec. 7 breeding."""
+"""Tests for facelib.model.params: layout (Eq. 1), Rot_xyz (Sec. 4.2), the Sec. 5 sampler, Sec. 7 breeding."""
 
 import math
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from facelib.facemodel import FaceModel, orthonormal_basis
-from facelib.params import (
+from facelib.model.facemodel import FaceModel, orthonormal_basis
+from facelib.model.params import (
     N_ILLUMINATION,
     ParamLayout,
     breed_children,

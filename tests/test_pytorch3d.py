@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 import torch
 
-from facelib import raster
-from facelib.raster import fragments_from_pix_to_face, rasterize
+from facelib.render import raster
+from facelib.render.raster import fragments_from_pix_to_face, rasterize
 
 pytorch3d = pytest.importorskip("pytorch3d.renderer", reason="PyTorch3D is not installed (optional backend)")
-from facelib.raster import pytorch3d_fragments  # noqa: E402
+from facelib.render.raster import pytorch3d_fragments  # noqa: E402
 
 U = 2.0 ** -24  # float32 unit roundoff
 KEPS = 1e-8  # PyTorch3D's kEpsilon: faces with |A| <= it are skipped, and it is added to A

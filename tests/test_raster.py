@@ -1,11 +1,11 @@
-"""The rasterizer (facelib.raster) against a brute-force per-pixel reference, closed forms, gradcheck."""
+"""The rasterizer (facelib.render.raster) against a brute-force per-pixel reference, closed forms, gradcheck."""
 
 import numpy as np
 import pytest
 import torch
 
-from facelib import raster
-from facelib.raster import Fragments, fragments_from_pix_to_face, interpolate, rasterize
+from facelib.render import raster
+from facelib.render.raster import Fragments, fragments_from_pix_to_face, interpolate, rasterize
 
 BACKENDS = ["torch"] + (["numba"] if raster.HAVE_NUMBA else [])
 

@@ -122,7 +122,7 @@ def test_reconstruct_bad_photos_leave_nothing(tmp_path, capsys, monkeypatch):
 
 
 def test_read_photo_converts_and_says_so(tmp_path):
-    from facelib.photos import read_photo
+    from facelib.data.photos import read_photo
 
     rgb = np.zeros((40, 30, 3), np.uint8)
     rgb[..., 0] = 200
@@ -145,7 +145,7 @@ def test_read_photo_converts_and_says_so(tmp_path):
 def test_detect_landmarks_takes_the_largest_face():
     import matplotlib.cbook as cbook
 
-    from facelib.photos import NoFaceError, detect_landmarks, landmark_crop
+    from facelib.data.photos import NoFaceError, detect_landmarks, landmark_crop
 
     face = np.asarray(Image.open(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)).convert("RGB"))
     small = np.asarray(Image.fromarray(face).resize((256, 300)))
@@ -172,10 +172,10 @@ def test_reconstruct_with_the_saved_networks(open_model, tmp_path, monkeypatch):
     """``--method inversefacenet`` and ``--method mofa`` run the networks the book saved (here tiny ones
     trained into an empty cache): the same files as the fit, the mesh of each network's decoder."""
     from facelib.book import settings
-    from facelib.corpus import SyntheticCorpus
+    from facelib.data.corpus import SyntheticCorpus
     from facelib.inversefacenet import train_row
     from facelib.mofa import make_corpus, stage1_network
-    from facelib.photos import sample_photo
+    from facelib.data.photos import sample_photo
     from facelib.reconstruct import face_panels, reconstruct_photo, write_reconstruction
 
     m = open_model

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from facelib.camera import Camera
-from facelib.params import ParamLayout, sample_sec5
-from facelib.raster import HAVE_NUMBA
+from facelib.render.camera import Camera
+from facelib.model.params import ParamLayout, sample_sec5
+from facelib.render.raster import HAVE_NUMBA
 from facelib.render import depth_map, landmarks_2d, pncc_colors, render
 
 
@@ -242,7 +242,7 @@ def _soup_model(T=120, seed=0):
 def _screen_model(xy, d, g, centre=(32.0, 24.0)):
     """A face model of unshared triangles with corners at pixels ``xy`` (T, 3, 2) and depths ``d``
     (T, 3) mm seen by a test camera (focal 100 px, principal point ``centre``, 10 mm away)."""
-    from facelib.facemodel import FaceModel
+    from facelib.model.facemodel import FaceModel
 
     T = xy.shape[0]
     V = 3 * T
@@ -363,7 +363,7 @@ def test_triangle_chunks_cover_the_triangles_in_order_and_mark_only_strips():
     triangle); long strips are found, short ones and irregular triangles are gathered."""
     import numpy as np
 
-    import facelib.render as R
+    import facelib.render.fast.fused as R
 
     g = np.random.default_rng(0)
     strip = lambda base, n: base + np.arange(n)[:, None] + np.array([0, 1, 40])  # noqa: E731
@@ -384,7 +384,7 @@ def test_triangle_chunks_cover_the_triangles_in_order_and_mark_only_strips():
 
 
 def test_face_ranges_cover_the_batch_once_and_end_one_face_at_a_time():
-    import facelib.render as R
+    import facelib.render.fast.fused as R
 
     for B in range(0, 40):
         for n_jobs in (1, 2, 3):
@@ -402,7 +402,7 @@ def test_fused_offsets_micro_kernel_blas_and_torch_agree(open_model, monkeypatch
     agree to float32 rounding."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import facelib.render as R
+    import facelib.render.fast.fused as R
 
     g = torch.Generator().manual_seed(3)
     coef, basis = torch.randn(7, 19, generator=g), torch.randn(19, 1001, generator=g)
@@ -488,7 +488,7 @@ def test_fused_render_from_two_threads_at_once(open_model):
     NumPy's BLAS thread count is restored afterwards."""
     from concurrent.futures import ThreadPoolExecutor
 
-    import facelib.render as R
+    import facelib.render.fast.fused as R
 
     thetas = [sample_sec5(open_model, 6, seed=s) for s in (30, 31)]
     with torch.no_grad():

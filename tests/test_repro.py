@@ -15,7 +15,7 @@ import torch
 
 from facelib import repro
 from facelib.book import save_results
-from facelib.open_model import cache_dir
+from facelib.model.open_model import cache_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +66,7 @@ import hashlib, json
 import facelib
 import facelib.inversefacenet as ifn
 from facelib.book import settings, setup
-from facelib.corpus import SyntheticCorpus
+from facelib.data.corpus import SyntheticCorpus
 setup(0)
 m = facelib.load_model("open")
 cfg = settings("inversefacenet", "ci")

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from facelib.camera import perspective_project
-from facelib.multilevel import one_ring
-from facelib.points import backproject_rays
-from facelib.selfsup import (STAGE1, STAGE1_PAPER, STAGE2, STAGE2_PAPER, LossWeights, chromaticity_weights, constancy_partners, e_glo,
+from facelib.render.camera import perspective_project
+from facelib.mofa.multilevel import one_ring
+from facelib.render.points import backproject_rays
+from facelib.mofa.selfsup import (STAGE1, STAGE1_PAPER, STAGE2, STAGE2_PAPER, LossWeights, chromaticity_weights, constancy_partners, e_glo,
                              e_photo, e_photo_level, e_ref, e_smo, e_sparse, e_sta, e_std, e_total, laplacian,
                              slide_contour)
 

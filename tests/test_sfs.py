@@ -1,14 +1,14 @@
-"""FineNet's shape-from-shading criterion (facelib.sfs, Richardson et al. Eq. 8-14): closed forms,
+"""FineNet's shape-from-shading criterion (facelib.coarse_fine.sfs, Richardson et al. Eq. 8-14): closed forms,
 least-squares references and float64 gradchecks."""
 
 import numpy as np
 import pytest
 import torch
 
-from facelib.sfs import (LAMBDA_F, LAMBDA_SH, LAMBDA_SM, PAPER, depth_normals, e_f, e_sh, e_sm, interior,
+from facelib.coarse_fine.sfs import (LAMBDA_F, LAMBDA_SH, LAMBDA_SM, PAPER, depth_normals, e_f, e_sh, e_sm, interior,
                          laplacian, recover_light_albedo, sfs_loss, shading_image, smooth_pixels, solve_albedo,
                          solve_lighting)
-from facelib.shading import sh_basis, sh_first_order_basis
+from facelib.render.shading import sh_basis, sh_first_order_basis
 
 D = torch.float64
 

@@ -1,4 +1,4 @@
-"""Plots (facelib.viz): the figure builders carry the traces, frames, slider steps and labelled axes the
+"""Plots (facelib.book.viz): the figure builders carry the traces, frames, slider steps and labelled axes the
 book relies on, and the live panel really recomputes the face when a slider moves."""
 
 import numpy as np
@@ -8,8 +8,8 @@ import torch
 pytest.importorskip("plotly")
 
 import facelib  # noqa: E402
-from facelib import viz  # noqa: E402
-from facelib.params import sample_sec5  # noqa: E402
+from facelib.book import viz  # noqa: E402
+from facelib.model.params import sample_sec5  # noqa: E402
 from facelib.render import landmarks_2d, render  # noqa: E402
 
 
@@ -108,7 +108,7 @@ def test_sh_figures_use_the_library_basis():
     assert len(fig.data) == 9 and all(t.type == "heatmap" for t in fig.data)
     n, inside = viz.sphere_normals(res)
     i, j = res // 2, res // 4
-    from facelib.shading import sh_basis
+    from facelib.render.shading import sh_basis
 
     want = sh_basis(n[i, j][None])[0]
     got = torch.tensor([float(np.asarray(t.z, dtype=float)[i, j]) for t in fig.data])
@@ -141,7 +141,7 @@ def test_live_panel_updates_figure_and_reports_rate(model):
 
 def test_running_mean_against_a_loop():
     import numpy as np
-    from facelib.viz import running_mean
+    from facelib.book.viz import running_mean
     y = np.arange(40.0) ** 1.5
     out = running_mean(y, 5)
     assert np.allclose(out, [y[i:i + 5].mean() for i in range(36)])
@@ -164,7 +164,7 @@ def test_grey_shaded_and_signed_pictures():
     """Chapter 7's pictures: grey to RGB, a depth map lit from the upper left (a plane facing the
     camera is uniform; one tilted towards the light is brighter), and a signed map's colours."""
     import pytest
-    from facelib.viz import grey3, shaded_depth, signed_map
+    from facelib.book.viz import grey3, shaded_depth, signed_map
 
     g = torch.rand(2, 5, 6)
     assert torch.equal(grey3(g), g[:, None].expand(-1, 3, -1, -1)) and grey3(g[:, None]).shape == (2, 3, 5, 6)

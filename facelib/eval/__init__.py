@@ -1,0 +1,4 @@
+"""Evaluation: error metrics (photometric, geometric, NoW-style), export of meshes and images, method comparison.
+
+:mod:`.metrics`, :mod:`.export`, :mod:`.compare`.
+"""

@@ -1,0 +1,911 @@
+"""InverseFaceNet (Kim et al. 2018): losses (Sec. 6.2), training, breeding (Sec. 7) and evaluation (Sec. 8).
+
+* :func:`model_space_weights` and :func:`model_space_loss` are Eq. 6-8; :func:`euclidean_loss` is the
+  plain parameter loss of the baseline.
+* :func:`train` is the training loop (seeded batches, AdamW, progress bar, cached checkpoints).
+* :func:`breed` is Algorithm 1: regress theta for the images of R, perturb each estimate into two
+  children (Sec. 7 noise, :func:`facelib.model.params.breed_children`), render them, continue training.
+* :func:`make_test_set` and :func:`evaluate` measure Sec. 8's errors per image: photometric RMSE in
+  8-bit units inside the face mask, geometric RMSE in mm on corresponding vertices, IoU of the face
+  masks in %, and the test time in ms per image; :func:`paired_test` compares two rows image by image.
+  A test set made with ``n_now`` also gets the book's shared NoW-style error on its first ``n_now``
+  faces (:func:`facelib.eval.compare.now_mm`: landmark + rigid/scale alignment, point-to-surface distance).
+
+Deviations from the paper, all stated in the book: networks are trained from scratch (no ImageNet
+weights here) with AdamW instead of Caffe's AdaDelta, at the profile's size and budget.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._atomic import atomic_path
+from ..data.corpus import network_input, render_crops, to_network
+from ..eval.metrics import geometric_rmse, mask_iou, photometric_rmse
+from ..model.params import ParamLayout, breed_children
+
+__all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_loss", "coefficient_displacement",
+           "TensorCorpus", "lr_at", "train", "predict", "test_time_ms", "breed", "make_test_set", "evaluate_theta", "now_errors",
+           "evaluate", "mean_face_theta",
+           "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
+           "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
+           "compare_rows", "verdict", "rows_json", "curves_json", "size_share", "target_ratios", "MEASURES", "MEASURE_LABELS"]
+
+# Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
+MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
+
+
+# ------------------------------------------------------------------------------------------- losses
+def model_space_weights(model, layout: ParamLayout | None = None, weights: dict | None = None,
+                        units: str = "model") -> torch.Tensor:
+    """Eq. 8: the diagonal of ``Sigma = diag(w_R 1_3, w_s sigma_s, w_e sigma_e, w_r sigma_r, w_i 1_27)``,
+    ``(m,)`` float32, in the order of ``layout`` (default ``ParamLayout.from_model(model)``).
+
+    ``units="model"`` takes the sigmas as the model stores them (Eq. 8 literally; their scale depends on
+    how the model normalises its basis, for ours on the number of vertices).  ``units="rms"`` measures
+    each sigma as the RMS change per vertex that one unit of the coefficient causes
+    (:func:`coefficient_displacement`: mm for shape and expression, albedo units for reflectance), a
+    unit that does not depend on the mesh resolution or the basis normalisation."""
+    layout = layout or ParamLayout.from_model(model)
+    w = dict(MSL_WEIGHTS, **(weights or {}))
+    if units == "model":
+        sig = {"shape": model.sigma_s, "expression": model.sigma_e, "reflectance": model.sigma_r}
+    elif units == "rms":
+        sig = coefficient_displacement(model)
+    else:
+        raise ValueError(f"units must be 'model' or 'rms'; got {units!r}")
+    d = torch.zeros(layout.size, dtype=torch.float32)
+    for name, sl in layout.slices.items():
+        if name not in w:
+            raise ValueError(f"layout entry {name!r} has no model-space weight; give weights[{name!r}]")
+        d[sl] = w[name] * (sig[name].detach().cpu().float() if name in sig else 1.0)
+    return d
+
+
+def model_space_loss(p: torch.Tensor, theta: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Eq. 6-7: ``||p - theta||_A^2 = (p - theta)^T Sigma^T Sigma (p - theta)``, averaged over the batch.
+
+    ``p``, ``theta``: ``(B, m)``; ``sigma``: ``(m,)`` the diagonal of Sigma (:func:`model_space_weights`).
+    Returns a scalar.
+    """
+    if p.shape != theta.shape or p.shape[-1] != sigma.shape[0]:
+        raise ValueError(f"p {tuple(p.shape)}, theta {tuple(theta.shape)} and sigma {tuple(sigma.shape)} "
+                         f"do not match; expected (B, m), (B, m), (m,)")
+    return ((p - theta) * sigma.to(p)).square().sum(-1).mean()
+
+
+def euclidean_loss(p: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Baseline: ``||p - theta||^2`` averaged over the batch; ``(B, m)`` -> scalar."""
+    if p.shape != theta.shape:
+        raise ValueError(f"p has shape {tuple(p.shape)}, theta {tuple(theta.shape)}; expected the same")
+    return (p - theta).square().sum(-1).mean()
+
+
+def coefficient_displacement(model) -> dict:
+    """Why Sec. 6.2 weights by sigma: the RMS vertex displacement (mm) that a unit change of each
+    coefficient causes, ``sigma_i ||b_i|| / sqrt(V)``, per group: ``{"shape": (N_s,), "expression": ...,
+    "reflectance": (N_r,) (albedo units)}``."""
+    V = model.n_vertices
+    out = {}
+    for name, basis, sig in (("shape", model.shape_basis, model.sigma_s),
+                             ("expression", model.expression_basis, model.sigma_e),
+                             ("reflectance", model.albedo_basis, model.sigma_r)):
+        norms = basis.detach().cpu().double().flatten(1).norm(dim=1)
+        out[name] = (sig.detach().cpu().double() * norms / math.sqrt(V)).float()
+    return out
+
+
+# ------------------------------------------------------------------------------------------- data
+class TensorCorpus:
+    """Training pairs held as tensors: ``images (n, 3, N, N) uint8``, ``theta (n, m)``.
+
+    The interface :func:`train` needs (``len`` and ``batch(index)``); :class:`facelib.data.corpus.SyntheticCorpus`
+    has the same one.
+    """
+
+    def __init__(self, images: torch.Tensor, theta: torch.Tensor):
+        if images.shape[0] != theta.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {theta.shape[0]} parameter vectors")
+        self.images, self.theta = images, theta
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def batch(self, index: torch.Tensor):
+        return to_network(self.images[index]), self.theta[index]
+
+
+def checkpoint_dir() -> Path:
+    """``$FACELIB_CACHE/checkpoints`` or ``~/.cache/facelib/checkpoints``."""
+    from ..model.open_model import cache_dir
+
+    return cache_dir() / "checkpoints"
+
+
+def _key(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _batches(n: int, batch: int, iters: int, seed: int):
+    """Seeded random mini-batch indices: epochs of random permutations, ``iters`` batches."""
+    g = torch.Generator().manual_seed(int(seed))
+    perm, pos = torch.randperm(n, generator=g), 0
+    for _ in range(iters):
+        if pos + batch > n:
+            perm, pos = torch.randperm(n, generator=g), 0
+        yield perm[pos:pos + min(batch, n)]
+        pos += batch
+
+
+def lr_at(step: int, total: int, lr: float, schedule: str = "constant", warmup: float = 0.0) -> float:
+    """The learning rate of mini-batch ``step`` (0-based) of ``total``.
+
+    ``"constant"``: ``lr`` throughout (after the warm-up).  ``"cosine"``: a linear warm-up over the
+    first ``warmup * total`` steps, then a cosine decay from ``lr`` to ``lr / 50`` at the last step.
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"schedule must be 'constant' or 'cosine'; got {schedule!r}")
+    if not 0.0 <= warmup < 1.0:
+        raise ValueError(f"warmup must be a fraction in [0, 1); got {warmup!r}")
+    w = int(round(warmup * total))
+    if step < w:
+        return lr * (step + 1) / w
+    if schedule == "constant":
+        return lr
+    t = (step - w) / max(total - w - 1, 1)
+    lo = lr / 50
+    return lo + (lr - lo) * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr: float = 1e-3,
+          weight_decay: float = 1e-3, seed: int = 0, device=None, progress: bool = True,
+          desc: str = "training", cache_key: dict | None = None, optimizer_state: dict | None = None,
+          schedule: str = "constant", warmup: float = 0.0, total_iters: int | None = None,
+          start_iter: int = 0, eval_fn=None, eval_every: int = 0) -> dict:
+    """Train ``net`` on ``corpus`` for ``iters`` mini-batches (Sec. 6.1: batch 32, weight decay 1e-3).
+
+    Args:
+        net: the regressor (trained in place).  corpus: ``len`` and ``batch(index) -> (x, theta)``.
+        loss_fn: ``(p, theta) -> scalar``, e.g. :func:`model_space_loss` with its sigma bound.
+        iters, batch, lr, weight_decay: AdamW schedule.  seed: fixes the batch order.
+        cache_key: if given, a dict that identifies this run (data, net, schedule); the trained weights
+            and the log are saved under :func:`checkpoint_dir` and loaded instead of retraining when the
+            same key is asked for again (the same computation, so the same numbers).
+        optimizer_state: AdamW state to continue from (breeding continues training).
+        schedule, warmup: the learning-rate schedule (:func:`lr_at`) over ``total_iters`` mini-batches
+            (default ``iters``), of which this call runs ``start_iter .. start_iter + iters - 1`` (breeding
+            runs one schedule across its rounds).
+        eval_fn, eval_every: if given, ``eval_fn(net) -> dict`` of held-out errors is called every
+            ``eval_every`` iterations and after the last one (the time it takes is not training time);
+            the results form the learning curve ``log["curve"]``.
+    Corpora with an ``indices(batch, iters, seed)`` method (:class:`facelib.data.corpus.FreshCorpus`) choose
+    their own mini-batches; the others are drawn in seeded random epochs.
+    Returns:
+        log dict: ``loss`` (list per iteration), ``train_s`` (seconds of training), ``iters``,
+        ``optimizer`` (state, for continued training), ``cached`` (bool), ``curve`` (list of
+        ``{"iter", "train_s", **eval_fn(net)}``; empty without ``eval_fn``).
+    """
+    device = torch.device(device) if device is not None else next(net.parameters()).device
+    path = None
+    if cache_key is not None:
+        path = checkpoint_dir() / f"{_key(cache_key)}.pt"
+        if path.exists():
+            try:
+                ck = torch.load(path, map_location=device, weights_only=False)
+                net.load_state_dict(ck["net"])
+                return dict({"curve": []}, **ck["log"], cached=True, optimizer=ck["optimizer"])
+            except Exception:
+                path.unlink(missing_ok=True)
+    from tqdm.auto import tqdm
+
+    net.to(device).train()
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer_state is not None:
+        opt.load_state_dict(optimizer_state)
+    torch.manual_seed(seed)  # dropout
+    total = total_iters or iters
+    losses, curve = [], []
+    t0 = time.perf_counter()
+    spent_eval = 0.0
+
+    def record(i):
+        nonlocal spent_eval
+        te = time.perf_counter()
+        net.eval()
+        row = {"iter": start_iter + i, "train_s": te - t0 - spent_eval, **eval_fn(net)}
+        net.train()
+        curve.append(row)
+        spent_eval += time.perf_counter() - te
+
+    draw = corpus.indices(batch, iters, seed) if hasattr(corpus, "indices") else _batches(len(corpus), batch,
+                                                                                             iters, seed)
+    bar = tqdm(draw, total=iters, desc=desc, disable=not progress)
+    for i, idx in enumerate(bar):
+        if eval_fn is not None and eval_every and i % eval_every == 0 and (i > 0 or start_iter == 0):
+            record(i)  # a continued run (start_iter > 0) starts where the previous call's last point was
+        for group in opt.param_groups:
+            group["lr"] = lr_at(start_iter + i, total, lr, schedule, warmup)
+        x, theta = corpus.batch(idx)
+        loss = loss_fn(net(x.to(device)), theta.to(device))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{desc}: loss became {loss.item()} at iteration {len(losses)}; "
+                                     "lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+        if len(losses) % 25 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.4g}")
+    if eval_fn is not None:
+        record(iters)
+    log = {"loss": losses, "train_s": time.perf_counter() - t0 - spent_eval, "iters": iters, "curve": curve}
+    net.eval()
+    if path is not None:
+        with atomic_path(path) as tmp:
+            torch.save({"net": net.state_dict(), "log": log, "optimizer": opt.state_dict()}, tmp)
+    return dict(log, cached=False, optimizer=opt.state_dict())
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """Regress parameters for network inputs ``x (n, 3, N, N)`` (float in [-0.5, 0.5] or uint8 crops);
+    returns ``(n, m)`` on the CPU."""
+    net.eval()
+    device = next(net.parameters()).device
+    out = []
+    for i in range(0, x.shape[0], batch):
+        xb = x[i:i + batch]
+        xb = to_network(xb) if xb.dtype == torch.uint8 else xb
+        out.append(net(xb.to(device)).float().cpu())
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def test_time_ms(net: torch.nn.Module, size: int, repeats: int = 20) -> float:
+    """Forward time of one image (batch 1) in ms on the net's device (Table 1's test time): the best of
+    ``repeats`` runs, because on a shared machine other jobs only ever add time."""
+    net.eval()
+    device = next(net.parameters()).device
+    x = torch.zeros(1, 3, size, size, device=device)
+    for _ in range(3):
+        net(x)
+    times = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        net(x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(1000 * (time.perf_counter() - t))
+    return float(np.min(times))
+
+
+# ------------------------------------------------------------------------------------------- breeding
+def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters: int, loss_fn, size: int,
+          batch: int = 32, lr: float = 1e-3, seed: int = 0, children: int = 2, progress: bool = True,
+          optimizer_state: dict | None = None, render_size: int | None = None, schedule: str = "constant",
+          warmup: float = 0.0, total_iters: int | None = None, start_iter: int = 0, eval_fn=None,
+          eval_every: int = 0) -> dict:
+    """Algorithm 1, breeding with real images: for each of ``rounds`` (N_breed) rounds,
+
+    1. ``theta_r = N(R)``: regress parameters for the images of R (``real_x (n, 3, N, N)``);
+    2. ``theta_r' = resample_parameters(theta_r)``: ``children`` perturbed copies each (Sec. 7 noise);
+    3. ``I_r = generate_images(theta_r')``: render and pre-process them like the Sec. 5 corpus;
+    4. continue training ``net`` on ``{I_r, theta_r'}`` for ``iters`` mini-batches.
+
+    The learning rate follows one ``schedule`` (:func:`lr_at`) over ``total_iters`` mini-batches, the
+    rounds continuing it from ``start_iter`` (the pre-training's length).  ``eval_fn`` / ``eval_every``
+    as in :func:`train` (a point at the end of every round at least).
+
+    Returns a dict with ``theta_r`` (list of ``(n, m)`` estimates per round, before its training),
+    ``children`` (list of the bred parameter sets), ``train_s`` (seconds, all four steps, without the
+    evaluations), ``loss``, ``curve``.
+    """
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    total_iters = total_iters or start_iter + rounds * iters
+    history = {"theta_r": [], "children": [], "loss": [], "curve": []}
+    spent_eval = 0.0
+    opt_state = optimizer_state
+    for k in tqdm(range(rounds), desc="breeding rounds", disable=not progress):
+        theta_r = predict(net, real_x)  # step 1
+        kids = breed_children(theta_r, model, seed=seed * 1000 + k, children=children)  # step 2
+        device = model.device
+        imgs = []
+        for i in range(0, kids.shape[0], 256):  # step 3
+            out = render_crops(model, kids[i:i + 256].to(device), size, render_size)
+            imgs.append((out["crop"] * 255).round().to(torch.uint8).cpu())
+        corpus = TensorCorpus(torch.cat(imgs), kids.float().cpu())
+        t_round = time.perf_counter()
+        log = train(net, corpus, loss_fn, iters, batch=batch, lr=lr, seed=seed * 1000 + k, progress=progress,
+                    desc=f"round {k + 1}/{rounds}", optimizer_state=opt_state, schedule=schedule, warmup=warmup,
+                    total_iters=total_iters, start_iter=start_iter + k * iters, eval_fn=eval_fn,
+                    eval_every=eval_every or iters)  # step 4
+        before = t_round - t0 - spent_eval  # training seconds of the run so far
+        spent_eval += (time.perf_counter() - t_round) - log["train_s"]
+        history["curve"] += [dict(r, train_s=before + r["train_s"]) for r in log["curve"]]
+        opt_state = log["optimizer"]
+        history["theta_r"].append(theta_r)
+        history["children"].append(kids.cpu())
+        history["loss"] += log["loss"]
+    history["theta_r"].append(predict(net, real_x))  # the final network's estimates
+    history["train_s"] = time.perf_counter() - t0 - spent_eval
+    history["optimizer"] = opt_state
+    return history
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: int | None = None,
+                  n_now: int = 0) -> dict:
+    """A held-out test set with ground truth: ``kind`` ``"synthetic"`` (Sec. 5 prior) or ``"wild"``
+    (:mod:`facelib.data.wild`, the stand-in for R; landmarks with detector noise, no renderer mask).
+
+    Returns ``x (n, 3, N, N)`` uint8 crops (network input before :func:`to_network`), ``target``
+    ``(n, 3, N, N)`` float in [0, 1], ``mask (n, N, N)``, ``theta (n, m)``, ``verts (n, V, 3)`` model-space
+    ground-truth geometry (with the wild set's out-of-model detail); ``n_now``: :func:`evaluate_theta`
+    also measures the NoW-style error on the first ``n_now`` faces (about 0.1 s per face).
+    """
+    from ..data.wild import wild_batch
+    from ..model.params import sample_sec5
+
+    if isinstance(n_now, bool) or not isinstance(n_now, int) or not 0 <= n_now <= n:
+        raise ValueError(f"n_now must be an integer in [0, n={n}]; got {n_now!r}")
+
+    render_size = render_size or int(math.ceil(1.5 * size))
+    parts = []
+    for i, start in enumerate(range(0, n, 128)):
+        b = min(128, n - start)
+        s = seed * 1_000_003 + i
+        if kind == "synthetic":
+            theta = sample_sec5(model, b, seed=s)
+            out = render_crops(model, theta, size, render_size)
+            p = ParamLayout.from_model(model).unpack(theta)
+            verts = model.geometry(p["shape"], p["expression"])
+        elif kind == "wild":
+            w = wild_batch(model, b, seed=s, size=render_size)
+            out = network_input(w["image"], w["landmarks"], size)
+            theta, verts = w["theta"], w["verts_model"]
+        else:
+            raise ValueError(f"unknown test set kind {kind!r}; expected 'synthetic' or 'wild'")
+        parts.append({"x": (out["crop"] * 255).round().to(torch.uint8).cpu(), "mask": out["mask"].cpu(),
+                      "theta": theta.float().cpu(), "verts": verts.float().cpu()})
+    data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    data["target"] = data["x"].float() / 255.0
+    data.update(kind=kind, seed=seed, size=size, render_size=render_size, n_now=n_now)
+    return data
+
+
+@torch.no_grad()
+def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> dict:
+    """Sec. 8 errors of estimates ``theta (n, m)`` on a :func:`make_test_set` set, per image.
+
+    The estimate is rendered and pre-processed exactly like a training face (cropped to its own
+    projected landmarks), then compared with the input crop: photometric RMSE [8-bit] over the pixels
+    inside both face masks, IoU [%] of the two masks, geometric RMSE [mm] between the estimated and the
+    ground-truth model-space meshes over the ``face`` vertices (pose is not part of the geometric error),
+    and the same RMSE after a least-squares similarity alignment (rotation, translation and scale,
+    :func:`facelib.eval.metrics.similarity_align`): ``geometric_aligned_mm``.  The Sec. 6.1 crop resizes
+    the landmark box to N x N, so a face's absolute size cannot be seen in the input; the open model's
+    first shape component is 97% a uniform scale (head size) and carries half the shape variance, which
+    the unaligned measure charges to every network alike, and the aligned one does not.
+    Returns ``photometric_8bit``, ``geometric_mm``, ``geometric_aligned_mm``, ``iou_pct``, each ``(n,)``;
+    and ``now_mm`` ``(n,)`` when the set has ``n_now > 0`` (:func:`now_errors`; nan after the first
+    ``n_now`` faces).
+    """
+    if theta.shape != test["theta"].shape:
+        raise ValueError(f"theta has shape {tuple(theta.shape)}; the test set has {tuple(test['theta'].shape)}")
+    photo, geo, geo_a, iou = [], [], [], []
+    for i in range(0, theta.shape[0], batch):
+        th = theta[i:i + batch].to(model.device, torch.float32)
+        out = render_crops(model, th, test["size"], test["render_size"])
+        tgt, m = test["target"][i:i + batch], test["mask"][i:i + batch]
+        est, em = out["crop"].cpu().float(), out["mask"].cpu()
+        photo.append(photometric_rmse(est, tgt, m & em))
+        iou.append(mask_iou(em, m))
+        g = geometric_errors(model, th, test["verts"][i:i + batch])
+        geo.append(g["geometric_mm"])
+        geo_a.append(g["geometric_aligned_mm"])
+    out = {"photometric_8bit": torch.cat(photo), "geometric_mm": torch.cat(geo),
+           "geometric_aligned_mm": torch.cat(geo_a), "iou_pct": torch.cat(iou)}
+    if test.get("n_now", 0):
+        out["now_mm"] = now_errors(model, theta, test["verts"], test["n_now"])
+    return out
+
+
+@torch.no_grad()
+def now_errors(model, theta: torch.Tensor, verts_gt: torch.Tensor, n: int | None = None) -> torch.Tensor:
+    """The book's shared NoW-style error [mm] (:func:`facelib.eval.compare.now_mm`, the measure of chapters
+    5-8) of the model-space meshes of estimates ``theta (B, m)`` (Eq. 2, pose left out) against
+    ``verts_gt (B, V, 3)``, on the first ``n`` faces (all when None); ``(B,)`` float32, nan after them."""
+    from ..eval.compare import now_mm
+
+    B = theta.shape[0]
+    n = B if n is None else min(int(n), B)
+    out = torch.full((B,), float("nan"))
+    if n:
+        p = ParamLayout.from_model(model).unpack(theta[:n].to(model.device, torch.float32))
+        verts = model.geometry(p["shape"], p["expression"]).cpu()
+        out[:n] = now_mm(model, verts, model.triangles.cpu(), model.landmarks.cpu(), verts_gt[:n].cpu()).float()
+    return out
+
+
+@torch.no_grad()
+def geometric_errors(model, theta: torch.Tensor, verts_gt: torch.Tensor, aligned: bool = True) -> dict:
+    """The two geometric errors of :func:`evaluate_theta` alone (no rendering): the RMSE [mm] over the
+    ``face`` vertices between the model-space mesh of ``theta (n, m)`` (Eq. 2, pose left out) and
+    ``verts_gt (n, V, 3)``, plain (``geometric_mm``) and, when ``aligned``, after a least-squares
+    similarity alignment (``geometric_aligned_mm``); each ``(n,)``."""
+    from ..eval.metrics import similarity_align
+
+    face = model.masks["face"].cpu()
+    p = ParamLayout.from_model(model).unpack(theta.to(model.device, torch.float32))
+    verts = model.geometry(p["shape"], p["expression"]).cpu().float()
+    gt = verts_gt.cpu().float()
+    out = {"geometric_mm": geometric_rmse(verts, gt, face)}
+    if aligned:
+        al = similarity_align(verts[:, face].double(), gt[:, face].double())[0].float()
+        out["geometric_aligned_mm"] = geometric_rmse(al, gt[:, face])
+    return out
+
+
+def truncated_truth(model, theta: torch.Tensor, k: int) -> torch.Tensor:
+    """The ground truth ``theta (n, m)`` as a network that saw only the first ``k`` shape components
+    would know it: shape components 2..k and every expression, pose, reflectance and light
+    coefficient true; shape component 1 (the head size, hidden by the Sec. 6.1 crop,
+    :func:`size_share`) and components k+1.. at their mean, 0.  ``k = 1``: only the expression is
+    known; ``k = n_shape``: :func:`reference_rows`' "true parameters, mean head size".  Returns
+    ``(n, m)``."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= model.n_shape:
+        raise ValueError(f"k must be an integer in [1, {model.n_shape}]; got {k!r}")
+    sl = ParamLayout.from_model(model)["shape"]
+    out = theta.clone()
+    out[:, sl.start] = 0
+    out[:, sl.start + int(k):sl.stop] = 0
+    return out
+
+
+def coefficient_r2(theta: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Per-coefficient R^2 of estimates ``theta (n, m)`` against ``truth (n, m)``: ``1 - mean((p -
+    theta)^2) / var(theta)`` over the faces, ``(m,)`` (1: exact; 0: no better than predicting the
+    test set's mean; below 0: worse, e.g. a coefficient estimated where the truth barely varies)."""
+    if theta.shape != truth.shape or theta.ndim != 2:
+        raise ValueError(f"theta {tuple(theta.shape)} and truth {tuple(truth.shape)} must be the same (n, m)")
+    truth = truth.to(theta)
+    return 1 - (theta - truth).square().mean(0) / truth.var(0).clamp_min(1e-12)
+
+
+def error_sources(model, theta: torch.Tensor, test: dict) -> dict:
+    """Where the geometric error of estimates ``theta (n, m)`` on a :func:`make_test_set` set comes
+    from: the test-set mean [mm] of the plain geometric error of the estimates (``"estimate"``), of the
+    estimated shape with the true expression (``"estimated shape, true expression"``) and of the true
+    shape (head size at the mean, :func:`truncated_truth`) with the estimated expression (``"true
+    shape, estimated expression"``).  Returns ``{row: float}``."""
+    ex = ParamLayout.from_model(model)["expression"]
+    truth = test["theta"]
+    a = theta.clone()
+    a[:, ex] = truth[:, ex]
+    b = truncated_truth(model, truth, model.n_shape)
+    b[:, ex] = theta[:, ex]
+    rows = {"estimate": theta, "estimated shape, true expression": a, "true shape, estimated expression": b}
+    return {k: float(geometric_errors(model, th, test["verts"], aligned=False)["geometric_mm"].mean())
+            for k, th in rows.items()}
+
+
+ERROR_SOURCES = ("estimate", "estimated shape, true expression", "true shape, estimated expression")
+
+
+def error_sources_rows(model, results: dict, names, tests: dict) -> dict:
+    """:func:`error_sources` of every row of ``names`` (:func:`train_rows`' ``results``) on every test
+    set, averaged over the row's training seeds: ``{set: {row: {source: mm}}}``."""
+    return {key: {n: {k: float(np.mean([error_sources(model, r[key]["theta"], t)[k] for r in results[n].values()]))
+                      for k in ERROR_SOURCES} for n in names} for key, t in tests.items()}
+
+
+def error_sources_markdown(sources: dict, refs: dict | None = None) -> str:
+    """A Markdown table of :func:`error_sources_rows` (one line per test set and row), with the plain
+    geometric error of the reference rows ``refs`` (:func:`reference_rows`) "true expression, mean
+    shape" and "true parameters, mean head size" under it: the levels the middle and the last column
+    compare with."""
+    lines = ["| test set | row | " + " | ".join(f"{k} [mm]" for k in ERROR_SOURCES) + " |",
+             "| --- | --- | " + " | ".join("---:" for _ in ERROR_SOURCES) + " |"]
+    lines += [f"| {key} | {n} | " + " | ".join(f"{row[k]:.2f}" for k in ERROR_SOURCES) + " |"
+              for key, rows in sources.items() for n, row in rows.items()]
+    for key in sources if refs else ():
+        for r in ("true expression, mean shape", "true parameters, mean head size"):
+            lines.append(f"| {key} | *{r}* | {summarize(refs[r][key]['geometric_mm'])['mean']:.2f} | | |")
+    return "\n".join(lines)
+
+
+def truncation_floor(model, test: dict, ks=(1, 2, 3, 4, 6, 10, 20, 40, 80)) -> dict:
+    """How much of the mean face's geometric error an image can be expected to explain: the errors of
+    :func:`truncated_truth` for each ``k`` of ``ks`` on a :func:`make_test_set` set, next to the mean
+    face's.  Returns ``{"k": [...], "geometric_mm": [...], "geometric_aligned_mm": [...]}`` (test-set
+    means, one per ``k``) and ``"mean_face"`` ``{measure: mean}``."""
+    theta, gt = test["theta"], test["verts"]
+    mf = geometric_errors(model, mean_face_theta(model, theta), gt)
+    out = {"k": [int(k) for k in ks], "geometric_mm": [], "geometric_aligned_mm": [],
+           "mean_face": {m: float(v.mean()) for m, v in mf.items()}}
+    for k in ks:
+        e = geometric_errors(model, truncated_truth(model, theta, int(k)), gt)
+        for m in ("geometric_mm", "geometric_aligned_mm"):
+            out[m].append(float(e[m].mean()))
+    return out
+
+
+def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:
+    """The "mean face" reference of a results table: ``theta (n, m)`` with shape and expression set to 0
+    (the model's mean geometry), pose, reflectance and light kept.  Its geometric error is what a
+    network that learned nothing about the face's geometry would score."""
+    layout = ParamLayout.from_model(model)
+    out = theta.clone()
+    out[:, layout["shape"]] = 0
+    out[:, layout["expression"]] = 0
+    return out
+
+
+def evaluate(model, net: torch.nn.Module, test: dict, batch: int = 64) -> dict:
+    """:func:`evaluate_theta` of the network's estimates, plus ``theta (n, m)`` and ``test_ms`` (the
+    best-of-20 batch-1 forward time in ms, Table 1's test time)."""
+    theta = predict(net, test["x"])
+    return dict(evaluate_theta(model, theta, test, batch), theta=theta, test_ms=test_time_ms(net, test["size"]))
+
+
+def summarize(values: torch.Tensor) -> dict:
+    """``{mean, std}`` of a per-image metric (nan images ignored), as Table 1 reports."""
+    v = values[torch.isfinite(values)].double()
+    return {"mean": float(v.mean()) if v.numel() else float("nan"),
+            "std": float(v.std(unbiased=True)) if v.numel() > 1 else 0.0}
+
+
+def paired_test(a: torch.Tensor, b: torch.Tensor) -> dict:
+    """Paired two-sided Wilcoxon signed-rank test of per-image errors ``a`` vs ``b`` (same images).
+
+    Returns ``{"mean_diff": mean(b - a), "p_value": p, "n": pairs}`` (nan images dropped)."""
+    from scipy.stats import wilcoxon
+
+    ok = torch.isfinite(a) & torch.isfinite(b)
+    x, y = a[ok].double().numpy(), b[ok].double().numpy()
+    if x.size < 2 or np.allclose(x, y):
+        return {"mean_diff": float(np.mean(y - x)) if x.size else float("nan"), "p_value": 1.0, "n": int(x.size)}
+    return {"mean_diff": float(np.mean(y - x)), "p_value": float(wilcoxon(x, y).pvalue), "n": int(x.size)}
+
+
+# ------------------------------------------------------------------------------------------- Table 1
+# The rows of Table 1: (encoder, loss, breeding).  Our ResNet trains twice the iterations, as the paper's
+# ResNet-101 row (150K vs 75K).
+# "+ model-space loss" is Eq. 8 as written (the model's stored sigmas); the RMS row measures sigma per
+# vertex (mm, albedo units), and breeding and the ResNet row build on it (see the book, chapter 3).
+TRAIN_VERSION = 2  # bump when training, breeding or the networks change (invalidates cached checkpoints)
+TABLE1_ROWS = {
+    "AlexNet": ("alexnet", "euclidean", False),
+    "+ model-space loss": ("alexnet", "model_space", False),
+    "+ model-space loss, RMS units": ("alexnet", "model_space_rms", False),
+    "+ breeding (= InverseFaceNet)": ("alexnet", "model_space_rms", True),
+    "ResNet + model-space loss": ("resnet", "model_space_rms", False),
+}
+TRAIN_OPTIONS = ("norm", "standardize", "dropout", "schedule", "warmup")  # cfg keys that change a run
+
+
+def make_regressor(model, cfg: dict, kind: str, seed: int = 0) -> torch.nn.Module:
+    """The profile's AlexNet or ResNet for ``model``'s parameter count, initialised from ``seed``.
+
+    ``cfg`` keys: ``size``, ``alexnet_width``, ``alexnet_fc``, ``resnet_width``, ``resnet_blocks``; optional
+    ``norm`` (AlexNet: ``"none"`` or ``"batch"``), ``dropout`` (AlexNet, default 0.5) and ``standardize``
+    (outputs in units of the Sec. 5 prior, :class:`facelib.nets.Standardized`)."""
+    from ..nets import Standardized, make_encoder
+    from ..model.params import sec5_moments
+
+    m = ParamLayout.from_model(model).size
+    torch.manual_seed(seed)
+    if kind == "alexnet":
+        net = make_encoder("alexnet", m, cfg["size"], cfg["alexnet_width"], fc=cfg["alexnet_fc"],
+                           norm=cfg.get("norm", "none"), dropout=cfg.get("dropout", 0.5),
+                           stride=cfg.get("alexnet_stride", 4))
+    elif kind == "resnet":
+        net = make_encoder("resnet", m, cfg["size"], cfg["resnet_width"], blocks=tuple(cfg["resnet_blocks"]))
+    else:
+        raise ValueError(f"unknown regressor {kind!r}; expected 'alexnet' or 'resnet'")
+    if cfg.get("standardize", False):
+        net = Standardized(net, *sec5_moments(model))
+    return net
+
+
+def row_loss(model, loss: str):
+    """``"euclidean"`` -> :func:`euclidean_loss`; ``"model_space"`` -> Eq. 6-8 with the model's sigmas;
+    ``"model_space_rms"`` -> Eq. 6-8 with the sigmas measured as RMS change per vertex
+    (:func:`model_space_weights` ``units="rms"``)."""
+    if loss == "euclidean":
+        return euclidean_loss
+    if loss in ("model_space", "model_space_rms"):
+        sigma = model_space_weights(model, units="model" if loss == "model_space" else "rms")
+        return lambda p, theta: model_space_loss(p, theta, sigma)
+    raise ValueError(f"unknown loss {loss!r}; expected 'euclidean', 'model_space' or 'model_space_rms'")
+
+
+def curve_eval(model, tests: dict, n: int = 64):
+    """A learning-curve probe for :func:`train`'s ``eval_fn``: the mean geometric (plain and aligned)
+    and photometric error of the net on the first ``n`` faces of each test set
+    (``{"wild": make_test_set(...), ...}``); returns ``net -> {"<set>_<measure>": float}``."""
+    subsets = {k: {**t, **{f: t[f][:n] for f in ("x", "target", "mask", "theta", "verts")}, "n_now": 0}
+               for k, t in tests.items()}
+
+    def fn(net):
+        row = {}
+        for k, t in subsets.items():
+            e = evaluate_theta(model, predict(net, t["x"]), t)
+            for m in ("geometric_mm", "geometric_aligned_mm", "photometric_8bit"):
+                row[f"{k}_{m}"] = summarize(e[m])["mean"]
+        return row
+    return fn
+
+
+def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None = None, seed: int = 0,
+              device=None, progress: bool = True, eval_fn=None, curve_key=None) -> tuple:
+    """Train one row of Table 1 (see :data:`TABLE1_ROWS`) with the profile's budget ``cfg``.
+
+    Baselines train ``cfg["iters"]`` mini-batches on the Sec. 5 ``corpus`` (ResNet: twice that).
+    Breeding follows Sec. 7: ``iters / 5`` on the corpus, then ``cfg["breed_rounds"]`` rounds of
+    Algorithm 1 on the images of R (``real_x``) sharing the remaining 4/5 of the budget.  Runs are
+    cached by their full configuration (:func:`train`), so a second chapter asking for the same row
+    loads the weights instead of training again; ``train_s`` is always the time of the original run.
+
+    ``cfg`` may also set the options of :data:`TRAIN_OPTIONS` (batch norm, standardised outputs,
+    dropout, the learning-rate schedule and its warm-up); they are part of the cache key.  ``eval_fn``
+    (e.g. :func:`curve_eval`) records a learning curve every ``cfg["curve_every"]`` iterations;
+    ``curve_key`` names the probe in the cache key.
+
+    Returns ``(net, info)``; ``info`` has ``train_s``, ``iters``, ``loss``, ``curve`` (held-out errors
+    against training seconds) and, for breeding, ``history`` (:func:`breed`'s estimates per round).
+    """
+    kind, loss, bred = TABLE1_ROWS[name] if name in TABLE1_ROWS else (None, None, None)
+    if kind is None:
+        raise ValueError(f"unknown Table 1 row {name!r}; expected one of {list(TABLE1_ROWS)}")
+    net = make_regressor(model, cfg, kind, seed).to(device or "cpu")
+    loss_fn = row_loss(model, loss)
+    from ..data.corpus import _model_key
+
+    key = {"version": TRAIN_VERSION, "model": _model_key(model),
+           "corpus": [corpus.n, corpus.seed, corpus.size, corpus.render_size, getattr(corpus, "chunk", 0)],
+           "kind": kind, "loss": loss, "seed": seed, "batch": cfg["batch"], "lr": cfg["lr"],
+           "net": [cfg["size"], cfg["alexnet_width"], cfg["alexnet_fc"], cfg["resnet_width"],
+                   list(cfg["resnet_blocks"])],
+           "options": {k: cfg.get(k) for k in TRAIN_OPTIONS}, "curve": [curve_key, cfg.get("curve_every", 0)]}
+    iters = cfg["iters"] * (2 if kind == "resnet" else 1)
+    sched = dict(schedule=cfg.get("schedule", "constant"), warmup=cfg.get("warmup", 0.0))
+    every = cfg.get("curve_every", 0) if eval_fn is not None else 0
+    if not bred:
+        log = train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, device=device,
+                    progress=progress, desc=name, cache_key=dict(key, iters=iters), eval_fn=eval_fn,
+                    eval_every=every, **sched)
+        info = {"train_s": log["train_s"], "iters": iters, "loss": log["loss"], "cached": log["cached"],
+                "curve": log["curve"]}
+        _publish(model, cfg, name, seed, kind, net, info, dict(key, iters=iters))
+        return net, info
+    if real_x is None:
+        raise ValueError("the breeding row needs the images of R (real_x)")
+    pre = iters // 5
+    rounds = cfg["breed_rounds"]
+    per_round = (iters - pre) // rounds
+    bkey = dict(key, iters=pre, breed=[rounds, per_round, real_x.shape[0],
+                                       hashlib.sha256(real_x.cpu().numpy().tobytes()).hexdigest()[:16]])
+    path = checkpoint_dir() / f"{_key(bkey)}.pt"
+    if path.exists():
+        try:
+            ck = torch.load(path, map_location=device or "cpu", weights_only=False)
+            net.load_state_dict(ck["net"])
+            _publish(model, cfg, name, seed, kind, net, ck["info"], bkey)
+            return net, dict(ck["info"], cached=True)
+        except Exception:
+            path.unlink(missing_ok=True)
+    total = pre + rounds * per_round
+    log = train(net, corpus, loss_fn, pre, cfg["batch"], cfg["lr"], seed=seed, device=device,
+                progress=progress, desc=f"{name}: synthetic pre-training", cache_key=dict(key, iters=pre, total=total),
+                eval_fn=eval_fn, eval_every=every, total_iters=total, **sched)
+    hist = breed(net, model, real_x, rounds, per_round, loss_fn, cfg["size"], cfg["batch"], cfg["lr"],
+                 seed=seed, progress=progress, optimizer_state=log["optimizer"], render_size=corpus.render_size,
+                 total_iters=total, start_iter=pre, eval_fn=eval_fn, eval_every=every, **sched)
+    t_pre = log["train_s"]
+    curve = log["curve"] + [dict(r, train_s=r["train_s"] + t_pre) for r in hist["curve"]]
+    info = {"train_s": log["train_s"] + hist["train_s"], "iters": total,
+            "loss": log["loss"] + hist["loss"], "pretrain_iters": pre, "rounds": rounds, "per_round": per_round,
+            "curve": curve, "history": {"theta_r": hist["theta_r"], "children": hist["children"]}}
+    with atomic_path(path) as tmp:
+        torch.save({"net": net.state_dict(), "info": info}, tmp)
+    _publish(model, cfg, name, seed, kind, net, info, bkey)
+    return net, dict(info, cached=False)
+
+
+def _publish(model, cfg: dict, name: str, seed: int, kind: str, net, info: dict, key: dict) -> None:
+    """Save the trained row for :func:`facelib.networks.load_network`; a cache that cannot be written
+    costs the file only (a warning), never the training run."""
+    import warnings
+
+    from ..networks import publish_inversefacenet
+
+    try:
+        publish_inversefacenet(model, cfg, name, seed, kind, net, info, _key(key))
+    except OSError as e:
+        warnings.warn(f"the trained network {name!r} (seed {seed}) was not saved for load_network: {e}",
+                      stacklevel=3)
+
+
+# ------------------------------------------------------------------------------------------- the book's tables
+MEASURES = ("photometric_8bit", "geometric_mm", "geometric_aligned_mm", "iou_pct", "now_mm")
+MEASURE_LABELS = {"photometric_8bit": "photometric error [8 bits]", "geometric_mm": "geometric error [mm]",
+                  "geometric_aligned_mm": "geometric error, aligned [mm]", "iou_pct": "IoU [%]",
+                  "now_mm": "NoW-style error [mm]"}
+LOWER_IS_BETTER = {"photometric_8bit": True, "geometric_mm": True, "geometric_aligned_mm": True, "iou_pct": False,
+                   "now_mm": True}
+
+
+def _measures(evaluation: dict) -> tuple:
+    """The :data:`MEASURES` an evaluation holds (``now_mm`` only where the test set had ``n_now``)."""
+    return tuple(m for m in MEASURES if m in evaluation)
+
+
+def reference_rows(model, tests: dict) -> dict:
+    """The reference rows of a results table, per test set: ``"mean face"`` (:func:`mean_face_theta`:
+    shape and expression 0, the rest true) and ``"true parameters (floor)"`` (the ground-truth theta
+    rendered through the model: what is left is what the model cannot express) and
+    ``"true parameters, mean head size"`` (the truth with shape coefficient 1, the head size that the
+    crop hides, at 0: the best a network that sees everything else can score; :func:`size_share`) and
+    ``"true expression, mean shape"`` (:func:`truncated_truth` with ``k = 1``: a network that got every
+    expression, pose, reflectance and light coefficient right and learned nothing of the shape).
+    Returns ``{row: {set: evaluate_theta(...)}}``."""
+    rows = {"mean face": lambda th: mean_face_theta(model, th),
+            "true parameters (floor)": lambda th: th,
+            "true parameters, mean head size": lambda th: truncated_truth(model, th, model.n_shape),
+            "true expression, mean shape": lambda th: truncated_truth(model, th, 1)}
+    return {name: {k: evaluate_theta(model, fn(t["theta"]), t) for k, t in tests.items()} for name, fn in rows.items()}
+
+
+def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device=None, progress: bool = True,
+               curves: bool = True) -> dict:
+    """Train every row of ``names`` (:data:`TABLE1_ROWS`) for every seed of ``cfg["seeds"]`` and
+    evaluate it on each test set.  Cached runs are loaded (:func:`train_row`).
+
+    Returns ``{name: {seed: {"net", "info", <set>: evaluate(...)}}}``; ``info["curve"]`` holds the
+    learning curve on the first ``cfg["n_curve"]`` faces of each test set when ``curves``.
+    """
+    probe = curve_eval(model, tests, cfg["n_curve"]) if curves else None
+    key = [cfg["n_curve"], {k: [t["kind"], t["seed"], t["size"]] for k, t in tests.items()}] if curves else None
+    out = {}
+    for name in names:
+        out[name] = {}
+        for seed in cfg["seeds"]:
+            net, info = train_row(model, cfg, name, corpus, real_x=real_x, seed=seed, device=device,
+                                  progress=progress, eval_fn=probe, curve_key=key)
+            out[name][seed] = {"net": net, "info": info, **{k: evaluate(model, net, t) for k, t in tests.items()}}
+            print(f"{name}, seed {seed}: {info['iters']} iterations, {info['train_s']:.0f} s"
+                  + (" (loaded from the cache)" if info["cached"] else ""))
+    return out
+
+
+def seed_means(runs: dict, test_key: str, measure: str) -> np.ndarray:
+    """Per-seed test-set means of one row's ``measure``: ``(n_seeds,)``."""
+    return np.array([summarize(r[test_key][measure])["mean"] for r in runs.values()])
+
+
+def _row_summary(runs: dict, test_key: str) -> dict:
+    """One row over its training seeds: ``train_iters``, mean ``train_s`` and ``test_ms``, ``n_seeds``
+    and each measure's ``{mean, std}`` over the per-seed test-set means."""
+    row = {"train_iters": next(iter(runs.values()))["info"]["iters"],
+           "train_s": float(np.mean([r["info"]["train_s"] for r in runs.values()])),
+           "test_ms": float(np.mean([r[test_key]["test_ms"] for r in runs.values()])), "n_seeds": len(runs)}
+    for m in _measures(next(iter(runs.values()))[test_key]):
+        v = seed_means(runs, test_key, m)
+        row[m] = {"mean": float(v.mean()), "std": float(v.std(ddof=1)) if v.size > 1 else 0.0}
+    return row
+
+
+def table1_markdown(results: dict, refs: dict, names, test_key: str) -> str:
+    """Table 1 in the paper's layout for one test set: each row's mean over its training seeds of the
+    test-set mean, +- the standard deviation over seeds; then the reference rows (mean over the test
+    images +- their standard deviation).  Columns: training iterations, training time [s], test time
+    [ms/image], photometric error [8 bits], geometric error [mm] without and with similarity
+    alignment, IoU [%]."""
+    short = {"photometric_8bit": "photo. [8 bit]", "geometric_mm": "geom. [mm]",
+             "geometric_aligned_mm": "geom. aligned [mm]", "iou_pct": "IoU [%]", "now_mm": "NoW [mm]"}
+    ms = _measures(next(iter(results[names[0]].values()))[test_key]) if names else _measures(
+        next(iter(refs.values()))[test_key])
+    head = ("| approach | seeds | iters | train [s] | test [ms] | " + " | ".join(short[m] for m in ms) + " |")
+    lines = [head, "| --- | ---: | ---: | ---: | ---: | " + " | ".join("---:" for _ in ms) + " |"]
+    for n in names:
+        r = _row_summary(results[n], test_key)
+        cells = [f"{r[m]['mean']:.2f} ± {r[m]['std']:.2f}" for m in ms]
+        lines.append(f"| {n} | {r['n_seeds']} | {r['train_iters']} | {r['train_s']:.0f} | {r['test_ms']:.2f} | "
+                     + " | ".join(cells) + " |")
+    for n, r in refs.items():
+        cells = [f"{summarize(r[test_key][m])['mean']:.2f} ± {summarize(r[test_key][m])['std']:.2f}" for m in ms]
+        lines.append(f"| *{n}* | - | - | - | - | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def compare_rows(results: dict, a: str, b: str, test_key: str) -> dict:
+    """Row ``b`` against row ``a`` on the same test images, seed by seed (the same training seed for
+    both): ``{measure: {"per_seed": [paired_test(...)...], "better_seeds": k, "seeds": n,
+    "significant_better": k_sig, "significant_worse": k_worse}}`` where "better" follows the measure's
+    direction and "significant" is p < 0.05."""
+    out = {}
+    for m in _measures(next(iter(results[a].values()))[test_key]):
+        tests, better, sig_b, sig_w = [], 0, 0, 0
+        for seed in results[a]:
+            if seed not in results[b]:
+                continue
+            t = paired_test(results[a][seed][test_key][m], results[b][seed][test_key][m])
+            t["seed"] = seed
+            tests.append(t)
+            good = (t["mean_diff"] < 0) == LOWER_IS_BETTER[m] and t["mean_diff"] != 0
+            better += good
+            sig_b += good and t["p_value"] < 0.05
+            sig_w += (not good) and t["p_value"] < 0.05
+        out[m] = {"per_seed": tests, "better_seeds": int(better), "seeds": len(tests),
+                  "significant_better": int(sig_b), "significant_worse": int(sig_w)}
+    return out
+
+
+def verdict(comparison: dict, a: str, b: str, test_key: str) -> str:
+    """One sentence per measure, from :func:`compare_rows`: the verdict holds only if every seed agrees."""
+    parts = []
+    for m, c in comparison.items():
+        n, k = c["seeds"], c["better_seeds"]
+        diffs = [t["mean_diff"] for t in c["per_seed"]]
+        word = ("better for every seed" if k == n else "worse for every seed" if k == 0
+                else f"better for {k} of {n} seeds only (no verdict)")
+        parts.append(f"{MEASURE_LABELS[m]} {word} (b - a per seed: " + ", ".join(f"{d:+.2f}" for d in diffs)
+                     + f"; significant better/worse in {c['significant_better']}/{c['significant_worse']} seeds)")
+    return f"**{test_key}, {b} vs {a}**: " + "; ".join(parts) + "."
+
+
+def rows_json(results: dict, refs: dict, names, test_key: str) -> dict:
+    """The ``results/*.json`` form of a table: ``rows`` (the paper's layout; ``{mean, std}`` over the
+    training seeds of the per-seed test means), ``seeds`` (each seed's row, ``{mean, std}`` over the
+    images), ``mean_face`` and ``floor`` (``{mean, std}`` over the images)."""
+    rows, per_seed = [], {}
+    for n in names:
+        runs = results[n]
+        rows.append({"name": n, **_row_summary(runs, test_key)})
+        per_seed[n] = [{"seed": int(s), "train_s": r["info"]["train_s"],
+                        **{m: summarize(r[test_key][m]) for m in _measures(r[test_key])}} for s, r in runs.items()]
+    ref = {k: {m: summarize(v[test_key][m]) for m in _measures(v[test_key])} for k, v in refs.items()}
+    return {"rows": rows, "seeds": per_seed, "mean_face": ref["mean face"], "floor": ref["true parameters (floor)"],
+            "floor_mean_head_size": ref.get("true parameters, mean head size"),
+            "true_expression_mean_shape": ref.get("true expression, mean shape")}
+
+
+def target_ratios(results: dict, refs: dict, names, test_key: str, measure: str = "geometric_mm") -> dict:
+    """Each row's ``measure`` (mean over seeds) divided by the mean face's, and the same ratio for the
+    reference rows: ``{row: ratio}`` (issue 15's acceptance measure: below 1 is better than no face)."""
+    mf = summarize(refs["mean face"][test_key][measure])["mean"]
+    out = {n: float(seed_means(results[n], test_key, measure).mean() / mf) for n in names}
+    out.update({n: summarize(r[test_key][measure])["mean"] / mf for n, r in refs.items() if n != "mean face"})
+    return out
+
+
+def curves_json(results: dict, names) -> dict:
+    """Learning curves ``{name: {seed: [{"iter", "train_s", "<set>_<measure>"...}]}}``."""
+    return {n: {int(s): r["info"].get("curve", []) for s, r in results[n].items()} for n in names}
+
+
+def size_share(model, component: int = 0) -> float:
+    """How much of shape component ``component`` is a uniform scale of the face: the fraction of its
+    squared displacement over the ``face`` vertices that ``s (mean - centroid) + t`` explains (least
+    squares).  Near 1 means the component is head size, which the Sec. 6.1 crop (landmark box resized
+    to N x N) hides from the network."""
+    face = model.masks["face"].cpu()
+    M = model.mean_shape.detach().cpu().double().reshape(-1, 3)[face]
+    b = (model.shape_basis[component].detach().cpu().double().reshape(-1, 3)[face]
+         * float(model.sigma_s[component]))
+    A = torch.cat([(M - M.mean(0)).reshape(-1, 1), torch.eye(3, dtype=torch.float64).repeat(M.shape[0], 1)], 1)
+    x = torch.linalg.lstsq(A, b.reshape(-1, 1)).solution
+    r = b.reshape(-1, 1) - A @ x
+    return float(1 - r.square().sum() / b.square().sum())
