@@ -206,3 +206,44 @@ def test_mean_std_and_markdown_table():
     assert mean_std(x) == {"mean": round(7 / 3, 4), "std": round(float(np.std([1, 2, 4], ddof=1)), 4)}
     assert mean_std([0.123456, 0.123456], digits=2) == {"mean": 0.12, "std": 0.0}
     assert markdown_table(["a", "b"], [[1, "x"], [2.5, None]]) == "| a | b |\n|---|---|\n| 1 | x |\n| 2.5 | None |"
+
+
+@chapters
+def test_notebooks_define_no_functions(notebook):
+    """A chapter imports and explains; every function it uses lives in facelib (STYLE.md, issue 19).
+    A ``def`` or ``class`` in a code cell is a private copy of library code in the making."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    found = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        src = "\n".join(line for line in cell.source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                found.append(f"cell {i}: {node.name}")
+    assert not found, f"{notebook.name} defines {found}: move them into facelib (e.g. facelib.book) and import them"
+
+
+def test_chapter_helpers():
+    """facelib.book's helpers for the chapters' setup, tables and sentences."""
+    import numpy as np
+    import torch
+
+    from facelib.book import cell, change_words, chapter, mean_of, mean_std, pm, seed_spread
+
+    cfg, dev = chapter("06_correctives", "ci", seed=3, device="cpu", base="05_mofa")
+    assert cfg["C"] == 16 and cfg["size"] == 64 and dev.type == "cpu" and torch.get_num_threads() == cfg["threads"]
+    with pytest.raises(ValueError, match="profile"):
+        chapter("05_mofa", "laptop")
+    m, s, v = seed_spread([torch.tensor(1.0), 2, 4.0])
+    assert v == [1.0, 2.0, 4.0] and m == 7 / 3 and s == float(np.std([1, 2, 4]))
+    assert pm([1, 2, 4]) == f"{7 / 3:.2f} ± {np.std([1, 2, 4]):.2f}"
+    assert cell(None) == "–" and cell(None, missing="-") == "-" and cell(1.23456, ".3f") == "1.235"
+    assert cell((1.0, 0.5, [1]), ".1f") == "1.0 ± 0.5" == cell({"mean": 1.0, "std": 0.5}, ".1f")
+    assert mean_of([1, 2]) == 1.5 and mean_std([3.0], None) == {"mean": 3.0, "std": 0.0}
+    assert change_words(2.0, 1.0) == "lowered the error from 2.00 to 1.00 mm"
+    assert change_words(1.0, 1.005, tol=0.01) == "left the error at 1.00 mm (to 1.00)"
+    assert change_words(0.2, 0.3, "the landmark error", "px", ".1f", percent=True) == \
+        "raised the landmark error from 0.2 to 0.3 px (+50%)"

@@ -616,3 +616,14 @@ def test_train_row_with_the_issue_15_options_is_bit_reproducible(model, tmp_path
     assert [r["iter"] for r in infos[0]["curve"]] == [0, 3, 6]
     assert [r["synthetic_geometric_mm"] for r in infos[0]["curve"]] == [r["synthetic_geometric_mm"]
                                                                         for r in infos[1]["curve"]]
+
+
+def test_truncation_standing_words():
+    """Chapter 3's sentence: where a ratio falls on the truncation curve {k: ratio}."""
+    from facelib.inversefacenet import truncation_standing
+
+    at = {1: 0.9, 2: 0.8, 3: 0.7, 10: 0.4}
+    assert truncation_standing(0.95, at) == "worse than knowing the expression exactly and no shape"
+    assert truncation_standing(0.85, at).startswith("better than knowing the expression exactly")
+    assert truncation_standing(0.75, at) == "between knowing shape components 2-2 and the next point of the curve"
+    assert truncation_standing(0.5, at) == "between knowing shape components 2-3 and the next point of the curve"

@@ -187,3 +187,30 @@ def test_grey_shaded_and_signed_pictures():
     assert torch.allclose(s[0, :, 0, 3], torch.tensor([1.0, 0.0, 0.0]))  # saturates at +limit: red
     with pytest.raises(ValueError, match="limit"):
         signed_map(s[:, 0], 0.0)
+
+
+def test_parameter_panels_studio_theta_and_light_colour(model):
+    """The histogram panels of chapters 2 and 4 from unpacked parameters, the studio start of chapter 1
+    (a white light: the picture is not tinted), and the light-colour statistic."""
+    from facelib.model.params import ParamLayout, light_colour_spread
+
+    layout = ParamLayout.from_model(model)
+    th = sample_sec5(model, 5, seed=2)
+    p = layout.unpack(th)
+    panels = viz.parameter_panels({"a": p}, ["yaw beta [deg]", "light colour: max - min over RGB",
+                                             "expression theta_e[1] (mouth)"], model.mouth_component)
+    assert list(panels) == ["yaw beta [deg]", "light colour: max - min over RGB", "expression theta_e[1] (mouth)"]
+    assert torch.allclose(panels["yaw beta [deg]"]["a"], torch.rad2deg(p["rotation"][:, 1]))
+    g = p["illumination"].reshape(-1, 9, 3)[:, 0]
+    assert torch.equal(panels["light colour: max - min over RGB"]["a"], g.max(1).values - g.min(1).values)
+    assert torch.equal(panels["expression theta_e[1] (mouth)"]["a"], p["expression"][:, model.mouth_component])
+    with pytest.raises(ValueError, match="unknown panels"):
+        viz.parameter_panels({"a": p}, ["nose length"], 0)
+    st = viz.studio_theta(layout, 2)
+    assert torch.equal(st[:, layout["illumination"]], viz.studio_light().expand(2, -1))
+    assert not st[:, :layout["illumination"].start].any()
+    assert torch.equal(light_colour_spread(st[:, layout["illumination"]]), torch.zeros(2))
+    with torch.no_grad():
+        r = render(model, st[:1], 64)
+    rgb = [float(r.image[0, c][r.mask[0]].mean()) for c in range(3)]
+    assert min(rgb) > 0.3 * max(rgb)  # skin under white light, not a red-only one

@@ -13,7 +13,7 @@ any browser, offline (the book is opened from disk or served where no CDN is rea
   table columns whose cells are numbers are right-aligned (:func:`_align_numbers`), a ``± sd`` kept
   with its number.
 - **The face explorer** (chapter 1): on a page with a ``div.facelib-explorer``
-  (:func:`facelib.explorer.explorer_html`), the model's asset (:func:`facelib.explorer.write_asset`,
+  (:func:`facelib.book.explorer.explorer_html`), the model's asset (:func:`facelib.book.explorer.write_asset`,
   written into ``_static`` at the end of every build) and ``static/face_explorer.js`` are added to
   that page.
 - **A light build**: the chapters' source copies (``_sources``, ``html_copy_source: false`` in
@@ -71,7 +71,7 @@ def vendor_mathjax(root: Path | None = None) -> Path:
     """A folder holding ``mathjax/tex-svg-full.js`` of MathJax :data:`MATHJAX_VERSION`, for
     ``html_static_path``; fetched from the npm registry on first use and checked against its pinned
     integrity, then reused from ``root`` (default: the facelib cache, ``$FACELIB_CACHE``)."""
-    from facelib.open_model import cache_dir
+    from facelib.model.open_model import cache_dir
 
     folder = (root or cache_dir()) / f"mathjax-{MATHJAX_VERSION}"
     target = folder / "mathjax" / MATHJAX_FILE
@@ -183,7 +183,7 @@ _EXPLORER = re.compile(r'<div class="facelib-explorer" data-model="([\w.-]+)"')
 
 def _explorer_scripts(app, pagename, templatename, context, doctree):
     """On a page with the face explorer: its model's asset and its code."""
-    from facelib.explorer import asset_name
+    from facelib.book.explorer import asset_name
 
     names = list(dict.fromkeys(_EXPLORER.findall(context.get("body", ""))))
     for name in names:
@@ -194,11 +194,11 @@ def _explorer_scripts(app, pagename, templatename, context, doctree):
 
 def _explorer_assets(app, exception):
     """Write the asset of every model an explorer in the built pages shows (``facelib.load_model``),
-    on every build, so that it follows the model and :mod:`facelib.explorer`."""
+    on every build, so that it follows the model and :mod:`facelib.book.explorer`."""
     if exception is not None or app.builder.format != "html":
         return
     import facelib
-    from facelib.explorer import asset_name, write_asset
+    from facelib.book.explorer import asset_name, write_asset
     from sphinx.util import logging
 
     out = Path(app.outdir)

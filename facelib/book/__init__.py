@@ -136,6 +136,26 @@ def setup(seed: int = 0, device="auto") -> torch.device:
     return pick_device(device)
 
 
+def chapter(name: str, profile: str, seed: int = 0, device="auto", base: str | None = None) -> tuple:
+    """A chapter's setup in one call: its sizes (:func:`settings`; with ``base``, that chapter's sizes
+    updated by this one's, e.g. chapter 6 on chapter 5's), every generator seeded and the device
+    picked (:func:`setup`), PyTorch's and Numba's CPU threads set where the profile fixes them (a
+    ``threads`` entry: on a small shared CPU one thread per process is faster than two spinning ones),
+    Plotly's renderer for the book; prints the profile.  Returns ``(cfg, device)``."""
+    from .viz import setup_plotly
+
+    cfg = {**(settings(base, profile) if base else {}), **settings(name, profile)}
+    dev = setup(seed, device)
+    if cfg.get("threads"):
+        import numba
+
+        numba.set_num_threads(cfg["threads"])  # Numba's OpenMP kernels would reset PyTorch's count
+        torch.set_num_threads(cfg["threads"])
+    setup_plotly()
+    print(f"profile {profile!r} on {dev}: {cfg}")
+    return cfg, dev
+
+
 def benchmark_results(name: str):
     """The record ``benchmarks/results/<name>`` of this checkout, parsed (what a chapter quotes from a
     benchmark script), or None where there is no such file (an installed package has no benchmarks).
@@ -151,11 +171,56 @@ def markdown_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def mean_std(x, digits: int = 4) -> dict:
-    """``{"mean", "std"}`` of the per-face values ``x (n,)``, rounded to ``digits`` (a results file's
-    entry; the std is the sample standard deviation, as ``torch.Tensor.std``)."""
+def mean_std(x, digits: int | None = 4) -> dict:
+    """``{"mean", "std"}`` of the per-face values ``x (n,)``, rounded to ``digits`` (None: not rounded;
+    a results file's entry; the std is the sample standard deviation, as ``torch.Tensor.std``, and 0
+    for a single value)."""
     x = torch.as_tensor(x, dtype=torch.float64)
-    return {"mean": round(float(x.mean()), digits), "std": round(float(x.std()), digits)}
+    m, s = float(x.mean()), float(x.std()) if x.numel() > 1 else 0.0
+    return {"mean": m, "std": s} if digits is None else {"mean": round(m, digits), "std": round(s, digits)}
+
+
+def mean_of(values) -> float:
+    """The mean of per-face values (a tensor, an array or a list) in float64, as a float."""
+    return float(torch.as_tensor(values, dtype=torch.float64).mean())
+
+
+def seed_spread(values) -> tuple:
+    """A figure over training seeds: ``(mean, std, values)`` of one value per seed (the population
+    std, ``numpy.std``, as the chapters' "mean ± std over seeds")."""
+    v = [float(x) for x in values]
+    return float(np.mean(v)), float(np.std(v)), v
+
+
+def pm(values, fmt: str = ".2f") -> str:
+    """``"mean ± std"`` of one value per seed (:func:`seed_spread`), each formatted with ``fmt``."""
+    m, s, _ = seed_spread(values)
+    return f"{m:{fmt}} ± {s:{fmt}}"
+
+
+def cell(x, fmt: str = ".2f", missing: str = "–") -> str:
+    """A table cell: ``missing`` for None, ``"mean ± std"`` for a ``(mean, std, ...)`` tuple (e.g.
+    :func:`seed_spread`) or a ``{"mean", "std"}`` dict (:func:`mean_std`), else the number."""
+    if x is None:
+        return missing
+    if isinstance(x, dict):
+        return f"{x['mean']:{fmt}} ± {x['std']:{fmt}}"
+    if isinstance(x, tuple):
+        return f"{x[0]:{fmt}} ± {x[1]:{fmt}}"
+    return f"{x:{fmt}}"
+
+
+def change_words(a: float, b: float, what: str = "the error", unit: str = "mm", fmt: str = ".2f",
+                 tol: float = 0.0, percent: bool = False) -> str:
+    """Words for a change of ``what`` from ``a`` to ``b``: "lowered/raised {what} from a to b {unit}"
+    (with the relative change when ``percent``); a change under ``tol`` (relative) counts as none:
+    "left {what} at a {unit} (to b)"."""
+    a, b = float(a), float(b)
+    u = f" {unit}" if unit else ""
+    if abs(b - a) < tol * abs(a):
+        return f"left {what} at {a:{fmt}}{u} (to {b:{fmt}})"
+    out = f"{'lowered' if b < a else 'raised'} {what} from {a:{fmt}} to {b:{fmt}}{u}"
+    return out + (f" ({100 * (b - a) / a:+.0f}%)" if percent and a else "")
 
 
 def results_dir() -> Path:

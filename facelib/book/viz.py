@@ -29,11 +29,14 @@ import plotly.io as pio
 from plotly.subplots import make_subplots
 
 from ..eval.export import image_grid
-from ..model.params import ParamLayout, rot_xyz
+from ..model.params import ParamLayout, light_colour_spread, rot_xyz
 from ..render.shading import N_SH, sh_basis, shade
 
 __all__ = [
     "histogram_figure",
+    "parameter_panels",
+    "PARAMETER_PANELS",
+    "studio_theta",
     "curves_figure",
     "running_mean",
     "BOOK_RENDERER",
@@ -364,6 +367,14 @@ def studio_light(brightness: float = 0.9, above: float = 0.2, front: float = 0.3
     return g.reshape(-1)
 
 
+def studio_theta(layout: ParamLayout, batch: int, light: torch.Tensor | None = None, device=None) -> torch.Tensor:
+    """``(batch, m)`` parameters of the mean face, frontal and neutral, under a white ``light`` ``(27,)``
+    (default :func:`studio_light`): the start for pictures that vary one component at a time."""
+    th = layout.zeros(batch, device=device)
+    th[:, layout["illumination"]] = (studio_light() if light is None else light).to(th)
+    return th
+
+
 def example_lights() -> dict:
     """Named example illuminations ``(27,)`` (coefficient-major RGB): ambient, a key from above,
     warm key from the right with a blue fill from the left, and a coloured band-2 light."""
@@ -542,6 +553,31 @@ def live_panel(model, image_size: int = 160) -> LivePanel:
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+# Named 1-D statistics of unpacked parameters (ParamLayout.unpack) for histogram_figure's panels;
+# each takes the unpacked dict and the model's mouth component.
+PARAMETER_PANELS = {
+    "pitch alpha [deg]": lambda p, mc: torch.rad2deg(p["rotation"][:, 0]),
+    "yaw beta [deg]": lambda p, mc: torch.rad2deg(p["rotation"][:, 1]),
+    "roll gamma [deg]": lambda p, mc: torch.rad2deg(p["rotation"][:, 2]),
+    "shape theta_s[1]": lambda p, mc: p["shape"][:, 0],
+    "expression theta_e[1] (mouth)": lambda p, mc: p["expression"][:, mc],
+    "expression theta_e[2]": lambda p, mc: p["expression"][:, 1],
+    "reflectance theta_r[1] (skin tone)": lambda p, mc: p["reflectance"][:, 0],
+    "SH coefficient 1 (red)": lambda p, mc: p["illumination"].reshape(-1, N_SH, 3)[:, 0, 0],
+    "SH coefficient 1 (mean over RGB)": lambda p, mc: p["illumination"].reshape(-1, N_SH, 3)[:, 0].mean(1),
+    "light colour: max - min over RGB": lambda p, mc: light_colour_spread(p["illumination"]),
+}
+
+
+def parameter_panels(groups: dict, names, mouth_component: int) -> dict:
+    """:func:`histogram_figure`'s ``panels`` for parameter sets: ``groups`` ``{label: unpacked theta}``
+    (:meth:`ParamLayout.unpack`), ``names`` keys of :data:`PARAMETER_PANELS` in panel order."""
+    unknown = [n for n in names if n not in PARAMETER_PANELS]
+    if unknown:
+        raise ValueError(f"unknown panels {unknown}; known: {list(PARAMETER_PANELS)}")
+    return {n: {label: PARAMETER_PANELS[n](p, mouth_component) for label, p in groups.items()} for n in names}
 
 
 def histogram_figure(panels: dict, title: str, cols: int = 3, bins: int = 40, height: int | None = None) -> go.Figure:

@@ -62,7 +62,8 @@ __all__ = [
     "P_EXACT", "MASK_DILATE", "geometry_errors", "geometry_references", "pooled_rms",
     "render_view", "depth_from_screen", "rendering_layer", "texture_maps", "sample_r", "sample_appearance",
     "feedback_state", "coarse_input", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
-    "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "make_faces", "finenet_data",
+    "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "curve_eval", "now_error_mm",
+    "make_faces", "finenet_data",
     "train_finenet", "finenet_refine", "train_end_to_end", "depth_errors", "align_depth",
 ]
 
@@ -623,6 +624,25 @@ def coarse_iterate(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, iter
         r = coarse_step(space, net, image, r, image_size)
         out.append(r)
     return out
+
+
+def curve_eval(space: CoarseSpace, image: torch.Tensor, alpha: torch.Tensor, iterations: int,
+               image_size: int | None = None):
+    """A learning-curve probe for :func:`train_coarsenets`' ``eval_fn``: ``net ->`` the pooled geometric
+    errors (:func:`pooled_rms` of :func:`geometry_errors`, mm) after ``iterations`` passes on held-out
+    faces ``image (B, 1, N, N)`` with true coefficients ``alpha (B, K)``."""
+    def probe(net):
+        r_T = coarse_iterate(space, net, image, iterations, image_size)[-1]
+        return pooled_rms(geometry_errors(space, space.split(r_T)[0], alpha))
+    return probe
+
+
+def now_error_mm(model, space: CoarseSpace, alpha: torch.Tensor, mesh_gt: torch.Tensor) -> torch.Tensor:
+    """The book's shared NoW-style error ``(B,)`` mm (:func:`facelib.eval.compare.now_mm`) of the meshes of
+    coefficients ``alpha (B, K)`` against the true meshes ``mesh_gt (B, V, 3)`` of ``model``."""
+    from ..eval.compare import now_mm
+
+    return now_mm(model, space.geometry(alpha), model.triangles, model.landmarks, mesh_gt)
 
 
 # ------------------------------------------------------------------------------------- FineNet

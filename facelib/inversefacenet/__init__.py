@@ -36,7 +36,7 @@ __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_
            "evaluate", "mean_face_theta",
            "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
            "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
-           "compare_rows", "verdict", "rows_json", "curves_json", "size_share", "target_ratios", "MEASURES", "MEASURE_LABELS"]
+           "compare_rows", "verdict", "rows_json", "curves_json", "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
@@ -539,6 +539,16 @@ def truncation_floor(model, test: dict, ks=(1, 2, 3, 4, 6, 10, 20, 40, 80)) -> d
         for m in ("geometric_mm", "geometric_aligned_mm"):
             out[m].append(float(e[m].mean()))
     return out
+
+
+def truncation_standing(ratio: float, at: dict) -> str:
+    """Where a network's error ``ratio`` (to the mean face's) falls on the truncation curve ``at``
+    ``{k: ratio}`` of :func:`truncation_floor` (the truth known up to shape component ``k``), in words."""
+    if ratio > at[1]:
+        return "worse than knowing the expression exactly and no shape"
+    k = max(k for k, v in at.items() if v >= ratio)
+    return (f"between knowing shape components 2-{k} and the next point of the curve" if k > 1 else
+            "better than knowing the expression exactly and no shape, worse than knowing component 2 as well")
 
 
 def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:

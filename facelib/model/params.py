@@ -49,6 +49,7 @@ __all__ = [
     "N_SH",
     "N_ILLUMINATION",
     "illumination_rgb",
+    "light_colour_spread",
     "rot_x",
     "rot_y",
     "rot_z",
@@ -271,6 +272,13 @@ def unlit(theta: torch.Tensor, layout: "ParamLayout") -> torch.Tensor:
     gamma[:, 0] = 1.0
     out[:, layout["illumination"]] = gamma.reshape(-1, 27)
     return out
+
+
+def light_colour_spread(theta_i: torch.Tensor) -> torch.Tensor:
+    """``(B, 27)`` -> ``(B,)``: how coloured a light is, the spread (max - min over R, G, B) of its
+    constant SH term gamma_1; 0 for white light."""
+    g = illumination_rgb(theta_i)[..., 0, :]
+    return g.max(-1).values - g.min(-1).values
 
 
 def illumination_rgb(theta_i: torch.Tensor) -> torch.Tensor:

@@ -65,6 +65,7 @@ __all__ = [
     "evaluate",
     "learning_curve",
     "mean_errors",
+    "curve_eval",
     "mean_face_error",
     "geometric_error",
     "now_error_mm",
@@ -826,6 +827,12 @@ def mean_errors(ev: dict, level: str = "base") -> dict:
     return {"geometric_mm": float(ev[level]["geometric_mm"].mean()),
             "photometric_rgb": float(ev[level]["photometric_rgb"].mean()),
             "landmark_px": float(ev["landmark_px"].mean())}
+
+
+def curve_eval(curve_set: dict, level: str = "base"):
+    """A learning-curve probe for :func:`train`'s ``eval_fn``: ``net -> mean_errors(evaluate(net,
+    curve_set), level)`` on the held-out faces ``curve_set`` (a corpus dict, e.g. the first test faces)."""
+    return lambda net: mean_errors(evaluate(net, curve_set), level)
 
 
 @torch.no_grad()

@@ -104,7 +104,7 @@ def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | Non
     ``("screen",)`` for landmarks).
 
     ``geometry`` ``(B, V, 3)`` model-space vertices and ``albedo`` ``(B, V, 3)`` replace Eq. 2 and Eq. 3
-    when given (faces with detail the model cannot express, used by :mod:`facelib.wild`; NOTE to
+    when given (faces with detail the model cannot express, used by :mod:`facelib.data.wild`; NOTE to
     maintainers: keep these two arguments, other modules depend on them).
     """
     want, p, cam = _prepare(model, theta, image_size, layout, camera, outputs)

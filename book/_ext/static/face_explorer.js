@@ -8,10 +8,10 @@
  *   Sec. 4.2  v' = Rot_xyz(pitch, yaw, 0) v
  *   Eq. 5   c = r * sum_b gamma_b H_b(n'), n' the area-weighted vertex normals of v'
  * and the image formation of facelib.render: the book's camera (facelib.render.face_camera), a
- * z-buffer with facelib.raster's conventions (pixel centres, back faces culled) and the shaded vertex
+ * z-buffer with facelib.render.raster's conventions (pixel centres, back faces culled) and the shaded vertex
  * colours interpolated over each triangle; the image is drawn by plotly.js (an image trace).
- * The model comes from window.facelibExplorerData (facelib.explorer.write_asset);
- * facelib.explorer.explorer_face is the same face in Python, which the browser test compares with.
+ * The model comes from window.facelibExplorerData (facelib.book.explorer.write_asset);
+ * facelib.book.explorer.explorer_face is the same face in Python, which the browser test compares with.
  * Test hooks: window.facelibExplorer.instances[i].params() / .set(params) / .state() / .updated.
  */
 (function () {
@@ -94,7 +94,7 @@
   }
 
   function vertexNormals(v, tri, out) {
-    // facelib.shading.vertex_normals: sum of (v1 - v0) x (v2 - v0) over a vertex's triangles, normalised
+    // facelib.render.shading.vertex_normals: sum of (v1 - v0) x (v2 - v0) over a vertex's triangles, normalised
     out.fill(0);
     for (let f = 0; f < tri.length; f += 3) {
       const i0 = 3 * tri[f], i1 = 3 * tri[f + 1], i2 = 3 * tri[f + 2];
@@ -123,7 +123,7 @@
   }
 
   function project(v, cam, out) {
-    // facelib.camera: Phi(v) = R v + t, then u = c_x + f x / d, v = c_y - f y / d, depth d = -z
+    // facelib.render.camera: Phi(v) = R v + t, then u = c_x + f x / d, v = c_y - f y / d, depth d = -z
     const R = cam.R, t = cam.t, f = cam.focal, [cx, cy] = cam.principal_point;
     for (let p = 0; p < v.length; p += 3) {
       const x = R[0] * v[p] + R[1] * v[p + 1] + R[2] * v[p + 2] + t[0];
@@ -136,7 +136,7 @@
   }
 
   function rasterize(s, c, tri, W, H, background, zbuf, rgba) {
-    // facelib.raster's conventions: pixel (i, j) has its centre at (j + 0.5, i + 0.5); front faces have
+    // facelib.render.raster's conventions: pixel (i, j) has its centre at (j + 0.5, i + 0.5); front faces have
     // a negative signed area in the y-down pixel frame (the others are culled), the test is inclusive,
     // the nearest depth wins; colours interpolated with perspective-correct barycentrics
     zbuf.fill(Infinity);

@@ -37,8 +37,8 @@ def _render_faces(args, outs, queue, frags: bool, keep: tuple, row_fn: int = 0, 
     :func:`_face_ranges`) hands out until it is empty, for :func:`_render_fused`. Several threads call
     this at once (the kernels release the GIL) and take faces as they become free: the load stays
     balanced when faces differ in cost or a core is busy with other work. ``keep``: write verts_cam,
-    screen, normals, colours (4 bools) into ``outs``; ``row_fn``, ``zb_fn``: :func:`facelib._resolve.address`,
-    :func:`facelib._zchunk.address` (0: the Numba code only)."""
+    screen, normals, colours (4 bools) into ``outs``; ``row_fn``, ``zb_fn``: :func:`facelib.render.fast._resolve.address`,
+    :func:`facelib.render.fast._zchunk.address` (0: the Numba code only)."""
     geo, mean_s, alb, mean_a, R, t, focal, ppx, ppy, gamma, faces, mouth, chunks, H, W, bg = args
     V = mean_s.shape[0] // 3  # coordinate-major (3 V,)
     keep = np.array(keep, dtype=np.bool_)
@@ -177,7 +177,7 @@ def _means(model) -> tuple:
 
 def _bases(model, ns: int, ne: int, nr: int) -> tuple:
     """The Eq. 2 basis (shape and expression rows) and the Eq. 3 basis (reflectance) for :func:`_offsets`:
-    packed once per model for :mod:`facelib._gemm` where its kernel runs, else ``(K, 3 V)`` tensors."""
+    packed once per model for :mod:`facelib.render.fast._gemm` where its kernel runs, else ``(K, 3 V)`` tensors."""
     S, E, A = model.shape_basis, model.expression_basis, model.albedo_basis
     if not _gemm.available():
         return _geometry_basis(model, ns, ne), _cached(model, f"albedo{nr}", (A,), lambda: _stack_rows(A[:nr]))
@@ -229,14 +229,14 @@ _GEMM_TASKS_PER_JOB = 4  # column blocks per thread in _offsets (taken from a sh
 
 def _offsets(pairs, n_jobs: int, pool, outs=None, meanwhile=None) -> list:
     """Eq. 2-3 offsets: ``coef @ basis`` for each ``(coef (B, K), basis)`` pair, float32 NumPy (written to
-    ``outs``, (B, N) float32 arrays, where given); ``basis`` is a :class:`facelib._gemm.PackedBasis`
+    ``outs``, (B, N) float32 arrays, where given); ``basis`` is a :class:`facelib.render.fast._gemm.PackedBasis`
     (see :func:`_bases`) or a ``(K, N)`` tensor. ``meanwhile()``, if given, runs on the calling thread
     while the pool computes the products (else before them).
 
     The columns are split into ``_GEMM_TASKS_PER_JOB * n_jobs`` blocks per product, which the calling
     thread and the threads of ``pool`` take from a shared queue (so the calling thread's ``meanwhile``
     or a core busy with other work does not leave the others waiting at the end): packed bases by
-    :func:`facelib._gemm.gemm`, tensors by NumPy's BLAS held to one thread each (no BLAS or OpenMP
+    :func:`facelib.render.fast._gemm.gemm`, tensors by NumPy's BLAS held to one thread each (no BLAS or OpenMP
     worker threads are left spinning after the call, which would steal the cores from the per-face
     kernels that follow; OpenBLAS is faster than the MKL of the torch wheel on AMD CPUs). Tensors
     without threadpoolctl: ``torch.mm``. The split does not change the result (each output element is
