@@ -56,7 +56,7 @@ test-unit: $(STAMP)
 # and OpenBLAS's for AVX2. .ci/run runs it after `make test`.
 AVX2_ENV := FACELIB_CPU=haswell NUMBA_CPU_NAME=haswell ATEN_CPU_CAPABILITY=avx2 OPENBLAS_CORETYPE=Haswell
 test-avx2: $(STAMP)
-	$(AVX2_ENV) $(PY) -m facelib.repro | head -n 2
+	$(AVX2_ENV) $(PY) -c "from facelib import repro; print('cpu:', repro.cpu_summary()); print('kernels:', repro.kernels())"
 	$(AVX2_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_kernels.py \
 		tests/test_gemm.py tests/test_raster.py tests/test_camera_shading.py tests/test_now.py
 
