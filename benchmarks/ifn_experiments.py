@@ -59,7 +59,7 @@ VARIANTS = {
 }
 
 
-def _prior(name: str):
+def _prior(name: str, ramp_faces: int = 0, corpus_seed: int = 0):
     """The training corpus' parameter prior for ``prior=NAME``: ``"sec5"`` (the paper's, default),
     ``"expr0.5"`` (Sec. 5 with every expression coefficient, mouth bias included, halved) or
     ``"frontal_neutral"`` (Sec. 5 shape, reflectance and light; pose and expression 0: the easiest
@@ -69,6 +69,9 @@ def _prior(name: str):
 
     if name == "sec5":
         return None
+    if name in ("curriculum", "curriculum_all"):  # fresh renders only: the faces of step k are easier early on
+        groups = ("rotation",) if name == "curriculum" else ("rotation", "expression")
+        return _curriculum(ramp_faces, groups, corpus_seed)
 
     def sampler(model, batch, seed):
         L = ifn.ParamLayout.from_model(model)
@@ -82,6 +85,29 @@ def _prior(name: str):
             raise ValueError(f"unknown prior {name!r}")
         return th
     sampler.__name__ = f"prior_{name}"
+    return sampler
+
+
+def _curriculum(ramp_faces: int, groups, corpus_seed: int):
+    """Experiment: a Sec. 5 sampler for ``FreshCorpus(seed=corpus_seed)`` whose ``groups`` (rotation; expression,
+    around the mouth bias) are scaled by ``min(1, k / ramp_faces)`` for the virtual face ``k`` that opens
+    a mini-batch (FreshCorpus passes ``seed * 1_000_003 + k``): frontal, neutral faces first, the full
+    Sec. 5 ranges after ``ramp_faces`` faces."""
+    from facelib.model.params import sample_sec5
+
+    def sampler(model, batch, seed):
+        L = ifn.ParamLayout.from_model(model)
+        theta = sample_sec5(model, batch, seed=seed)
+        frac = min(1.0, max(0, seed - corpus_seed * 1_000_003) / max(ramp_faces, 1))
+        if "rotation" in groups:
+            theta[:, L["rotation"]] *= frac
+        if "expression" in groups:
+            e = theta[:, L["expression"]]
+            e[:, model.mouth_component] -= model.mouth_bias
+            e *= frac
+            e[:, model.mouth_component] += model.mouth_bias
+            theta[:, L["expression"]] = e
+        return theta
     return sampler
 
 
@@ -111,7 +137,7 @@ def main(argv=None):
             k, val = kv.split("=")
             v[k] = json.loads(val)
         cfg = dict(settings("inversefacenet", "cpu"), **OLD_CPU)
-        cfg.update({k: v[k] for k in v if k not in BASE})
+        cfg.update({k: v[k] for k in v if k not in BASE and k != "ramp"})
         if args.iters:
             cfg["iters"] = args.iters
         if args.size:
@@ -123,7 +149,7 @@ def main(argv=None):
             mean_face[key] = {k: round(ifn.summarize(ifn.evaluate_theta(
                 model, ifn.mean_face_theta(model, t["theta"]), t)["geometric_mm"])["mean"], 3)
                 for k, t in tests[key].items()}  # the reference row, once per test set
-        sampler = _prior(v["prior"])
+        sampler = _prior(v["prior"], int(v.get("ramp", 0.5) * cfg["iters"] * cfg["batch"]), args.seed)
         if v["fresh"]:
             corpus = FreshCorpus(model, seed=args.seed, size=cfg["size"], augment=v["augment"], sampler=sampler)
         else:

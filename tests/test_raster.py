@@ -372,3 +372,36 @@ def test_falls_back_to_torch_without_numba(monkeypatch):
         assert torch.equal(x, y)
     with pytest.raises(ImportError, match="numba"):
         rasterize(verts, faces, 24, backend="numba")
+
+
+def test_no_grad_twins_are_lent_by_the_fast_path_and_can_be_switched_off(face48):
+    """The reference lends its loops to Numba twins only through facelib.render._twins (registered by
+    facelib.render from render/fast); switched off, the PyTorch lines run and give the same numbers."""
+    from facelib.render import _twins
+    from facelib.render.shading import shade, vertex_normals
+
+    if not raster.HAVE_NUMBA:
+        assert _twins.TWINS == {}
+        return
+    assert set(_twins.TWINS) == {"fragments", "interpolate", "vertex_normals", "shade"}
+    assert all(fn.__module__ == "facelib.render.fast.twins" for fn in _twins.TWINS.values())
+    v, faces = face48
+    v = v.repeat(2, 1, 1).double() + torch.tensor([[[0.0, 0, 0]], [[1.1, -0.4, 0]]], dtype=torch.float64)
+    attrs = torch.rand(2, v.shape[1], 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    gamma = torch.randn(2, 27, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+
+    def run():
+        f = rasterize(v, faces, (48, 40))
+        n = vertex_normals(v, faces)
+        return (*f[1:], interpolate(attrs, f, faces), n, shade(attrs, n, gamma))
+
+    with torch.no_grad():
+        assert _twins.twin("shade", v) is not None
+        fast = run()
+        with _twins.twins_disabled():
+            assert all(_twins.twin(k, v) is None for k in _twins.TWINS)
+            ref = run()
+        assert _twins.twin("shade", v) is not None
+    assert _twins.twin("shade", v.clone().requires_grad_(True)) is None  # a gradient is asked for
+    for x, y in zip(fast, ref):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)

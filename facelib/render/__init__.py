@@ -4,9 +4,10 @@ The modules are the readable, differentiable reference renderer (PyTorch, any de
 order: :mod:`.camera` (``Phi`` and the projection), :mod:`.shading` (normals, SH shading, Eq. 4-5),
 :mod:`.raster` (visibility, ``Fragments``, interpolation, Eq. 6-7), :mod:`.points` (per-vertex
 rendering) and :mod:`.formation` (parameters -> image: :func:`render`, depth, PNCC and normal maps,
-landmarks). :mod:`.fast` holds what exists only for speed (the fused no-grad CPU path and its kernels);
-it imports the reference, never the reverse, and this file is the one place that chooses it
-(:func:`render`).
+landmarks). :mod:`.fast` holds what exists only for speed (the fused no-grad CPU path, its kernels,
+and the Numba twins of the reference's loops); it imports the reference, never the reverse, and this
+file is the one place that chooses it: :func:`render` picks the fused path, and the twins are lent to
+the reference through :mod:`._twins` when this package is imported.
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from .camera import Camera
 from .formation import (Render, depth_map, face_camera, face_labels, landmarks_2d, mouth_interior_mask,
                         normal_map, pncc_colors, pncc_map)
 from ..model.params import ParamLayout
+from .fast import twins as _fast_twins
+
+_fast_twins.register()  # the reference's no-grad Numba twins (facelib.render._twins), lent from render/fast
 
 __all__ = ["Render", "face_camera", "render", "depth_map", "pncc_colors", "pncc_map", "normal_map",
            "landmarks_2d", "face_labels", "mouth_interior_mask"]

@@ -40,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from . import _twins
 from .._checks import MAX_IMAGE_SIZE, all_finite, check_image_size  # noqa: F401 (MAX_IMAGE_SIZE: public)
 
 try:  # optional: the fast CPU visibility pass
@@ -199,110 +200,6 @@ if HAVE_NUMBA:
                             k -= 1
                         zbuf[n, i, j, k] = z
                         p2f[n, i, j, k] = packed
-
-
-if HAVE_NUMBA:
-    @njit(parallel=True, cache=True)
-    def _fragments_kernel(verts, faces, p2f, perspective, zbuf, bary, dists):
-        """No-grad twin of :func:`fragments_from_pix_to_face` (same formulas); outputs prefilled -1."""
-        N, H, W, K = p2f.shape
-        F = faces.shape[0]
-        for job in prange(N * H):
-            n = job // H
-            i = job % H
-            cy = i + 0.5
-            for j in range(W):
-                cx = j + 0.5
-                for k in range(K):
-                    pf = p2f[n, i, j, k]
-                    if pf < 0:
-                        continue
-                    f = pf % F
-                    a = faces[f, 0]
-                    b = faces[f, 1]
-                    c = faces[f, 2]
-                    x0 = verts[n, a, 0] - cx
-                    y0 = verts[n, a, 1] - cy
-                    x1 = verts[n, b, 0] - cx
-                    y1 = verts[n, b, 1] - cy
-                    x2 = verts[n, c, 0] - cx
-                    y2 = verts[n, c, 1] - cy
-                    w0 = x1 * y2 - y1 * x2
-                    w1 = x2 * y0 - y2 * x0
-                    w2 = x0 * y1 - y0 * x1
-                    s = w0 + w1 + w2
-                    if abs(s) < 1e-300:
-                        s = 1e-300
-                    b0 = w0 / s
-                    b1 = w1 / s
-                    b2 = w2 / s
-                    if perspective:
-                        q0 = b0 / verts[n, a, 2]
-                        q1 = b1 / verts[n, b, 2]
-                        q2 = b2 / verts[n, c, 2]
-                        d = 1.0 / (q0 + q1 + q2)
-                        b0 = q0 * d
-                        b1 = q1 * d
-                        b2 = q2 * d
-                    else:
-                        d = b0 * verts[n, a, 2] + b1 * verts[n, b, 2] + b2 * verts[n, c, 2]
-                    zbuf[n, i, j, k] = d
-                    bary[n, i, j, k, 0] = b0
-                    bary[n, i, j, k, 1] = b1
-                    bary[n, i, j, k, 2] = b2
-                    sg = 1.0 if s > 0 else -1.0
-                    e0 = w0 * sg / max(math.sqrt((x2 - x1) ** 2 + (y2 - y1) ** 2), 1e-300)
-                    e1 = w1 * sg / max(math.sqrt((x0 - x2) ** 2 + (y0 - y2) ** 2), 1e-300)
-                    e2 = w2 * sg / max(math.sqrt((x1 - x0) ** 2 + (y1 - y0) ** 2), 1e-300)
-                    dists[n, i, j, k] = -min(e0, e1, e2)
-
-    @njit(parallel=True, cache=True)
-    def _interpolate_kernel(attrs, faces, p2f, bary, out):
-        """No-grad twin of :func:`interpolate`; ``attrs`` (N or 1, V, D); ``out`` prefilled with 0."""
-        N, H, W, K = p2f.shape
-        F = faces.shape[0]
-        D = attrs.shape[2]
-        shared = attrs.shape[0] == 1
-        for job in prange(N * H):
-            n = job // H
-            i = job % H
-            m = 0 if shared else n
-            for j in range(W):
-                for k in range(K):
-                    pf = p2f[n, i, j, k]
-                    if pf < 0:
-                        continue
-                    f = pf % F
-                    a = faces[f, 0]
-                    b = faces[f, 1]
-                    c = faces[f, 2]
-                    b0 = bary[n, i, j, k, 0]
-                    b1 = bary[n, i, j, k, 1]
-                    b2 = bary[n, i, j, k, 2]
-                    for d in range(D):
-                        out[n, i, j, k, d] = b0 * attrs[m, a, d] + b1 * attrs[m, b, d] + b2 * attrs[m, c, d]
-
-
-def _needs_grad(*tensors) -> bool:
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
-def _fast(*tensors) -> bool:
-    """The Numba no-grad path: CPU tensors, numba present, and no gradient asked for."""
-    return HAVE_NUMBA and all(t.device.type == "cpu" for t in tensors) and not _needs_grad(*tensors)
-
-
-def _fragments_numba(verts_screen, faces, pix_to_face, perspective_correct) -> "Fragments":
-    N, H, W, K = pix_to_face.shape
-    dt = verts_screen.dtype
-    v = np.ascontiguousarray(verts_screen.detach().numpy())
-    zbuf = torch.full((N, H, W, K), -1.0, dtype=dt)
-    bary = torch.full((N, H, W, K, 3), -1.0, dtype=dt)
-    dists = torch.full((N, H, W, K), -1.0, dtype=dt)
-    if N and faces.shape[0]:
-        _fragments_kernel(v, faces.numpy(), pix_to_face.numpy(), bool(perspective_correct),
-                          zbuf.numpy(), bary.numpy(), dists.numpy())
-    return Fragments(pix_to_face, zbuf, bary, dists)
 
 
 def _visibility_numba(verts, faces, H, W, K, perspective, cull):
@@ -592,8 +489,9 @@ def rasterize(verts_screen, faces, image_size, faces_per_pixel=1, perspective_co
     H, W = _image_hw(image_size)
     p2f, _ = _visibility(verts_screen, faces, H, W, int(faces_per_pixel), perspective_correct,
                          cull_backfaces, backend)
-    if backend in ("auto", "numba") and _fast(verts_screen):
-        return _fragments_numba(verts_screen, faces, p2f, perspective_correct)  # same numbers, no graph
+    tw = _twins.twin("fragments", verts_screen) if backend in ("auto", "numba") else None
+    if tw is not None:  # the Numba twin: the same numbers, no graph (facelib.render.fast.twins)
+        return tw(verts_screen, faces, p2f, perspective_correct)
     return fragments_from_pix_to_face(verts_screen, faces, p2f, perspective_correct)
 
 
@@ -619,12 +517,9 @@ def interpolate(attrs, fragments, faces, detach_bary=False):
         raise ValueError(f"faces index vertex {int(faces.max())}; attrs has only {V} vertices")
     if detach_bary:
         bary = bary.detach()
-    if _fast(attrs, bary) and bary.dtype == attrs.dtype:  # Numba twin when no gradient is needed
-        out = attrs.new_zeros(N, H, W, K, D)
-        a = attrs.detach().reshape(-1 if not shared else 1, V, D)
-        _interpolate_kernel(np.ascontiguousarray(a.numpy()), faces.numpy(), p2f.numpy(),
-                            np.ascontiguousarray(bary.detach().numpy()), out.numpy())
-        return out
+    tw = _twins.twin("interpolate", attrs, bary) if bary.dtype == attrs.dtype else None
+    if tw is not None:  # the Numba twin when no gradient is needed (facelib.render.fast.twins)
+        return tw(attrs, faces, p2f, bary)
     flat = (p2f.reshape(-1) >= 0).nonzero().squeeze(1)
     pf = p2f.reshape(-1)[flat]
     vidx = faces[pf % max(F, 1)]

@@ -40,6 +40,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from . import _twins
 from .._checks import all_finite, check_vectors
 
 __all__ = [
@@ -71,41 +72,6 @@ _C20 = math.sqrt(5.0 / (16.0 * math.pi))  # 0.3154 (3z^2 - 1)
 _C22 = math.sqrt(15.0 / (16.0 * math.pi))  # 0.5463 (x^2 - y^2)
 
 
-try:  # optional: Numba twin of vertex_normals for the no-grad path (rendering corpora)
-    from numba import njit, prange
-
-    @njit(parallel=True, cache=True)
-    def _vertex_normals_kernel(verts, faces, out):
-        B = verts.shape[0]
-        V = verts.shape[1]
-        for b in prange(B):
-            for f in range(faces.shape[0]):
-                i0 = faces[f, 0]
-                i1 = faces[f, 1]
-                i2 = faces[f, 2]
-                ax = verts[b, i1, 0] - verts[b, i0, 0]
-                ay = verts[b, i1, 1] - verts[b, i0, 1]
-                az = verts[b, i1, 2] - verts[b, i0, 2]
-                bx = verts[b, i2, 0] - verts[b, i0, 0]
-                by = verts[b, i2, 1] - verts[b, i0, 1]
-                bz = verts[b, i2, 2] - verts[b, i0, 2]
-                nx = ay * bz - az * by
-                ny = az * bx - ax * bz
-                nz = ax * by - ay * bx
-                for i in (i0, i1, i2):
-                    out[b, i, 0] += nx
-                    out[b, i, 1] += ny
-                    out[b, i, 2] += nz
-            for v in range(V):
-                ln = (out[b, v, 0] ** 2 + out[b, v, 1] ** 2 + out[b, v, 2] ** 2) ** 0.5
-                ln = max(ln, 1e-12)
-                out[b, v, 0] /= ln
-                out[b, v, 1] /= ln
-                out[b, v, 2] /= ln
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover
-    HAVE_NUMBA = False
 
 
 def _check_normals(n, name: str = "normals") -> torch.Tensor:
@@ -160,33 +126,6 @@ def illumination_gamma(gamma: torch.Tensor) -> torch.Tensor:
     return gamma
 
 
-if HAVE_NUMBA:
-    @njit(parallel=True, cache=True)
-    def _shade_kernel(albedo, normals, g, out):
-        """No-grad twin of :func:`shade` for (B, P, 3) arrays and g (B, 9, 3) (normalised H_b)."""
-        k0 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[0] * _Y00
-        k1 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[1]
-        k2 = SH_SHADING_SCALE * SH_IRRADIANCE_CONSTANTS[2]
-        for b in prange(albedo.shape[0]):
-            for p in range(albedo.shape[1]):
-                x = normals[b, p, 0]
-                y = normals[b, p, 1]
-                z = normals[b, p, 2]
-                h1 = k1 * _C1 * y
-                h2 = k1 * _C1 * z
-                h3 = k1 * _C1 * x
-                h4 = k2 * _C2 * x * y
-                h5 = k2 * _C2 * y * z
-                h6 = k2 * _C20 * (3.0 * z * z - 1.0)
-                h7 = k2 * _C2 * x * z
-                h8 = k2 * _C22 * (x * x - y * y)
-                for c in range(3):
-                    e = (k0 * g[b, 0, c] + h1 * g[b, 1, c] + h2 * g[b, 2, c] + h3 * g[b, 3, c]
-                         + h4 * g[b, 4, c] + h5 * g[b, 5, c] + h6 * g[b, 6, c] + h7 * g[b, 7, c]
-                         + h8 * g[b, 8, c])
-                    out[b, p, c] = albedo[b, p, c] * e
-
-
 def shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     """Tewari Eq. 5: ``c = r (.) sum_b gamma_b H_b(n)``.
 
@@ -207,13 +146,9 @@ def shade(albedo: torch.Tensor, normals: torch.Tensor, gamma: torch.Tensor) -> t
         raise ValueError(f"gamma has batch size {g.shape[0]}; normals {tuple(normals.shape)} have "
                          f"batch size {B}")
     P = normals.numel() // (3 * B) if B else 0  # points per face (explicit: an empty batch has no -1)
-    if HAVE_NUMBA and normals.device.type == "cpu" and not (
-            torch.is_grad_enabled() and (albedo.requires_grad or normals.requires_grad or g.requires_grad)):
-        out = torch.empty_like(albedo)  # Numba twin: same formula, no autograd graph
-        _shade_kernel(albedo.detach().reshape(B, P, 3).contiguous().numpy(),
-                      normals.detach().reshape(B, P, 3).contiguous().numpy(),
-                      g.detach().to(albedo.dtype).expand(B, N_SH, 3).contiguous().numpy(), out.view(B, P, 3).numpy())
-        return out
+    tw = _twins.twin("shade", albedo, normals, g)
+    if tw is not None:  # the Numba twin: the same formula, no autograd graph (facelib.render.fast.twins)
+        return tw(albedo, normals, g)
     H = sh_irradiance_basis(normals).movedim(-1, 0).reshape(N_SH, B, P)  # (9, B, P) planes
     irradiance = torch.einsum("kbp,bkc->bpc", H, g.to(H.dtype).expand(B, N_SH, 3))  # sum_b gamma_b H_b
     irradiance = irradiance.reshape(normals.shape)
@@ -256,11 +191,9 @@ def vertex_normals(verts: torch.Tensor, faces: torch.Tensor, eps: float = 1e-12)
     _check_mesh(verts, faces)
     idx = faces.to(device=verts.device, dtype=torch.long)
     B, V = verts.shape[:2]
-    if HAVE_NUMBA and verts.device.type == "cpu" and not (torch.is_grad_enabled() and verts.requires_grad) \
-            and eps == 1e-12:
-        out = torch.zeros_like(verts)  # Numba twin (same formula, no autograd graph)
-        _vertex_normals_kernel(verts.detach().contiguous().numpy(), idx.contiguous().numpy(), out.numpy())
-        return out
+    tw = _twins.twin("vertex_normals", verts) if eps == 1e-12 else None
+    if tw is not None:  # the Numba twin: the same formula, no autograd graph (facelib.render.fast.twins)
+        return tw(verts, idx)
     # vertex-major layout (V, B * 3): row gathers and row scatters are several times faster on the CPU
     vt = verts.permute(1, 0, 2).reshape(V, B * 3)
     v0, v1, v2 = (vt.index_select(0, idx[:, k]).view(-1, B, 3) for k in range(3))
