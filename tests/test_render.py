@@ -1,5 +1,6 @@
 """The render pipeline: parameters -> shaded image, masks, depth; CLI render and bench."""
 
+import contextlib
 import json
 import os
 import signal
@@ -167,12 +168,18 @@ def _ties_only(a, b, edge_px=1e-3, rel_depth=1e-3):
 
 
 @needs_numba
+@pytest.mark.parametrize("twins", [True, False], ids=["numba-twins", "torch-lines"])
 @pytest.mark.parametrize("size", [(48, 40), 7, (3, 5)])
-def test_fused_render_equals_the_pytorch_path(open_model, size):
+def test_fused_render_equals_the_pytorch_path(open_model, size, twins):
+    """The fused kernel against ``fused=False`` under ``no_grad``: with the reference's Numba twins, and
+    with the twins switched off, so that the reference's PyTorch lines themselves run."""
+    from facelib.render._twins import twins_disabled
+
     theta = sample_sec5(open_model, 3, seed=11)
     with torch.no_grad():
         a = render(open_model, theta, size, background=0.3, fused=True)
-        b = render(open_model, theta, size, background=0.3, fused=False)
+        with contextlib.nullcontext() if twins else twins_disabled():
+            b = render(open_model, theta, size, background=0.3, fused=False)
     H, W = (size, size) if isinstance(size, int) else size
     assert a.image.shape == (3, 3, H, W) and a.fragments.bary_coords.shape == (3, H, W, 1, 3)
     assert _ties_only(a, b) <= 1e-3 * a.mask.numel()
