@@ -63,7 +63,9 @@ def _prior(name: str, ramp_faces: int = 0, corpus_seed: int = 0):
     """The training corpus' parameter prior for ``prior=NAME``: ``"sec5"`` (the paper's, default),
     ``"expr0.5"`` (Sec. 5 with every expression coefficient, mouth bias included, halved) or
     ``"frontal_neutral"`` (Sec. 5 shape, reflectance and light; pose and expression 0: the easiest
-    faces, an upper bound of what the network learns of the shape in the budget).  Experiments only:
+    faces, an upper bound of what the network learns of the shape in the budget), ``"curriculum"`` /
+    ``"curriculum_all"`` (with ``fresh=true``: rotation, or rotation and expression, grown from 0 to the
+    Sec. 5 ranges over the first ``ramp`` (default half) of the run, :func:`_curriculum`).  Experiments only:
     the book trains on the Sec. 5 prior."""
     from facelib.model.params import sample_sec5
 
