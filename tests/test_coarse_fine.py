@@ -9,12 +9,13 @@ import torch
 
 from facelib.coarse_fine import sfs
 from facelib.coarse_fine import (FineNet, CoarseNet, CoarseSpace, P_EXACT, P_START, align_depth, coarse_input,
-                                 coarse_iterate, coarse_loss, coarse_step, depth_errors, depth_from_screen,
+                                 coarse_iterate, coarse_loss, coarse_step, depth_errors,
                                  feedback_state, finenet_data, finenet_refine, geometry_errors,
                                  geometry_references, gmse, make_faces, pooled_rms,
                                  render_view, rendering_layer, sample_appearance, sample_r,
                                  texture_maps, train_coarsenet, train_end_to_end, train_finenet)
 from facelib.model.detail import detail_displacement
+from facelib.render import depth_layer, depth_map
 
 D = torch.float64
 
@@ -72,6 +73,30 @@ def test_rendering_layer_gradient_matches_finite_differences(space64):
     assert torch.allclose(rr.grad, fd, rtol=1e-6, atol=1e-6 * float(fd.abs().max()))
 
 
+def test_depth_layer_culling_flag(space64):
+    """The one rendering layer with and without culling: with ``cull_backfaces`` no pixel shows a
+    triangle facing away from the camera, without it some do; ``depth_map`` is its
+    depth; CoarseNet's layer is the culled one."""
+    sp = space64
+    r = sample_r(sp, 2, 5).to(D)
+    r[:, -5] = 1.0  # yaw at the prior's edge: the far cheek folds behind the nose
+    a, p = sp.split(r)
+    screen = sp.project(sp.geometry(a), p, 48)
+    tri = screen[:, sp.faces]  # (B, T, 3, 3)
+    e1, e2 = tri[:, :, 1, :2] - tri[:, :, 0, :2], tri[:, :, 2, :2] - tri[:, :, 0, :2]
+    area = e1[..., 0] * e2[..., 1] - e1[..., 1] * e2[..., 0]  # (B, T) signed, screen y down
+    seen = {}
+    for cull in (False, True):
+        z, mask, frags = depth_layer(screen, sp.faces, 48, cull_backfaces=cull)
+        assert torch.equal(z, depth_map(screen, sp.faces, 48, cull_backfaces=cull))
+        pix = frags.pix_to_face[..., 0]
+        signs = area.reshape(-1)[pix[mask]].sign()  # pix_to_face indexes the packed (B * T) faces
+        seen[cull] = set(signs.tolist())
+    assert len(seen[True]) == 1 and len(seen[False]) == 2
+    z1, _, _ = rendering_layer(sp, r, 48)
+    assert torch.equal(z1, depth_layer(screen, sp.faces, 48, cull_backfaces=True)[0])
+
+
 def test_rendering_layer_gradient_reaches_visible_vertices_only(space64):
     """dE/dz_i = sum over the pixels of vertex i's visible triangles of lambda_i (Eq. 7); hidden vertices
     (culled or behind the face) and the x, y coordinates get none."""
@@ -80,7 +105,7 @@ def test_rendering_layer_gradient_reaches_visible_vertices_only(space64):
     r = sample_r(sp, 1, 3).to(D)
     a, p = sp.split(r)
     screen = sp.project(sp.geometry(a), p, S).detach().requires_grad_(True)
-    z, mask, frags = depth_from_screen(screen, sp.faces, S)
+    z, mask, frags = depth_layer(screen, sp.faces, S, cull_backfaces=True)
     z.sum().backward()
     g = screen.grad[0]
     assert (g[:, :2] == 0).all()

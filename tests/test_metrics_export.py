@@ -382,3 +382,19 @@ def test_image_grid_layout(tmp_path):
         image_grid(torch.zeros(2, 4, 5, 5))
     with pytest.raises(ValueError, match="nrow"):
         image_grid(images, nrow=0)
+
+
+def test_masked_mean_against_a_loop_and_on_empty_masks():
+    """One masked mean for the error measures and the SfS energies: per image, the mean over the mask
+    (a Python loop as reference); ``nan`` for an empty mask unless ``empty`` says otherwise."""
+    from facelib.eval.metrics import masked_mean
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 7, generator=g, dtype=torch.float64)
+    m = torch.rand(3, 5, 7, generator=g) > 0.5
+    m[2] = False
+    got = masked_mean(x, m)
+    for b in range(2):
+        assert torch.allclose(got[b], x[b][m[b]].mean(), rtol=1e-14)
+    assert torch.isnan(got[2])
+    assert masked_mean(x, m, empty=0.0)[2] == 0 and torch.equal(masked_mean(x, m, empty=0.0)[:2], got[:2])

@@ -53,14 +53,14 @@ from ..model.detail import apply_detail, detail_displacement
 from ..eval.metrics import similarity_align
 from ..model.params import rot_xyz
 from ..render.raster import Fragments, interpolate, rasterize
-from ..render import pncc_colors
+from ..render import depth_layer, normal_map, pncc_map
 from ..render.shading import shade, vertex_normals
 from . import sfs
 
 __all__ = [
     "CoarseSpace", "View", "POSE_NAMES", "POSE_UNITS", "POSE_PRIOR", "FRAME_MM", "N_TEXTURE", "P_START",
     "P_EXACT", "MASK_DILATE", "geometry_errors", "geometry_references", "pooled_rms",
-    "render_view", "depth_from_screen", "rendering_layer", "texture_maps", "sample_r", "sample_appearance",
+    "render_view", "rendering_layer", "texture_maps", "sample_r", "sample_appearance",
     "feedback_state", "coarse_input", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
     "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "curve_eval", "now_error_mm",
     "make_faces", "finenet_data",
@@ -208,8 +208,8 @@ def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance
         frags = rasterize(screen, space.faces, image_size, perspective_correct=False, cull_backfaces=True)
         mask = frags.pix_to_face[..., 0] >= 0
         normals = vertex_normals(verts, tri) @ R.transpose(1, 2)  # camera frame
-        nmap = F.normalize(interpolate(normals, frags, space.faces)[..., 0, :], dim=-1) * mask[..., None]
-        pncc = interpolate(pncc_colors(space.model).to(verts.dtype), frags, space.faces)[..., 0, :]
+        nmap = normal_map(space.model, frags, normals, space.faces)
+        pncc = pncc_map(space.model, frags, space.faces)
         depth = torch.where(mask, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))
         image = None
         if appearance is not None:
@@ -221,18 +221,8 @@ def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance
             grey = interpolate(grey_v[..., :1], frags, space.faces)[..., 0, 0]
             bg = torch.as_tensor(background, dtype=grey.dtype, device=grey.device).reshape(-1, 1, 1)
             image = torch.where(mask, grey, bg.expand_as(grey)).clamp(0.0, 1.0)[:, None]
-        return View(image, mask, depth, pncc.permute(0, 3, 1, 2), nmap.permute(0, 3, 1, 2), frags,
+        return View(image, mask, depth, pncc, nmap, frags,
                     space.pixel_mm(r, image_size))
-
-
-def depth_from_screen(screen: torch.Tensor, faces: torch.Tensor, image_size: int) -> tuple:
-    """Eq. 6-7: z-buffered depth ``(B, H, W)`` (0 outside), ``mask``, ``fragments`` of screen vertices
-    ``(B, V, 3)`` (x, y pixels, depth), with barycentrics held fixed: ``dE/dz_i = dE/dz~ lambda_i`` for
-    the vertices of the visible triangles, no gradient for hidden vertices or for x, y."""
-    frags = rasterize(screen, faces, image_size, perspective_correct=False, cull_backfaces=True)
-    z = interpolate(screen[..., 2:3], frags, faces, detach_bary=True)[..., 0, 0]  # Eq. 6-7
-    mask = frags.pix_to_face[..., 0] >= 0
-    return torch.where(mask, z, torch.zeros_like(z)), mask, frags
 
 
 def rendering_layer(space: CoarseSpace, r: torch.Tensor, image_size: int) -> tuple:
@@ -241,11 +231,13 @@ def rendering_layer(space: CoarseSpace, r: torch.Tensor, image_size: int) -> tup
 
     Eq. 5 places the mesh (weak perspective, depth in mm); a z-buffer picks the nearest triangle per
     pixel; Eq. 6 interpolates the vertex depths with barycentrics that are held fixed (Eq. 7,
-    :func:`depth_from_screen`), so the gradient reaches only the vertices of visible triangles, weighted
-    by their barycentric coordinates, and from them ``r`` through Eq. 5.
+    :func:`facelib.render.depth_layer` with back faces culled), so the gradient reaches only the
+    vertices of visible triangles, weighted by their barycentric coordinates, and from them ``r``
+    through Eq. 5.
     """
     alpha, pose = space.split(r)
-    return depth_from_screen(space.project(space.geometry(alpha), pose, image_size), space.faces, image_size)
+    return depth_layer(space.project(space.geometry(alpha), pose, image_size), space.faces, image_size,
+                       cull_backfaces=True)
 
 
 def texture_maps(space: CoarseSpace, fragments: Fragments, n_texture: int = N_TEXTURE) -> tuple:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..eval.metrics import masked_mean
 from ..render.shading import sh_basis, sh_first_order_basis
 
 __all__ = ["INTENSITY_UNITS", "LAMBDA_SH", "LAMBDA_F", "LAMBDA_SM", "LIGHT_ORDER", "ALTERNATIONS",
@@ -76,12 +77,6 @@ def _pixel_mm(pixel_mm, depth: torch.Tensor) -> torch.Tensor:
     if p.shape != (depth.shape[0],) or bool((p <= 0).any()):
         raise ValueError(f"pixel_mm must be a positive float or ({depth.shape[0]},) tensor; got {pixel_mm!r}")
     return p
-
-
-def _masked_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x (B, H, W)`` over ``m (B, H, W)`` per image -> ``(B,)`` (0 where ``m`` is empty)."""
-    m = m.to(x.dtype)
-    return (x * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
 
 
 def interior(mask: torch.Tensor) -> torch.Tensor:
@@ -215,18 +210,18 @@ def e_sh(z_hat: torch.Tensor, image: torch.Tensor, rho: torch.Tensor, l: torch.T
     """Eq. 8: ``|| rho <l, Y(z_hat)> - I ||^2`` per pixel, averaged over the valid pixels -> ``(B,)``."""
     n, valid = depth_normals(z_hat, pixel_mm, mask)
     r = rho * shading_image(l, n) - image
-    return _masked_mean(r * r, valid)
+    return masked_mean(r * r, valid, empty=0.0)
 
 
 def e_f(z_hat: torch.Tensor, z0: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 13, fidelity: ``|| z_hat - z0 ||^2`` per pixel over ``mask`` -> ``(B,)`` mm^2."""
     d = z_hat - _check_maps("z0", z0, z_hat)
-    return _masked_mean(d * d, mask.bool())
+    return masked_mean(d * d, mask.bool(), empty=0.0)
 
 
 def e_sm(z_hat: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Eq. 13, smoothness: ``|| Laplacian z_hat ||_1`` per pixel over the interior of ``mask`` -> ``(B,)``."""
-    return _masked_mean(laplacian(z_hat).abs(), interior(mask.bool()))
+    return masked_mean(laplacian(z_hat).abs(), interior(mask.bool()), empty=0.0)
 
 
 def sfs_loss(z_hat: torch.Tensor, z0: torch.Tensor, image: torch.Tensor, mu_T: torch.Tensor,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 __all__ = [
+    "masked_mean",
     "photometric_rmse",
     "photometric_rgb_distance",
     "geometric_rmse",
@@ -88,13 +89,16 @@ def _check_points(x, name: str, batched: bool) -> torch.Tensor:
     return x
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` ``(B, ...)`` over ``mask`` per image -> ``(B,)``; ``nan`` where empty."""
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, empty: float = float("nan")) -> torch.Tensor:
+    """Mean of ``values`` ``(B, ...)`` over ``mask`` (same shape, bool) per image -> ``(B,)``; ``empty``
+    where the mask is empty (default ``nan``: an error measure over no pixels is undefined; the
+    shape-from-shading energies take 0)."""
     m = mask.to(values.dtype)
     count = m.flatten(1).sum(1)
     total = (values * m).flatten(1).sum(1)
     mean = total / count.clamp(min=1)
-    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+    return torch.where(count > 0, mean, torch.full_like(mean, empty))
+
 
 
 # ---------------------------------------------------------------------------------- photometric
@@ -110,7 +114,7 @@ def photometric_rmse(image, target, mask) -> torch.Tensor:
     _check_same(image, target, "image", "target")
     mask = _check_mask(mask, "mask", image.shape[:1] + image.shape[2:])
     mse = ((image - target) * 255.0).square().mean(1)  # (B, H, W), mean over channels
-    return _masked_mean(mse, mask).sqrt()
+    return masked_mean(mse, mask).sqrt()
 
 
 def photometric_rgb_distance(image, target, mask) -> torch.Tensor:
@@ -124,7 +128,7 @@ def photometric_rgb_distance(image, target, mask) -> torch.Tensor:
     _check_same(image, target, "image", "target")
     mask = _check_mask(mask, "mask", image.shape[:1] + image.shape[2:])
     dist = torch.linalg.vector_norm(image - target, dim=1)  # (B, H, W)
-    return _masked_mean(dist, mask)
+    return masked_mean(dist, mask)
 
 
 # ------------------------------------------------------------------------------------ geometric
@@ -146,7 +150,7 @@ def geometric_rmse(verts, verts_gt, mask=None) -> torch.Tensor:
     if mask.shape != (d2.shape[1],) or mask.dtype != torch.bool:
         raise ValueError(f"mask has shape {_shape(mask)} and dtype {mask.dtype}; expected a bool "
                          f"vector ({d2.shape[1]},), one entry per vertex")
-    return _masked_mean(d2, mask.expand_as(d2)).sqrt()
+    return masked_mean(d2, mask.expand_as(d2)).sqrt()
 
 
 def mask_iou(mask_a, mask_b) -> torch.Tensor:
@@ -186,7 +190,7 @@ def depth_error(depth, depth_gt, valid_a=None, valid_b=None, q: float = 0.9) -> 
             valid = valid & _check_mask(v, name, depth.shape).to(valid.device)
     err = (depth - depth_gt).abs()
     err = torch.where(valid, err, torch.zeros_like(err))  # keeps nan/inf out of the mean
-    mean = _masked_mean(err, valid)
+    mean = masked_mean(err, valid)
     p90 = torch.stack([torch.quantile(e[m], q) if m.any() else e.new_tensor(float("nan"))
                        for e, m in zip(err, valid)])
     return {"mean": mean, "p90": p90}

@@ -16,14 +16,14 @@ import torch
 
 from . import camera, formation, points, raster, shading  # noqa: F401 (facelib.render.raster.X, ...)
 from .camera import Camera
-from .formation import (Render, depth_map, face_camera, face_labels, landmarks_2d, mouth_interior_mask,
+from .formation import (Render, depth_layer, depth_map, face_camera, face_labels, landmarks_2d, mouth_interior_mask,
                         normal_map, pncc_colors, pncc_map)
 from ..model.params import ParamLayout
 from .fast import twins as _fast_twins
 
 _fast_twins.register()  # the reference's no-grad Numba twins (facelib.render._twins), lent from render/fast
 
-__all__ = ["Render", "face_camera", "render", "depth_map", "pncc_colors", "pncc_map", "normal_map",
+__all__ = ["Render", "face_camera", "render", "depth_layer", "depth_map", "pncc_colors", "pncc_map", "normal_map",
            "landmarks_2d", "face_labels", "mouth_interior_mask"]
 
 

@@ -37,7 +37,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._checks import all_finite, check_vectors
+from .._checks import all_finite, check_image_size, check_vectors
 
 __all__ = [
     "rigid_transform",
@@ -83,21 +83,10 @@ def _per_batch(x, B: int, ref: torch.Tensor, name: str, size: int | None = None)
 
 
 def image_hw(image_size) -> tuple:
-    """``image_size`` as ``(H, W)``: an int (square) or an ``(H, W)`` pair of positive ints."""
-    if isinstance(image_size, bool):
-        raise ValueError(f"image_size must be an int or (H, W); got {image_size!r}")
-    if isinstance(image_size, int):
-        hw = (image_size, image_size)
-    else:
-        try:
-            hw = tuple(int(s) for s in image_size)
-        except TypeError:
-            raise ValueError(f"image_size must be an int or (H, W); got {image_size!r}") from None
-        if len(hw) != 2 or any(h != s for h, s in zip(hw, image_size)):
-            raise ValueError(f"image_size must be an int or (H, W); got {image_size!r}")
-    if min(hw) < 1:
-        raise ValueError(f"image_size must be positive; got {image_size!r}")
-    return hw
+    """``image_size`` as ``(H, W)``: an int (square) or an ``(H, W)`` pair of positive ints, at most
+    :data:`facelib._checks.MAX_IMAGE_SIZE` per side (:func:`facelib._checks.check_image_size`, the one
+    check every renderer uses)."""
+    return check_image_size(image_size)
 
 
 def _principal_point(principal_point, image_size, B, ref) -> torch.Tensor:

@@ -29,11 +29,11 @@ import torch
 
 from .._checks import all_finite, check_theta
 from ..model.params import ParamLayout, rot_xyz
-from .camera import Camera, default_camera, perspective_project, rigid_transform
-from .raster import Fragments, _image_hw, interpolate, rasterize
+from .camera import Camera, default_camera, image_hw, perspective_project, rigid_transform
+from .raster import Fragments, interpolate, rasterize
 from .shading import shade, vertex_normals
 
-__all__ = ["Render", "face_camera", "render", "depth_map", "pncc_colors", "pncc_map", "normal_map",
+__all__ = ["Render", "face_camera", "render", "depth_layer", "depth_map", "pncc_colors", "pncc_map", "normal_map",
            "landmarks_2d", "face_labels", "mouth_interior_mask"]
 
 
@@ -117,7 +117,7 @@ def _prepare(model, theta: torch.Tensor, image_size, layout, camera, outputs) ->
     want = _wanted_fields(outputs)
     layout = layout or ParamLayout.from_model(model)
     p = layout.unpack(check_theta(theta, layout.size, model.mean_shape.dtype))
-    cam = camera or _face_camera_cached(_image_hw(image_size), theta.device, theta.dtype)
+    cam = camera or _face_camera_cached(image_hw(image_size), theta.device, theta.dtype)
     return want, p, cam
 
 
@@ -167,12 +167,25 @@ def _wanted_fields(outputs) -> set:
     raise ValueError(f"outputs must be 'all', 'image' or a collection of Render field names; got {outputs!r}")
 
 
-def depth_map(screen: torch.Tensor, faces: torch.Tensor, image_size, backend: str = "auto") -> torch.Tensor:
-    """Richardson's rendering layer (Sec. 4.1, Eq. 5-7): ``(B, V, 3)`` screen vertices -> ``(B, H, W)``
-    depth (0 where no face), z-buffered, barycentric interpolation with fixed barycentrics (Eq. 7)."""
-    frags = rasterize(screen, faces, image_size, perspective_correct=False, backend=backend)
-    z = interpolate(screen[..., 2:3], frags, faces, detach_bary=True)[..., 0, 0]
-    return torch.where(frags.pix_to_face[..., 0] >= 0, z, torch.zeros_like(z))
+def depth_layer(screen: torch.Tensor, faces: torch.Tensor, image_size, cull_backfaces: bool = False,
+                backend: str = "auto") -> tuple:
+    """Richardson's rendering layer (Sec. 4.1, Eq. 5-7), the one place it is written: ``(B, V, 3)``
+    screen vertices (x, y pixels, depth) -> z-buffered depth ``(B, H, W)`` (0 where no face), ``mask
+    (B, H, W)`` and the :class:`Fragments`.  Depth is interpolated with barycentrics held fixed (Eq. 7:
+    ``dE/dz_i = dE/dz~ lambda_i`` for the vertices of the visible triangles, no gradient for hidden
+    vertices or for x, y).  ``cull_backfaces``: drop triangles facing away from the camera (CoarseNet's
+    renders use it; the others see every triangle)."""
+    frags = rasterize(screen, faces, image_size, perspective_correct=False, cull_backfaces=cull_backfaces,
+                      backend=backend)
+    z = interpolate(screen[..., 2:3], frags, faces, detach_bary=True)[..., 0, 0]  # Eq. 6-7
+    mask = frags.pix_to_face[..., 0] >= 0
+    return torch.where(mask, z, torch.zeros_like(z)), mask, frags
+
+
+def depth_map(screen: torch.Tensor, faces: torch.Tensor, image_size, backend: str = "auto",
+              cull_backfaces: bool = False) -> torch.Tensor:
+    """The depth ``(B, H, W)`` of :func:`depth_layer` alone."""
+    return depth_layer(screen, faces, image_size, cull_backfaces, backend)[0]
 
 
 def pncc_colors(model) -> torch.Tensor:
@@ -182,17 +195,21 @@ def pncc_colors(model) -> torch.Tensor:
     return (v - lo) / (hi - lo)
 
 
-def pncc_map(model, fragments: Fragments) -> torch.Tensor:
+def pncc_map(model, fragments: Fragments, faces: torch.Tensor | None = None) -> torch.Tensor:
     """PNCC image (Richardson Sec. 3.2.1): ``(B, 3, H, W)``, the normalised mean-face coordinates of the
-    surface point seen at each pixel (0 outside the face)."""
+    surface point seen at each pixel (0 outside the face).  ``faces``: the triangles ``fragments`` were
+    rasterized from (default ``model.triangles``)."""
     c = pncc_colors(model).to(fragments.bary_coords.dtype)
-    return interpolate(c, fragments, model.triangles)[..., 0, :].permute(0, 3, 1, 2)
+    faces = model.triangles if faces is None else faces
+    return interpolate(c, fragments, faces)[..., 0, :].permute(0, 3, 1, 2)
 
 
-def normal_map(model, fragments: Fragments, normals: torch.Tensor) -> torch.Tensor:
+def normal_map(model, fragments: Fragments, normals: torch.Tensor, faces: torch.Tensor | None = None) -> torch.Tensor:
     """Normal map (Richardson Sec. 3.2.1): per-vertex unit normals ``(B, V, 3)`` interpolated and
-    renormalised, ``(B, 3, H, W)`` with components in [-1, 1] (0 outside the face)."""
-    n = interpolate(normals, fragments, model.triangles)[..., 0, :]
+    renormalised, ``(B, 3, H, W)`` with components in [-1, 1] (0 outside the face).  ``faces`` as
+    :func:`pncc_map`."""
+    faces = model.triangles if faces is None else faces
+    n = interpolate(normals, fragments, faces)[..., 0, :]
     n = torch.nn.functional.normalize(n, dim=-1) * (fragments.pix_to_face[..., :1] >= 0)
     return n.permute(0, 3, 1, 2)
 

@@ -41,7 +41,8 @@ import numpy as np
 import torch
 
 from . import _twins
-from .._checks import MAX_IMAGE_SIZE, all_finite, check_image_size  # noqa: F401 (MAX_IMAGE_SIZE: public)
+from .camera import image_hw
+from .._checks import MAX_IMAGE_SIZE, all_finite  # noqa: F401 (MAX_IMAGE_SIZE: public)
 
 try:  # optional: the fast CPU visibility pass
     import numba
@@ -79,11 +80,6 @@ class Fragments(NamedTuple):
 
 # ------------------------------------------------------------------------------------------------
 # input checks
-
-
-def _image_hw(image_size) -> tuple[int, int]:
-    """``(H, W)`` of ``image_size`` (an int or a pair), checked: :func:`facelib._checks.check_image_size`."""
-    return check_image_size(image_size)
 
 
 def _check_inputs(verts_screen, faces, faces_per_pixel=1, backend="auto"):
@@ -330,7 +326,7 @@ def pytorch3d_fragments(verts_screen, faces, image_size, faces_per_pixel=1, pers
         raise ImportError("backend='pytorch3d' needs PyTorch3D (https://github.com/facebookresearch/"
                           "pytorch3d); install it or use backend='numba' or 'torch'") from e
     faces = _check_inputs(verts_screen, faces, faces_per_pixel)
-    H, W = _image_hw(image_size)
+    H, W = image_hw(image_size)
     K = int(faces_per_pixel)
     v, (N, F) = verts_screen, (verts_screen.shape[0], faces.shape[0])
     s = min(H, W)
@@ -380,7 +376,7 @@ def visibility(verts_screen, faces, image_size, faces_per_pixel=1, perspective_c
     importable, else torch.
     """
     faces = _check_inputs(verts_screen, faces, faces_per_pixel, backend)
-    H, W = _image_hw(image_size)
+    H, W = image_hw(image_size)
     return _visibility(verts_screen, faces, H, W, int(faces_per_pixel), perspective_correct,
                        cull_backfaces, backend)[0]
 
@@ -486,7 +482,7 @@ def rasterize(verts_screen, faces, image_size, faces_per_pixel=1, perspective_co
         ``bary_coords`` ``(N, H, W, K, 3)``, ``dists`` ``(N, H, W, K)``; -1 where no face.
     """
     faces = _check_inputs(verts_screen, faces, faces_per_pixel, backend)
-    H, W = _image_hw(image_size)
+    H, W = image_hw(image_size)
     p2f, _ = _visibility(verts_screen, faces, H, W, int(faces_per_pixel), perspective_correct,
                          cull_backfaces, backend)
     tw = _twins.twin("fragments", verts_screen) if backend in ("auto", "numba") else None

@@ -15,7 +15,8 @@ from ..._checks import all_finite
 from ...model.params import rot_xyz
 from ..camera import Camera
 from ..formation import Render, _cached, mouth_interior_mask
-from ..raster import HAVE_NUMBA, Fragments, _image_hw
+from ..camera import image_hw
+from ..raster import HAVE_NUMBA, Fragments
 from ..shading import illumination_gamma
 from . import _gemm, _resolve, _zchunk
 from .kernels import _CH, _NP, _fz_faces, _ws_f32_size
@@ -292,7 +293,7 @@ def _offsets(pairs, n_jobs: int, pool, outs=None, meanwhile=None) -> list:
 def _render_fused(model, p: dict, cam: Camera, image_size, background: float, want: set) -> Render:
     """The no-grad CPU twin of :func:`render`: Eq. 2-3 as two float32 GEMMs over the batch
     (:func:`_offsets`), then :func:`_render_faces`; both on ``torch.get_num_threads()`` threads."""
-    H, W = _image_hw(image_size)
+    H, W = image_hw(image_size)
     theta_r = p["reflectance"]
     B = theta_r.shape[0]
     V = model.n_vertices
