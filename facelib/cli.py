@@ -109,11 +109,12 @@ def _reconstruct(args) -> int:
 
 
 def _networks(args) -> int:
+    from .mofa import checkpoint_dir
     from .networks import NETWORKS, available_networks, networks_dir
 
     rows = available_networks(args.model)
     if not rows:
-        print(f"no trained networks for model {args.model!r} yet (looked in {networks_dir()} and out/mofa); "
+        print(f"no trained networks for model {args.model!r} yet (looked in {networks_dir()} and {checkpoint_dir()}); "
               "`make book` trains them")
         return 0
     for r in rows:

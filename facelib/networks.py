@@ -9,7 +9,7 @@ Where they come from:
   AlexNet + model-space loss + breeding), ``seed=`` a training seed.
 * ``"mofa"`` and ``"mofa-final"``: the base level of chapter 5 (stage 1) and the final level of
   chapter 6 (stage 2 with the correctives), read from the checkpoints the book writes under
-  :func:`facelib.mofa.out_dir` (``mofa/<profile>_stage1_s<seed>.pt``, ``mofa/<profile>_final.pt``);
+  :func:`facelib.mofa.checkpoint_dir` (``<profile>_stage1_s<seed>.pt``, ``<profile>_final.pt``);
   a checkpoint of an unfinished run is refused.
 
 When several profiles trained a network, the largest wins (``gpu``, then ``cpu``, then ``ci``) unless
@@ -164,7 +164,7 @@ def _mofa_candidates(name: str, model, seed: int | None = None) -> list:
     its decoder's), in :data:`PROFILE_ORDER`; each with its ``profile``, ``seed`` (0 for the final
     level, which has one file per profile), ``path`` and ``record``."""
     from .data.corpus import _model_key
-    from .mofa import out_dir
+    from .mofa import checkpoint_dir
     from .mofa.multilevel import decimate
 
     keys, out = {}, []
@@ -173,7 +173,7 @@ def _mofa_candidates(name: str, model, seed: int | None = None) -> list:
             pattern = f"{prof}_stage1_s{'*' if seed is None else int(seed)}.pt"
         else:
             pattern = f"{prof}_final.pt"
-        for f in sorted((out_dir() / "mofa").glob(pattern)):
+        for f in sorted(checkpoint_dir().glob(pattern)):
             r = _read(f)
             meta = (r or {}).get("meta") or {}
             if r is None or "net" not in r or "n_vertices" not in meta.get("config", {}):
@@ -367,8 +367,10 @@ def _to_frame(u: torch.Tensor, box: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def _missing(name: str, what: str) -> NetworkNotFoundError:
+    from .mofa import checkpoint_dir
+
     return NetworkNotFoundError(f"no trained {name!r} network {what}; {_HOW[name]} first (it saves the "
-                                f"networks under {networks_dir() if name == 'inversefacenet' else 'out/mofa'}), "
+                                f"networks under {networks_dir() if name == 'inversefacenet' else checkpoint_dir()}), "
                                 "or see facelib.networks.available_networks()")
 
 

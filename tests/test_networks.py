@@ -31,7 +31,6 @@ def frames(model):
 def trained(model, frames, tmp_path, monkeypatch):
     """Two Table 1 rows trained (tiny) into an empty cache (and no MoFA checkpoints)."""
     monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
-    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "out"))
     corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
     x = to_network(network_input(frames["image"], frames["landmarks"], 32)["crop"])
     bred, _ = train_row(model, CFG, "+ breeding (= InverseFaceNet)", corpus, real_x=x, progress=False)
@@ -89,7 +88,6 @@ def test_a_truncated_network_file_is_not_loaded(model, trained):
 
 def test_empty_cache_says_how_to_train(model, tmp_path, monkeypatch):
     monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
-    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "out"))
     assert available_networks(model) == []
     for name, chapter in (("inversefacenet", "chapters 3 and 4"), ("mofa", "chapter 5"), ("mofa-final", "chapter 6")):
         with pytest.raises(NetworkNotFoundError, match=chapter):
@@ -100,7 +98,7 @@ def test_mofa_checkpoint_loads_and_an_unfinished_one_is_refused(model, tmp_path,
     from facelib.book import settings
     from facelib.mofa import make_corpus, stage1_network
 
-    monkeypatch.setenv("FACELIB_OUT", str(tmp_path))
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))  # MoFA checkpoints: tmp_path / "mofa"
     cfg = dict(settings("05_mofa", "ci"), steps1=3, threads=None)  # 3 of the ci profile's 50 steps: unfinished
     net, keep, _ = stage1_network(model, cfg, make_corpus(model, 4, cfg["size"], seed=0, progress=False,
                                                            keep=None), 0, "cpu", "ci", progress=False)

@@ -92,10 +92,11 @@ def test_reconstruct_params_and_landmarks(reconstruction, open_model):
 
 
 def test_reconstruct_bad_photos_leave_nothing(tmp_path, capsys, monkeypatch):
+    import facelib.mofa
     import facelib.networks
 
     monkeypatch.setattr(facelib.networks, "networks_dir", lambda: tmp_path / "networks")  # no trained networks
-    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "no_checkpoints"))
+    monkeypatch.setattr(facelib.mofa, "checkpoint_dir", lambda: tmp_path / "no_checkpoints")
     out = tmp_path / "out"
     cases = []
     (tmp_path / "text.jpg").write_text("not a photo")
@@ -180,7 +181,6 @@ def test_reconstruct_with_the_saved_networks(open_model, tmp_path, monkeypatch):
 
     m = open_model
     monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("FACELIB_OUT", str(tmp_path / "out"))
     cfg = dict(size=32, iters=4, batch=4, lr=1e-3, alexnet_width=0.05, alexnet_fc=16, resnet_width=0.05,
                resnet_blocks=(1, 1, 1, 1), breed_rounds=2)
     corpus = SyntheticCorpus(m, 8, seed=1, size=32, cache=False, chunk=8, progress=False)

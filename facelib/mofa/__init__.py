@@ -72,7 +72,7 @@ __all__ = [
     "mean_face_now",
     "fit_codes",
     "encoder_hz",
-    "out_dir",
+    "checkpoint_dir",
 ]
 
 # Stage-2 learning rates relative to stage 1's (supplement Sec. 1: 0.01 -> 0.001 / 0.005 / 0.01).
@@ -87,14 +87,13 @@ AMBIENT = 0.8  # initial gamma_1 of both levels
 PHOTO_MARGIN = 0.35  # a photo's crop: the landmark box plus this fraction on every side (the paper's tight box)
 
 
-def out_dir() -> Path:
-    """``$FACELIB_OUT`` or ``out/`` at the repository root (or the working directory): checkpoints
-    and cached corpora."""
-    env = os.environ.get("FACELIB_OUT")
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2]
-    return (here if (here / "pyproject.toml").exists() else Path.cwd()) / "out"
+def checkpoint_dir() -> Path:
+    """``$FACELIB_CACHE/mofa`` (``~/.cache/facelib/mofa``): MoFA's checkpoints and cached corpora, under
+    the one cache root of :func:`facelib.model.open_model.cache_dir` with the open model, the corpus
+    shards and the saved networks."""
+    from ..model.open_model import cache_dir
+
+    return cache_dir() / "mofa"
 
 
 # ---------------------------------------------------------------------------------- network
@@ -596,9 +595,9 @@ def learning_curve(history: list) -> list:
 # ---------------------------------------------------------------------------------- the book's runs
 def book_corpora(full_model: FaceModel, cfg: dict, seed: int, keep: torch.Tensor, progress: bool = True) -> tuple:
     """The training and test wild corpora of the book's chapters for the sizes in ``cfg`` (keys
-    ``size``, ``train_images``, ``test_images``), cached under :func:`out_dir` so that chapter 6 reuses
+    ``size``, ``train_images``, ``test_images``), cached under :func:`checkpoint_dir` so that chapter 6 reuses
     chapter 5's.  The test faces come from seeds disjoint from the training faces."""
-    d = out_dir() / "mofa"
+    d = checkpoint_dir()
     tag = f"{cfg['size']}px_{keep.numel()}v_s{seed}"
     train = make_corpus(full_model, cfg["train_images"], cfg["size"], seed * 100_000, keep, progress=progress,
                         cache=d / f"train_{cfg['train_images']}_{tag}.pt")
@@ -610,7 +609,7 @@ def book_corpora(full_model: FaceModel, cfg: dict, seed: int, keep: torch.Tensor
 def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, profile: str,
                    progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
     """Stage 1 (MoFA, the base level) as the book trains it, resumable from
-    ``out/mofa/<profile>_stage1_s<seed>.pt``: the decimated decoder (``cfg["n_vertices"]``), the encoder
+    ``checkpoint_dir() / <profile>_stage1_s<seed>.pt``: the decimated decoder (``cfg["n_vertices"]``), the encoder
     (``cfg["encoder"]``, ``cfg["width"]``, initialised with ``seed``), the translation start from the
     landmarks, then ``cfg["steps1"]`` steps at ``cfg["lr"]`` with batch ``cfg["batch"]`` and the
     :data:`facelib.mofa.selfsup.STAGE1` weights; ``eval_fn``, ``eval_every``: the learning curve
@@ -622,7 +621,7 @@ def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, de
     net = net.to(device)
     init_translation(net, corpus["landmarks"])
     hist = train(net, corpus, cfg["steps1"], 1, lr=cfg["lr"], batch=cfg["batch"], seed=seed,
-                 checkpoint=out_dir() / "mofa" / f"{profile}_stage1_s{seed}.pt", progress=progress,
+                 checkpoint=checkpoint_dir() / f"{profile}_stage1_s{seed}.pt", progress=progress,
                  desc=f"stage 1 (MoFA, seed {seed})", threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, keep, hist
 
@@ -632,14 +631,14 @@ def stage2_network(full_model: FaceModel, stage1: MoFA, cfg: dict, corpus: dict,
                    name: str = "final", progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
     """Stage 2 from a trained stage-1 network: a network with ``n_corrective`` correctives of kind
     ``corrective`` starts from ``stage1`` (:meth:`MoFA.load_stage1`) and fine-tunes for ``cfg["steps2"]``
-    steps with ``weights`` (default :data:`facelib.mofa.selfsup.STAGE2`), checkpointed as ``out/mofa/<profile>_<name>.pt``;
+    steps with ``weights`` (default :data:`facelib.mofa.selfsup.STAGE2`), checkpointed as ``checkpoint_dir() / <profile>_<name>.pt``;
     ``eval_fn``, ``eval_every``: the learning curve (:func:`train`).  Returns ``(net, history)``."""
     config = {**stage1.config, "n_corrective": n_corrective, "corrective": corrective}
     net, _ = build_mofa(full_model, config)
     net = net.to(stage1.code_offset.device)
     net.load_stage1(stage1.state_dict())
     hist = train(net, corpus, cfg["steps2"], 2, lr=cfg["lr"], batch=cfg["batch"], seed=seed + 1, weights=weights,
-                 checkpoint=out_dir() / "mofa" / f"{profile}_{name}.pt", progress=progress, desc=f"stage 2 ({name})",
+                 checkpoint=checkpoint_dir() / f"{profile}_{name}.pt", progress=progress, desc=f"stage 2 ({name})",
                  threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, hist
 
