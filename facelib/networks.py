@@ -9,7 +9,7 @@ Where they come from:
   AlexNet + model-space loss + breeding), ``seed=`` a training seed.
 * ``"mofa"`` and ``"mofa-final"``: the base level of chapter 5 (stage 1) and the final level of
   chapter 6 (stage 2 with the correctives), read from the checkpoints the book writes under
-  :func:`facelib.mofa.checkpoint_dir` (``<profile>_stage1_s<seed>.pt``, ``<profile>_final.pt``);
+  :func:`facelib.mofa.checkpoint_dir` (``<profile>_stage1_s<seed>.pt``, ``<profile>_final_s<seed>.pt``);
   a checkpoint of an unfinished run is refused.
 
 When several profiles trained a network, the largest wins (``gpu``, then ``cpu``, then ``ci``) unless
@@ -159,20 +159,18 @@ def _ifn_candidates(model_key: str) -> list:
 
 
 def _mofa_candidates(name: str, model, seed: int | None = None) -> list:
-    """MoFA checkpoints of ``name`` (``"mofa"``: of training seed ``seed``, every seed when None) whose
-    decoder is ``model`` (full, or decimated to the checkpoint's ``n_vertices``: the key MoFA records is
-    its decoder's), in :data:`PROFILE_ORDER`; each with its ``profile``, ``seed`` (0 for the final
-    level, which has one file per profile), ``path`` and ``record``."""
+    """MoFA checkpoints of ``name`` (``"mofa"``: stage 1, ``"mofa-final"``: stage 2; of training seed
+    ``seed``, every seed when None) whose decoder is ``model`` (full, or decimated to the checkpoint's
+    ``n_vertices``: the key MoFA records is its decoder's), in :data:`PROFILE_ORDER`; each with its
+    ``profile``, ``seed``, ``path`` and ``record``."""
     from .data.corpus import _model_key
     from .mofa import checkpoint_dir
     from .mofa.multilevel import decimate
 
     keys, out = {}, []
     for prof in PROFILE_ORDER:
-        if name == "mofa":
-            pattern = f"{prof}_stage1_s{'*' if seed is None else int(seed)}.pt"
-        else:
-            pattern = f"{prof}_final.pt"
+        stem = "stage1" if name == "mofa" else "final"
+        pattern = f"{prof}_{stem}_s{'*' if seed is None else int(seed)}.pt"
         for f in sorted(checkpoint_dir().glob(pattern)):
             r = _read(f)
             meta = (r or {}).get("meta") or {}
@@ -183,7 +181,7 @@ def _mofa_candidates(name: str, model, seed: int | None = None) -> list:
                 keys[n] = _model_key(decimate(model, n)[0])
             if meta.get("model") != keys[n]:
                 continue
-            s = int(f.stem.rsplit("_s", 1)[1]) if name == "mofa" else 0
+            s = int(f.stem.rsplit("_s", 1)[1])
             out.append({"profile": prof, "seed": s, "path": f, "record": r})
     return out
 
@@ -441,7 +439,7 @@ def load_network(name: str = "inversefacenet", *, row: str | None = None, seed: 
 
     cands = [c for c in _mofa_candidates(name, m, seed) if profile is None or c["profile"] == profile]
     if not cands:
-        raise _missing(name, (f"for seed {seed}, " if name == "mofa" else "")
+        raise _missing(name, f"for seed {seed}, "
                        + (f"profile {profile!r}, " if profile else "") + f"face model {m.name!r}")
     c = cands[0]  # PROFILE_ORDER
     rec = c["record"]
@@ -451,6 +449,6 @@ def load_network(name: str = "inversefacenet", *, row: str | None = None, seed: 
                                    f"{_HOW[name]} to finish it")
     net, keep = build_mofa(m, rec["meta"]["config"])
     net.load_state_dict(rec["net"])
-    meta = {"seed": int(rec["meta"].get("seed", seed)), "profile": c["profile"], "step": int(rec.get("step", 0)),
+    meta = {"seed": c["seed"], "profile": c["profile"], "step": int(rec.get("step", 0)),
             "config": rec["meta"]["config"], "path": str(c["path"]), "keep": keep}
     return TrainedNetwork(name, "mofa", net.to(dev).eval(), m, int(rec["meta"]["config"]["size"]), meta)

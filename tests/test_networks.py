@@ -123,6 +123,30 @@ def test_mofa_checkpoint_loads_and_an_unfinished_one_is_refused(model, tmp_path,
     assert torch.equal(est["theta"], net.encode(est["crop"]))
 
 
+def test_mofa_final_level_written_by_stage_2_is_the_one_load_network_reads(model, tmp_path, monkeypatch):
+    """Chapter 6's final level (``stage2_network(..., name="final")``, one checkpoint per seed) is found
+    by ``load_network("mofa-final", seed=)``; another seed's is not returned, an ablation's never."""
+    from facelib.book import settings
+    from facelib.mofa import make_corpus, stage1_network, stage2_network
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    cfg = dict(settings("05_mofa", "ci"), **settings("06_correctives", "ci"), threads=None)
+    corpus = make_corpus(model, 4, cfg["size"], seed=0, progress=False, keep=None)
+    base, _, _ = stage1_network(model, dict(cfg, steps1=2), corpus, 1, "cpu", "ci", progress=False)
+    stage2_network(model, base, cfg, corpus, 1, "ci", 4, name="abl_C___4", progress=False)
+    with pytest.raises(NetworkNotFoundError, match="chapter 6"):
+        load_network("mofa-final", model=model, seed=1)
+    final, _ = stage2_network(model, base, cfg, corpus, 1, "ci", 4, name="final", progress=False)
+    assert (tmp_path / "mofa" / "ci_final_s1.pt").exists()
+    t = load_network("mofa-final", model=model, seed=1)
+    assert t.meta["seed"] == 1 and t.meta["step"] == cfg["steps2"] and t.net.n_corrective == 4
+    for a, b in zip(final.state_dict().values(), t.net.state_dict().values()):
+        assert torch.equal(a.cpu(), b)
+    with pytest.raises(NetworkNotFoundError, match="seed 0"):
+        load_network("mofa-final", model=model, seed=0)
+    assert [(r["name"], r["seed"]) for r in available_networks(model) if r["name"] == "mofa-final"] == [("mofa-final", 1)]
+
+
 def test_paste_crop_inverts_crop_to_box():
     from facelib.reconstruct import paste_crop
 

@@ -631,14 +631,17 @@ def stage2_network(full_model: FaceModel, stage1: MoFA, cfg: dict, corpus: dict,
                    name: str = "final", progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
     """Stage 2 from a trained stage-1 network: a network with ``n_corrective`` correctives of kind
     ``corrective`` starts from ``stage1`` (:meth:`MoFA.load_stage1`) and fine-tunes for ``cfg["steps2"]``
-    steps with ``weights`` (default :data:`facelib.mofa.selfsup.STAGE2`), checkpointed as ``checkpoint_dir() / <profile>_<name>.pt``;
-    ``eval_fn``, ``eval_every``: the learning curve (:func:`train`).  Returns ``(net, history)``."""
+    steps with ``weights`` (default :data:`facelib.mofa.selfsup.STAGE2`), checkpointed as
+    ``checkpoint_dir() / <profile>_<name>_s<seed>.pt`` (the book's final level: ``name="final"``, which
+    :func:`facelib.load_network` ``("mofa-final")`` reads); ``eval_fn``, ``eval_every``: the learning
+    curve (:func:`train`).  Returns ``(net, history)``."""
     config = {**stage1.config, "n_corrective": n_corrective, "corrective": corrective}
     net, _ = build_mofa(full_model, config)
     net = net.to(stage1.code_offset.device)
     net.load_stage1(stage1.state_dict())
     hist = train(net, corpus, cfg["steps2"], 2, lr=cfg["lr"], batch=cfg["batch"], seed=seed + 1, weights=weights,
-                 checkpoint=checkpoint_dir() / f"{profile}_{name}.pt", progress=progress, desc=f"stage 2 ({name})",
+                 checkpoint=checkpoint_dir() / f"{profile}_{name}_s{seed}.pt", progress=progress,
+                 desc=f"stage 2 ({name}, seed {seed})",
                  threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, hist
 
