@@ -9,7 +9,8 @@ import torch
 
 import facelib.model.open_model
 from facelib.model.facemodel import FaceModel
-from facelib.mofa import _save, make_corpus, train
+from facelib.mofa import make_corpus, train
+from facelib.mofa.data import _save
 from test_mofa import net_for, small  # noqa: F401 (small is a fixture)
 from test_multilevel import grid_model
 
@@ -135,7 +136,7 @@ def test_corpus_cache_of_another_face_model_is_not_reused(open_model, tmp_path):
     b = make_corpus(moved, 2, 32, seed=5, chunk=2, progress=False, cache=cache)
     shift = (b["verts_model"] - a["verts_model"]).mean((0, 1))
     assert torch.allclose(shift, torch.tensor([0.0, 0.0, 3.0]), atol=1e-3)  # drawn again from the new model
-    from facelib.mofa import _corpus_key
+    from facelib.mofa.data import _corpus_key
 
     key = torch.load(cache, weights_only=True)["_key"]
     assert key == _corpus_key(moved, 2, 32, 5, None) != _corpus_key(open_model, 2, 32, 5, None)
