@@ -14,7 +14,18 @@ crop and held at 0) while more and more of the Sec. 5 factors vary:
 and prints / saves the held-out R^2 of shape coefficients 2..11 (256 faces of the same distribution)
 against training steps and seconds, for each seed.
 
-    .venv/bin/python benchmarks/shape_learnability.py [--iters 2000] [--seeds 0]
+``--variants`` changes the network or its targets (in any mode), to test what might let it see the shape
+through the pose:
+
+* ``resnet``: the cpu profile's ResNet as above (global average pool);
+* ``4x4 pooled map``: the fc layer reads a 4 x 4 pooled map instead of the global average, so it knows
+  where in the crop each feature is;
+* ``+ pixel coordinates``: two input channels with the pixel's x and y (CoordConv), the same for the
+  same reason;
+* ``+ rotation target``: the three head angles regressed as well (in units of 0.4 rad, added to the
+  loss), so the network must find the pose it has to see through.
+
+    .venv/bin/python benchmarks/shape_learnability.py [--iters 2000] [--seeds 0] [--modes M] [--variants V]
         -> benchmarks/results/shape_learnability.json
 """
 
@@ -28,6 +39,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
@@ -39,6 +51,7 @@ from facelib.model.params import ParamLayout, sample_sec5  # noqa: E402
 from facelib.repro import environment  # noqa: E402
 
 MODES = ("shape only", "+ pose", "+ pose, curriculum", "Sec. 5", "Sec. 5, curriculum")
+VARIANTS = ("resnet", "4x4 pooled map", "+ pixel coordinates", "+ rotation target")
 K = 10  # shape coefficients 2..K+1 are scored
 
 
@@ -69,11 +82,37 @@ def crops(model, theta, size):
     return (render_crops(model, theta, size)["crop"] * 255).round().to(torch.uint8)
 
 
-def run(model, mode: str, iters: int, seed: int, size: int, points: int = 8) -> dict:
-    L = ParamLayout.from_model(model)
-    sh = L["shape"]
+def make_net(model, variant: str, seed: int, size: int) -> nn.Module:
+    """The cpu profile's ResNet regressor (initialised from ``seed``), changed as ``variant`` says."""
     cfg = dict(settings("inversefacenet", "cpu"), size=size, norm="batch", dropout=0.0)
     net = ifn.make_regressor(model, cfg, "resnet", seed)
+    inner = net.net if hasattr(net, "net") else net  # inside facelib.nets.Standardized
+    torch.manual_seed(seed + 99)  # the variant's new layers
+    if variant == "4x4 pooled map":
+        inner.features[-1] = nn.AdaptiveAvgPool2d(4)
+        last = nn.Linear(inner.last.in_features * 16, inner.last.out_features)
+        nn.init.normal_(last.weight, std=0.01)
+        nn.init.zeros_(last.bias)
+        inner.last = last
+    elif variant == "+ pixel coordinates":
+        stem = inner.features[0]
+        inner.features[0] = nn.Conv2d(5, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False)
+
+        def forward(x, inner=inner):
+            B, _, H, W = x.shape
+            ys = torch.linspace(-0.5, 0.5, H).view(1, 1, H, 1).expand(B, 1, H, W)
+            xs = torch.linspace(-0.5, 0.5, W).view(1, 1, 1, W).expand(B, 1, H, W)
+            return inner.last(inner.features(torch.cat([x, xs, ys], 1)).flatten(1))
+        inner.forward = forward
+    elif variant not in ("resnet", "+ rotation target"):
+        raise ValueError(f"unknown variant {variant!r}; expected one of {VARIANTS}")
+    return net
+
+
+def run(model, mode: str, iters: int, seed: int, size: int, points: int = 8, variant: str = "resnet") -> dict:
+    L = ParamLayout.from_model(model)
+    sh, rot = L["shape"], L["rotation"]
+    net = make_net(model, variant, seed, size)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     test_th = draw(model, mode, 256, 10**6 + seed)
     test_x = crops(model, test_th, size)
@@ -86,6 +125,8 @@ def run(model, mode: str, iters: int, seed: int, size: int, points: int = 8) -> 
         net.train()
         p = net(ifn.to_network(crops(model, th, size)))
         loss = (p[:, sh.start + 1:sh.stop] - th[:, sh.start + 1:sh.stop]).square().mean()
+        if variant == "+ rotation target":
+            loss = loss + ((p[:, rot] - th[:, rot]) / 0.4).square().mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -95,8 +136,9 @@ def run(model, mode: str, iters: int, seed: int, size: int, points: int = 8) -> 
             r2 = 1 - (pred - t_true).square().mean(0) / t_true.var(0)
             curve.append({"step": i + 1, "train_s": round(spent, 1), "r2_mean": round(float(r2.mean()), 3),
                           "r2": [round(float(v), 2) for v in r2]})
-            print(f"{mode:20s} seed {seed} step {i + 1:5d} {spent:6.0f} s  mean R^2 {float(r2.mean()):.2f}", flush=True)
-    return {"mode": mode, "seed": seed, "curve": curve}
+            print(f"{mode:20s} {variant:20s} seed {seed} step {i + 1:5d} {spent:6.0f} s  mean R^2 {float(r2.mean()):.2f}",
+                  flush=True)
+    return {"mode": mode, "variant": variant, "seed": seed, "curve": curve}
 
 
 def main(argv=None):
@@ -105,18 +147,21 @@ def main(argv=None):
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument("--variants", nargs="+", default=["resnet"], choices=VARIANTS)
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "shape_learnability.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
     model = facelib.load_model("open")
-    runs = [run(model, mode, args.iters, seed, args.size) for seed in args.seeds for mode in args.modes]
+    runs = [run(model, mode, args.iters, seed, args.size, variant=v)
+            for seed in args.seeds for mode in args.modes for v in args.variants]
     old = json.loads(Path(args.out).read_text()) if Path(args.out).exists() else {}
-    if old.get("iters") == args.iters and old.get("size") == args.size:  # keep the other modes and seeds
-        done = {(r["mode"], r["seed"]) for r in runs}
-        runs = [r for r in old["runs"] if (r["mode"], r["seed"]) not in done] + runs
-        runs.sort(key=lambda r: (MODES.index(r["mode"]), r["seed"]))
+    key = lambda r: (r["mode"], r.get("variant", "resnet"), r["seed"])  # noqa: E731
+    if old.get("iters") == args.iters and old.get("size") == args.size:  # keep the other runs
+        done = {key(r) for r in runs}
+        runs = [r for r in old["runs"] if key(r) not in done] + runs
+    runs.sort(key=lambda r: (MODES.index(r["mode"]), VARIANTS.index(r.get("variant", "resnet")), r["seed"]))
     out = {"iters": args.iters, "size": args.size, "scored": f"shape coefficients 2..{K + 1}", "net": "resnet (cpu profile)",
-           "command": "python benchmarks/shape_learnability.py --iters N --seeds S [--modes M]",
+           "command": "python benchmarks/shape_learnability.py --iters N --seeds S [--modes M] [--variants V]",
            "environment": environment(), "runs": runs}
     atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())
     print("wrote", args.out)
