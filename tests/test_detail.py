@@ -84,3 +84,29 @@ def test_errors(open_model):
     v = open_model.mean_shape[None]
     with pytest.raises(ValueError, match="displacement"):
         apply_detail(v, open_model.triangles, torch.zeros(1, 5))
+
+
+def test_coarse_out_of_model_content_is_bounded_and_leaves_the_rest_of_the_face(open_model):
+    """``wild_batch(out_of_model="coarse")``: the same parameters, camera and background as the fine
+    wild face; the mesh moves by at most WILD_COARSE's amplitude plus nothing outside the detail mask,
+    along the normals, smoothly (neighbouring vertices move alike); the albedo changes on the skin only."""
+    from facelib.data.wild import WILD_COARSE, coarse_out_of_model, wild_batch
+    from facelib.model.detail import detail_mask
+
+    m = open_model
+    a = wild_batch(m, 2, seed=3, size=48)
+    b = wild_batch(m, 2, seed=3, size=48, out_of_model="coarse")
+    assert torch.equal(a["theta"], b["theta"]) and torch.equal(a["focal"], b["focal"])
+    disp, dalb = coarse_out_of_model(m, 2, 9, dtype=torch.float64)
+    assert disp.shape == (2, m.n_vertices) and dalb.shape == (2, m.n_vertices, 3)
+    assert disp.abs().max() <= WILD_COARSE["geometry_mm"] and disp.abs().max() > 0.5 * WILD_COARSE["geometry_mm"]
+    assert (disp[:, detail_mask(m) == 0] == 0).all()
+    skin = m.masks.get("skin", m.masks["face"])
+    assert (dalb[:, ~skin] == 0).all() and dalb.norm(dim=-1).max() <= WILD_COARSE["albedo"] + 1e-9
+    e = m.triangles[:, :2]  # smooth bumps: the surface tilts by less than 45 degrees (slope < 1 mm per mm)
+    edge = (m.mean_shape[e[:, 0]] - m.mean_shape[e[:, 1]]).norm(dim=-1).double()
+    assert ((disp[:, e[:, 0]] - disp[:, e[:, 1]]).abs() / edge.clamp_min(1e-6)).max() < 1.0
+    moved = (b["verts_model"] - a["verts_model"]).norm(dim=-1)
+    assert moved.max() <= WILD_COARSE["geometry_mm"] + 1e-4 and moved.mean() > 0.1
+    with pytest.raises(ValueError, match="out_of_model"):
+        wild_batch(m, 1, seed=0, size=32, out_of_model="medium")

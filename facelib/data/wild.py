@@ -40,7 +40,7 @@ from ..render import face_camera, landmarks_2d, render
 from ..render.shading import gamma_from_radiance, sh_basis
 
 __all__ = ["sample_wild", "directional_sh", "wild_albedo", "wild_background", "degrade", "wild_batch",
-           "WILD"]
+           "coarse_out_of_model", "WILD", "WILD_COARSE"]
 
 # The distribution's constants in one place (documented in the module docstring and in the book).
 WILD = dict(
@@ -242,8 +242,41 @@ def degrade(image: torch.Tensor, seed: int, jpeg: bool = True, blur_px=None, noi
     return torch.stack(out)
 
 
-def wild_batch(model, batch: int, seed: int, size: int = 240, device=None, jpeg: bool = True) -> dict:
+# Out-of-model content at the scale of centimetres (``wild_batch(out_of_model="coarse")``): smooth bumps
+# and hollows of the skin (Gaussian-smooth random field, wavelength ~ geometry_scale_mm, up to
+# geometry_mm along the normals) and coloured patches of reflectance (albedo, wavelength albedo_scale_mm),
+# on top of the fine detail; what a corrective space on a template with a few millimetres between
+# vertices can hold and the 3DMM cannot (Tewari et al. 2018, Sec. 7.2).
+WILD_COARSE = dict(geometry_mm=2.0, geometry_scale_mm=40.0, albedo=0.08, albedo_scale_mm=45.0)
+
+
+def coarse_out_of_model(model, batch: int, seed: int, device=None, dtype=torch.float32) -> tuple:
+    """Smooth out-of-model content (:data:`WILD_COARSE`), drawn from ``seed``: displacement ``(B, V)`` mm
+    along the normals (restricted to the detail mask, :func:`facelib.model.detail.detail_mask`) and an
+    additive albedo change ``(B, V, 3)`` on the skin."""
+    from ..model.detail import detail_mask
+
+    g, c = _gen(seed), WILD_COARSE
+    P = model.mean_shape.detach().cpu().double()
+    w = detail_mask(model)
+    disp = c["geometry_mm"] * torch.tanh(_smooth_noise(P, g, batch, c["geometry_scale_mm"])) * w
+    masks = {k: v.detach().cpu() for k, v in model.masks.items()}
+    skin = masks.get("skin", masks.get("face")).double()
+    colour = torch.randn(batch, 1, 3, generator=g, dtype=torch.float64)
+    colour = colour / colour.norm(dim=-1, keepdim=True)
+    dalb = c["albedo"] * torch.tanh(_smooth_noise(P, g, batch, c["albedo_scale_mm"]))[..., None] * colour
+    dalb = dalb * skin[None, :, None]
+    dev = device if device is not None else model.device
+    return disp.to(device=dev, dtype=dtype), dalb.to(device=dev, dtype=dtype)
+
+
+def wild_batch(model, batch: int, seed: int, size: int = 240, device=None, jpeg: bool = True,
+               out_of_model: str = "fine") -> dict:
     """Render ``batch`` wild faces (full frames) with their ground truth.
+
+    ``out_of_model``: ``"fine"`` (the wild set: wrinkles, folds, painted albedo detail) or ``"coarse"``
+    (the same plus :func:`coarse_out_of_model`'s centimetre-scale shape and reflectance, drawn from
+    their own seed stream, so the rest of each face is the same as with ``"fine"``).
 
     Returns a dict:
         image ``(B, 3, H, W)`` in [0, 1]; mask ``(B, H, W)`` bool (face pixels, ground truth);
@@ -253,6 +286,8 @@ def wild_batch(model, batch: int, seed: int, size: int = 240, device=None, jpeg:
         albedo ``(B, V, 3)`` painted albedo; focal ``(B,)`` and principal_point ``(B, 2)`` pixels (the
         face's own camera: :func:`facelib.render.face_camera` ``(size)`` zoomed and shifted).
     """
+    if out_of_model not in ("fine", "coarse"):
+        raise ValueError(f"out_of_model must be 'fine' or 'coarse'; got {out_of_model!r}")
     device = torch.device(device) if device is not None else model.device
     sub = [seed * 7 + k for k in range(5)]  # independent streams: params, detail, albedo, camera, image
     theta = sample_wild(model, batch, sub[0]).to(device)
@@ -262,8 +297,12 @@ def wild_batch(model, batch: int, seed: int, size: int = 240, device=None, jpeg:
         base = model.geometry(p["shape"], p["expression"])
         disp = detail_displacement(model, batch, sub[1], amplitude_mm=WILD["detail_mm"], device=device,
                                    dtype=base.dtype)
-        verts_model = apply_detail(base, model.triangles, disp)
         albedo = wild_albedo(model, model.reflectance(p["reflectance"]), sub[2])
+        if out_of_model == "coarse":  # its own stream, apart from the fine set's seed * 7 + 0 .. 6
+            d2, da = coarse_out_of_model(model, batch, seed * 7 + 5 + 10**9, device=device, dtype=base.dtype)
+            disp = disp + d2
+            albedo = (albedo + da.to(albedo)).clamp(0, 1)
+        verts_model = apply_detail(base, model.triangles, disp)
         g = _gen(sub[3])
         cam = face_camera(size, device=device, dtype=theta.dtype)
         s = _u(g, (batch,), *WILD["scale"]).to(theta)

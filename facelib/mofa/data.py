@@ -55,41 +55,46 @@ def _save(path: Path, obj: dict) -> None:
 
 
 # ---------------------------------------------------------------------------------- data
-def _corpus_key(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tensor | None) -> list:
-    """What a corpus cache depends on: its size, seed, kept vertices and the face model's contents
-    (:func:`facelib.data.corpus._model_key`), so a cache of another model is never reused."""
+def _corpus_key(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tensor | None,
+                out_of_model: str = "fine") -> list:
+    """What a corpus cache depends on: its size, seed, kept vertices, out-of-model content and the face
+    model's contents (:func:`facelib.data.corpus._model_key`), so a cache of another model is never reused."""
     from ..data.corpus import _model_key
 
-    return [n, size, seed, None if keep is None else int(keep.numel()), _model_key(model)]
+    key = [n, size, seed, None if keep is None else int(keep.numel()), _model_key(model)]
+    return key if out_of_model == "fine" else key + [out_of_model]
 
 
 def make_corpus(model: FaceModel, n: int, size: int, seed: int, keep: torch.Tensor | None = None,
-                chunk: int = 32, progress: bool = True, cache: str | os.PathLike | None = None) -> dict:
+                chunk: int = 32, progress: bool = True, cache: str | os.PathLike | None = None,
+                out_of_model: str = "fine") -> dict:
     """``n`` wild faces (:func:`facelib.data.wild.wild_batch`) at ``size`` pixels, drawn in chunks with seeds
     ``seed, seed + 1, ...``: image ``(n, 3, N, N)``, mask, landmarks ``(n, 68, 2)`` (noisy, the only
     supervision), landmarks_gt, and the ground truth for evaluation only: verts_model ``(n, K, 3)`` (model
     space, mm, with the out-of-model detail, restricted to ``keep``), albedo ``(n, K, 3)`` (with the
     painted detail) and theta.  ``cache``: a ``.pt`` file read when present and
-    written otherwise (a truncated or unreadable cache file is rendered again and replaced)."""
+    written otherwise (a truncated or unreadable cache file is rendered again and replaced).
+    ``out_of_model``: ``"fine"`` (the wild set) or ``"coarse"`` (plus centimetre-scale shape and
+    reflectance the 3DMM cannot express, :func:`facelib.data.wild.coarse_out_of_model`)."""
     from tqdm.auto import tqdm
 
     from ..data.wild import wild_batch
 
     if cache is not None:
         data = _load(Path(cache), "corpus cache", map_location="cpu", weights_only=True)
-        if data is not None and data.get("_key") == _corpus_key(model, n, size, seed, keep):
+        if data is not None and data.get("_key") == _corpus_key(model, n, size, seed, keep, out_of_model):
             return {k: v for k, v in data.items() if k != "_key"}
     parts = []
     for i in tqdm(range((n + chunk - 1) // chunk), desc=f"wild corpus ({n} faces, {size}px)", disable=not progress):
         b = min(chunk, n - i * chunk)
-        d = wild_batch(model, b, seed=seed + i, size=size, device="cpu")
+        d = wild_batch(model, b, seed=seed + i, size=size, device="cpu", out_of_model=out_of_model)
         k = slice(None) if keep is None else keep
         parts.append({"image": d["image"].float(), "mask": d["mask"], "landmarks": d["landmarks"].float(),
                       "landmarks_gt": d["landmarks_gt"].float(), "verts_model": d["verts_model"][:, k].float(),
                       "albedo": d["albedo"][:, k].float(), "theta": d["theta"].float()})
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     if cache is not None:
-        _save(Path(cache), {**data, "_key": _corpus_key(model, n, size, seed, keep)})
+        _save(Path(cache), {**data, "_key": _corpus_key(model, n, size, seed, keep, out_of_model)})
     return data
 
 
