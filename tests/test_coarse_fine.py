@@ -260,6 +260,14 @@ def test_coarse_loss_and_iterate(space):
         x = coarse_input(img, render_view(space, rs[1], 32))
         assert torch.allclose(coarse_step(space, net, img, rs[1]), rs[1] + net(x))
         assert torch.allclose(rs[2], rs[1] + net(x))
+        # damped passes (test time): half of each correction, from the damped estimate's own feedback
+        ds = coarse_iterate(space, net, img, 2, step=0.5)
+        assert torch.allclose(ds[1], 0.5 * rs[1])
+        xd = coarse_input(img, render_view(space, ds[1], 32))
+        assert torch.allclose(ds[2], ds[1] + 0.5 * net(xd))
+    assert all(torch.equal(a, b) for a, b in zip(rs, coarse_iterate(space, net, img, 3, step=1.0)))
+    with pytest.raises(ValueError, match="step"):
+        coarse_iterate(space, net, img, 1, step=0.0)
 
 
 def test_depth_errors_align_a_constant_offset():

@@ -606,14 +606,19 @@ def train_coarsenet(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
 
 @torch.no_grad()
 def coarse_iterate(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, iterations: int,
-                   image_size: int | None = None) -> list:
+                   image_size: int | None = None, step: float = 1.0) -> list:
     """Sec. 3.4: ``r_0 = 0`` (the centred frontal mean face), then ``iterations`` passes of
-    :func:`coarse_step`.  Returns ``[r_0, r_1, ..., r_T]``, each ``(B, K + 6)``."""
+    :func:`coarse_step`.  ``step`` < 1 damps each pass, ``r_{t+1} = r_t + step (f(I, r_t) - r_t)`` (at
+    test time only; 1, the paper's, takes the network's whole correction).  Returns
+    ``[r_0, r_1, ..., r_T]``, each ``(B, K + 6)``."""
+    if not 0 < step <= 1:
+        raise ValueError(f"step must be in (0, 1]; got {step!r}")
     r = torch.zeros(image.shape[0], space.n_params, dtype=image.dtype, device=image.device)
     out = [r]
     net.eval()
     for _ in range(iterations):
-        r = coarse_step(space, net, image, r, image_size)
+        new = coarse_step(space, net, image, r, image_size)
+        r = new if step == 1 else r + step * (new - r)
         out.append(r)
     return out
 
