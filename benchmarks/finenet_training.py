@@ -46,7 +46,7 @@ def faces(space, n: int, seed: int, size: int, pool, batch: int = 16) -> dict:
     out = {k: [] for k in keys}
     g = torch.Generator().manual_seed(seed)
     for s in range(0, n, batch):
-        r_gt, view, _, _ = make_faces(space, min(batch, n - s), g, size, detail_pool=pool)
+        r_gt, view, _, _ = make_faces(space, min(batch, n - s), g, size, detail_pool=pool, distance=None, head=False)
         with torch.no_grad():
             z0, mask, frags = rendering_layer(space, r_gt, size)
             mu, A = texture_maps(space, frags)

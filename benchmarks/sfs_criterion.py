@@ -50,7 +50,7 @@ VARIANTS = [  # name, sfs_loss keywords, (lambda_sh, lambda_f, lambda_sm)
 
 def _faces(model, space, cfg, size: int, n: int, seed: int) -> dict:
     pool = detail_displacement(model, cfg["detail_pool"], seed=1000, amplitude_mm=cfg["detail_mm"])
-    r_gt, view, _, app = make_faces(space, n, seed, size, detail_pool=pool)
+    r_gt, view, _, app = make_faces(space, n, seed, size, detail_pool=pool, distance=None, head=False)
     with torch.no_grad():
         z0, mask0, frags = rendering_layer(space, r_gt, size)
         mu, A = texture_maps(space, frags)

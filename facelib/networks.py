@@ -244,7 +244,7 @@ class TrainedNetwork:
                              "use facelib.coarse_fine.finenet_data and finenet_refine with a CoarseNet")
         if self.method == "coarsenet":
             box = self._coarse_box(landmarks)
-            grey = crop_to_box(image, box, self.size).clamp(0, 1).mean(1, keepdim=True)  # Sec. 3: grey input
+            grey = crop_to_box(image, box, self.size, padding="border").clamp(0, 1).mean(1, keepdim=True)  # grey (Sec. 3)
             return {"crop": grey, "box": box}
         if self.method == "inversefacenet":
             d = network_input(image, landmarks, self.size)
@@ -256,12 +256,14 @@ class TrainedNetwork:
 
     def _coarse_box(self, landmarks: torch.Tensor) -> torch.Tensor:
         """CoarseNet's crop ``(B, 3)``: the square that puts the landmarks where the mean face's lie at
-        its start ``r_0 = 0`` (the centred frontal mean face of :func:`facelib.coarse_fine.coarse_iterate`)."""
+        its start ``r_0 = 0`` (the centred frontal mean face of :func:`facelib.coarse_fine.coarse_iterate`),
+        drawn by the camera of its training pictures (config ``distance``; none: Eq. 2's weak perspective)."""
         from .data.corpus import landmark_box
 
         space, N = self.meta["space"], self.size
         m = space.model
-        lm0 = space.project(m.mean_shape[m.landmarks][None].float(), torch.zeros(1, 6), N)[..., :2]
+        lm0 = space.project(m.mean_shape[m.landmarks][None].float(), torch.zeros(1, 6), N,
+                            self.meta["config"].get("distance"))[..., :2]
         b0, bp = landmark_box(lm0, 0.0), landmark_box(landmarks, 0.0)
         k = bp[:, 2] / b0[:, 2]  # photo pixels per crop pixel
         centre = bp[:, :2] - (b0[:, :2] - N / 2) * k[:, None]
@@ -312,7 +314,7 @@ class TrainedNetwork:
             alpha, pose = space.split(theta)
             verts = space.geometry(alpha)
             grey = dict(theta_r=torch.zeros(B, self.model.n_reflectance), gamma=torch.tensor(GREY_LIGHT).expand(B, 9))
-            v = render_view(space, theta, self.size, grey, background=1.0)
+            v = render_view(space, theta, self.size, grey, background=1.0, head=False)
             u = space.project(verts[:, self.model.landmarks], pose, self.size)[..., :2]
             lay = ParamLayout((("shape", space.n_shape), ("expression", space.n_expression), ("pose", 6)))
             return {"theta": theta, "layout": lay, "verts": verts,

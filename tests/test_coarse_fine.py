@@ -175,6 +175,54 @@ def test_coarse_input_masks(space):
         coarse_input(view.image, fb, -1.0)
 
 
+def test_render_view_head_draws_the_whole_mesh_around_the_same_face(space):
+    """``head=True`` draws the forehead, scalp and sides around the face region (as a photo shows
+    them); the face region's pixels, the mask, depth and feedback channels are those of ``head=False``."""
+    r = sample_r(space, 2, 3)
+    app = sample_appearance(space, 2, 3)
+    face, head = (render_view(space, r, 48, app, background=0.0, head=h) for h in (False, True))
+    assert torch.equal(face.mask, head.mask) and torch.equal(face.depth, head.depth)
+    assert torch.equal(face.pncc, head.pncc) and torch.equal(face.normal_map, head.normal_map)
+    m = face.mask[:, None]
+    same = (face.image[m] - head.image[m]).abs() < 1e-6  # all but where a triangle outside the region
+    assert same.float().mean() > 0.995                      # is nearer (a z-buffer tie at its edge)
+    # outside the face region the head version shows skin where the face-only one shows the background
+    extra = (head.image[~m] != face.image[~m]).sum()
+    assert extra > 0.1 * m.sum() and (face.image[~m] == 0).all()
+
+
+def test_the_photo_camera_is_a_perspective_with_eq2s_scale_at_the_origin(space):
+    """``project(..., distance=d)``: a point in the plane of the model origin lands where Eq. 2 puts it, a
+    point ``z`` mm nearer the camera is magnified by ``d / (d - z)`` about the principal point (the image
+    centre plus the pose's translation), and a far camera tends to Eq. 2."""
+    g = torch.Generator().manual_seed(4)
+    pose = torch.zeros(1, 6)
+    pose[0, 3:] = torch.tensor([0.3, -0.2, 0.5])
+    v = torch.randn(1, 50, 3, generator=g) * 60
+    weak = space.project(v, pose, 64)
+    persp = space.project(v, pose, 64, distance=600.0)
+    R, t2d, s = space.camera(pose, 64)
+    centre = torch.tensor([32.0, 32.0]) + t2d
+    k = 600.0 / (600.0 - v[..., 2:])  # no rotation: camera z is model z
+    assert torch.allclose(persp[..., :2] - centre, (weak[..., :2] - centre) * k, atol=1e-3)
+    flat = v.clone()
+    flat[..., 2] = 0
+    assert torch.allclose(space.project(flat, pose, 64, 600.0)[..., :2], space.project(flat, pose, 64)[..., :2], atol=1e-4)
+    assert torch.allclose(space.project(v, pose, 64, 1e7)[..., :2], weak[..., :2], atol=1e-3)
+    with pytest.raises(ValueError, match="distance"):
+        space.project(v, pose, 64, distance=0.0)
+
+
+def test_crop_padding_border_repeats_the_edge():
+    from facelib.data.corpus import crop_to_box
+
+    img = torch.rand(1, 1, 16, 16)
+    box = torch.tensor([[4.0, 8.0, 16.0]])  # half of it left of the frame
+    zeros, edge = (crop_to_box(img, box, 16, padding=p) for p in ("zeros", "border"))
+    assert (zeros[..., :3] == 0).all() and torch.allclose(edge[..., :3], img[..., :, :1].expand(-1, -1, -1, 3), atol=1e-6)
+    assert torch.allclose(zeros[..., 9:], edge[..., 9:])
+
+
 def test_renders_agree_with_the_sfs_conventions(open_model):
     """The normal map of a render, the normals of its depth map by finite differences (facelib.coarse_fine.sfs) and
     the first-order lighting fit on a face lit by first-order light agree."""
@@ -211,7 +259,7 @@ def test_the_true_detail_lowers_the_shading_error_of_the_librarys_criterion(open
     sp = CoarseSpace.from_model(open_model, 30, 10)
     S = 96
     pool = detail_displacement(open_model, 4, seed=1000, amplitude_mm=2.0)
-    r_gt, view, _, _ = make_faces(sp, 2, 123, S, detail_pool=pool)
+    r_gt, view, _, _ = make_faces(sp, 2, 123, S, detail_pool=pool, distance=None)  # E_sh's projection
     z0, mask0, frags = rendering_layer(sp, r_gt, S)
     mu, A = texture_maps(sp, frags)
     mask = sfs.interior(mask0)

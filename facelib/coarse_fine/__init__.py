@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..render.camera import weak_perspective_project
+from ..render.camera import image_hw, perspective_project, rigid_transform, weak_perspective_project
 from ..model.detail import apply_detail, detail_displacement
 from ..eval.metrics import similarity_align
 from ..model.params import rot_xyz
@@ -84,6 +84,13 @@ P_EXACT = 0.5
 # the image mask of CoarseNet's input (coarse_input): None = no mask (measured best at our scale,
 # benchmarks/cf_experiments.py); 0 = the feedback's face pixels exactly, as the paper
 MASK_DILATE = None
+# CoarseNet's training and test images show the whole head (forehead, scalp, sides), as the wild faces
+# and photos do; the face region's own outline, which no photo shows, is no longer a cue it can learn.
+HEAD = True
+# CoarseNet's faces (training and test) are photographed by a camera 600 mm from the model origin, the
+# book's face_camera that draws the wild faces: Eq. 2's weak perspective is the representation, not the
+# picture; trained on weak-perspective pictures CoarseNet read a photo's perspective as shape.
+DISTANCE_MM = 600.0
 
 
 def _grey(rgb: torch.Tensor) -> torch.Tensor:
@@ -159,10 +166,24 @@ class CoarseSpace:
         t2d = u[:, 3:5] * torch.tensor([1.0, -1.0], dtype=pose.dtype, device=pose.device) * image_size
         return R, t2d, (image_size / FRAME_MM) * torch.exp(u[:, 5])
 
-    def project(self, verts: torch.Tensor, pose: torch.Tensor, image_size: int) -> torch.Tensor:
-        """Eq. 2 / Eq. 5: model-space ``(B, V, 3)`` -> screen ``(B, V, 3)`` (x, y pixels; depth mm)."""
+    def project(self, verts: torch.Tensor, pose: torch.Tensor, image_size: int,
+                distance: float | None = None) -> torch.Tensor:
+        """Eq. 2 / Eq. 5: model-space ``(B, V, 3)`` -> screen ``(B, V, 3)`` (x, y pixels; depth mm).
+
+        ``distance`` (mm): instead a real camera that far from the model origin, with the same pose,
+        and the same scale (pixels per mm) at the origin's depth: what a photo shows (the book's
+        :func:`facelib.render.face_camera` stands 600 mm away, so the tip of the nose is drawn ~25 %
+        larger than the plane of the ears).  None: the weak perspective of Eq. 2."""
         R, t2d, s = self.camera(pose, image_size)
-        return weak_perspective_project(verts, R, t2d, s, image_size)
+        if distance is None:
+            return weak_perspective_project(verts, R, t2d, s, image_size)
+        if not (math.isfinite(distance) and distance > 0):
+            raise ValueError(f"distance must be positive and finite (mm); got {distance!r}")
+        q = rigid_transform(verts, R, torch.tensor([0.0, 0.0, -float(distance)], dtype=verts.dtype,
+                                                   device=verts.device))
+        H, W = image_hw(image_size)
+        centre = torch.tensor([W / 2.0, H / 2.0], dtype=verts.dtype, device=verts.device) + t2d
+        return perspective_project(q, s * distance, centre)
 
     def pixel_mm(self, r: torch.Tensor, image_size: int) -> torch.Tensor:
         """Size of a pixel in mm, ``(B,)``."""
@@ -189,13 +210,18 @@ class View(NamedTuple):
 
 
 def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance: dict | None = None,
-                displacement: torch.Tensor | None = None, background: torch.Tensor | float = 0.0) -> View:
+                displacement: torch.Tensor | None = None, background: torch.Tensor | float = 0.0,
+                head: bool | None = None, distance: float | None = None) -> View:
     """Render ``r (B, K + 6)``: depth, PNCC and normal map (Sec. 3.2.1), and with ``appearance`` (from
     :func:`sample_appearance`: ``theta_r (B, N_r)``, monochrome ``gamma (B, 9)``) the grey image.
 
     ``displacement (B, V)`` mm adds fine detail along the normals (:func:`facelib.model.detail.apply_detail`).
-    No gradients (the training-data and feedback renders; :func:`rendering_layer` is the
-    differentiable one).
+    ``head``: the grey image shows the whole mesh (forehead, scalp, sides of the head), as a photo
+    does, instead of the face region alone; the mask, depth, PNCC and normal map are the face region's
+    either way (None: :data:`HEAD`).  ``distance`` (mm): the grey image is taken by a real camera that
+    far away (:meth:`CoarseSpace.project`), as a photo is; the other maps stay in Eq. 2's weak
+    perspective, the representation's own.  No gradients (the training-data and feedback renders;
+    :func:`rendering_layer` is the differentiable one).
     """
     with torch.no_grad():
         alpha, pose = space.split(r)
@@ -218,9 +244,16 @@ def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance
             # Eq. 5 with monochrome light (9 SH, camera frame): the grey of the colour is grey albedo x irradiance
             grey_v = shade(albedo[..., None].expand(-1, -1, 3).contiguous(), normals,
                            appearance["gamma"].to(verts.dtype))
-            grey = interpolate(grey_v[..., :1], frags, space.faces)[..., 0, 0]
+            f_img, drawn = frags, mask
+            head = HEAD if head is None else head
+            if head or distance is not None:
+                s_img = screen if distance is None else space.project(verts, pose, image_size, distance)
+                f_img = rasterize(s_img, tri if head else space.faces, image_size, perspective_correct=False,
+                                  cull_backfaces=True)
+                drawn = f_img.pix_to_face[..., 0] >= 0
+            grey = interpolate(grey_v[..., :1], f_img, tri if head else space.faces)[..., 0, 0]
             bg = torch.as_tensor(background, dtype=grey.dtype, device=grey.device).reshape(-1, 1, 1)
-            image = torch.where(mask, grey, bg.expand_as(grey)).clamp(0.0, 1.0)[:, None]
+            image = torch.where(drawn, grey, bg.expand_as(grey)).clamp(0.0, 1.0)[:, None]
         return View(image, mask, depth, pncc, nmap, frags,
                     space.pixel_mm(r, image_size))
 
@@ -504,10 +537,12 @@ def _progress(it, total, desc, progress):
 
 
 def make_faces(space: CoarseSpace, batch: int, seed, image_size: int, detail_pool: torch.Tensor | None = None,
-               detail_mm: float = 0.0) -> tuple:
+               detail_mm: float = 0.0, distance: float | None = DISTANCE_MM, head: bool | None = None) -> tuple:
     """Synthetic training or test faces: ``r_gt``, an appearance and (with ``detail_pool (P, V)`` or
     ``detail_mm > 0``) a fine-detail displacement; returns ``(r_gt, View with the image, displacement,
-    appearance)``."""
+    appearance)``.  ``distance``: the camera of the image (:func:`render_view`): by default
+    :data:`DISTANCE_MM`, a photo's perspective; None: Eq. 2's weak perspective, the world of the depth
+    maps and of FineNet's shape from shading; ``head`` as :func:`render_view`."""
     g = _gen(seed)
     r_gt = sample_r(space, batch, g)
     app = sample_appearance(space, batch, g)
@@ -518,7 +553,7 @@ def make_faces(space: CoarseSpace, batch: int, seed, image_size: int, detail_poo
     elif detail_mm > 0:
         disp = detail_displacement(space.model, batch, int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g)),
                                    amplitude_mm=detail_mm, device=space.device, dtype=space.basis.dtype)
-    view = render_view(space, r_gt, image_size, app, disp, app["background"])
+    view = render_view(space, r_gt, image_size, app, disp, app["background"], head=head, distance=distance)
     return r_gt, view, disp, app
 
 
@@ -668,8 +703,8 @@ def finenet_data(space: CoarseSpace, net: CoarseNet, n: int, batch: int, image_s
         out["r_coarse"].append(rs[-1])
         out["r_iters"].append(torch.stack(rs, 1))
         out["coarse_image"].append(view.image)
-        for s in sizes:
-            v = view if s == image_size else render_view(space, r_gt, s, app, disp, app["background"])
+        for s in sizes:  # FineNet's pictures in Eq. 2's projection, the world of its depth maps and E_sh
+            v = render_view(space, r_gt, s, app, disp, app["background"])
             with torch.no_grad():
                 z0, mask, frags = rendering_layer(space, rs[-1], s)
                 mu, A = texture_maps(space, frags)
@@ -747,7 +782,7 @@ def train_end_to_end(space: CoarseSpace, coarse: CoarseNet, fine: FineNet, steps
     for _ in _progress(range(steps), steps, "end-to-end", progress):
         r_gt, view, disp, app = make_faces(space, batch, g, image_size, detail_pool)
         fs = fine_size or image_size
-        image = view.image if fs == image_size else render_view(space, r_gt, fs, app, disp, app["background"]).image
+        image = render_view(space, r_gt, fs, app, disp, app["background"]).image  # FineNet's: Eq. 2's projection
         rs = coarse_iterate(space, coarse, view.image, iterations - 1, image_size)
         x = coarse_input(view.image, render_view(space, rs[-1], image_size), coarse.mask_dilate)
         r = rs[-1] + coarse(x)  # the last pass (coarse_step), with gradients

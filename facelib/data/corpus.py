@@ -87,11 +87,14 @@ def _box_grid(box: torch.Tensor, height: int, width: int, size: int) -> torch.Te
     return torch.stack([gx, gy], dim=-1)
 
 
-def crop_to_box(image: torch.Tensor, box: torch.Tensor, size: int, mode: str = "bilinear") -> torch.Tensor:
-    """Resample the square ``box (B, 3)`` of ``image (B, C, H, W)`` to ``(B, C, N, N)`` (zeros outside)."""
+def crop_to_box(image: torch.Tensor, box: torch.Tensor, size: int, mode: str = "bilinear",
+                padding: str = "zeros") -> torch.Tensor:
+    """Resample the square ``box (B, 3)`` of ``image (B, C, H, W)`` to ``(B, C, N, N)``; outside the
+    image ``padding`` (``"zeros"``, or ``"border"``: the nearest edge pixel, for a network that never
+    saw a black frame)."""
     H, W = image.shape[-2:]
     grid = _box_grid(box.to(image.dtype), H, W, size)
-    return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    return F.grid_sample(image, grid, mode=mode, padding_mode=padding, align_corners=False)
 
 
 def _box_points(points: torch.Tensor, box: torch.Tensor, size: int) -> torch.Tensor:
