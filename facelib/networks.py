@@ -230,7 +230,9 @@ class TrainedNetwork:
         """The network's input made from frames ``image (B, 3, H, W)`` in [0, 1] and their 68 landmarks
         ``(B, 68, 2)`` (pixels): InverseFaceNet's Sec. 6.1 crop (:func:`facelib.data.corpus.network_input`:
         landmark box plus 8%, masked by the landmark outline) or MoFA's square, placed as in its training
-        frames (:data:`MOFA_MARGIN`, :data:`MOFA_CENTRE_Y`).  Returns ``crop (B, 3, N, N)`` in
+        frames (:data:`MOFA_MARGIN`, :data:`MOFA_CENTRE_Y`).  MoFA's and CoarseNet's crops fill the outside
+        of the frame with its edge pixels: neither saw a black frame in training (most wild faces' MoFA crops
+        run past the frame).  Returns ``crop (B, 3, N, N)`` in
         [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels."""
         from .data.corpus import crop_to_box, landmark_box, network_input
 
@@ -252,7 +254,7 @@ class TrainedNetwork:
             return {"crop": crop, "box": d["box"]}
         box = landmark_box(landmarks, MOFA_MARGIN)
         box[:, 1] -= MOFA_CENTRE_Y * box[:, 2]
-        return {"crop": crop_to_box(image, box, self.size).clamp(0, 1), "box": box}
+        return {"crop": crop_to_box(image, box, self.size, padding="border").clamp(0, 1), "box": box}  # no black frame
 
     def _coarse_box(self, landmarks: torch.Tensor) -> torch.Tensor:
         """CoarseNet's crop ``(B, 3)``: the square that puts the landmarks where the mean face's lie at

@@ -116,10 +116,11 @@ def test_mofa_checkpoint_loads_and_an_unfinished_one_is_refused(model, tmp_path,
     frames = wild_batch(model, 2, seed=4, size=96)
     est = t.estimate(frames["image"], frames["landmarks"])
     assert est["verts"].shape == (2, net.decoder.n_vertices, 3) and est["mask"].shape == (2, t.size, t.size)
-    # MoFA's crop: the landmark box plus 35% on each side, the landmarks placed as in its training frames
+    # MoFA's crop: the landmark box plus 35% on each side, the landmarks placed as in its training frames,
+    # the outside of the frame filled with its edge pixels
     box = landmark_box(frames["landmarks"].float(), 0.35)
     box[:, 1] -= 0.098 * box[:, 2]
-    assert torch.allclose(est["crop"], crop_to_box(frames["image"].float(), box, t.size).clamp(0, 1))
+    assert torch.allclose(est["crop"], crop_to_box(frames["image"].float(), box, t.size, padding="border").clamp(0, 1))
     assert torch.equal(est["theta"], net.encode(est["crop"]))
 
 
