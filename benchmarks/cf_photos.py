@@ -67,15 +67,10 @@ def run(model, variant: str, seed: int, steps: int, frames: dict) -> dict:
     N = cfg["coarse_size"]
     torch.manual_seed(seed)
     net = cf.CoarseNet(space.n_params, width=cfg["coarse_width"], blocks=cfg["coarse_blocks"])
-    make = cf.make_faces
-    cf.make_faces = lambda *a, **k: make(*a, **{**k, **kw})  # the training pictures of this variant
-    try:
-        t0 = time.perf_counter()
-        cf.train_coarsenet(space, net, steps, cfg["coarse_batch"], N, seed=10 + seed, lr=cfg["coarse_lr"],
-                           progress=False)
-        train_s = time.perf_counter() - t0
-    finally:
-        cf.make_faces = make
+    t0 = time.perf_counter()
+    cf.train_coarsenet(space, net, steps, cfg["coarse_batch"], N, seed=10 + seed, lr=cfg["coarse_lr"],
+                       progress=False, **kw)  # the training pictures of this variant
+    train_s = time.perf_counter() - t0
     out = {"variant": variant, "seed": seed, "steps": steps, "train_s": round(train_s, 1)}
     r_gt, view, _, _ = cf.make_faces(space, 128, 40_000, N, **kw)  # its own kind of held-out faces
     alpha = space.split(r_gt)[0]

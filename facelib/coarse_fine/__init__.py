@@ -570,7 +570,8 @@ def coarse_step(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: to
 
 def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, image_size: int, seed: int = 0,
                      lr: float = 1e-3, progress: bool = True, eval_fn=None, eval_every: int = 0,
-                     p_exact: float = P_EXACT) -> dict:
+                     p_exact: float = P_EXACT, distance: float | None = DISTANCE_MM,
+                     head: bool | None = None) -> dict:
     """Train CoarseNets on synthetic faces (Sec. 3.2.2): each step draws ``r_gt`` and renders it with a
     random appearance, draws a feedback state ``r_t`` (Eq. 3), renders its PNCC and normal map, and
     regresses ``r_gt`` (:func:`coarse_step`).  ``nets``: name -> ``(CoarseNet, kind)`` with ``kind``
@@ -580,6 +581,7 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
     ``loss``, ``geometry`` (the GMSE, mm^2, whatever the criterion), ``pose``, ``pose_weight``).
 
     ``p_exact``: the share of feedback states at the inference start (:func:`feedback_state`).
+    ``distance``, ``head``: how the training pictures are drawn (:func:`make_faces`).
     ``eval_fn(net) -> dict`` of numbers (held-out errors), called in eval mode every ``eval_every``
     steps and after the last, fills ``curve``: ``[{step, train_s, **eval_fn(net)}]`` per net, where
     ``train_s`` is the training time so far (all nets together, evaluation excluded) divided by the
@@ -604,7 +606,7 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
         evaluate(0)
     for step in _progress(range(steps), steps, "CoarseNet", progress):
         t0 = time.perf_counter()
-        r_gt, view, _, _ = make_faces(space, batch, g, image_size)
+        r_gt, view, _, _ = make_faces(space, batch, g, image_size, distance=distance, head=head)
         r_t = feedback_state(space, r_gt, g, p_exact)
         fb = render_view(space, r_t, image_size)
         xs = {}
@@ -634,10 +636,11 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
 
 def train_coarsenet(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int = 0,
                     kind: str = "gmse", lr: float = 1e-3, progress: bool = True, eval_fn=None,
-                    eval_every: int = 0, p_exact: float = P_EXACT) -> dict:
+                    eval_every: int = 0, p_exact: float = P_EXACT, distance: float | None = DISTANCE_MM,
+                    head: bool | None = None) -> dict:
     """:func:`train_coarsenets` for one network; returns its history."""
     return train_coarsenets(space, {kind: (net, kind)}, steps, batch, image_size, seed, lr, progress, eval_fn,
-                            eval_every, p_exact)[kind]
+                            eval_every, p_exact, distance, head)[kind]
 
 
 @torch.no_grad()
