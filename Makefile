@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.facelib-installed
 
-.PHONY: setup book html model preview test test-unit test-avx2 clean
+.PHONY: setup book html model preview test test-unit test-avx2 test-emulated clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,11 +54,25 @@ test-unit: $(STAMP)
 # The CPU-specific tests (renderer, kernels, GEMM, rasterizer, shading, closest points) once more as on an
 # AVX2-only CPU: our LLVM kernels compiled for Haswell (FACELIB_CPU), Numba's code, PyTorch's kernels
 # and OpenBLAS's for AVX2. .ci/run runs it after `make test`.
+AVX2_TESTS := tests/test_render.py tests/test_kernels.py tests/test_gemm.py tests/test_raster.py \
+	tests/test_camera_shading.py tests/test_now.py
 AVX2_ENV := FACELIB_CPU=haswell NUMBA_CPU_NAME=haswell ATEN_CPU_CAPABILITY=avx2 OPENBLAS_CORETYPE=Haswell
 test-avx2: $(STAMP)
 	$(AVX2_ENV) $(PY) -c "from facelib import repro; print('cpu:', repro.cpu_summary()); print('kernels:', repro.kernels())"
-	$(AVX2_ENV) $(PY) -m pytest -q -p no:cacheprovider tests/test_render.py tests/test_kernels.py \
-		tests/test_gemm.py tests/test_raster.py tests/test_camera_shading.py tests/test_now.py
+	$(AVX2_ENV) $(PY) -m pytest -q -p no:cacheprovider $(AVX2_TESTS)
+
+# The same CPU-specific tests on an emulated AVX2-only CPU: Debian's qemu-user (`apt-get install qemu-user`)
+# runs Python on a Haswell whose CPUID has no AVX-512 and which stops the run with SIGILL at any AVX-512
+# instruction, so nothing is forced: each library picks its kernels as on that CPU. (The -features are the
+# system ones QEMU's TCG drops anyway, listed to keep it quiet; QEMU_CPU=EPYC-Rome is an AMD Zen 2.)
+# Correctness only, about 20x slower than native; the open model is built natively first.
+QEMU_CPU ?= Haswell,-pcid,-x2apic,-tsc-deadline,-hle,-invpcid,-rtm
+EMULATED_TESTS ?= $(AVX2_TESTS)
+test-emulated: $(STAMP)
+	@command -v qemu-x86_64 > /dev/null || { echo "test-emulated needs qemu-x86_64 (Debian: apt-get install qemu-user)"; exit 1; }
+	$(PY) -c "import facelib; facelib.load_model('open')"
+	qemu-x86_64 -cpu $(QEMU_CPU) $(PY) -c "from facelib import repro; print('cpu:', repro.cpu_summary()); print('kernels:', repro.kernels())"
+	qemu-x86_64 -cpu $(QEMU_CPU) $(PY) -m pytest -q -p no:cacheprovider $(EMULATED_TESTS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache book/_build

@@ -37,9 +37,12 @@ def load_model(model: str = "open", device=None) -> FaceModel:
         raise ModelFileError(f"model must be 'open' or the path of a .npz, a .mat or a folder of OBJ files; "
                              f"got {model!r}")
     dev = None if device is None else pick_device(device)  # before the (slow) load: fail early
+    from . import repro
+
     if model == "open":
-        from .model.open_model import open_model
-        m = open_model()
+        from .model import open_model as om
+        m = om.open_model()
+        repro.note_model_file("open", om.cache_dir() / f"open-{om.BUILDER_VERSION}-{om._source_hash()}.npz")
     else:
         p = Path(model)
         if p.is_dir():
@@ -50,6 +53,7 @@ def load_model(model: str = "open", device=None) -> FaceModel:
             m = load_bfm2009(p)
         elif p.suffix == ".npz":
             m = FaceModel.load(p)
+            repro.note_model_file(str(model), p)
         elif not p.exists():
             raise ModelFileError(f"{model}: no such file or folder, and not a built-in model name "
                                  "(built-in: 'open')")

@@ -17,9 +17,9 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["environment", "cpu_flags", "cpu_summary", "kernels", "SIMD_FLAGS"]
+__all__ = ["environment", "cpu_flags", "cpu_summary", "kernels", "model_files", "note_model_file", "SIMD_FLAGS"]
 
-# the /proc/cpuinfo flags that change which code paths and instructions run (ours: facelib.render.fast._zchunk,
+# the CPU flags (as /proc/cpuinfo spells them) that change which code paths and instructions run (ours: facelib.render.fast._zchunk,
 # _resolve, _gemm; PyTorch's and OpenBLAS's kernels)
 SIMD_FLAGS = ("sse4_2", "avx", "fma", "f16c", "avx2", "avx512f", "avx512dq", "avx512cd", "avx512bw",
               "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -49,9 +49,26 @@ def _cpuinfo() -> tuple[str, set]:
     return name or platform.processor(), flags
 
 
+def _cpuid_flags() -> set | None:
+    """The :data:`SIMD_FLAGS` (in ``/proc/cpuinfo``'s spelling) that the CPU executing this process reports
+    through CPUID, as LLVM reads it (``llvmlite``; ``FACELIB_CPU`` not applied); None without llvmlite."""
+    try:
+        import llvmlite.binding as ll
+        on = {k for k, v in ll.get_host_cpu_features().items() if v}
+    except Exception:  # pragma: no cover - without llvmlite
+        return None
+    return {f for f in SIMD_FLAGS if f.replace("_", "") in on or f.replace("_", ".") in on
+            or f.replace("_", "-") in on}
+
+
 def cpu_flags() -> list:
-    """The :data:`SIMD_FLAGS` this CPU has, in that order (empty where ``/proc/cpuinfo`` is missing)."""
-    flags = _cpuinfo()[1]
+    """The :data:`SIMD_FLAGS` this CPU has, in that order. Read from CPUID (:func:`_cpuid_flags`), i.e. of
+    the CPU the code runs on: under an emulator (``qemu-x86_64 -cpu Haswell``, ``make test-emulated``)
+    or a VM that hides features, ``/proc/cpuinfo`` still lists the host's. ``/proc/cpuinfo``'s flags where
+    llvmlite is missing; empty where neither is there."""
+    flags = _cpuid_flags()
+    if flags is None:
+        flags = _cpuinfo()[1]
     return [f for f in SIMD_FLAGS if f in flags]
 
 
@@ -73,6 +90,39 @@ def _numba_threads():
         return None
 
 
+_MODEL_FILES: dict = {}  # model name or path -> (file, sha256 or None until asked): note_model_file
+
+
+def note_model_file(name: str, path) -> None:
+    """Record that this process loaded the face model ``name`` from the ``.npz`` ``path`` (called by
+    :func:`facelib.load_model`); :func:`environment` reports its SHA-256. A file that is not there (a
+    model built in memory, not cached) is not recorded."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.is_file() and _MODEL_FILES.get(name, (None,))[0] != path:
+        _MODEL_FILES[name] = (path, None)
+
+
+def model_files() -> dict:
+    """``{model name or path: SHA-256 of its .npz}`` of the models this process loaded from a file.
+    :meth:`facelib.FaceModel.save` writes identical bytes for identical content, so the digest names the
+    model's bits: the open model's last bits depend on the CPU's BLAS kernels it was built with, and two
+    machines can agree to the bit on rendered figures only where these agree (README, "Reproducibility")."""
+    import hashlib
+
+    out = {}
+    for name, (path, digest) in list(_MODEL_FILES.items()):
+        if digest is None:
+            try:
+                digest = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                continue
+            _MODEL_FILES[name] = (path, digest)
+        out[name] = digest
+    return out
+
+
 def cpu_summary() -> str:
     """One line for logs: model, logical CPUs, SIMD flags, PyTorch's CPU capability, threads."""
     name, _ = _cpuinfo()
@@ -89,8 +139,9 @@ def environment(seed=None, **extra) -> dict:
     ``torch``, ``numpy``, ``numba``, ``torch_threads``, ``torch_interop_threads``, ``numba_threads``,
     ``cpu`` (model name), ``cpu_count``, ``cpu_flags`` (:data:`SIMD_FLAGS` present),
     ``torch_cpu_capability`` (the ATen kernels' instruction set: ``AVX2``, ``AVX512``, ...),
-    ``platform``, ``machine``, ``env`` (the thread / BLAS / allocator variables that are set); plus
-    ``extra``. Nothing here is timed or random: two calls in one process give equal records.
+    ``platform``, ``machine``, ``env`` (the thread / BLAS / allocator variables that are set),
+    ``model_files`` (the SHA-256 of each face-model file this process loaded, :func:`model_files`);
+    plus ``extra``. Nothing here is timed or random: two calls in one process give equal records.
     """
     try:
         import numba
@@ -115,6 +166,7 @@ def environment(seed=None, **extra) -> dict:
         "machine": platform.machine(),
         "byteorder": sys.byteorder,
         "env": {k: os.environ[k] for k in _ENV if k in os.environ},
+        "model_files": model_files(),
     }
     rec.update(extra)
     return rec

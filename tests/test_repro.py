@@ -36,6 +36,34 @@ def test_environment_record():
     assert repro.environment(seed=(0, 1), note="x") == rec  # nothing timed or random in it
 
 
+def test_environment_names_the_model_files_loaded(open_model, tmp_path):
+    import hashlib
+
+    import facelib
+
+    facelib.load_model("open")
+    files = repro.environment()["model_files"]
+    cached = sorted(cache_dir().glob("open-*.npz"), key=lambda p: p.stat().st_mtime)
+    assert files["open"] in {hashlib.sha256(p.read_bytes()).hexdigest() for p in cached}
+    path = open_model.save(tmp_path / "copy.npz")
+    facelib.load_model(str(path))
+    files = repro.environment()["model_files"]
+    # identical content, identical bytes: the copy has the digest of the file it was loaded from
+    assert files[str(path)] == hashlib.sha256(path.read_bytes()).hexdigest() == files["open"]
+
+
+def test_cpu_flags_come_from_the_cpu_the_code_runs_on():
+    llvm = repro._cpuid_flags()
+    if llvm is None:
+        pytest.skip("llvmlite missing")
+    assert repro.cpu_flags() == [f for f in repro.SIMD_FLAGS if f in llvm]
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and "ATEN_CPU_CAPABILITY" not in os.environ:
+        assert "avx512f" in llvm  # PyTorch's own CPUID check agrees
+    if Path("/proc/cpuinfo").exists() and repro._cpuinfo()[1]:
+        # what CPUID reports is at most what the kernel lists (fewer under an emulator such as qemu-user)
+        assert set(repro.cpu_flags()) <= repro._cpuinfo()[1]
+
+
 def test_environment_sees_thread_and_blas_variables(monkeypatch):
     monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
     monkeypatch.setenv("FACELIB_THREADS", "1")
