@@ -102,6 +102,9 @@ def main():
     out["haswell_over_host_faces_per_s"] = round(statistics.median(out["haswell"]["faces_per_s_one_thread"])
                                                  / statistics.median(out["host"]["faces_per_s_one_thread"]), 2)
     out["load_avg_1min_after"] = round(os.getloadavg()[0], 2)
+    from facelib import repro  # noqa: E402 - the host: which CPU family these figures are of
+
+    out["cpu"] = repro.cpu_summary()
     print(json.dumps(out, indent=1))
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
 
