@@ -17,7 +17,7 @@ import sys
 import numpy as np
 import torch
 
-__all__ = ["environment", "cpu_flags", "cpu_summary", "kernels", "model_files", "note_model_file", "SIMD_FLAGS"]
+__all__ = ["environment", "cpu_flags", "cpu_llvm_name", "cpu_summary", "kernels", "model_files", "note_model_file", "SIMD_FLAGS"]
 
 # the CPU flags (as /proc/cpuinfo spells them) that change which code paths and instructions run (ours: facelib.render.fast._zchunk,
 # _resolve, _gemm; PyTorch's and OpenBLAS's kernels)
@@ -123,11 +123,23 @@ def model_files() -> dict:
     return out
 
 
+def cpu_llvm_name() -> str | None:
+    """LLVM's name of the CPU executing this process, from CPUID (e.g. ``"skylake-avx512"``, ``"znver2"``,
+    ``"haswell"`` under ``qemu-x86_64 -cpu Haswell``, where ``/proc/cpuinfo`` still names the host's);
+    None without llvmlite."""
+    try:
+        import llvmlite.binding as ll
+        return str(ll.get_host_cpu_name())
+    except Exception:  # pragma: no cover - without llvmlite
+        return None
+
+
 def cpu_summary() -> str:
-    """One line for logs: model, logical CPUs, SIMD flags, PyTorch's CPU capability, threads."""
+    """One line for logs: model (``/proc/cpuinfo``; LLVM's name from CPUID), logical CPUs, SIMD flags,
+    PyTorch's CPU capability, threads."""
     name, _ = _cpuinfo()
     flags = cpu_flags()
-    return (f"{name or 'unknown CPU'}; {os.cpu_count()} logical CPUs; flags: {' '.join(flags) or 'none found'}; "
+    return (f"{name or 'unknown CPU'} (CPUID: {cpu_llvm_name()}); {os.cpu_count()} logical CPUs; flags: {' '.join(flags) or 'none found'}; "
             f"torch CPU capability {_torch_capability()}; torch threads {torch.get_num_threads()}, "
             f"numba threads {_numba_threads()}")
 
@@ -137,7 +149,7 @@ def environment(seed=None, **extra) -> dict:
 
     ``seed``: the seed(s) of the run (an int or a list), kept as given. Keys: ``seed``, ``python``,
     ``torch``, ``numpy``, ``numba``, ``torch_threads``, ``torch_interop_threads``, ``numba_threads``,
-    ``cpu`` (model name), ``cpu_count``, ``cpu_flags`` (:data:`SIMD_FLAGS` present),
+    ``cpu`` (model name), ``cpu_llvm`` (:func:`cpu_llvm_name`), ``cpu_count``, ``cpu_flags`` (:data:`SIMD_FLAGS` present),
     ``torch_cpu_capability`` (the ATen kernels' instruction set: ``AVX2``, ``AVX512``, ...),
     ``platform``, ``machine``, ``env`` (the thread / BLAS / allocator variables that are set),
     ``model_files`` (the SHA-256 of each face-model file this process loaded, :func:`model_files`);
@@ -159,6 +171,7 @@ def environment(seed=None, **extra) -> dict:
         "torch_interop_threads": torch.get_num_interop_threads(),
         "numba_threads": _numba_threads(),
         "cpu": name,
+        "cpu_llvm": cpu_llvm_name(),
         "cpu_count": os.cpu_count(),
         "cpu_flags": cpu_flags(),
         "torch_cpu_capability": _torch_capability(),
