@@ -42,6 +42,8 @@ def load_model(model: str = "open", device=None) -> FaceModel:
     if model == "open":
         from .model import open_model as om
         m = om.open_model()
+        # the cache file open_model() just used (its name is open_model's; spelt here because any edit of
+        # open_model.py renames the cache, which would rebuild the model and orphan the cached networks)
         repro.note_model_file("open", om.cache_dir() / f"open-{om.BUILDER_VERSION}-{om._source_hash()}.npz")
     else:
         p = Path(model)
