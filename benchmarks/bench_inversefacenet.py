@@ -23,6 +23,7 @@ from facelib.book import settings, setup
 from facelib.data.corpus import render_crops
 from facelib.inversefacenet import make_regressor, model_space_weights, model_space_loss, test_time_ms
 from facelib.model.params import sample_sec5
+from facelib.nets import takes_landmarks
 from facelib.data.wild import wild_batch
 
 
@@ -56,11 +57,12 @@ def main(argv=None):
         net = make_regressor(model, cfg, kind).to(dev)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
         x = torch.rand(cfg["batch"], 3, size, size, device=dev) - 0.5
+        inp = (x, torch.zeros(cfg["batch"], 136, device=dev)) if takes_landmarks(net) else (x,)  # the landmark input
         th = theta[: cfg["batch"]]
 
         def step():
             for _ in range(5):
-                loss = model_space_loss(net(x), th, sigma)
+                loss = model_space_loss(net(*inp), th, sigma)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()

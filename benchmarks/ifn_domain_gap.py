@@ -46,6 +46,7 @@ def main():
     p = lay.unpack(wild["theta"])
     out = render_crops(model, wild["theta"], size, wild["render_size"])
     clean = dict(wild, x=(out["crop"] * 255).round().to(torch.uint8), mask=out["mask"],
+                 landmarks=out["landmarks"].float(),
                  verts=model.geometry(p["shape"], p["expression"]).float())
     clean["target"] = clean["x"].float() / 255
     sets = {"wild": wild, "wild, clean": clean,
@@ -57,7 +58,7 @@ def main():
         print(f"== {k}: mean face " + ", ".join(f"{m} {res[k]['mean face'][m]:.2f}" for m in MEASURES))
         for row in ROWS:
             net = load_network("inversefacenet", row=row, seed=0, profile="cpu").net
-            est = ifn.predict(net, t["x"])
+            est = ifn.predict(net, t["x"], landmarks=t["landmarks"])
             e = ifn.evaluate_theta(model, est, t)
             r2 = ifn.coefficient_r2(est, t["theta"])
             d = {m: round(float(e[m].nanmean()), 3) for m in MEASURES}

@@ -28,7 +28,8 @@ from facelib.data.corpus import FreshCorpus, SyntheticCorpus  # noqa: E402
 
 AUG = dict(landmark_noise=0.012, blur_px=(0.0, 1.0), noise_std=(0.0, 0.025), jpeg_quality=(35, 95))
 # the cpu profile before issue 15 (the "baseline" variant); variants change it one setting at a time
-OLD_CPU = dict(size=96, iters=1500, lr=1e-3, norm="none", standardize=False, dropout=0.5)
+OLD_CPU = dict(size=96, iters=1500, lr=1e-3, norm="none", standardize=False, dropout=0.5,
+               landmarks=False)  # these experiments came before the landmark input (benchmarks/ifn_landmarks.py)
 BASE = dict(loss="euclidean", fresh=False, augment=None, schedule="constant", warmup=0.0, kind="alexnet",
             prior="sec5")
 VARIANTS = {

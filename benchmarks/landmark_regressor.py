@@ -33,39 +33,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
-from facelib.data.wild import WILD, wild_batch  # noqa: E402
+from facelib.data.corpus import landmark_features  # noqa: E402
+from facelib.data.wild import WILD, detector_noise, wild_batch  # noqa: E402
 from facelib.eval import compare  # noqa: E402
 import facelib.inversefacenet as ifn  # noqa: E402
-from facelib.model.params import ParamLayout, rot_xyz, sample_sec5  # noqa: E402
-from facelib.render import face_camera  # noqa: E402
-from facelib.render.camera import perspective_project, rigid_transform  # noqa: E402
+from facelib.model.params import ParamLayout, sample_sec5  # noqa: E402
+from facelib.render import project_landmarks  # noqa: E402
 
 
 def normalise(lm: torch.Tensor) -> torch.Tensor:
-    """``(B, 68, 2)`` pixels -> ``(B, 136)``: centred on the landmark box, divided by its longer side
-    (what the Sec. 6.1 crop keeps of them: no position, no size)."""
-    lo, hi = lm.min(1).values, lm.max(1).values
-    side = (hi - lo).max(-1).values.clamp_min(1e-6)
-    return ((lm - (lo + hi)[:, None] / 2) / side[:, None, None]).flatten(1)
+    """``(B, 68, 2)`` pixels -> ``(B, 136)``: :func:`facelib.data.corpus.landmark_features` (centred on the
+    landmark box, divided by its longer side: what the Sec. 6.1 crop keeps of them)."""
+    return landmark_features(lm)
 
 
 def synthetic_landmarks(model, theta: torch.Tensor, g: torch.Generator, size: int = 64) -> torch.Tensor:
-    """The 68 landmarks ``(B, 68, 2)`` of Sec. 5 faces ``theta``, projected by the book's camera, with the
-    wild set's detector noise (per point plus a common shift, ``landmark_noise`` of the box side)."""
-    L = ParamLayout.from_model(model)
-    p = L.unpack(theta)
-    ids = model.landmarks
-    ns, ne = p["shape"].shape[1], p["expression"].shape[1]
-    v = model.mean_shape[ids] \
-        + torch.einsum("bk,kvc->bvc", p["shape"] * model.sigma_s[:ns], model.shape_basis[:ns, ids]) \
-        + torch.einsum("bk,kvc->bvc", p["expression"] * model.sigma_e[:ne], model.expression_basis[:ne, ids])
-    cam = face_camera(size, dtype=theta.dtype)
-    B = theta.shape[0]
-    R = cam.R.to(theta) @ rot_xyz(p["rotation"])
-    lm = perspective_project(rigid_transform(v, R, cam.t.to(theta).expand(B, 3)), cam.focal, cam.principal_point)[..., :2]
-    side = (lm.max(1).values - lm.min(1).values).max(-1).values
-    noise = torch.randn(B, 68, 2, generator=g, dtype=theta.dtype) + 0.5 * torch.randn(B, 1, 2, generator=g, dtype=theta.dtype)
-    return lm + WILD["landmark_noise"] * side[:, None, None] * noise
+    """The 68 landmarks ``(B, 68, 2)`` of Sec. 5 faces ``theta``, projected by the book's camera
+    (:func:`facelib.render.project_landmarks`), with the wild set's detector noise
+    (:func:`facelib.data.wild.detector_noise`, ``landmark_noise`` of the box side)."""
+    return detector_noise(project_landmarks(model, theta, size), WILD["landmark_noise"], g)
 
 
 def main(argv=None):

@@ -84,7 +84,7 @@ def crops(model, theta, size):
 
 def make_net(model, variant: str, seed: int, size: int) -> nn.Module:
     """The cpu profile's ResNet regressor (initialised from ``seed``), changed as ``variant`` says."""
-    cfg = dict(settings("inversefacenet", "cpu"), size=size, norm="batch", dropout=0.0)
+    cfg = dict(settings("inversefacenet", "cpu"), size=size, norm="batch", dropout=0.0, landmarks=False)  # pixels only
     net = ifn.make_regressor(model, cfg, "resnet", seed)
     inner = net.net if hasattr(net, "net") else net  # inside facelib.nets.Standardized
     torch.manual_seed(seed + 99)  # the variant's new layers

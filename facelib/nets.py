@@ -6,6 +6,14 @@ Both take a masked face crop ``(B, 3, N, N)`` with colours in [-0.5, 0.5] (Sec. 
 ``width=1`` is the paper's size (AlexNet; our ResNet is a ResNet-18-style stack, the paper used
 ResNet-101).  As in the paper the last fully-connected layer has biases 0 and weights ~ N(0, 0.01)
 (Caffe's ``gaussian`` filler, standard deviation 0.01).
+
+``landmarks=68`` gives a network a second input, not in the papers: the crop's 68 landmarks
+``(B, 136)`` (:func:`facelib.data.corpus.landmark_features`: centred on their box, divided by its side),
+read by a small MLP whose features join the image features before the fully connected layers and,
+through a linear head of their own, add to the output (a read-out that
+:func:`facelib.inversefacenet.pretrain_landmarks` trains on landmarks alone, which cost no rendering).
+The Sec. 6.1 crop is *made from* these points, and they hold geometry the 64-pixel crop shows faintly
+(``benchmarks/landmark_regressor.py``); a network with it is called ``net(x, l)``.
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AlexNet", "ResNet", "Standardized", "make_encoder", "init_last_layer", "count_parameters"]
+__all__ = ["AlexNet", "ResNet", "Standardized", "LandmarkBranch", "takes_landmarks", "make_encoder", "init_last_layer",
+           "count_parameters"]
 
 
 def _ch(c: int, width: float) -> int:
@@ -32,6 +41,65 @@ def _check_input(x: torch.Tensor, size: int) -> None:
         raise ValueError(f"input has shape {tuple(x.shape)}; expected (B, 3, {size}, {size}) RGB crops")
     if x.shape[-1] < 32 or x.shape[-2] < 32:
         raise ValueError(f"input is {x.shape[-2]}x{x.shape[-1]} pixels; the networks need at least 32x32")
+
+
+class LandmarkBranch(nn.Module):
+    """The landmark input's reader: ``(B, 2 K) -> (B, width)`` features, two fully connected layers with
+    ReLU, and ``head``, a linear read-out of them ``(B, width) -> (B, out_dim)`` (weights 0 at the start:
+    the branch adds nothing to the output until it is trained).
+
+    ``landmarks``: K, the number of points (68); ``width``: its feature count; ``out_dim``: the network's
+    outputs.  ``forward(l)`` checks that ``l`` is ``(B, 2 K)`` and returns the features."""
+
+    def __init__(self, landmarks: int, width: int = 256, out_dim: int = 1):
+        super().__init__()
+        if isinstance(landmarks, bool) or not isinstance(landmarks, int) or landmarks < 1:
+            raise ValueError(f"landmarks must be a positive number of points; got {landmarks!r}")
+        self.landmarks, self.width = landmarks, int(width)
+        self.mlp = nn.Sequential(nn.Linear(2 * landmarks, self.width), nn.ReLU(inplace=True),
+                                 nn.Linear(self.width, self.width), nn.ReLU(inplace=True))
+        self.head = nn.Linear(self.width, out_dim)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, l: torch.Tensor) -> torch.Tensor:
+        if l.ndim != 2 or l.shape[1] != 2 * self.landmarks:
+            raise ValueError(f"landmark input has shape {tuple(l.shape)}; expected (B, {2 * self.landmarks}) "
+                             "(facelib.data.corpus.landmark_features)")
+        return self.mlp(l)
+
+
+def _branch(landmarks: int, width: int, out_dim: int):
+    """``(module or None, its feature count)`` for a network's ``landmarks`` argument (0: no branch)."""
+    if landmarks == 0:
+        return None, 0
+    b = LandmarkBranch(landmarks, width, out_dim)
+    return b, b.width
+
+
+def _join(net: nn.Module, h: torch.Tensor, l: torch.Tensor | None) -> tuple:
+    """Image features ``h (B, F)`` joined with the landmark branch's features ``f`` of ``l``, if the net
+    has a branch: ``(cat(h, f) (B, F + width), f)``; else ``(h, None)``."""
+    if net.landmark_branch is None:
+        if l is not None:
+            raise ValueError("this network has no landmark input; call it as net(x)")
+        return h, None
+    if l is None:
+        raise ValueError("this network takes the crop's landmarks as a second input; call it as net(x, l)")
+    if l.shape[0] != h.shape[0]:
+        raise ValueError(f"{h.shape[0]} images but {l.shape[0]} landmark sets")
+    f = net.landmark_branch(l.to(h))
+    return torch.cat([h, f], 1), f
+
+
+def _output(net: nn.Module, y: torch.Tensor, f: torch.Tensor | None) -> torch.Tensor:
+    """The image path's output ``y (B, out_dim)`` plus the landmark head's read-out of ``f`` (if any)."""
+    return y if f is None else y + net.landmark_branch.head(f)
+
+
+def takes_landmarks(net: nn.Module) -> bool:
+    """Whether ``net`` is called as ``net(x, l)`` with the crop's landmark features (``landmarks > 0``)."""
+    return getattr(net, "n_landmarks", 0) > 0
 
 
 class AlexNet(nn.Module):
@@ -54,11 +122,15 @@ class AlexNet(nn.Module):
             its map is 55 cells wide).  On a 64-pixel crop stride 4 leaves a 15-cell map, one cell per
             4 pixels, before the first pool; stride 2 keeps AlexNet's cells-per-face ratio closer
             (31 cells at 64 pixels) at about 4x the convolution cost.
-    Shapes: ``(B, 3, N, N) -> (B, out_dim)``.
+        landmarks, landmark_width: a second input of ``landmarks`` points (0: none; see the module
+            docstring), read by a :class:`LandmarkBranch` of that width: its features join the image
+            features before the first fc layer, and its head's read-out adds to the output.
+    Shapes: ``(B, 3, N, N) [, (B, 2 landmarks)] -> (B, out_dim)``.
     """
 
     def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, fc: int | None = None,
-                 dropout: float = 0.5, norm: str = "none", stride: int = 4):
+                 dropout: float = 0.5, norm: str = "none", stride: int = 4, landmarks: int = 0,
+                 landmark_width: int = 256):
         super().__init__()
         if out_dim < 1:
             raise ValueError(f"out_dim must be >= 1; got {out_dim}")
@@ -79,16 +151,18 @@ class AlexNet(nn.Module):
             nn.Conv2d(c[3], c[4], 3, padding=1), bn(c[4]), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1),
         )
         self.pool = nn.AdaptiveAvgPool2d(6)
+        self.landmark_branch, extra = _branch(landmarks, landmark_width, out_dim)
+        self.n_landmarks = int(landmarks)
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout), nn.Linear(c[4] * 36, fc), bn1(fc), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(c[4] * 36 + extra, fc), bn1(fc), nn.ReLU(inplace=True),
             nn.Dropout(dropout), nn.Linear(fc, fc), bn1(fc), nn.ReLU(inplace=True),
         )
         self.last = init_last_layer(nn.Linear(fc, out_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, l: torch.Tensor | None = None) -> torch.Tensor:
         _check_input(x, self.size)
-        h = self.pool(self.features(x)).flatten(1)
-        return self.last(self.classifier(h))
+        h, f = _join(self, self.pool(self.features(x)).flatten(1), l)
+        return _output(self, self.last(self.classifier(h)), f)
 
 
 class _Block(nn.Module):
@@ -117,10 +191,12 @@ class ResNet(nn.Module):
         spatial: side of the final pooled map that the fc layer reads (1: global average pool, as
             ResNet; 2 or more keep where in the image the features are, which regressing a face's
             position to a pixel needs).
-    Shapes: ``(B, 3, N, N) -> (B, out_dim)``.
+        landmarks, landmark_width: a second input, as :class:`AlexNet`'s (joined before the fc layer).
+    Shapes: ``(B, 3, N, N) [, (B, 2 landmarks)] -> (B, out_dim)``.
     """
 
-    def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, blocks=(2, 2, 2, 2), spatial: int = 1):
+    def __init__(self, out_dim: int, size: int = 240, width: float = 1.0, blocks=(2, 2, 2, 2), spatial: int = 1,
+                 landmarks: int = 0, landmark_width: int = 256):
         super().__init__()
         if out_dim < 1:
             raise ValueError(f"out_dim must be >= 1; got {out_dim}")
@@ -136,11 +212,14 @@ class ResNet(nn.Module):
         if int(spatial) < 1:
             raise ValueError(f"spatial must be >= 1; got {spatial!r}")
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(int(spatial)))
-        self.last = init_last_layer(nn.Linear(cin * int(spatial) ** 2, out_dim))
+        self.landmark_branch, extra = _branch(landmarks, landmark_width, out_dim)
+        self.n_landmarks = int(landmarks)
+        self.last = init_last_layer(nn.Linear(cin * int(spatial) ** 2 + extra, out_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, l: torch.Tensor | None = None) -> torch.Tensor:
         _check_input(x, self.size)
-        return self.last(self.features(x).flatten(1))
+        h, f = _join(self, self.features(x).flatten(1), l)
+        return _output(self, self.last(h), f)
 
 
 class Standardized(nn.Module):
@@ -153,7 +232,8 @@ class Standardized(nn.Module):
     output layer (no parameters to learn, the loss is still computed on ``theta``): the network starts
     at the prior's mean and every output has unit scale.
 
-    ``net``: ``(B, 3, N, N) -> (B, m)``; ``mean``, ``std``: ``(m,)``.  Shapes: ``(B, 3, N, N) -> (B, m)``.
+    ``net``: ``(B, 3, N, N) -> (B, m)``; ``mean``, ``std``: ``(m,)``.  Shapes: ``(B, 3, N, N) -> (B, m)``
+    (a net with a landmark input gets its second argument passed on).
     """
 
     def __init__(self, net: nn.Module, mean: torch.Tensor, std: torch.Tensor):
@@ -164,11 +244,12 @@ class Standardized(nn.Module):
             raise ValueError("std must be positive")
         self.net = net
         self.size = getattr(net, "size", None)
+        self.n_landmarks = getattr(net, "n_landmarks", 0)
         self.register_buffer("mean", mean.detach().float().clone())
         self.register_buffer("std", std.detach().float().clone())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mean + self.std * self.net(x)
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        return self.mean + self.std * self.net(x, *extra)
 
 
 def make_encoder(kind: str, out_dim: int, size: int, width: float = 1.0, **kwargs) -> nn.Module:

@@ -44,7 +44,7 @@ PROFILE_ORDER = ("gpu", "cpu", "ci")  # the first one found wins
 IFN_DEFAULT_ROW = "+ breeding (= InverseFaceNet)"
 FORMAT = 1
 _REGRESSOR_KEYS = ("size", "alexnet_width", "alexnet_fc", "alexnet_stride", "resnet_width", "resnet_blocks", "norm",
-                   "dropout", "standardize")
+                   "dropout", "standardize", "landmarks")
 # MoFA's crop of a frame, placed as its training frames place the face (facelib.data.wild.wild_batch, measured
 # on 256 faces: the landmarks span 0.58 of the frame, their box's centre 0.098 of the frame below its
 # centre): the landmark box plus 35% on every side (mofa.photo_corpus's margin), moved up by 0.098 side.
@@ -233,7 +233,8 @@ class TrainedNetwork:
         frames (:data:`MOFA_MARGIN`, :data:`MOFA_CENTRE_Y`).  MoFA's and CoarseNet's crops fill the outside
         of the frame with its edge pixels: neither saw a black frame in training (most wild faces' MoFA crops
         run past the frame).  Returns ``crop (B, 3, N, N)`` in
-        [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels."""
+        [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels; InverseFaceNet's also
+        ``landmarks (B, 68, 2)`` in crop pixels (a network with a landmark input reads them)."""
         from .data.corpus import crop_to_box, landmark_box, network_input
 
         if image.ndim != 4 or image.shape[1] != 3:
@@ -251,7 +252,7 @@ class TrainedNetwork:
         if self.method == "inversefacenet":
             d = network_input(image, landmarks, self.size)
             crop = (d["crop"] * 255).round() / 255  # the training corpus holds 8-bit crops
-            return {"crop": crop, "box": d["box"]}
+            return {"crop": crop, "box": d["box"], "landmarks": d["landmarks"]}
         box = landmark_box(landmarks, MOFA_MARGIN)
         box[:, 1] -= MOFA_CENTRE_Y * box[:, 2]
         return {"crop": crop_to_box(image, box, self.size, padding="border").clamp(0, 1), "box": box}  # no black frame
@@ -288,7 +289,8 @@ class TrainedNetwork:
             from .data.corpus import to_network
             from .inversefacenet import predict
 
-            return {"theta": predict(self.net, to_network(c["crop"]).to(dev)).cpu(), **c}
+            lm = c.pop("landmarks")  # the crop's landmarks (the second input of a net that takes them)
+            return {"theta": predict(self.net, to_network(c["crop"]).to(dev), landmarks=lm).cpu(), **c}
         return {"theta": self.net.encode(c["crop"].to(dev)).cpu(), **c}
 
     @torch.no_grad()

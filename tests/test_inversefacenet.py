@@ -625,5 +625,5 @@ def test_truncation_standing_words():
     at = {1: 0.9, 2: 0.8, 3: 0.7, 10: 0.4}
     assert truncation_standing(0.95, at) == "worse than knowing the expression exactly and no shape"
     assert truncation_standing(0.85, at).startswith("better than knowing the expression exactly")
-    assert truncation_standing(0.75, at) == "between knowing shape components 2-2 and the next point of the curve"
+    assert truncation_standing(0.75, at) == "between knowing shape component 2 and the next point of the curve"
     assert truncation_standing(0.5, at) == "between knowing shape components 2-3 and the next point of the curve"

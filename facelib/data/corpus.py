@@ -28,10 +28,9 @@ from ..model.facemodel import LANDMARK_GROUPS
 from ..model.params import ParamLayout, sample_sec5
 from ..render import landmarks_2d, render
 
-__all__ = ["landmark_outline", "polygon_mask", "landmark_mask", "landmark_box", "crop_to_box",
+__all__ = ["landmark_outline", "polygon_mask", "landmark_mask", "landmark_box", "landmark_features", "crop_to_box",
            "network_input", "to_network", "from_network", "render_crops", "augment_crops", "SyntheticCorpus",
-           "FreshCorpus",
-           "corpus_dir", "CORPUS_VERSION"]
+           "FreshCorpus", "landmark_input", "corpus_dir", "CORPUS_VERSION"]
 
 CORPUS_VERSION = 2  # bump when the rendering or pre-processing changes (invalidates cached shards)
 CROP_MARGIN = 0.08  # the landmark box grows by this fraction on each side before resizing
@@ -74,6 +73,32 @@ def landmark_box(landmarks: torch.Tensor, margin: float = CROP_MARGIN) -> torch.
     centre = (lo + hi) / 2
     side = (hi - lo).max(-1).values * (1 + 2 * margin)
     return torch.cat([centre, side[:, None]], dim=1)
+
+
+def landmark_features(landmarks: torch.Tensor) -> torch.Tensor:
+    """The 68 landmarks as a network's second input: ``(B, 68, 2)`` pixels -> ``(B, 136)`` float32,
+    centred on their bounding box and divided by its longer side, so they keep only what the Sec. 6.1
+    crop keeps of them (no position in the frame, no size: the same for frame and crop pixels)."""
+    if landmarks.ndim != 3 or landmarks.shape[-1] != 2:
+        raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected (B, 68, 2)")
+    lm = landmarks.float()
+    lo, hi = lm.min(1).values, lm.max(1).values
+    side = (hi - lo).max(-1).values.clamp_min(1e-6)
+    return ((lm - (lo + hi)[:, None] / 2) / side[:, None, None]).flatten(1)
+
+
+def landmark_input(landmarks: torch.Tensor, noise: float, seed: int, index: torch.Tensor) -> torch.Tensor:
+    """:func:`landmark_features` of training landmarks ``(b, 68, 2)`` moved by detector noise
+    (:func:`facelib.data.wild.detector_noise`, ``noise`` of the box side; 0: exact), drawn afresh for
+    every mini-batch from ``seed`` and the faces' ``index (b,)``, so a run's draws depend only on its
+    batches (not on which runs came before).  Returns ``(b, 136)``."""
+    from .wild import detector_noise
+
+    if noise > 0:
+        h = hashlib.sha256(np.asarray(index.cpu().numpy(), dtype=np.int64).tobytes()).hexdigest()
+        g = torch.Generator().manual_seed((int(seed) * 1_000_003 + int(h[:12], 16)) % 2 ** 63)
+        landmarks = detector_noise(landmarks.double(), noise, g)
+    return landmark_features(landmarks)
 
 
 def _box_grid(box: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
@@ -162,11 +187,9 @@ def render_crops(model, theta: torch.Tensor, size: int, render_size: int | None 
         lm = landmarks_2d(model, r.screen)
         lm_in = lm
         if landmark_noise > 0:
-            side = (lm.max(1).values - lm.min(1).values).max(-1).values  # (B,)
-            B = lm.shape[0]
-            noise = torch.randn(B, 68, 2, generator=generator, dtype=torch.float64) \
-                + 0.5 * torch.randn(B, 1, 2, generator=generator, dtype=torch.float64)
-            lm_in = lm + landmark_noise * side[:, None, None] * noise.to(lm)
+            from .wild import detector_noise
+
+            lm_in = detector_noise(lm, landmark_noise, generator)
         out = network_input(r.image, lm_in, size, mask=r.input_mask)
     out["landmarks_frame"] = lm
     out["render"] = r
@@ -199,7 +222,8 @@ class FreshCorpus:
     (:func:`render_crops`), or ``None`` for clean crops.
 
     Interface of :func:`facelib.inversefacenet.train`: ``len`` (the faces a run can draw),
-    ``indices(batch, iters, seed)`` and ``batch(index) -> (x (b, 3, N, N) in [-0.5, 0.5], theta (b, m))``.
+    ``indices(batch, iters, seed)`` and ``batch(index) -> (x (b, 3, N, N) in [-0.5, 0.5], theta (b, m))``;
+    ``batch(index, landmarks=True)`` gives ``((x, landmark_features (b, 136)), theta)``.
     """
 
     def __init__(self, model, seed: int, size: int, render_size: int | None = None, sampler=None,
@@ -220,7 +244,7 @@ class FreshCorpus:
         for k in range(iters):
             yield torch.arange(k * batch, (k + 1) * batch)
 
-    def batch(self, index: torch.Tensor):
+    def batch(self, index: torch.Tensor, landmarks: bool = False):
         start = int(index[0])
         s = self.seed * 1_000_003 + start
         theta = self.sampler(self.model, int(index.numel()), seed=s).to(self.device or self.model.device,
@@ -234,7 +258,20 @@ class FreshCorpus:
             crop = augment_crops(crop, out["mask"].cpu(), s + 2,
                                  **{k: v for k, v in aug.items() if k != "landmark_noise"})
         x = to_network((crop * 255).round().to(torch.uint8))
+        if landmarks:  # the landmarks the crop was made from (with the augmentation's detector noise)
+            return (x, landmark_features(out["landmarks"].cpu())), theta.cpu()
         return x, theta.cpu()
+
+
+def _default_noise(noise: float | None) -> float:
+    """``noise``, or the wild set's detector noise when None; checked to be a finite number >= 0."""
+    if noise is None:
+        from .wild import WILD
+
+        return float(WILD["landmark_noise"])
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not math.isfinite(noise) or noise < 0:
+        raise ValueError(f"landmark_noise must be a number >= 0; got {noise!r}")
+    return float(noise)
 
 
 def corpus_dir() -> Path:
@@ -265,13 +302,17 @@ class SyntheticCorpus(torch.utils.data.Dataset):
         chunk: faces rendered per batch.  progress: show a progress bar.  device: render device.
         sampler: a function ``(model, batch, seed) -> theta`` (default :func:`sample_sec5`); the
             corpus key includes its name.
+        landmark_noise: detector noise put on the landmarks that :meth:`batch` gives a network with a
+            landmark input (fraction of the box side; default the wild set's detector,
+            :data:`facelib.data.wild.WILD`; the crops themselves are made from the exact landmarks).
     Items: ``(x (3, N, N) float32 in [-0.5, 0.5], theta (m,) float32)``.  Attributes ``render_s``
     (seconds it took to render, stored with the shards, so also known when they are loaded), ``images``
     ``(n, 3, N, N) uint8``, ``theta (n, m)``, ``masks (n, N, N) bool``, ``landmarks (n, 68, 2)``.
     """
 
     def __init__(self, model, n: int, seed: int, size: int, render_size: int | None = None,
-                 cache=True, chunk: int = 256, progress: bool = True, device=None, sampler=None):
+                 cache=True, chunk: int = 256, progress: bool = True, device=None, sampler=None,
+                 landmark_noise: float | None = None):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be a positive integer; got {n!r}")
         self.model, self.n, self.seed, self.size = model, n, int(seed), int(size)
@@ -280,6 +321,7 @@ class SyntheticCorpus(torch.utils.data.Dataset):
         self.layout = ParamLayout.from_model(model)
         self.chunk = int(chunk)
         self.device = device
+        self.landmark_noise = _default_noise(landmark_noise)
         folder = None
         if cache:
             name = getattr(self.sampler, "__name__", "sampler")
@@ -333,6 +375,11 @@ class SyntheticCorpus(torch.utils.data.Dataset):
     def __getitem__(self, i):
         return to_network(self.images[i]), self.theta[i]
 
-    def batch(self, index: torch.Tensor):
-        """``(x (b, 3, N, N), theta (b, m))`` for an index tensor (faster than a DataLoader)."""
-        return to_network(self.images[index]), self.theta[index]
+    def batch(self, index: torch.Tensor, landmarks: bool = False):
+        """``(x (b, 3, N, N), theta (b, m))`` for an index tensor (faster than a DataLoader); with
+        ``landmarks``, ``((x, l), theta)`` where ``l (b, 136)`` is :func:`landmark_input` of the faces'
+        landmarks with detector noise (``landmark_noise`` of the box side, drawn for this batch)."""
+        x = to_network(self.images[index])
+        if landmarks:
+            return (x, landmark_input(self.landmarks[index], self.landmark_noise, self.seed, index)), self.theta[index]
+        return x, self.theta[index]

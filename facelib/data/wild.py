@@ -39,8 +39,8 @@ from ..model.params import ParamLayout, _uniform
 from ..render import face_camera, landmarks_2d, render
 from ..render.shading import gamma_from_radiance, sh_basis
 
-__all__ = ["sample_wild", "directional_sh", "wild_albedo", "wild_background", "degrade", "wild_batch",
-           "coarse_out_of_model", "WILD", "WILD_COARSE"]
+__all__ = ["sample_wild", "directional_sh", "wild_albedo", "wild_background", "degrade", "detector_noise",
+           "wild_batch", "coarse_out_of_model", "WILD", "WILD_COARSE"]
 
 # The distribution's constants in one place (documented in the module docstring and in the book).
 WILD = dict(
@@ -250,6 +250,19 @@ def degrade(image: torch.Tensor, seed: int, jpeg: bool = True, blur_px=None, noi
 WILD_COARSE = dict(geometry_mm=2.0, geometry_scale_mm=40.0, albedo=0.08, albedo_scale_mm=45.0)
 
 
+def detector_noise(landmarks: torch.Tensor, amount: float, generator: torch.Generator) -> torch.Tensor:
+    """Landmarks ``(B, K, 2)`` (pixels) moved as a landmark detector's would be: per point
+    ``amount * side * (n + 0.5 c)``, where ``side`` is the longer side of the face's landmark box, ``n``
+    a standard normal draw per point and coordinate and ``c`` one shared by all points of a face (a
+    detector's common offset).  The draws are float64 from ``generator`` (so they do not depend on the
+    landmarks' dtype); returns ``(B, K, 2)`` in the landmarks' dtype."""
+    B, K = landmarks.shape[:2]
+    side = (landmarks.max(1).values - landmarks.min(1).values).max(-1).values  # (B,)
+    noise = torch.randn(B, K, 2, generator=generator, dtype=torch.float64).to(landmarks) \
+        + 0.5 * torch.randn(B, 1, 2, generator=generator, dtype=torch.float64).to(landmarks)
+    return landmarks + amount * side[:, None, None] * noise
+
+
 def coarse_out_of_model(model, batch: int, seed: int, device=None, dtype=torch.float32) -> tuple:
     """Smooth out-of-model content (:data:`WILD_COARSE`), drawn from ``seed``: displacement ``(B, V)`` mm
     along the normals (restricted to the detail mask, :func:`facelib.model.detail.detail_mask`) and an
@@ -314,11 +327,7 @@ def wild_batch(model, batch: int, seed: int, size: int = 240, device=None, jpeg:
         bg = wild_background(batch, size, sub[4]).to(r.image)
         img = torch.where(r.mask[:, None], r.image, bg)
         img = degrade(img, sub[4] + 1, jpeg=jpeg)
-        side = (lm_gt.max(1).values - lm_gt.min(1).values).max(-1).values  # (B,)
-        gl = _gen(sub[4] + 2)
-        noise = torch.randn(batch, 68, 2, generator=gl, dtype=torch.float64).to(theta) \
-            + 0.5 * torch.randn(batch, 1, 2, generator=gl, dtype=torch.float64).to(theta)
-        lm = lm_gt + WILD["landmark_noise"] * side[:, None, None] * noise
+        lm = detector_noise(lm_gt, WILD["landmark_noise"], _gen(sub[4] + 2))
     return {"image": img, "mask": r.mask, "landmarks": lm, "landmarks_gt": lm_gt, "theta": theta,
             "verts_model": verts_model, "verts": r.verts_cam, "albedo": albedo, "focal": cam.focal * s,
             "principal_point": pp}

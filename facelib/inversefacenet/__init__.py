@@ -17,6 +17,7 @@ weights here) with AdamW instead of Caffe's AdaDelta, at the profile's size and 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -27,16 +28,19 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path
-from ..data.corpus import network_input, render_crops, to_network
+from ..data.corpus import landmark_features, landmark_input, network_input, render_crops, to_network
 from ..eval.metrics import geometric_rmse, mask_iou, photometric_rmse
 from ..model.params import ParamLayout, breed_children
+from ..nets import takes_landmarks
 
 __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_loss", "coefficient_displacement",
-           "TensorCorpus", "lr_at", "train", "predict", "test_time_ms", "breed", "make_test_set", "evaluate_theta", "now_errors",
+           "TensorCorpus", "lr_at", "train", "GEOMETRY_GROUPS", "pretrain_landmarks", "pretrained_branch", "predict",
+           "test_time_ms", "breed", "make_test_set", "evaluate_theta", "now_errors",
            "evaluate", "mean_face_theta",
            "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
            "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
-           "compare_rows", "verdict", "rows_json", "curves_json", "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS"]
+           "compare_rows", "verdict", "rows_json", "curves_json", "LANDMARK_VARIANTS", "landmark_variants_markdown",
+           "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
@@ -104,22 +108,35 @@ def coefficient_displacement(model) -> dict:
 
 # ------------------------------------------------------------------------------------------- data
 class TensorCorpus:
-    """Training pairs held as tensors: ``images (n, 3, N, N) uint8``, ``theta (n, m)``.
+    """Training pairs held as tensors: ``images (n, 3, N, N) uint8``, ``theta (n, m)`` and, for a network
+    with a landmark input, the crops' ``landmarks (n, 68, 2)`` (crop pixels; ``landmark_noise`` and
+    ``seed`` as :class:`facelib.data.corpus.SyntheticCorpus`).
 
-    The interface :func:`train` needs (``len`` and ``batch(index)``); :class:`facelib.data.corpus.SyntheticCorpus`
-    has the same one.
+    The interface :func:`train` needs (``len`` and ``batch(index, landmarks=False)``);
+    :class:`facelib.data.corpus.SyntheticCorpus` has the same one.
     """
 
-    def __init__(self, images: torch.Tensor, theta: torch.Tensor):
+    def __init__(self, images: torch.Tensor, theta: torch.Tensor, landmarks: torch.Tensor | None = None,
+                 landmark_noise: float | None = None, seed: int = 0):
+        from ..data.corpus import _default_noise
+
         if images.shape[0] != theta.shape[0]:
             raise ValueError(f"{images.shape[0]} images but {theta.shape[0]} parameter vectors")
-        self.images, self.theta = images, theta
+        if landmarks is not None and landmarks.shape != (images.shape[0], 68, 2):
+            raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({images.shape[0]}, 68, 2)")
+        self.images, self.theta, self.landmarks = images, theta, landmarks
+        self.landmark_noise, self.seed = _default_noise(landmark_noise), int(seed)
 
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def batch(self, index: torch.Tensor):
-        return to_network(self.images[index]), self.theta[index]
+    def batch(self, index: torch.Tensor, landmarks: bool = False):
+        x = to_network(self.images[index])
+        if not landmarks:
+            return x, self.theta[index]
+        if self.landmarks is None:
+            raise ValueError("this corpus has no landmarks, and the network takes them as its second input")
+        return (x, landmark_input(self.landmarks[index], self.landmark_noise, self.seed, index)), self.theta[index]
 
 
 def checkpoint_dir() -> Path:
@@ -168,7 +185,7 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
           weight_decay: float = 1e-3, seed: int = 0, device=None, progress: bool = True,
           desc: str = "training", cache_key: dict | None = None, optimizer_state: dict | None = None,
           schedule: str = "constant", warmup: float = 0.0, total_iters: int | None = None,
-          start_iter: int = 0, eval_fn=None, eval_every: int = 0) -> dict:
+          start_iter: int = 0, eval_fn=None, eval_every: int = 0, init_fn=None) -> dict:
     """Train ``net`` on ``corpus`` for ``iters`` mini-batches (Sec. 6.1: batch 32, weight decay 1e-3).
 
     Args:
@@ -185,8 +202,12 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
         eval_fn, eval_every: if given, ``eval_fn(net) -> dict`` of held-out errors is called every
             ``eval_every`` iterations and after the last one (the time it takes is not training time);
             the results form the learning curve ``log["curve"]``.
+        init_fn: ``init_fn(net)``, called before the first mini-batch of a run that is not loaded from
+            the cache (e.g. :func:`pretrain_landmarks`); its time counts as training time (or, if it
+            returns a number, that many seconds: the original time of a step it loaded from a cache).
     Corpora with an ``indices(batch, iters, seed)`` method (:class:`facelib.data.corpus.FreshCorpus`) choose
-    their own mini-batches; the others are drawn in seeded random epochs.
+    their own mini-batches; the others are drawn in seeded random epochs.  A net with a landmark input
+    (:func:`facelib.nets.takes_landmarks`) gets ``corpus.batch(index, landmarks=True)``'s pair ``(x, l)``.
     Returns:
         log dict: ``loss`` (list per iteration), ``train_s`` (seconds of training), ``iters``,
         ``optimizer`` (state, for continued training), ``cached`` (bool), ``curve`` (list of
@@ -206,13 +227,19 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
     from tqdm.auto import tqdm
 
     net.to(device).train()
+    lm_in = takes_landmarks(net)
+    t0 = time.perf_counter()
+    if init_fn is not None:
+        spent = init_fn(net)
+        if spent is not None:  # the time the loaded step took when it ran
+            t0 = time.perf_counter() - float(spent)
+        net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     if optimizer_state is not None:
         opt.load_state_dict(optimizer_state)
     torch.manual_seed(seed)  # dropout
     total = total_iters or iters
     losses, curve = [], []
-    t0 = time.perf_counter()
     spent_eval = 0.0
 
     def record(i):
@@ -232,8 +259,8 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
             record(i)  # a continued run (start_iter > 0) starts where the previous call's last point was
         for group in opt.param_groups:
             group["lr"] = lr_at(start_iter + i, total, lr, schedule, warmup)
-        x, theta = corpus.batch(idx)
-        loss = loss_fn(net(x.to(device)), theta.to(device))
+        x, theta = corpus.batch(idx, landmarks=True) if lm_in else corpus.batch(idx)
+        loss = loss_fn(_forward(net, x, device), theta.to(device))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"{desc}: loss became {loss.item()} at iteration {len(losses)}; "
                                      "lower the learning rate")
@@ -253,35 +280,141 @@ def train(net: torch.nn.Module, corpus, loss_fn, iters: int, batch: int = 32, lr
     return dict(log, cached=False, optimizer=opt.state_dict())
 
 
+GEOMETRY_GROUPS = ("rotation", "shape", "expression")  # what a face's 68 landmarks show
+
+
+def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256, lr: float = 1e-3, seed: int = 0,
+                       noise: float | None = None, progress: bool = True) -> dict:
+    """Pre-train the landmark branch of ``net`` (:class:`facelib.nets.LandmarkBranch`: its MLP and its
+    head) on landmarks alone, before the network sees an image.
+
+    Every step draws ``batch`` new faces from the Sec. 5 prior (:func:`facelib.model.params.sample_sec5`),
+    projects their 68 landmarks without rendering (:func:`facelib.render.project_landmarks`), moves them
+    by detector noise (:func:`facelib.data.wild.detector_noise`, ``noise`` of the box side, default the
+    wild set's) and normalises them like the crop's (:func:`facelib.data.corpus.landmark_features`).  The
+    head learns the network's outputs for what landmarks show, the rotation, shape and expression
+    coefficients (:data:`GEOMETRY_GROUPS`), by mean squared error in the network's output units (a
+    :class:`facelib.nets.Standardized` net's: the prior's); its other outputs stay 0.  Adam, a 5%
+    warm-up and cosine decay (:func:`lr_at`); seeded by ``seed``.  The rest of ``net`` is not touched.
+
+    Returns ``{"loss": [per step], "train_s": seconds}``.
+    """
+    from tqdm.auto import tqdm
+
+    from ..data.wild import WILD, detector_noise
+    from ..model.params import sample_sec5
+    from ..nets import Standardized
+    from ..render import project_landmarks
+
+    if not takes_landmarks(net):
+        raise ValueError("the network has no landmark input to pre-train (make it with landmarks=68)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    branch = _branch_of(net)
+    device = next(branch.parameters()).device
+    layout = ParamLayout.from_model(model)
+    cols = torch.cat([torch.arange(layout.size)[layout[k]] for k in GEOMETRY_GROUPS])
+    mean, std = (net.mean.cpu(), net.std.cpu()) if isinstance(net, Standardized) else (0.0, 1.0)
+    noise = WILD["landmark_noise"] if noise is None else float(noise)
+    g = torch.Generator().manual_seed(int(seed))
+    flags = [p.requires_grad for p in branch.parameters()]
+    for p in branch.parameters():  # a frozen branch (train_row's landmark_freeze) is trained here all the same
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(branch.parameters(), lr=lr)
+    losses, t0 = [], time.perf_counter()
+    branch.train()
+    for step in tqdm(range(steps), desc="landmark branch", disable=not progress):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, "cosine", 0.05)
+        theta = sample_sec5(model, batch, seed=int(seed) * 1_000_003 + step).to(model.device, torch.float32)
+        with torch.no_grad():
+            lm = detector_noise(project_landmarks(model, theta).double().cpu(), noise, g)
+            target = ((theta.cpu() - mean) / std)[:, cols]
+        pred = branch.head(branch(landmark_features(lm).to(device)))[:, cols]
+        loss = (pred - target.to(device)).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    for p, f in zip(branch.parameters(), flags):
+        p.requires_grad_(f)
+    return {"loss": losses, "train_s": time.perf_counter() - t0}
+
+
+def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed: int, progress: bool = True) -> float:
+    """:func:`pretrain_landmarks` of ``net``'s landmark branch, shared through the cache: the branch does not
+    depend on the image network around it, so the Table 1 rows of one training seed pre-train it once
+    (``checkpoint_dir()/branch-<key>.pt``, keyed by the face model, the branch's shape, steps, batch and
+    seed) and load it after that.  Returns the seconds the pre-training took when it ran (each row
+    counts them as its own training time)."""
+    from ..data.corpus import _model_key
+
+    branch = _branch_of(net)
+    key = {"what": "landmark branch", "version": TRAIN_VERSION, "model": _model_key(model), "steps": int(steps),
+           "batch": int(batch), "seed": int(seed), "shape": [branch.landmarks, branch.width, branch.head.out_features]}
+    path = checkpoint_dir() / f"branch-{_key(key)}.pt"
+    if path.exists():
+        try:
+            ck = torch.load(path, map_location=next(branch.parameters()).device, weights_only=False)
+            branch.load_state_dict(ck["branch"])
+            return float(ck["train_s"])
+        except Exception:  # a damaged file is pre-trained again, not trusted
+            path.unlink(missing_ok=True)
+    log = pretrain_landmarks(model, net, steps, batch, seed=seed, progress=progress)
+    with atomic_path(path) as tmp:
+        torch.save({"branch": branch.state_dict(), "train_s": log["train_s"], "loss": log["loss"]}, tmp)
+    return log["train_s"]
+
+
+def _forward(net: torch.nn.Module, x, device) -> torch.Tensor:
+    """``net(x)``, or ``net(x, l)`` for an input pair ``x = (x, l)``, on ``device``."""
+    if isinstance(x, (tuple, list)):
+        return net(*(t.to(device) for t in x))
+    return net(x.to(device))
+
+
 @torch.no_grad()
-def predict(net: torch.nn.Module, x: torch.Tensor, batch: int = 128) -> torch.Tensor:
+def predict(net: torch.nn.Module, x: torch.Tensor, batch: int = 128,
+            landmarks: torch.Tensor | None = None) -> torch.Tensor:
     """Regress parameters for network inputs ``x (n, 3, N, N)`` (float in [-0.5, 0.5] or uint8 crops);
-    returns ``(n, m)`` on the CPU."""
+    returns ``(n, m)`` on the CPU.  A net with a landmark input (:func:`facelib.nets.takes_landmarks`)
+    needs the crops' ``landmarks (n, 68, 2)`` (pixels, as they were detected: no noise is added)."""
     net.eval()
     device = next(net.parameters()).device
+    feats = None
+    if takes_landmarks(net):
+        if landmarks is None:
+            raise ValueError("this network takes the crops' landmarks as a second input; pass landmarks=(n, 68, 2)")
+        if landmarks.shape != (x.shape[0], 68, 2):
+            raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({x.shape[0]}, 68, 2)")
+        feats = landmark_features(landmarks)
     out = []
     for i in range(0, x.shape[0], batch):
         xb = x[i:i + batch]
         xb = to_network(xb) if xb.dtype == torch.uint8 else xb
-        out.append(net(xb.to(device)).float().cpu())
+        out.append(_forward(net, xb if feats is None else (xb, feats[i:i + batch]), device).float().cpu())
     return torch.cat(out)
 
 
 @torch.no_grad()
-def test_time_ms(net: torch.nn.Module, size: int, repeats: int = 20) -> float:
+def test_time_ms(net: torch.nn.Module, size: int, repeats: int = 20, min_seconds: float = 0.5) -> float:
     """Forward time of one image (batch 1) in ms on the net's device (Table 1's test time): the best of
-    ``repeats`` runs, because on a shared machine other jobs only ever add time."""
+    at least ``repeats`` runs spread over at least ``min_seconds``, because on a shared machine other
+    jobs only ever add time, and the worker threads of a parallel kernel that ran just before (the
+    NoW-style error's) keep spinning for a moment and can slow every run of a short burst 100-fold."""
     net.eval()
     device = next(net.parameters()).device
     x = torch.zeros(1, 3, size, size, device=device)
+    if takes_landmarks(net):  # the landmark branch is part of the test time
+        x = (x, torch.zeros(1, 2 * net.n_landmarks, device=device))
     for _ in range(3):
-        net(x)
-    times = []
-    for _ in range(repeats):
+        _forward(net, x, device)
+    times, start = [], time.perf_counter()
+    while len(times) < repeats or time.perf_counter() - start < min_seconds:
         if device.type == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        net(x)
+        _forward(net, x, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(1000 * (time.perf_counter() - t))
@@ -293,7 +426,7 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
           batch: int = 32, lr: float = 1e-3, seed: int = 0, children: int = 2, progress: bool = True,
           optimizer_state: dict | None = None, render_size: int | None = None, schedule: str = "constant",
           warmup: float = 0.0, total_iters: int | None = None, start_iter: int = 0, eval_fn=None,
-          eval_every: int = 0) -> dict:
+          eval_every: int = 0, real_landmarks: torch.Tensor | None = None) -> dict:
     """Algorithm 1, breeding with real images: for each of ``rounds`` (N_breed) rounds,
 
     1. ``theta_r = N(R)``: regress parameters for the images of R (``real_x (n, 3, N, N)``);
@@ -303,7 +436,8 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
 
     The learning rate follows one ``schedule`` (:func:`lr_at`) over ``total_iters`` mini-batches, the
     rounds continuing it from ``start_iter`` (the pre-training's length).  ``eval_fn`` / ``eval_every``
-    as in :func:`train` (a point at the end of every round at least).
+    as in :func:`train` (a point at the end of every round at least).  A net with a landmark input needs
+    ``real_landmarks (n, 68, 2)``, the landmarks of R's crops; the children train with their own.
 
     Returns a dict with ``theta_r`` (list of ``(n, m)`` estimates per round, before its training),
     ``children`` (list of the bred parameter sets), ``train_s`` (seconds, all four steps, without the
@@ -317,14 +451,15 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
     spent_eval = 0.0
     opt_state = optimizer_state
     for k in tqdm(range(rounds), desc="breeding rounds", disable=not progress):
-        theta_r = predict(net, real_x)  # step 1
+        theta_r = predict(net, real_x, landmarks=real_landmarks)  # step 1
         kids = breed_children(theta_r, model, seed=seed * 1000 + k, children=children)  # step 2
         device = model.device
-        imgs = []
+        imgs, lms = [], []
         for i in range(0, kids.shape[0], 256):  # step 3
             out = render_crops(model, kids[i:i + 256].to(device), size, render_size)
             imgs.append((out["crop"] * 255).round().to(torch.uint8).cpu())
-        corpus = TensorCorpus(torch.cat(imgs), kids.float().cpu())
+            lms.append(out["landmarks"].float().cpu())
+        corpus = TensorCorpus(torch.cat(imgs), kids.float().cpu(), torch.cat(lms), seed=seed * 1000 + k)
         t_round = time.perf_counter()
         log = train(net, corpus, loss_fn, iters, batch=batch, lr=lr, seed=seed * 1000 + k, progress=progress,
                     desc=f"round {k + 1}/{rounds}", optimizer_state=opt_state, schedule=schedule, warmup=warmup,
@@ -337,7 +472,7 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
         history["theta_r"].append(theta_r)
         history["children"].append(kids.cpu())
         history["loss"] += log["loss"]
-    history["theta_r"].append(predict(net, real_x))  # the final network's estimates
+    history["theta_r"].append(predict(net, real_x, landmarks=real_landmarks))  # the final network's estimates
     history["train_s"] = time.perf_counter() - t0 - spent_eval
     history["optimizer"] = opt_state
     return history
@@ -351,7 +486,8 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
 
     Returns ``x (n, 3, N, N)`` uint8 crops (network input before :func:`to_network`), ``target``
     ``(n, 3, N, N)`` float in [0, 1], ``mask (n, N, N)``, ``theta (n, m)``, ``verts (n, V, 3)`` model-space
-    ground-truth geometry (with the wild set's out-of-model detail); ``n_now``: :func:`evaluate_theta`
+    ground-truth geometry (with the wild set's out-of-model detail), ``landmarks (n, 68, 2)`` the crops'
+    landmarks in crop pixels (wild: the detector's, synthetic: the exact projection); ``n_now``: :func:`evaluate_theta`
     also measures the NoW-style error on the first ``n_now`` faces (about 0.1 s per face).
     """
     from ..data.wild import wild_batch
@@ -377,7 +513,8 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
         else:
             raise ValueError(f"unknown test set kind {kind!r}; expected 'synthetic' or 'wild'")
         parts.append({"x": (out["crop"] * 255).round().to(torch.uint8).cpu(), "mask": out["mask"].cpu(),
-                      "theta": theta.float().cpu(), "verts": verts.float().cpu()})
+                      "theta": theta.float().cpu(), "verts": verts.float().cpu(),
+                      "landmarks": out["landmarks"].float().cpu()})
     data = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
     data["target"] = data["x"].float() / 255.0
     data.update(kind=kind, seed=seed, size=size, render_size=render_size, n_now=n_now)
@@ -547,7 +684,8 @@ def truncation_standing(ratio: float, at: dict) -> str:
     if ratio > at[1]:
         return "worse than knowing the expression exactly and no shape"
     k = max(k for k, v in at.items() if v >= ratio)
-    return (f"between knowing shape components 2-{k} and the next point of the curve" if k > 1 else
+    known = f"shape components 2-{k}" if k > 2 else "shape component 2"
+    return (f"between knowing {known} and the next point of the curve" if k > 1 else
             "better than knowing the expression exactly and no shape, worse than knowing component 2 as well")
 
 
@@ -565,7 +703,7 @@ def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:
 def evaluate(model, net: torch.nn.Module, test: dict, batch: int = 64) -> dict:
     """:func:`evaluate_theta` of the network's estimates, plus ``theta (n, m)`` and ``test_ms`` (the
     best-of-20 batch-1 forward time in ms, Table 1's test time)."""
-    theta = predict(net, test["x"])
+    theta = predict(net, test["x"], landmarks=test.get("landmarks"))
     return dict(evaluate_theta(model, theta, test, batch), theta=theta, test_ms=test_time_ms(net, test["size"]))
 
 
@@ -602,26 +740,39 @@ TABLE1_ROWS = {
     "+ breeding (= InverseFaceNet)": ("alexnet", "model_space_rms", True),
     "ResNet + model-space loss": ("resnet", "model_space_rms", False),
 }
-TRAIN_OPTIONS = ("norm", "standardize", "dropout", "schedule", "warmup")  # cfg keys that change a run
+TRAIN_OPTIONS = ("norm", "standardize", "dropout", "schedule", "warmup", "landmarks", "landmark_steps",
+                 "landmark_batch", "landmark_freeze")  # cfg keys that change a run
+_NEW_OPTIONS = ("landmarks", "landmark_steps", "landmark_batch", "landmark_freeze")
+
+
+def _options(cfg: dict) -> dict:
+    """The :data:`TRAIN_OPTIONS` of ``cfg`` for a cache key; the landmark options only where they are set
+    and the network has a landmark input, so runs without one keep the keys they had before the options
+    existed."""
+    return {k: cfg.get(k) for k in TRAIN_OPTIONS if k not in _NEW_OPTIONS or (cfg.get(k) and cfg.get("landmarks"))}
 
 
 def make_regressor(model, cfg: dict, kind: str, seed: int = 0) -> torch.nn.Module:
     """The profile's AlexNet or ResNet for ``model``'s parameter count, initialised from ``seed``.
 
     ``cfg`` keys: ``size``, ``alexnet_width``, ``alexnet_fc``, ``resnet_width``, ``resnet_blocks``; optional
-    ``norm`` (AlexNet: ``"none"`` or ``"batch"``), ``dropout`` (AlexNet, default 0.5) and ``standardize``
-    (outputs in units of the Sec. 5 prior, :class:`facelib.nets.Standardized`)."""
+    ``norm`` (AlexNet: ``"none"`` or ``"batch"``), ``dropout`` (AlexNet, default 0.5), ``standardize``
+    (outputs in units of the Sec. 5 prior, :class:`facelib.nets.Standardized`) and ``landmarks`` (True:
+    the crop's 68 landmarks as a second input, :mod:`facelib.nets`; not in the paper;
+    :func:`train_row` pre-trains its branch for ``landmark_steps`` steps of ``landmark_batch`` faces)."""
     from ..nets import Standardized, make_encoder
     from ..model.params import sec5_moments
 
     m = ParamLayout.from_model(model).size
     torch.manual_seed(seed)
+    lm = 68 if cfg.get("landmarks") else 0
     if kind == "alexnet":
         net = make_encoder("alexnet", m, cfg["size"], cfg["alexnet_width"], fc=cfg["alexnet_fc"],
                            norm=cfg.get("norm", "none"), dropout=cfg.get("dropout", 0.5),
-                           stride=cfg.get("alexnet_stride", 4))
+                           stride=cfg.get("alexnet_stride", 4), landmarks=lm)
     elif kind == "resnet":
-        net = make_encoder("resnet", m, cfg["size"], cfg["resnet_width"], blocks=tuple(cfg["resnet_blocks"]))
+        net = make_encoder("resnet", m, cfg["size"], cfg["resnet_width"], blocks=tuple(cfg["resnet_blocks"]),
+                           landmarks=lm)
     else:
         raise ValueError(f"unknown regressor {kind!r}; expected 'alexnet' or 'resnet'")
     if cfg.get("standardize", False):
@@ -645,13 +796,13 @@ def curve_eval(model, tests: dict, n: int = 64):
     """A learning-curve probe for :func:`train`'s ``eval_fn``: the mean geometric (plain and aligned)
     and photometric error of the net on the first ``n`` faces of each test set
     (``{"wild": make_test_set(...), ...}``); returns ``net -> {"<set>_<measure>": float}``."""
-    subsets = {k: {**t, **{f: t[f][:n] for f in ("x", "target", "mask", "theta", "verts")}, "n_now": 0}
-               for k, t in tests.items()}
+    subsets = {k: {**t, **{f: t[f][:n] for f in ("x", "target", "mask", "theta", "verts", "landmarks") if f in t},
+                   "n_now": 0} for k, t in tests.items()}
 
     def fn(net):
         row = {}
         for k, t in subsets.items():
-            e = evaluate_theta(model, predict(net, t["x"]), t)
+            e = evaluate_theta(model, predict(net, t["x"], landmarks=t.get("landmarks")), t)
             for m in ("geometric_mm", "geometric_aligned_mm", "photometric_8bit"):
                 row[f"{k}_{m}"] = summarize(e[m])["mean"]
         return row
@@ -659,7 +810,8 @@ def curve_eval(model, tests: dict, n: int = 64):
 
 
 def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None = None, seed: int = 0,
-              device=None, progress: bool = True, eval_fn=None, curve_key=None) -> tuple:
+              device=None, progress: bool = True, eval_fn=None, curve_key=None,
+              real_landmarks: torch.Tensor | None = None) -> tuple:
     """Train one row of Table 1 (see :data:`TABLE1_ROWS`) with the profile's budget ``cfg``.
 
     Baselines train ``cfg["iters"]`` mini-batches on the Sec. 5 ``corpus`` (ResNet: twice that).
@@ -671,7 +823,12 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     ``cfg`` may also set the options of :data:`TRAIN_OPTIONS` (batch norm, standardised outputs,
     dropout, the learning-rate schedule and its warm-up); they are part of the cache key.  ``eval_fn``
     (e.g. :func:`curve_eval`) records a learning curve every ``cfg["curve_every"]`` iterations;
-    ``curve_key`` names the probe in the cache key.
+    ``curve_key`` names the probe in the cache key.  With ``cfg["landmarks"]`` the network takes the
+    crop's landmarks as a second input, and breeding needs R's (``real_landmarks (n, 68, 2)``); a run
+    that is not in the cache first pre-trains the landmark branch (:func:`pretrain_landmarks`,
+    ``cfg["landmark_steps"]`` steps of ``cfg["landmark_batch"]`` faces, 0 or absent: none), which counts
+    as training time; ``cfg["landmark_freeze"]`` keeps the branch as pre-trained while the rest of the
+    network trains (the image path then learns what the landmarks' read-out leaves).
 
     Returns ``(net, info)``; ``info`` has ``train_s``, ``iters``, ``loss``, ``curve`` (held-out errors
     against training seconds) and, for breeding, ``history`` (:func:`breed`'s estimates per round).
@@ -680,6 +837,9 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     if kind is None:
         raise ValueError(f"unknown Table 1 row {name!r}; expected one of {list(TABLE1_ROWS)}")
     net = make_regressor(model, cfg, kind, seed).to(device or "cpu")
+    if cfg.get("landmarks") and cfg.get("landmark_freeze"):
+        for p in _branch_of(net).parameters():
+            p.requires_grad_(False)
     loss_fn = row_loss(model, loss)
     from ..data.corpus import _model_key
 
@@ -688,20 +848,26 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
            "kind": kind, "loss": loss, "seed": seed, "batch": cfg["batch"], "lr": cfg["lr"],
            "net": [cfg["size"], cfg["alexnet_width"], cfg["alexnet_fc"], cfg["resnet_width"],
                    list(cfg["resnet_blocks"])],
-           "options": {k: cfg.get(k) for k in TRAIN_OPTIONS}, "curve": [curve_key, cfg.get("curve_every", 0)]}
+           "options": _options(cfg), "curve": [curve_key, cfg.get("curve_every", 0)]}
     iters = cfg["iters"] * (2 if kind == "resnet" else 1)
     sched = dict(schedule=cfg.get("schedule", "constant"), warmup=cfg.get("warmup", 0.0))
     every = cfg.get("curve_every", 0) if eval_fn is not None else 0
+    init = None
+    if cfg.get("landmarks") and cfg.get("landmark_steps"):  # the branch's pre-training, for a run not in the cache
+        init = functools.partial(pretrained_branch, model, steps=int(cfg["landmark_steps"]),
+                                 batch=int(cfg.get("landmark_batch", 256)), seed=seed, progress=progress)
     if not bred:
         log = train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, device=device,
                     progress=progress, desc=name, cache_key=dict(key, iters=iters), eval_fn=eval_fn,
-                    eval_every=every, **sched)
+                    eval_every=every, init_fn=init, **sched)
         info = {"train_s": log["train_s"], "iters": iters, "loss": log["loss"], "cached": log["cached"],
                 "curve": log["curve"]}
         _publish(model, cfg, name, seed, kind, net, info, dict(key, iters=iters))
         return net, info
     if real_x is None:
         raise ValueError("the breeding row needs the images of R (real_x)")
+    if cfg.get("landmarks") and real_landmarks is None:
+        raise ValueError("a breeding row with a landmark input needs R's landmarks (real_landmarks)")
     pre = iters // 5
     rounds = cfg["breed_rounds"]
     per_round = (iters - pre) // rounds
@@ -719,10 +885,11 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     total = pre + rounds * per_round
     log = train(net, corpus, loss_fn, pre, cfg["batch"], cfg["lr"], seed=seed, device=device,
                 progress=progress, desc=f"{name}: synthetic pre-training", cache_key=dict(key, iters=pre, total=total),
-                eval_fn=eval_fn, eval_every=every, total_iters=total, **sched)
+                eval_fn=eval_fn, eval_every=every, total_iters=total, init_fn=init, **sched)
     hist = breed(net, model, real_x, rounds, per_round, loss_fn, cfg["size"], cfg["batch"], cfg["lr"],
                  seed=seed, progress=progress, optimizer_state=log["optimizer"], render_size=corpus.render_size,
-                 total_iters=total, start_iter=pre, eval_fn=eval_fn, eval_every=every, **sched)
+                 total_iters=total, start_iter=pre, eval_fn=eval_fn, eval_every=every, real_landmarks=real_landmarks,
+                 **sched)
     t_pre = log["train_s"]
     curve = log["curve"] + [dict(r, train_s=r["train_s"] + t_pre) for r in hist["curve"]]
     info = {"train_s": log["train_s"] + hist["train_s"], "iters": total,
@@ -732,6 +899,13 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
         torch.save({"net": net.state_dict(), "info": info}, tmp)
     _publish(model, cfg, name, seed, kind, net, info, bkey)
     return net, dict(info, cached=False)
+
+
+def _branch_of(net: torch.nn.Module) -> torch.nn.Module:
+    """The :class:`facelib.nets.LandmarkBranch` of a regressor (inside a :class:`facelib.nets.Standardized`)."""
+    from ..nets import Standardized
+
+    return (net.net if isinstance(net, Standardized) else net).landmark_branch
 
 
 def _publish(model, cfg: dict, name: str, seed: int, kind: str, net, info: dict, key: dict) -> None:
@@ -779,7 +953,7 @@ def reference_rows(model, tests: dict) -> dict:
 
 
 def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device=None, progress: bool = True,
-               curves: bool = True) -> dict:
+               curves: bool = True, real_landmarks=None) -> dict:
     """Train every row of ``names`` (:data:`TABLE1_ROWS`) for every seed of ``cfg["seeds"]`` and
     evaluate it on each test set.  Cached runs are loaded (:func:`train_row`).
 
@@ -793,7 +967,7 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
         out[name] = {}
         for seed in cfg["seeds"]:
             net, info = train_row(model, cfg, name, corpus, real_x=real_x, seed=seed, device=device,
-                                  progress=progress, eval_fn=probe, curve_key=key)
+                                  progress=progress, eval_fn=probe, curve_key=key, real_landmarks=real_landmarks)
             out[name][seed] = {"net": net, "info": info, **{k: evaluate(model, net, t) for k, t in tests.items()}}
             print(f"{name}, seed {seed}: {info['iters']} iterations, {info['train_s']:.0f} s"
                   + (" (loaded from the cache)" if info["cached"] else ""))
@@ -899,6 +1073,39 @@ def target_ratios(results: dict, refs: dict, names, test_key: str, measure: str 
     out = {n: float(seed_means(results[n], test_key, measure).mean() / mf) for n in names}
     out.update({n: summarize(r[test_key][measure])["mean"] / mf for n, r in refs.items() if n != "mean face"})
     return out
+
+
+LANDMARK_VARIANTS = {"off": "the crop (the paper)", "pretrained": "crop + landmarks (this book)",
+                     "pretrained, frozen": "crop + landmarks, branch frozen after its pre-training"}
+_VARIANT_COLUMNS = (("wild", "geometric_mm"), ("wild", "geometric_aligned_mm"), ("wild", "now_mm"),
+                    ("synthetic", "geometric_mm"))
+
+
+def landmark_variants_markdown(record: dict, readout: dict | None = None) -> str:
+    """Chapter 3's table of ``benchmarks/ifn_landmarks.py``'s ``record``: each Table 1 row in each variant
+    of :data:`LANDMARK_VARIANTS` it holds, its geometric errors as a fraction of the mean face's (wild:
+    plain, aligned, NoW-style; synthetic: plain; mean ± std over the seeds) and its mean training seconds;
+    then the landmark read-out alone (``benchmarks/landmark_regressor.py``'s ``readout``, Table 1's wild
+    faces) and the reference rows "true parameters, mean head size" and "true expression, mean shape"."""
+    from ..book import markdown_table, pm
+
+    runs = {}
+    for r in record["runs"]:
+        runs.setdefault((r["row"], r["landmarks"]), []).append(r)
+    rows = [[row, label, len(rs)] + [pm([r[k][m + "_ratio"] for r in rs]) for k, m in _VARIANT_COLUMNS]
+            + [f"{np.mean([r['train_s'] for r in rs]):.0f}"]
+            for row in TABLE1_ROWS for v, label in LANDMARK_VARIANTS.items() for rs in [runs.get((row, v))] if rs]
+    if readout:
+        ro = [s["table1_wild"] for s in readout["seeds"].values()]
+        rows.append(["*an MLP on the 68 landmarks alone, no pixels*", "landmarks", len(ro),
+                     pm([s["geometric_mm_ratio"] for s in ro]), pm([s["geometric_aligned_mm_ratio"] for s in ro]),
+                     "-", "-", "-"])
+    ref = record["references"]
+    for name in ("true parameters, mean head size", "true expression, mean shape"):
+        rows.append([f"*{name}*", "-", "-"] + [f"{ref[name][k][m] / ref['mean face'][k][m]:.2f}"
+                                               for k, m in _VARIANT_COLUMNS] + ["-"])
+    return markdown_table(["row", "input", "seeds", "wild, plain", "wild, aligned", "wild, NoW", "synthetic, plain",
+                           "training [s]"], rows)
 
 
 def curves_json(results: dict, names) -> dict:

@@ -17,14 +17,14 @@ import torch
 from . import camera, formation, points, raster, shading  # noqa: F401 (facelib.render.raster.X, ...)
 from .camera import Camera
 from .formation import (Render, depth_layer, depth_map, face_camera, face_labels, landmarks_2d, mouth_interior_mask,
-                        normal_map, pncc_colors, pncc_map)
+                        normal_map, pncc_colors, pncc_map, project_landmarks)
 from ..model.params import ParamLayout
 from .fast import twins as _fast_twins
 
 _fast_twins.register()  # the reference's no-grad Numba twins (facelib.render._twins), lent from render/fast
 
 __all__ = ["Render", "face_camera", "render", "depth_layer", "depth_map", "pncc_colors", "pncc_map", "normal_map",
-           "landmarks_2d", "face_labels", "mouth_interior_mask"]
+           "landmarks_2d", "project_landmarks", "face_labels", "mouth_interior_mask"]
 
 
 def render(model, theta: torch.Tensor, image_size=240, layout: ParamLayout | None = None,

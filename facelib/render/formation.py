@@ -223,6 +223,29 @@ def landmarks_2d(model, screen: torch.Tensor) -> torch.Tensor:
     return screen[:, model.landmarks, :2]
 
 
+def project_landmarks(model, theta: torch.Tensor, image_size=64, layout: ParamLayout | None = None,
+                      camera: Camera | None = None) -> torch.Tensor:
+    """The 68 landmarks of faces ``theta (B, m)`` in pixels ``(B, 68, 2)``, as :func:`render`'s screen
+    places them (:func:`landmarks_2d`), computed from the landmark vertices alone (Eq. 2 on 68 vertices,
+    the rotation of Sec. 4.2 and the camera, default :func:`face_camera`): a face's landmarks without
+    rendering it."""
+    if model.landmarks is None:
+        raise ValueError(f"face model {model.name!r} has no landmarks; project_landmarks needs a model with "
+                         "68 landmark vertex ids (e.g. 'open')")
+    layout = layout or ParamLayout.from_model(model)
+    p = layout.unpack(check_theta(theta, layout.size, model.mean_shape.dtype))
+    cam = camera or _face_camera_cached(image_hw(image_size), theta.device, theta.dtype)
+    ids = model.landmarks
+    ns, ne = p["shape"].shape[1], p["expression"].shape[1]
+    v = model.mean_shape[ids] \
+        + torch.einsum("bk,kvc->bvc", p["shape"] * model.sigma_s[:ns], model.shape_basis[:ns, ids]) \
+        + torch.einsum("bk,kvc->bvc", p["expression"] * model.sigma_e[:ne], model.expression_basis[:ne, ids])
+    B = theta.shape[0]
+    R = cam.R.to(theta) @ rot_xyz(p["rotation"])
+    screen = perspective_project(rigid_transform(v, R, cam.t.to(theta).expand(B, 3)), cam.focal, cam.principal_point)
+    return screen[..., :2]
+
+
 _MODEL_CACHE: dict = {}  # id(model) -> (the tensors used, their versions, arrays derived from them)
 
 

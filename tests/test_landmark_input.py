@@ -1,0 +1,263 @@
+"""The crop's landmarks as a second network input (issue 15): features, detector noise, the networks'
+landmark branch, corpora, training, breeding, prediction and saved networks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import facelib
+from facelib.data.corpus import (SyntheticCorpus, landmark_features, landmark_input, network_input,
+                                 to_network)
+from facelib.data.wild import WILD, detector_noise, wild_batch
+import facelib.inversefacenet as ifn
+from facelib.inversefacenet import TensorCorpus, make_regressor, make_test_set, predict, train_row
+from facelib.nets import AlexNet, LandmarkBranch, ResNet, Standardized, takes_landmarks
+
+CFG = dict(size=32, iters=6, batch=4, lr=3e-3, alexnet_width=0.05, alexnet_fc=16, resnet_width=0.05,
+           resnet_blocks=(1, 1, 1, 1), breed_rounds=2, norm="batch", standardize=True, dropout=0.0,
+           schedule="cosine", warmup=0.2, landmarks=True, landmark_steps=5, landmark_batch=16)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return facelib.load_model("open")
+
+
+def test_landmark_features_forget_position_and_size():
+    g = torch.Generator().manual_seed(0)
+    lm = torch.rand(5, 68, 2, generator=g, dtype=torch.float64) * 100
+    f = landmark_features(lm)
+    assert f.shape == (5, 136) and f.dtype == torch.float32
+    moved = lm * 3.5 + torch.tensor([40.0, -7.0], dtype=torch.float64)
+    assert torch.allclose(landmark_features(moved), f, atol=1e-6)
+    # brute force: centre of the box at 0, longer side 1
+    p = f.view(5, 68, 2).double()
+    lo, hi = p.min(1).values, p.max(1).values
+    assert torch.allclose((lo + hi) / 2, torch.zeros(5, 2, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose((hi - lo).max(-1).values, torch.ones(5, dtype=torch.float64), atol=1e-6)
+    with pytest.raises(ValueError, match=r"expected \(B, 68, 2\)"):
+        landmark_features(torch.zeros(5, 136))
+
+
+def test_crop_and_frame_landmarks_give_the_same_features(model):
+    w = wild_batch(model, 3, seed=2, size=64)
+    crop_lm = network_input(w["image"], w["landmarks"], 32)["landmarks"]
+    assert torch.allclose(landmark_features(crop_lm), landmark_features(w["landmarks"]), atol=1e-5)
+
+
+def test_detector_noise_is_the_wild_sets(model):
+    w = wild_batch(model, 4, seed=11, size=64)
+    # wild_batch draws its detector's noise with this function, from seed * 7 + 6
+    g = torch.Generator().manual_seed(11 * 7 + 4 + 2)
+    assert torch.equal(detector_noise(w["landmarks_gt"], WILD["landmark_noise"], g), w["landmarks"])
+    # its size: about landmark_noise of the box side per point (plus the shared half)
+    lm = w["landmarks_gt"].double().repeat(50, 1, 1)
+    d = detector_noise(lm, 0.01, torch.Generator().manual_seed(0)) - lm
+    side = (lm.max(1).values - lm.min(1).values).max(-1).values
+    ratio = (d / side[:, None, None]).std() / 0.01
+    assert 1.0 < float(ratio) < 1.25  # sqrt(1 + 0.25) = 1.118
+
+
+def test_landmark_input_is_seeded_by_the_batch():
+    lm = torch.rand(4, 68, 2, generator=torch.Generator().manual_seed(1)) * 50
+    idx = torch.tensor([3, 9, 1, 7])
+    a, b = landmark_input(lm, 0.012, 5, idx), landmark_input(lm, 0.012, 5, idx)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, landmark_input(lm, 0.012, 5, torch.tensor([3, 9, 1, 8])))
+    assert not torch.equal(a, landmark_input(lm, 0.012, 6, idx))
+    assert torch.equal(landmark_input(lm, 0.0, 5, idx), landmark_features(lm))
+
+
+@pytest.mark.parametrize("cls", [AlexNet, ResNet])
+def test_networks_with_a_landmark_branch(cls):
+    torch.manual_seed(0)
+    net = cls(7, size=32, width=0.05, landmarks=68, landmark_width=16).eval()
+    plain = cls(7, size=32, width=0.05).eval()
+    assert takes_landmarks(net) and not takes_landmarks(plain)
+    x, l = torch.zeros(2, 3, 32, 32), torch.zeros(2, 136)
+    assert net(x, l).shape == (2, 7)
+    # the landmarks change the output; the image path is the plain network's
+    l2 = torch.randn(2, 136, generator=torch.Generator().manual_seed(0))
+    assert not torch.allclose(net(x, l), net(x, l2))
+    with pytest.raises(ValueError, match="second input"):
+        net(x)
+    with pytest.raises(ValueError, match=r"expected \(B, 136\)"):
+        net(x, torch.zeros(2, 68, 2))
+    with pytest.raises(ValueError, match="2 images but 3 landmark sets"):
+        net(x, torch.zeros(3, 136))
+    with pytest.raises(ValueError, match="no landmark input"):
+        plain(x, l)
+    s = Standardized(net, torch.zeros(7), torch.ones(7)).eval()
+    assert takes_landmarks(s) and torch.equal(s(x, l2), net(x, l2))
+    with pytest.raises(ValueError, match="positive number of points"):
+        LandmarkBranch(0)
+
+
+def test_corpora_give_noisy_landmarks_with_the_batch(model):
+    c = SyntheticCorpus(model, 8, seed=1, size=32, cache=False, chunk=8, progress=False)
+    idx = torch.tensor([0, 5, 2])
+    x, theta = c.batch(idx)
+    (x2, l), theta2 = c.batch(idx, landmarks=True)
+    assert torch.equal(x, x2) and torch.equal(theta, theta2) and l.shape == (3, 136)
+    exact = landmark_features(c.landmarks[idx])
+    err = (l - exact).abs().max()
+    assert 0 < float(err) < 0.1  # detector noise of about 1.2% of the box side
+    (_, l_again), _ = c.batch(idx, landmarks=True)
+    assert torch.equal(l, l_again)
+    quiet = SyntheticCorpus(model, 8, seed=1, size=32, cache=False, chunk=8, progress=False, landmark_noise=0.0)
+    assert torch.equal(quiet.batch(idx, landmarks=True)[0][1], exact)
+    with pytest.raises(ValueError, match="landmark_noise must be a number >= 0"):
+        SyntheticCorpus(model, 8, seed=1, size=32, cache=False, chunk=8, progress=False, landmark_noise=-1)
+    t = TensorCorpus(c.images, c.theta)
+    with pytest.raises(ValueError, match="no landmarks"):
+        t.batch(idx, landmarks=True)
+    with pytest.raises(ValueError, match=r"expected \(8, 68, 2\)"):
+        TensorCorpus(c.images, c.theta, torch.zeros(8, 136))
+
+
+def test_train_breed_predict_and_load_with_landmarks(model, tmp_path, monkeypatch):
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
+    real = make_test_set(model, "wild", 6, seed=4, size=32)
+    assert real["landmarks"].shape == (6, 68, 2)
+    real_x = real["x"].float() / 255 - 0.5
+    with pytest.raises(ValueError, match="real_landmarks"):
+        train_row(model, CFG, "+ breeding (= InverseFaceNet)", corpus, real_x=real_x, progress=False)
+    net, info = train_row(model, CFG, "+ breeding (= InverseFaceNet)", corpus, real_x=real_x,
+                          real_landmarks=real["landmarks"], progress=False)
+    assert takes_landmarks(net) and not info["cached"] and len(info["loss"]) == info["iters"]
+    with pytest.raises(ValueError, match="landmarks=\\(n, 68, 2\\)"):
+        predict(net, real["x"])
+    theta = predict(net, real["x"], landmarks=real["landmarks"])
+    assert theta.shape == real["theta"].shape and torch.isfinite(theta).all()
+    assert ifn.test_time_ms(net, 32, repeats=2) > 0
+    # the same run again is loaded, with the same weights; a net without landmarks is another run
+    again, info2 = train_row(model, CFG, "+ breeding (= InverseFaceNet)", corpus, real_x=real_x,
+                             real_landmarks=real["landmarks"], progress=False)
+    assert info2["cached"] and torch.equal(predict(again, real["x"], landmarks=real["landmarks"]), theta)
+    _, info3 = train_row(model, dict(CFG, landmarks=False), "AlexNet", corpus, progress=False)
+    assert not info3["cached"]
+    # the saved network reads the landmarks of the crop it makes from a frame
+    t = facelib.load_network("inversefacenet", model=model)
+    assert takes_landmarks(t.net)
+    w = wild_batch(model, 2, seed=9, size=48)
+    est = t.predict(w["image"], w["landmarks"])
+    d = network_input(w["image"], w["landmarks"], 32)
+    ref = predict(net, to_network((d["crop"] * 255).round() / 255), landmarks=d["landmarks"])
+    assert torch.allclose(est["theta"], ref, atol=1e-5) and "landmarks" not in est
+
+
+def test_make_regressor_without_the_option_has_no_branch(model):
+    cfg = {k: v for k, v in CFG.items() if k != "landmarks"}
+    assert not takes_landmarks(make_regressor(model, cfg, "alexnet"))
+    assert takes_landmarks(make_regressor(model, CFG, "resnet"))
+
+
+def test_project_landmarks_is_the_renders(model):
+    from facelib.data.corpus import render_crops
+    from facelib.model.params import sample_sec5
+    from facelib.render import project_landmarks
+
+    theta = sample_sec5(model, 6, seed=3).float()
+    out = render_crops(model, theta, 32)
+    assert torch.allclose(project_landmarks(model, theta, out["render"].image.shape[-1]), out["landmarks_frame"],
+                          atol=1e-3)
+
+
+def test_pretrain_landmarks_trains_the_branch_only(model):
+    from facelib.inversefacenet import GEOMETRY_GROUPS, pretrain_landmarks
+    from facelib.model.params import ParamLayout
+
+    net = make_regressor(model, CFG, "alexnet", seed=0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    log = pretrain_landmarks(model, net, 40, batch=32, lr=3e-3, seed=1, progress=False)
+    assert len(log["loss"]) == 40 and log["loss"][-1] < log["loss"][0]
+    after = net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(".landmark_branch." in k for k in changed)
+    # the head reads out only what landmarks show: its rows for reflectance and light stay 0
+    layout = ParamLayout.from_model(model)
+    head = net.net.landmark_branch.head.weight
+    for name, sl in layout.slices.items():
+        assert bool((head[sl] != 0).any()) == (name in GEOMETRY_GROUPS), name
+    again = make_regressor(model, CFG, "alexnet", seed=0)
+    pretrain_landmarks(model, again, 40, batch=32, lr=3e-3, seed=1, progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(after.values(), again.state_dict().values()))
+    with pytest.raises(ValueError, match="no landmark input"):
+        pretrain_landmarks(model, make_regressor(model, dict(CFG, landmarks=False), "alexnet"), 5)
+
+
+def test_a_frozen_branch_stays_as_pre_trained(model, tmp_path, monkeypatch):
+    from facelib.inversefacenet import _branch_of, pretrain_landmarks
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    cfg = dict(CFG, landmark_freeze=True)
+    corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
+    net, info = train_row(model, cfg, "+ model-space loss, RMS units", corpus, seed=2, progress=False)
+    ref = make_regressor(model, cfg, "alexnet", seed=2)
+    pretrain_landmarks(model, ref, cfg["landmark_steps"], cfg["landmark_batch"], seed=2, progress=False)
+    for a, b in zip(_branch_of(net).state_dict().values(), _branch_of(ref).state_dict().values()):
+        assert torch.equal(a, b)
+    # the rest of the network trained
+    assert not torch.equal(net.net.last.weight, ref.net.last.weight)
+    assert any(float(v) != 0 for v in _branch_of(net).head.weight.flatten()[:1000])
+
+
+def test_rows_of_one_seed_share_the_pre_trained_branch(model, tmp_path, monkeypatch):
+    from facelib.inversefacenet import _branch_of
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
+    fresh = make_regressor(model, CFG, "alexnet", seed=4)
+    a, ia = train_row(model, dict(CFG, landmark_freeze=True), "AlexNet", corpus, seed=4, progress=False)
+    files = list((tmp_path / "checkpoints").glob("branch-*.pt"))
+    assert len(files) == 1
+    saved = torch.load(files[0], weights_only=False)
+    b, ib = train_row(model, dict(CFG, landmark_freeze=True), "ResNet + model-space loss", corpus, seed=4,
+                      progress=False)
+    assert len(list((tmp_path / "checkpoints").glob("branch-*.pt"))) == 1  # loaded, not pre-trained again
+    for x, y in zip(_branch_of(a).state_dict().values(), _branch_of(b).state_dict().values()):
+        assert torch.equal(x, y)  # frozen: both rows keep the one pre-trained branch
+    assert not torch.equal(_branch_of(fresh).head.weight, _branch_of(a).head.weight)
+    # each row counts the pre-training's seconds as its own training time
+    assert ia["train_s"] >= saved["train_s"] and ib["train_s"] >= saved["train_s"]
+    files[0].write_bytes(b"damaged")
+    train_row(model, dict(CFG, landmark_freeze=True), "AlexNet", corpus, seed=5, progress=False)
+    c, _ = train_row(model, dict(CFG, landmark_freeze=True, iters=7), "AlexNet", corpus, seed=4, progress=False)
+    for x, y in zip(_branch_of(a).state_dict().values(), _branch_of(c).state_dict().values()):
+        assert torch.equal(x, y)  # a damaged file is pre-trained again, to the same weights
+
+
+def test_runs_without_landmarks_keep_their_cache_keys():
+    from facelib.inversefacenet import TRAIN_OPTIONS, _options
+
+    old = dict(norm="batch", standardize=True, dropout=0.0, schedule="cosine", warmup=0.05)
+    before = {k: old.get(k) for k in ("norm", "standardize", "dropout", "schedule", "warmup")}  # the key's old form
+    assert _options(old) == before
+    assert _options(dict(old, landmarks=False, landmark_steps=4000, landmark_batch=256)) == before
+    new = _options(dict(old, landmarks=True, landmark_steps=4000, landmark_batch=256))
+    assert new == dict(before, landmarks=True, landmark_steps=4000, landmark_batch=256)
+    assert set(new) <= set(TRAIN_OPTIONS)
+
+
+def test_landmark_variants_markdown_rows_and_references():
+    from facelib.inversefacenet import landmark_variants_markdown
+
+    def run(row, variant, seed, w):
+        ratios = {f"{m}_ratio": w for m in ("geometric_mm", "geometric_aligned_mm", "now_mm")}
+        return {"row": row, "landmarks": variant, "seed": seed, "train_s": 10.0 * (seed + 1),
+                "wild": ratios, "synthetic": ratios}
+
+    ref = {name: {k: {m: v for m in ("geometric_mm", "geometric_aligned_mm", "now_mm")} for k in ("wild", "synthetic")}
+           for name, v in (("mean face", 4.0), ("true parameters, mean head size", 2.0),
+                           ("true expression, mean shape", 3.0))}
+    record = {"references": ref, "runs": [run("AlexNet", "off", 0, 0.9), run("AlexNet", "off", 1, 0.8),
+                                          run("AlexNet", "pretrained", 0, 0.7)]}
+    readout = {"seeds": {"0": {"table1_wild": {"geometric_mm_ratio": 0.71, "geometric_aligned_mm_ratio": 0.6}}}}
+    lines = landmark_variants_markdown(record, readout).splitlines()
+    assert lines[2] == "| AlexNet | the crop (the paper) | 2 | 0.85 ± 0.05 | 0.85 ± 0.05 | 0.85 ± 0.05 | 0.85 ± 0.05 | 15 |"
+    assert lines[3].startswith("| AlexNet | crop + landmarks (this book) | 1 | 0.70 ± 0.00")
+    assert "0.71 ± 0.00 | 0.60 ± 0.00" in lines[4]
+    assert lines[5] == "| *true parameters, mean head size* | - | - | 0.50 | 0.50 | 0.50 | 0.50 | - |"
+    assert lines[6].startswith("| *true expression, mean shape* | - | - | 0.75")
