@@ -48,6 +48,7 @@ from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.data.corpus import render_crops  # noqa: E402
 from facelib.model.params import ParamLayout, sample_sec5  # noqa: E402
+from facelib.nets import unwrap  # noqa: E402
 from facelib.repro import environment  # noqa: E402
 
 MODES = ("shape only", "+ pose", "+ pose, curriculum", "Sec. 5", "Sec. 5, curriculum")
@@ -86,7 +87,7 @@ def make_net(model, variant: str, seed: int, size: int) -> nn.Module:
     """The cpu profile's ResNet regressor (initialised from ``seed``), changed as ``variant`` says."""
     cfg = dict(settings("inversefacenet", "cpu"), size=size, norm="batch", dropout=0.0, landmarks=False)  # pixels only
     net = ifn.make_regressor(model, cfg, "resnet", seed)
-    inner = net.net if hasattr(net, "net") else net  # inside facelib.nets.Standardized
+    inner = unwrap(net)  # inside facelib.nets.Standardized
     torch.manual_seed(seed + 99)  # the variant's new layers
     if variant == "4x4 pooled map":
         inner.features[-1] = nn.AdaptiveAvgPool2d(4)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["AlexNet", "ResNet", "Standardized", "LandmarkBranch", "takes_landmarks", "make_encoder", "init_last_layer",
+__all__ = ["AlexNet", "ResNet", "Standardized", "unwrap", "LandmarkBranch", "takes_landmarks", "make_encoder", "init_last_layer",
            "count_parameters"]
 
 
@@ -250,6 +250,12 @@ class Standardized(nn.Module):
 
     def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
         return self.mean + self.std * self.net(x, *extra)
+
+
+def unwrap(net: nn.Module) -> nn.Module:
+    """The regressor inside a :class:`Standardized` (its layers: ``features``, ``last``,
+    ``landmark_branch``, ...); any other module as it is."""
+    return net.net if isinstance(net, Standardized) else net
 
 
 def make_encoder(kind: str, out_dim: int, size: int, width: float = 1.0, **kwargs) -> nn.Module:

@@ -903,9 +903,9 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
 
 def _branch_of(net: torch.nn.Module) -> torch.nn.Module:
     """The :class:`facelib.nets.LandmarkBranch` of a regressor (inside a :class:`facelib.nets.Standardized`)."""
-    from ..nets import Standardized
+    from ..nets import unwrap
 
-    return (net.net if isinstance(net, Standardized) else net).landmark_branch
+    return unwrap(net).landmark_branch
 
 
 def _publish(model, cfg: dict, name: str, seed: int, kind: str, net, info: dict, key: dict) -> None:

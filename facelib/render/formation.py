@@ -121,18 +121,22 @@ def _prepare(model, theta: torch.Tensor, image_size, layout, camera, outputs) ->
     return want, p, cam
 
 
+def _to_camera(verts: torch.Tensor, rotation: torch.Tensor, cam: Camera) -> torch.Tensor:
+    """Model-space vertices ``(B, V, 3)`` -> camera space ``(B, V, 3)``: the face's rotation (Sec. 4.2,
+    Euler angles ``rotation (B, 3)``) followed by the camera's ``R, t`` (Phi).  The one place :func:`render`
+    and :func:`project_landmarks` pose a face."""
+    R = cam.R.to(verts) @ rot_xyz(rotation)
+    return rigid_transform(verts, R, cam.t.to(verts).expand(verts.shape[0], 3))
+
+
 def _render_torch(model, theta, p: dict, cam: Camera, image_size, background, backend, detach_bary, want: set,
                   geometry, albedo) -> Render:
     """The PyTorch image formation of :func:`render` on its checked inputs (:func:`_prepare`)."""
     if not all_finite(theta.detach()):
         raise ValueError("theta contains NaN or infinite values")
-    B = theta.shape[0]
     verts = model.geometry(p["shape"], p["expression"]) if geometry is None else geometry  # Eq. 2
     albedo = model.reflectance(p["reflectance"]) if albedo is None else albedo  # Eq. 3
-    R = rot_xyz(p["rotation"])  # Sec. 4.2
-    t = cam.t.to(theta).expand(B, 3)
-    R = cam.R.to(theta) @ R
-    verts_cam = rigid_transform(verts, R, t)  # Phi
+    verts_cam = _to_camera(verts, p["rotation"], cam)  # Sec. 4.2, Phi
     faces = model.triangles
     normals = vertex_normals(verts_cam, faces)
     colors = shade(albedo, normals, p["illumination"])  # Eq. 5
@@ -240,9 +244,7 @@ def project_landmarks(model, theta: torch.Tensor, image_size=64, layout: ParamLa
     v = model.mean_shape[ids] \
         + torch.einsum("bk,kvc->bvc", p["shape"] * model.sigma_s[:ns], model.shape_basis[:ns, ids]) \
         + torch.einsum("bk,kvc->bvc", p["expression"] * model.sigma_e[:ne], model.expression_basis[:ne, ids])
-    B = theta.shape[0]
-    R = cam.R.to(theta) @ rot_xyz(p["rotation"])
-    screen = perspective_project(rigid_transform(v, R, cam.t.to(theta).expand(B, 3)), cam.focal, cam.principal_point)
+    screen = perspective_project(_to_camera(v, p["rotation"], cam), cam.focal, cam.principal_point)
     return screen[..., :2]
 
 
