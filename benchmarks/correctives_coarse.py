@@ -76,7 +76,7 @@ def main(argv=None):
         ev = {"base": mofa.evaluate(base, test)["base"], "final": mofa.evaluate(final, test)["final"],
               "c0": mofa.evaluate(c0, test)["final"]}
         with torch.no_grad():
-            lv = final(test["image"]).levels
+            lv = final(test["image"], landmarks=test["landmarks"]).levels
         row = {lvl: {k: round(float(ev[lvl][k].mean()), 4) for k in KEYS} for lvl in ev}
         row["final_vs_base"] = {k: paired_test(ev["base"][k], ev["final"][k]) for k in KEYS}
         row["final_vs_c0"] = {k: paired_test(ev["c0"][k], ev["final"][k]) for k in KEYS}

@@ -96,10 +96,7 @@ def run_fit(name: str, full, cfg: dict, test_set: dict, keep, steps: int = 600, 
         test_set = mofa.make_corpus(full, n, size, 50_000, keep, progress=False)
     sub = {k: v[:n] for k, v in test_set.items()}
     weights = selfsup.STAGE1.replace(**over)
-    config = dict(size=size, encoder=cfg["encoder"], width=cfg["width"], n_corrective=0, corrective="linear",
-                  hidden=None, seed=0, model=full.name, n_vertices=cfg["n_vertices"],
-                  encoder_kwargs=dict(cfg["encoder_kwargs"]))
-    net, _ = mofa.build_mofa(full, config)
+    net, _ = mofa.build_mofa(full, mofa.stage1_config(full, dict(cfg, size=size), 0))
     mofa.init_translation(net, sub["landmarks"])
     t0 = time.time()
     codes = mofa.fit_codes(net, sub["image"], sub["landmarks_gt" if true_lm else "landmarks"], weights, steps=steps)
@@ -118,7 +115,8 @@ def run_stage2(name: str, full, cfg: dict, train_set: dict, test_set: dict) -> d
     c0 = over.pop("c0", False)
     weights = selfsup.STAGE2_PAPER.replace(**over)
     cfg2 = {**cfg, **_settings("06_correctives", "cpu")}
-    base, _, _ = mofa.stage1_network(full, cfg2, train_set, 0, "cpu", "cpu", progress=False)
+    base, _, _ = mofa.stage1_network(full, cfg2, train_set, 0, "cpu", "cpu", progress=False,
+                                     name="cpu_stage1_image-only_s0")  # benchmarks/mofa_landmarks.py's "off" run
     ev_b = mofa.evaluate(base, test_set)["base"]
     row = dict(variant=name, kind="stage2", seed=0, steps=cfg2["steps2"], weights=weights.__dict__,
                base={k: round(float(ev_b[k].mean()), 4) for k in ("photometric_rgb", "geometric_mm")})
@@ -156,7 +154,7 @@ def main(argv=None):
         ap.error(f"unknown variant(s) {bad}; choose from {known}")
     torch.set_num_threads(1)
     numba.set_num_threads(1)
-    cfg = settings("05_mofa", "cpu")
+    cfg = dict(settings("05_mofa", "cpu"), landmarks=False)  # the papers' image-only encoder (benchmarks/mofa_landmarks.py: with landmarks)
     steps = args.steps or cfg["steps1"]
     full = facelib.load_model("open")
     _, keep = decimate(full, cfg["n_vertices"])
@@ -183,10 +181,8 @@ def main(argv=None):
         encoder = over.pop("encoder", cfg["encoder"])
         encoder_kwargs = over.pop("encoder_kwargs", cfg["encoder_kwargs"])
         weights = selfsup.STAGE1_PAPER.replace(**over)
-        config = dict(size=cfg["size"], encoder=encoder, width=cfg["width"], n_corrective=0,
-                      corrective="linear", hidden=None, seed=args.seed, model=full.name,
-                      n_vertices=cfg["n_vertices"], encoder_kwargs=dict(encoder_kwargs))
-        net, _ = mofa.build_mofa(full, config)
+        net, _ = mofa.build_mofa(full, mofa.stage1_config(full, dict(cfg, encoder=encoder, encoder_kwargs=encoder_kwargs),
+                                                          args.seed))
         mofa.init_translation(net, train_set["landmarks"])
         refs = {"untrained encoder": summary(mofa.evaluate(net, test_set)),
                 "mean face": {"geometric_mm": round(float(mofa.mean_face_error(net, test_set).mean()), 4)}}

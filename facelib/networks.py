@@ -233,9 +233,9 @@ class TrainedNetwork:
         frames (:data:`MOFA_MARGIN`, :data:`MOFA_CENTRE_Y`).  MoFA's and CoarseNet's crops fill the outside
         of the frame with its edge pixels: neither saw a black frame in training (most wild faces' MoFA crops
         run past the frame).  Returns ``crop (B, 3, N, N)`` in
-        [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels; InverseFaceNet's also
-        ``landmarks (B, 68, 2)`` in crop pixels (a network with a landmark input reads them)."""
-        from .data.corpus import crop_to_box, landmark_box, network_input
+        [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels; InverseFaceNet's and MoFA's
+        also ``landmarks (B, 68, 2)`` in crop pixels (a network with a landmark input reads them)."""
+        from .data.corpus import _box_points, crop_to_box, landmark_box, network_input
 
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"image has shape {tuple(image.shape)}; expected (B, 3, H, W) RGB in [0, 1]")
@@ -255,7 +255,8 @@ class TrainedNetwork:
             return {"crop": crop, "box": d["box"], "landmarks": d["landmarks"]}
         box = landmark_box(landmarks, MOFA_MARGIN)
         box[:, 1] -= MOFA_CENTRE_Y * box[:, 2]
-        return {"crop": crop_to_box(image, box, self.size, padding="border").clamp(0, 1), "box": box}  # no black frame
+        return {"crop": crop_to_box(image, box, self.size, padding="border").clamp(0, 1), "box": box,  # no black frame
+                "landmarks": _box_points(landmarks, box, self.size)}
 
     def _coarse_box(self, landmarks: torch.Tensor) -> torch.Tensor:
         """CoarseNet's crop ``(B, 3)``: the square that puts the landmarks where the mean face's lie at
@@ -291,7 +292,8 @@ class TrainedNetwork:
 
             lm = c.pop("landmarks")  # the crop's landmarks (the second input of a net that takes them)
             return {"theta": predict(self.net, to_network(c["crop"]).to(dev), landmarks=lm).cpu(), **c}
-        return {"theta": self.net.encode(c["crop"].to(dev)).cpu(), **c}
+        lm = c.pop("landmarks")  # the crop's landmarks (read by a MoFA network with a landmark input)
+        return {"theta": self.net.encode(c["crop"].to(dev), lm.to(dev)).cpu(), **c}
 
     @torch.no_grad()
     def estimate(self, image: torch.Tensor, landmarks: torch.Tensor) -> dict:

@@ -121,7 +121,9 @@ def test_mofa_checkpoint_loads_and_an_unfinished_one_is_refused(model, tmp_path,
     box = landmark_box(frames["landmarks"].float(), 0.35)
     box[:, 1] -= 0.098 * box[:, 2]
     assert torch.allclose(est["crop"], crop_to_box(frames["image"].float(), box, t.size, padding="border").clamp(0, 1))
-    assert torch.equal(est["theta"], net.encode(est["crop"]))
+    from facelib.data.corpus import _box_points  # the crop's landmarks: the encoder's second input
+
+    assert torch.equal(est["theta"], net.encode(est["crop"], _box_points(frames["landmarks"].float(), box, t.size)))
 
 
 def test_mofa_final_level_written_by_stage_2_is_the_one_load_network_reads(model, tmp_path, monkeypatch):

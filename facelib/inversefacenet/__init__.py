@@ -284,7 +284,7 @@ GEOMETRY_GROUPS = ("rotation", "shape", "expression")  # what a face's 68 landma
 
 
 def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256, lr: float = 1e-3, seed: int = 0,
-                       noise: float | None = None, progress: bool = True) -> dict:
+                       noise: float | None = None, progress: bool = True, outputs: tuple | None = None) -> dict:
     """Pre-train the landmark branch of ``net`` (:class:`facelib.nets.LandmarkBranch`: its MLP and its
     head) on landmarks alone, before the network sees an image.
 
@@ -296,6 +296,10 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
     coefficients (:data:`GEOMETRY_GROUPS`), by mean squared error in the network's output units (a
     :class:`facelib.nets.Standardized` net's: the prior's); its other outputs stay 0.  Adam, a 5%
     warm-up and cosine decay (:func:`lr_at`); seeded by ``seed``.  The rest of ``net`` is not touched.
+
+    ``outputs``: for a network whose outputs are not InverseFaceNet's parameters (MoFA's code,
+    :func:`facelib.mofa.landmark_outputs`), ``(cols (k,), to_output)``: the output columns the head learns
+    and ``to_output(theta (B, m)) -> (B, k)``, their targets for faces ``theta`` of ``model``'s layout.
 
     Returns ``{"loss": [per step], "train_s": seconds}``.
     """
@@ -312,9 +316,12 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
     branch = _branch_of(net)
     device = next(branch.parameters()).device
-    layout = ParamLayout.from_model(model)
-    cols = torch.cat([torch.arange(layout.size)[layout[k]] for k in GEOMETRY_GROUPS])
-    mean, std = (net.mean.cpu(), net.std.cpu()) if isinstance(net, Standardized) else (0.0, 1.0)
+    if outputs is None:  # InverseFaceNet's parameters, in the network's units
+        layout = ParamLayout.from_model(model)
+        cols = torch.cat([torch.arange(layout.size)[layout[k]] for k in GEOMETRY_GROUPS])
+        mean, std = (net.mean.cpu(), net.std.cpu()) if isinstance(net, Standardized) else (0.0, 1.0)
+        outputs = (cols, lambda theta: ((theta - mean) / std)[:, cols])
+    cols, to_output = outputs
     noise = WILD["landmark_noise"] if noise is None else float(noise)
     g = torch.Generator().manual_seed(int(seed))
     flags = [p.requires_grad for p in branch.parameters()]
@@ -329,7 +336,7 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
         theta = sample_sec5(model, batch, seed=int(seed) * 1_000_003 + step).to(model.device, torch.float32)
         with torch.no_grad():
             lm = detector_noise(project_landmarks(model, theta).double().cpu(), noise, g)
-            target = ((theta.cpu() - mean) / std)[:, cols]
+            target = to_output(theta.cpu())
         pred = branch.head(branch(landmark_features(lm).to(device)))[:, cols]
         loss = (pred - target.to(device)).square().mean()
         opt.zero_grad(set_to_none=True)
@@ -341,16 +348,18 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
     return {"loss": losses, "train_s": time.perf_counter() - t0}
 
 
-def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed: int, progress: bool = True) -> float:
+def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed: int, progress: bool = True,
+                      outputs: tuple | None = None, what: str = "landmark branch") -> float:
     """:func:`pretrain_landmarks` of ``net``'s landmark branch, shared through the cache: the branch does not
     depend on the image network around it, so the Table 1 rows of one training seed pre-train it once
     (``checkpoint_dir()/branch-<key>.pt``, keyed by the face model, the branch's shape, steps, batch and
     seed) and load it after that.  Returns the seconds the pre-training took when it ran (each row
-    counts them as its own training time)."""
+    counts them as its own training time).  ``outputs``: as :func:`pretrain_landmarks`'s, with ``what``
+    naming the network kind it is for in the cache key (MoFA's: ``"mofa landmark branch"``)."""
     from ..data.corpus import _model_key
 
     branch = _branch_of(net)
-    key = {"what": "landmark branch", "version": TRAIN_VERSION, "model": _model_key(model), "steps": int(steps),
+    key = {"what": what, "version": TRAIN_VERSION, "model": _model_key(model), "steps": int(steps),
            "batch": int(batch), "seed": int(seed), "shape": [branch.landmarks, branch.width, branch.head.out_features]}
     path = checkpoint_dir() / f"branch-{_key(key)}.pt"
     if path.exists():
@@ -360,7 +369,7 @@ def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed:
             return float(ck["train_s"])
         except Exception:  # a damaged file is pre-trained again, not trusted
             path.unlink(missing_ok=True)
-    log = pretrain_landmarks(model, net, steps, batch, seed=seed, progress=progress)
+    log = pretrain_landmarks(model, net, steps, batch, seed=seed, progress=progress, outputs=outputs)
     with atomic_path(path) as tmp:
         torch.save({"branch": branch.state_dict(), "train_s": log["train_s"], "loss": log["loss"]}, tmp)
     return log["train_s"]
@@ -902,7 +911,8 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
 
 
 def _branch_of(net: torch.nn.Module) -> torch.nn.Module:
-    """The :class:`facelib.nets.LandmarkBranch` of a regressor (inside a :class:`facelib.nets.Standardized`)."""
+    """The :class:`facelib.nets.LandmarkBranch` of a regressor (inside a :class:`facelib.nets.Standardized`)
+    or of a :class:`facelib.mofa.MoFA` (its encoder's)."""
     from ..nets import unwrap
 
     return unwrap(net).landmark_branch

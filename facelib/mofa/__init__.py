@@ -30,11 +30,13 @@ is importable from ``facelib.mofa``.
 from __future__ import annotations
 
 from .data import PHOTO_MARGIN, checkpoint_dir, landmark_detector, make_corpus, photo_corpus, shift_scale
-from .evaluation import (GREY_LIGHT, curve_eval, encoder_hz, evaluate, fit_codes, geometric_error, mark_points,
-                         mean_errors, mean_face_error, mean_face_now, now_error_mm, panels, render_level)
-from .network import AMBIENT, CODE_SCALE, STAGE2_LR, CodeHeads, Decoded, MoFA, build_mofa, init_translation
-from .training import (book_corpora, learning_curve, loss_terms, settings_steps, stage1_network, stage2_network,
-                       train)
+from .evaluation import (GREY_LIGHT, LANDMARK_VARIANTS, curve_eval, encoder_hz, evaluate, fit_codes, geometric_error,
+                         landmark_variants_markdown, mark_points, mean_errors, mean_face_error, mean_face_now,
+                         now_error_mm, panels, render_level)
+from .network import (AMBIENT, CODE_SCALE, STAGE2_LR, CodeHeads, Decoded, MoFA, build_mofa, init_translation,
+                      landmark_outputs, pretrain_branch)
+from .training import (book_corpora, initial_network, learning_curve, loss_terms, settings_steps, stage1_config,
+                       stage1_network, stage2_network, train)
 
 __all__ = [
     "STAGE2_LR",
@@ -50,10 +52,14 @@ __all__ = [
     "landmark_detector",
     "photo_corpus",
     "init_translation",
+    "landmark_outputs",
+    "pretrain_branch",
     "shift_scale",
     "loss_terms",
     "train",
     "book_corpora",
+    "stage1_config",
+    "initial_network",
     "stage1_network",
     "stage2_network",
     "settings_steps",
@@ -70,5 +76,7 @@ __all__ = [
     "mean_face_now",
     "fit_codes",
     "encoder_hz",
+    "LANDMARK_VARIANTS",
+    "landmark_variants_markdown",
     "checkpoint_dir",
 ]

@@ -49,14 +49,15 @@ GREY_LIGHT = (0.6, 0.0, 0.25, 0.35, 0.0, 0.0, 0.0, 0.0, 0.0)  # gamma for the ge
 
 
 @torch.no_grad()
-def panels(net: MoFA, image: torch.Tensor, level: str = "final") -> dict:
-    """What the autoencoder recovered from ``image (B, 3, N, N)``, each ``(B, 3, N, N)`` in [0, 1]:
+def panels(net: MoFA, image: torch.Tensor, level: str = "final", landmarks: torch.Tensor | None = None) -> dict:
+    """What the autoencoder recovered from ``image (B, 3, N, N)`` (and its detected ``landmarks (B, 68, 2)``,
+    which a landmark-input network needs), each ``(B, 3, N, N)`` in [0, 1]:
     ``overlay`` (the shaded reconstruction over the input), ``geometry`` (grey, under a fixed light),
     ``reflectance`` (albedo, unlit), ``illumination`` (a grey sphere under the regressed gamma)."""
     from ..render.shading import shade
     from ..book.viz import sphere_normals
 
-    d = net(image)
+    d = net(image, landmarks=landmarks)
     pr = d.final if level == "final" else d.base
     v = d.levels.r_f if level == "final" else d.levels.r_b
     gamma = d.parts["illumination_final" if level == "final" and net.n_corrective else "illumination"]
@@ -163,7 +164,8 @@ def evaluate(net: MoFA, corpus: dict, batch: int = 32, codes: torch.Tensor | Non
     out = {"base": {k: [] for k in keys}, "final": {k: [] for k in keys}, "landmark_px": []}
     for s in range(0, corpus["image"].shape[0], batch):
         image = corpus["image"][s:s + batch].to(dev)
-        d = net(image) if codes is None else net.decode(codes[s:s + batch].to(dev))
+        lm = corpus["landmarks"][s:s + batch].to(dev)  # the detector's: a landmark-input encoder reads them
+        d = net(image, landmarks=lm) if codes is None else net.decode(codes[s:s + batch].to(dev))
         gt = corpus["verts_model"][s:s + batch].to(dev)
         alb = corpus["albedo"][s:s + batch].to(dev)[:, face] if "albedo" in corpus else None
         lv = d.levels
@@ -202,14 +204,19 @@ def curve_eval(curve_set: dict, level: str = "base"):
 def encoder_hz(net: nn.Module, batch: int, size: int, device="cpu", repeats: int = 10, warmup: int = 2,
                threads: int | None = None) -> float:
     """Images per second of a forward pass of the encoder (image -> code) at ``batch``; the paper's
-    "over 250 Hz" is batch 1 on a GPU (4 ms).  ``net``: a :class:`MoFA` or any encoder module;
+    "over 250 Hz" is batch 1 on a GPU (4 ms).  ``net``: a :class:`MoFA` (with a landmark input: random
+    landmarks, their normalisation included) or any encoder module;
     ``threads``: PyTorch CPU threads to time with (default: as set)."""
     if threads:
         torch.set_num_threads(int(threads))
     dev = torch.device(device)
     enc = net.to(dev).eval()
-    fn = enc.encode if isinstance(enc, MoFA) else (lambda x: enc(x - 0.5))
     x = torch.rand(batch, 3, size, size, device=dev)
+    if isinstance(enc, MoFA):  # with a landmark input, the landmarks' features are part of the pass
+        lm = torch.rand(batch, 68, 2, device=dev) * size if enc.n_landmarks else None
+        fn = lambda x: enc.encode(x, lm)  # noqa: E731
+    else:
+        fn = lambda x: enc(x - 0.5)  # noqa: E731
     for _ in range(warmup):
         fn(x)
     if dev.type == "cuda":
@@ -220,3 +227,39 @@ def encoder_hz(net: nn.Module, batch: int, size: int, device="cpu", repeats: int
     if dev.type == "cuda":
         torch.cuda.synchronize()
     return batch * repeats / (time.perf_counter() - t)
+
+
+# the variants of benchmarks/mofa_landmarks.py, in the order chapter 5 discusses them
+LANDMARK_VARIANTS = {"off": "the image (the papers)",
+                     "pretrained": "image + landmarks, branch trained on",
+                     "pretrained, frozen": "image + landmarks, branch fixed",
+                     "geometry from the landmarks": "image + landmarks, shape and expression from the branch (this book)"}
+
+
+def landmark_variants_markdown(record: dict) -> str:
+    """Chapter 5's table of ``benchmarks/mofa_landmarks.py``'s ``record``: per variant of
+    :data:`LANDMARK_VARIANTS` the stage-1 network's held-out errors (geometric and NoW-style as fractions of
+    the mean face's, photometric RGB distance, landmark pixels; mean ± std over the seeds) and its mean
+    training seconds (with the branch's pre-training); then the networks before stage 1 (the untrained
+    image-only encoder; the pre-trained landmark read-out alone) and the mean face."""
+    from ..book import markdown_table, pm
+
+    runs = {}
+    for r in record["runs"]:
+        runs.setdefault(r["variant"], []).append(r)
+
+    def row(label, inp, rs, part, seconds=True):
+        return [label, inp, len(rs), pm([r[part]["geometric_mm_ratio"] for r in rs]),
+                pm([r[part]["now_mm_ratio"] for r in rs]), pm([r[part]["photometric_rgb"] for r in rs], ".3f"),
+                pm([r[part]["landmark_px"] for r in rs]),
+                f"{sum(r['train_s'] for r in rs) / len(rs):.0f}" if seconds else "-"]
+
+    rows = [row("MoFA stage 1", label, runs[v], "stage1") for v, label in LANDMARK_VARIANTS.items() if v in runs]
+    if "off" in runs:
+        rows.append(row("*untrained encoder (before stage 1)*", "the image", runs["off"], "before_stage1", False))
+    lm = runs.get("geometry from the landmarks") or runs.get("pretrained")
+    if lm:
+        rows.append(row("*landmark read-out alone (pre-trained, before stage 1)*", "landmarks", lm, "before_stage1", False))
+    rows.append(["*mean face (shape, expression 0)*", "-", "-", "1.00", "1.00", "-", "-", "-"])
+    return markdown_table(["network", "input", "seeds", "geometric × mean face", "NoW-style × mean face",
+                           "photometric RGB", "landmarks [px]", "training [s]"], rows)

@@ -61,16 +61,34 @@ class MoFA(nn.Module):
         n_corrective: C (0: MoFA's base level only); corrective: the corrective space kind
             (:data:`facelib.mofa.multilevel.CORRECTIVE_KINDS`); hidden: its hidden width.
         seed: initialisation seed (encoder and corrective bases).
-    ``forward(image (B, 3, N, N) in [0, 1]) -> Decoded``.
+        landmarks: 68 gives the encoder the image's detected landmarks as a second input (not in the
+            papers; :class:`facelib.nets.LandmarkBranch`, joined before the code heads, its read-out added
+            to the code, pre-trained by :func:`pretrain_branch`); 0: the image alone (the papers).
+        landmark_geometry: with a landmark input, take the shape and expression codes from the branch's
+            read-out alone (the image path's outputs for them are gated to 0) and keep the branch fixed
+            after its pre-training: the self-supervised loss then trains pose, reflectance and light, and
+            the landmarks with the model's prior give the base geometry (not in the papers; chapter 5
+            measures why: at 64 pixels the loss's own shape optimum is worse than the read-out).
+    ``forward(image (B, 3, N, N) in [0, 1], landmarks=None (B, 68, 2) pixels) -> Decoded``.
     """
 
     def __init__(self, model: FaceModel, size: int, encoder: str = "alexnet", width: float = 0.25,
                  n_corrective: int = 0, corrective: str = "linear", hidden: int | None = None, seed: int = 0,
-                 encoder_kwargs: dict | None = None):
+                 encoder_kwargs: dict | None = None, landmarks: int = 0, landmark_geometry: bool = False):
         super().__init__()
+        if landmarks not in (0, 68):
+            raise ValueError(f"landmarks must be 0 (the image alone) or 68 (the detected landmarks); got {landmarks!r}")
+        if landmark_geometry and not landmarks:
+            raise ValueError("landmark_geometry needs the landmark input (landmarks=68)")
         self.config = dict(size=size, encoder=encoder, width=width, n_corrective=n_corrective,
                            corrective=corrective, hidden=hidden, seed=seed, model=model.name,
                            n_vertices=model.n_vertices, encoder_kwargs=dict(encoder_kwargs or {}))
+        if landmarks:  # only then: the configs (and checkpoints) of image-only networks stay as they were
+            self.config["landmarks"] = int(landmarks)
+        if landmark_geometry:
+            self.config["landmark_geometry"] = True
+        self.n_landmarks = int(landmarks)
+        self.landmark_geometry = bool(landmark_geometry)
         self.size = int(size)
         from ..data.corpus import _model_key
 
@@ -83,7 +101,8 @@ class MoFA(nn.Module):
             if n_corrective:
                 sizes.update(illumination_final=27, corrective_geometry=n_corrective,
                              corrective_reflectance=n_corrective)
-            self.encoder = make_encoder(encoder, self.layout.size, self.size, width, **(encoder_kwargs or {}))
+            extra = {"landmarks": self.n_landmarks} if self.n_landmarks else {}
+            self.encoder = make_encoder(encoder, self.layout.size, self.size, width, **(encoder_kwargs or {}), **extra)
             if not isinstance(getattr(self.encoder, "last", None), nn.Linear):
                 raise ValueError(f"encoder {encoder!r} has no last fully-connected layer 'last' to split")
             self.encoder.last = CodeHeads(self.encoder.last.in_features, sizes)
@@ -94,6 +113,12 @@ class MoFA(nn.Module):
                 offset[self.layout[k].start:self.layout[k].start + 3] = AMBIENT  # gamma_1, RGB
         self.register_buffer("code_scale", scale)
         self.register_buffer("code_offset", offset)
+        gate = torch.ones(self.layout.size)  # 1: the image path's output counts
+        if self.landmark_geometry:
+            gate[self.layout["shape"]] = 0
+            gate[self.layout["expression"]] = 0
+            self.encoder.landmark_branch.requires_grad_(False)  # pre-trained only (pretrain_branch)
+        self.register_buffer("image_gate", gate, persistent=False)  # from the config, not a weight
         cam = face_camera(self.size)
         self.register_buffer("cam_R", cam.R.clone())
         self.register_buffer("cam_t", cam.t.clone())
@@ -104,11 +129,35 @@ class MoFA(nn.Module):
     def n_corrective(self) -> int:
         return self.decoder.n_corrective
 
-    def encode(self, image: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, N, N)`` in [0, 1] -> code ``(B, m)`` (:func:`facelib.mofa.multilevel.code_layout`)."""
+    @property
+    def landmark_branch(self) -> nn.Module | None:
+        """The encoder's :class:`facelib.nets.LandmarkBranch` (None without a landmark input)."""
+        return getattr(self.encoder, "landmark_branch", None)
+
+    def encode(self, image: torch.Tensor, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, 3, N, N)`` in [0, 1] -> code ``(B, m)`` (:func:`facelib.mofa.multilevel.code_layout`).
+        ``landmarks (B, 68, 2)``: the image's detected landmarks in pixels, read by a network with a
+        landmark input (normalised by :func:`facelib.data.corpus.landmark_features`) and required by it;
+        a network without one ignores them."""
         if image.ndim != 4 or image.shape[1:] != (3, self.size, self.size):
             raise ValueError(f"image has shape {tuple(image.shape)}; expected (B, 3, {self.size}, {self.size})")
-        return self.code_offset + self.code_scale * self.encoder(image - 0.5)  # input in [-0.5, 0.5]
+        if not self.n_landmarks:
+            return self.code_offset + self.code_scale * self.encoder(image - 0.5)  # input in [-0.5, 0.5]
+        from ..data.corpus import landmark_features
+
+        if landmarks is None:
+            raise ValueError("this MoFA network reads the image's 68 detected landmarks too; call it as "
+                             "net(image, landmarks=...) with landmarks (B, 68, 2) in pixels")
+        if landmarks.shape != (image.shape[0], self.n_landmarks, 2):
+            raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected "
+                             f"({image.shape[0]}, {self.n_landmarks}, 2) pixels")
+        l = landmark_features(landmarks).to(image)
+        out = self.encoder(image - 0.5, l)
+        if self.landmark_geometry:  # the read-out r, plus the image path's part (out - r) where the gate lets it
+            b = self.encoder.landmark_branch
+            r = b.head(b(l))
+            out = r + self.image_gate * (out - r)
+        return self.code_offset + self.code_scale * out
 
     def pose(self, parts: dict) -> tuple:
         """``R (B, 3, 3)``, ``t (B, 3)`` of Phi: the camera's frame times the regressed head pose."""
@@ -128,8 +177,8 @@ class MoFA(nn.Module):
             fin = render_points(lv.v_f, lv.r_f, tri, R, t, parts["illumination_final"], self.focal, self.size)
         return Decoded(parts, lv, base, fin)
 
-    def forward(self, image: torch.Tensor, final: bool = True) -> Decoded:
-        return self.decode(self.encode(image), final)
+    def forward(self, image: torch.Tensor, final: bool = True, landmarks: torch.Tensor | None = None) -> Decoded:
+        return self.decode(self.encode(image, landmarks), final)
 
     def start_stage2(self) -> None:
         """Stage-2 initialisation: the final level's illumination head starts as a copy of the base
@@ -144,14 +193,16 @@ class MoFA(nn.Module):
 
     def load_stage1(self, state: dict) -> None:
         """Initialise from a stage-1 (base level only) network's ``state_dict``: the encoder, the base
-        part of the code head and of the code offsets; the corrective parts keep their initialisation."""
+        part of the code head, of the landmark read-out and of the code offsets; the corrective parts keep
+        their initialisation."""
         own = self.state_dict()
         n = self.layout.slices["illumination"].stop
         with torch.no_grad():
             for k, v in state.items():
                 if k not in own:
                     continue
-                if k in ("code_offset", "code_scale"):
+                if k in ("code_offset", "code_scale", "encoder.landmark_branch.head.weight",
+                         "encoder.landmark_branch.head.bias"):
                     own[k][:n] = v[:n]
                 elif own[k].shape == v.shape:
                     own[k].copy_(v)
@@ -186,7 +237,43 @@ def build_mofa(full_model: FaceModel, config: dict) -> tuple[MoFA, torch.Tensor]
     model, keep = decimate(full_model, int(config["n_vertices"]))
     kw = {k: config[k] for k in ("encoder", "width", "n_corrective", "corrective", "hidden", "seed")}
     kw["encoder_kwargs"] = config.get("encoder_kwargs")
-    return MoFA(model, int(config["size"]), **kw), keep
+    return MoFA(model, int(config["size"]), landmarks=int(config.get("landmarks", 0)),
+                landmark_geometry=bool(config.get("landmark_geometry", False)), **kw), keep
+
+
+def landmark_outputs(net: MoFA, model: FaceModel) -> tuple:
+    """What the landmark branch of ``net`` is pre-trained to read (:func:`pretrain_branch`): the code entries
+    a face's landmarks show, rotation, shape and expression
+    (:data:`facelib.inversefacenet.GEOMETRY_GROUPS`), in the encoder's output units (``(code -
+    code_offset) / code_scale``).  Returns ``(cols (k,), to_output)`` with ``to_output(theta (B, m'))
+    -> (B, k)`` for faces ``theta`` in ``model``'s :class:`facelib.model.params.ParamLayout` (the
+    decimated decoder keeps every component, so the coefficients are the same)."""
+    from ..inversefacenet import GEOMETRY_GROUPS
+    from ..model.params import ParamLayout
+
+    src_layout = ParamLayout.from_model(model)
+    cols = torch.cat([torch.arange(net.layout.size)[net.layout[k]] for k in GEOMETRY_GROUPS])
+    src = torch.cat([torch.arange(src_layout.size)[src_layout[k]] for k in GEOMETRY_GROUPS])
+    if cols.numel() != src.numel():
+        raise ValueError(f"face model {model.name!r} has other components than the network's decoder")
+    offset, scale = net.code_offset[cols].detach().cpu(), net.code_scale[cols].detach().cpu()
+    return cols, lambda theta: (theta[:, src].to(offset) - offset) / scale
+
+
+def pretrain_branch(net: MoFA, model: FaceModel, steps: int, batch: int, seed: int, progress: bool = True) -> float:
+    """Pre-train the landmark branch of ``net`` on landmarks alone, as chapter 3 pre-trains
+    InverseFaceNet's (:func:`facelib.inversefacenet.pretrained_branch`: faces from the Sec. 5 prior, their
+    projected landmarks with the detector's noise, no rendering, no image), to the code entries of
+    :func:`landmark_outputs`; cached per face model, branch shape, steps, batch and seed.  Call it after
+    :func:`init_translation` (the targets are relative to the code offsets).  Returns the seconds the
+    pre-training took when it ran."""
+    from ..inversefacenet import pretrained_branch
+
+    if not net.n_landmarks:
+        raise ValueError("this MoFA network has no landmark input to pre-train (build it with landmarks=68)")
+    return pretrained_branch(model, net, steps, batch, seed, progress=progress,
+                             outputs=landmark_outputs(net, model),
+                             what=f"mofa landmark branch, rotation scale {CODE_SCALE['rotation']}")
 
 
 def init_translation(net: MoFA, landmarks: torch.Tensor) -> torch.Tensor:

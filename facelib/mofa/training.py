@@ -14,7 +14,7 @@ from ..model.facemodel import FaceModel
 from ..render.points import sample_image
 from .selfsup import (STAGE1, STAGE2, LossWeights, chromaticity_weights, constancy_partners, e_glo, e_photo,
                       e_ref, e_smo, e_sparse, e_sta, e_std, e_total, slide_contour)
-from .network import Decoded, MoFA, build_mofa, init_translation
+from .network import Decoded, MoFA, build_mofa, init_translation, pretrain_branch
 from .data import checkpoint_dir, _load, _save, make_corpus, shift_scale
 
 
@@ -111,6 +111,9 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
             "weights": weights.__dict__}
     if stage == 2:  # stage 2 starts from a trained stage 1: a checkpoint fine-tuned from another one is not resumed
         meta["start"] = _fingerprint(net)
+    fixed = [k for k, p in net.named_parameters() if not p.requires_grad]
+    if fixed:  # parameters kept fixed (a frozen landmark branch): another run than one that trains them
+        meta["fixed"] = fixed
     state = _load(ckpt, "checkpoint", map_location=dev, weights_only=False) if ckpt is not None else None
     if state is not None and state.get("meta") == meta:  # same run: resume (or extend) it
         if state["step"] > steps:
@@ -146,7 +149,7 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
             image, lm = shift_scale(image, lm, sh.to(dev), sc.to(dev))
         with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
             torch.manual_seed(seed * 1_000_003 + step)  # dropout masks: the same when resumed
-            out = net(image, final=stage == 2)
+            out = net(image, final=stage == 2, landmarks=lm)  # a landmark-input encoder reads them too
             terms = loss_terms(net, out, image, lm, weights, stage, cache, landmark_scale)
             loss = e_total(terms, weights).mean()
             opt.zero_grad(set_to_none=True)
@@ -200,22 +203,51 @@ def book_corpora(full_model: FaceModel, cfg: dict, seed: int, keep: torch.Tensor
     return train, test
 
 
-def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, profile: str,
-                   progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
-    """Stage 1 (MoFA, the base level) as the book trains it, resumable from
-    ``checkpoint_dir() / <profile>_stage1_s<seed>.pt``: the decimated decoder (``cfg["n_vertices"]``), the encoder
-    (``cfg["encoder"]``, ``cfg["width"]``, initialised with ``seed``), the translation start from the
-    landmarks, then ``cfg["steps1"]`` steps at ``cfg["lr"]`` with batch ``cfg["batch"]`` and the
-    :data:`facelib.mofa.selfsup.STAGE1` weights; ``eval_fn``, ``eval_every``: the learning curve
-    (:func:`train`).  Returns ``(net, keep, history)``."""
+def stage1_config(full_model: FaceModel, cfg: dict, seed: int) -> dict:
+    """The :class:`MoFA` config (:func:`build_mofa`) of the book's stage-1 network for the chapter sizes
+    ``cfg`` and ``seed``: the decimated decoder (``cfg["n_vertices"]``), the encoder (``cfg["encoder"]``,
+    ``cfg["width"]``, ``cfg["encoder_kwargs"]``), no correctives; with ``cfg["landmarks"]`` the landmark
+    input, and with ``cfg["landmark_geometry"]`` the geometry taken from it."""
     config = dict(size=cfg["size"], encoder=cfg["encoder"], width=cfg["width"], n_corrective=0,
                   corrective="linear", hidden=None, seed=seed, model=full_model.name, n_vertices=cfg["n_vertices"],
                   encoder_kwargs=dict(cfg.get("encoder_kwargs", {})))
-    net, keep = build_mofa(full_model, config)
+    if cfg.get("landmarks"):
+        config["landmarks"] = 68
+        if cfg.get("landmark_geometry"):
+            config["landmark_geometry"] = True
+    return config
+
+
+def initial_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, progress: bool = True) -> tuple:
+    """The book's stage-1 network before its self-supervised training (:func:`stage1_config`): the
+    translation start from ``corpus``'s landmarks (:func:`init_translation`) and, with a landmark input,
+    the branch pre-trained on landmarks alone (:func:`facelib.mofa.pretrain_branch`, ``cfg["landmark_steps"]``
+    steps of ``cfg["landmark_batch"]`` faces; cached), kept fixed with ``cfg["landmark_freeze"]``.
+    Returns ``(net, keep)``; ``net.pretrain_s`` holds the pre-training's seconds (0 without)."""
+    net, keep = build_mofa(full_model, stage1_config(full_model, cfg, seed))
     net = net.to(device)
     init_translation(net, corpus["landmarks"])
+    net.pretrain_s = 0.0
+    if cfg.get("landmarks"):
+        net.pretrain_s = pretrain_branch(net, full_model, int(cfg["landmark_steps"]), int(cfg["landmark_batch"]),
+                                         seed, progress=progress)
+        if cfg.get("landmark_freeze"):
+            net.landmark_branch.requires_grad_(False)
+    return net, keep
+
+
+def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, profile: str,
+                   progress: bool = True, eval_fn=None, eval_every: int = 0, name: str | None = None) -> tuple:
+    """Stage 1 (MoFA, the base level) as the book trains it, resumable from
+    ``checkpoint_dir() / <profile>_stage1_s<seed>.pt``: :func:`initial_network` (initialised with ``seed``),
+    then ``cfg["steps1"]`` steps at ``cfg["lr"]`` with batch ``cfg["batch"]`` and the
+    :data:`facelib.mofa.selfsup.STAGE1` weights; ``eval_fn``, ``eval_every``: the learning curve
+    (:func:`train`).  ``name``: the checkpoint's stem for a variant (default ``<profile>_stage1_s<seed>``,
+    the one :func:`facelib.load_network` reads).  Returns ``(net, keep, history)``; ``net.pretrain_s``
+    holds the landmark branch's pre-training seconds (0 without)."""
+    net, keep = initial_network(full_model, cfg, corpus, seed, device, progress=progress)
     hist = train(net, corpus, cfg["steps1"], 1, lr=cfg["lr"], batch=cfg["batch"], seed=seed,
-                 checkpoint=checkpoint_dir() / f"{profile}_stage1_s{seed}.pt", progress=progress,
+                 checkpoint=checkpoint_dir() / f"{name or f'{profile}_stage1_s{seed}'}.pt", progress=progress,
                  desc=f"stage 1 (MoFA, seed {seed})", threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, keep, hist
 
