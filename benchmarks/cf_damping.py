@@ -30,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
-from facelib.coarse_fine import coarse_iterate, geometry_errors, geometry_references, make_faces, pooled_rms  # noqa: E402
+from facelib.coarse_fine import (coarse_iterate, detected_landmarks, geometry_errors, geometry_references,  # noqa: E402
+                                 make_faces, pooled_rms)
 from facelib.repro import environment  # noqa: E402
 
 STEPS = {"full": 1.0, "damped 0.5": 0.5, "damped 0.25": 0.25}
@@ -49,12 +50,13 @@ def main(argv=None):
     N = cfg["coarse_size"]
     r_gt, view, _, _ = make_faces(space, args.faces, 40_000, N)  # held out: no chapter seed draws 40,000
     a_gt = space.split(r_gt)[0]
+    lm = detected_landmarks(space, r_gt, N, 40_001)  # read by a CoarseNet with a landmark input, ignored by others
     refs = {k: pooled_rms(e) for k, e in geometry_references(space, a_gt).items()}
     res = {}
     with torch.no_grad():
         p_gt = space.split(r_gt)[1]
         for scheme, step in STEPS.items():
-            rs = coarse_iterate(space, net, view.image, args.passes, N, step=step)
+            rs = coarse_iterate(space, net, view.image, args.passes, N, step=step, landmarks=lm)
             res[scheme] = [{**{k: round(v, 4) for k, v in pooled_rms(geometry_errors(space, space.split(r)[0], a_gt)).items()},
                             "pose_mse": round(float((space.split(r)[1] - p_gt).square().mean()), 5)} for r in rs]
             print(f"{scheme:18s} RMSE per pass: " + " ".join(f"{e['rmse_mm']:.3f}" for e in res[scheme]))

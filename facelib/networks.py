@@ -233,8 +233,8 @@ class TrainedNetwork:
         frames (:data:`MOFA_MARGIN`, :data:`MOFA_CENTRE_Y`).  MoFA's and CoarseNet's crops fill the outside
         of the frame with its edge pixels: neither saw a black frame in training (most wild faces' MoFA crops
         run past the frame).  Returns ``crop (B, 3, N, N)`` in
-        [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels; InverseFaceNet's and MoFA's
-        also ``landmarks (B, 68, 2)`` in crop pixels (a network with a landmark input reads them)."""
+        [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels and ``landmarks (B, 68, 2)`` in
+        crop pixels (a network with a landmark input reads them)."""
         from .data.corpus import _box_points, crop_to_box, landmark_box, network_input
 
         if image.ndim != 4 or image.shape[1] != 3:
@@ -248,7 +248,7 @@ class TrainedNetwork:
         if self.method == "coarsenet":
             box = self._coarse_box(landmarks)
             grey = crop_to_box(image, box, self.size, padding="border").clamp(0, 1).mean(1, keepdim=True)  # grey (Sec. 3)
-            return {"crop": grey, "box": box}
+            return {"crop": grey, "box": box, "landmarks": _box_points(landmarks, box, self.size)}
         if self.method == "inversefacenet":
             d = network_input(image, landmarks, self.size)
             crop = (d["crop"] * 255).round() / 255  # the training corpus holds 8-bit crops
@@ -284,7 +284,7 @@ class TrainedNetwork:
             from .coarse_fine import coarse_iterate
 
             r = coarse_iterate(self.meta["space"], self.net, c["crop"].to(dev), int(self.meta["config"]["iterations"]),
-                               self.size)[-1]
+                               self.size, landmarks=c["landmarks"].to(dev))[-1]
             return {"theta": r.cpu(), **c}
         if self.method == "inversefacenet":
             from .data.corpus import to_network
@@ -437,7 +437,8 @@ def load_network(name: str = "inversefacenet", *, row: str | None = None, seed: 
         if name == "coarsenet":
             space = CoarseSpace.from_model(m, int(cfg["n_shape"]), int(cfg["n_expression"]))
             net = CoarseNet(space.n_params, width=int(cfg["width"]), blocks=tuple(cfg["blocks"]),
-                            mask_dilate=cfg.get("mask_dilate"))
+                            mask_dilate=cfg.get("mask_dilate"), landmarks=int(cfg.get("landmarks", 0)),
+                            landmark_width=int(cfg.get("landmark_width", 256)))
             meta["space"] = space
         else:
             net = FineNet(width=int(cfg["width"]), head=int(cfg["head"]))

@@ -197,6 +197,19 @@ def test_coarsenet_and_finenet_saved_by_their_chapter_load_and_estimate(model, f
         f.estimate(frames["image"], frames["landmarks"])
     names = sorted(r["name"] for r in available_networks(model))
     assert "coarsenet" in names and "finenet" in names
+    # a CoarseNet with the landmark input (the book's) reads the crop's landmarks, mapped into crop pixels
+    lmnet = CoarseNet(space.n_params, width=4, blocks=(1, 1, 1, 1), landmarks=68, landmark_width=16)
+    with torch.no_grad():
+        lmnet.landmark_branch.head.weight.normal_(0, 0.05)  # a branch that moves the estimate
+    save_network("coarsenet", lmnet, dict(cfg, landmarks=68, landmark_width=16), model, "ci", seed=0)
+    c = load_network("coarsenet", model=model)
+    assert c.net.n_landmarks == 68
+    est = c.estimate(frames["image"], frames["landmarks"])
+    lm_crop = (frames["landmarks"] - est["box"][:, None, :2]) / est["box"][:, None, 2:3] * 32 + 16
+    assert torch.allclose(c.crop(frames["image"], frames["landmarks"])["landmarks"], lm_crop, atol=1e-3)
+    r = coarse_iterate(space, lmnet.eval(), est["crop"], 2, 32, landmarks=lm_crop)[-1]
+    assert torch.allclose(est["theta"], r, atol=1e-4)
+    assert not torch.allclose(r, coarse_iterate(space, lmnet, est["crop"], 2, 32, landmarks=lm_crop.flip(1))[-1])
 
 
 def test_networks_command_lists_every_kind(model, trained, capsys, monkeypatch):

@@ -55,13 +55,15 @@ from ..model.params import rot_xyz
 from ..render.raster import Fragments, interpolate, rasterize
 from ..render import depth_layer, normal_map, pncc_map
 from ..render.shading import shade, vertex_normals
+from ..nets import _branch, _join, _output, takes_landmarks
 from . import sfs
 
 __all__ = [
     "CoarseSpace", "View", "POSE_NAMES", "POSE_UNITS", "POSE_PRIOR", "FRAME_MM", "N_TEXTURE", "P_START",
     "P_EXACT", "MASK_DILATE", "geometry_errors", "geometry_references", "pooled_rms",
     "render_view", "rendering_layer", "texture_maps", "sample_r", "sample_appearance",
-    "feedback_state", "coarse_input", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
+    "feedback_state", "own_states", "coarse_input", "image_landmarks", "detected_landmarks", "landmark_feedback",
+    "pretrain_branch", "pretrained_branch", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
     "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "curve_eval", "now_error_mm",
     "make_faces", "finenet_data",
     "train_finenet", "finenet_refine", "train_end_to_end", "depth_errors", "align_depth",
@@ -288,6 +290,12 @@ def _gen(seed) -> torch.Generator:
     return seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
 
 
+def _detector_gen(g: torch.Generator) -> torch.Generator:
+    """A generator of its own for the detector noise of a loop seeded by ``g``: the faces and feedback
+    states the loop draws from ``g`` stay the same whether or not a network reads the landmarks."""
+    return torch.Generator().manual_seed((g.initial_seed() * 1_000_003 + 68) % 2 ** 63)
+
+
 def sample_r(space: CoarseSpace, batch: int, seed, expression_scale: float = 0.5) -> torch.Tensor:
     """Random ``r_gt (B, K + 6)``: identity ~ N(0, 1); expression j ~ U(-c r_j, c r_j) with the model's
     ``expression_range`` r_j and ``c = expression_scale``; pose ~ U(-POSE_PRIOR, POSE_PRIOR)."""
@@ -353,6 +361,48 @@ def coarse_input(image: torch.Tensor, feedback: View, mask_dilate: float | None 
         k = int(round(mask_dilate * image.shape[-1]))
         mi = F.max_pool2d(m, 2 * k + 1, 1, k) if k else m
     return torch.cat([(image - 0.5) * mi, feedback.pncc * 2 - m, feedback.normal_map], 1)
+
+
+def image_landmarks(space: CoarseSpace, r: torch.Tensor, image_size: int,
+                    distance: float | None = DISTANCE_MM) -> torch.Tensor:
+    """The 68 landmarks of faces ``r (B, K + 6)`` as their picture shows them: ``(B, 68, 2)`` pixels of the
+    ``image_size`` image, drawn by the camera of the pictures (:meth:`CoarseSpace.project`; ``distance``
+    as :func:`make_faces`: by default :data:`DISTANCE_MM`, a photo's)."""
+    alpha, pose = space.split(r)
+    lmk = space.model.landmarks
+    verts = space.model.mean_shape[lmk] + torch.einsum("bk,kvc->bvc", alpha, space.basis[:, lmk].to(alpha.dtype))
+    return space.project(verts, pose, image_size, distance)[..., :2]  # Eq. 1 at the 68 points only
+
+
+def detected_landmarks(space: CoarseSpace, r_gt: torch.Tensor, image_size: int, seed, noise: float | None = None,
+                       distance: float | None = DISTANCE_MM) -> torch.Tensor:
+    """What a landmark detector finds in the pictures of faces ``r_gt (B, K + 6)``: :func:`image_landmarks`
+    moved by detector noise (:func:`facelib.data.wild.detector_noise`, ``noise`` of the landmark box's side,
+    default the wild set's), drawn from ``seed``.  ``(B, 68, 2)`` pixels."""
+    from ..data.wild import WILD, detector_noise
+
+    with torch.no_grad():
+        lm = image_landmarks(space, r_gt, image_size, distance)
+        noise = WILD["landmark_noise"] if noise is None else float(noise)
+        return detector_noise(lm.double().cpu(), noise, _gen(seed)).to(lm)
+
+
+def landmark_feedback(space: CoarseSpace, landmarks: torch.Tensor, r_t: torch.Tensor, image_size: int) -> torch.Tensor:
+    """CoarseNet's landmark input ``(B, 272)``: the detected landmarks ``landmarks (B, 68, 2)`` (pixels of
+    the ``image_size`` input) and the feedback's, those of the current estimate ``r_t (B, K + 6)`` drawn by
+    the same camera (:func:`image_landmarks`), as their difference ``feedback - detected``; both relative
+    to the detected landmarks' box (centred on it, divided by its longer side, as
+    :func:`facelib.data.corpus.landmark_features`).  The landmark counterpart of the rendered feedback
+    (Sec. 3.2.1): what the image shows, and where the estimate puts it.  Not in the paper."""
+    if landmarks.ndim != 3 or landmarks.shape[1:] != (68, 2) or landmarks.shape[0] != r_t.shape[0]:
+        raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({r_t.shape[0]}, 68, 2) pixels "
+                         "of the input image")
+    with torch.no_grad():
+        lm = landmarks.to(r_t)
+        fb = image_landmarks(space, r_t, image_size)
+        lo, hi = lm.min(1).values, lm.max(1).values
+        centre, side = (lo + hi)[:, None] / 2, (hi - lo).max(-1).values.clamp_min(1e-6)[:, None, None]
+        return torch.cat([((lm - centre) / side).flatten(1), ((fb - lm) / side).flatten(1)], 1).float()
 
 
 # ------------------------------------------------------------------------------------- losses
@@ -445,13 +495,23 @@ class CoarseNet(nn.Module):
     whose small initial weights make the first correction close to 0 (:func:`coarse_step` adds it to
     the current estimate).  ``mask_dilate`` is the input's image mask (:func:`coarse_input`), kept with
     the network so that training and iterating use the same one.
+
+    ``landmarks``: 68 gives the network a second input, the detected landmarks and the feedback's
+    (:func:`landmark_feedback`), read by a :class:`facelib.nets.LandmarkBranch` of ``landmark_width``
+    features whose features join the image's before the linear layer and whose own linear read-out adds
+    to the correction (:func:`pretrain_branch` trains it on landmarks alone).  Not in the paper; 0: none.
     """
 
     GRID = 4
 
     def __init__(self, n_params: int, width: int = 16, blocks=(1, 1, 1, 1), in_channels: int = 7,
-                 mask_dilate: float | None = MASK_DILATE):
+                 mask_dilate: float | None = MASK_DILATE, landmarks: int = 0, landmark_width: int = 256):
         super().__init__()
+        if landmarks not in (0, 68):
+            raise ValueError(f"landmarks must be 0 (none) or 68; got {landmarks!r}")
+        self.n_landmarks = landmarks
+        # the branch reads 2 x 68 points: the detected landmarks and the feedback's offsets from them
+        self.landmark_branch, lw = _branch(2 * landmarks, landmark_width, n_params)
         self.mask_dilate = mask_dilate  # how its input image is masked (coarse_input), part of the net
         chans = [width * k for k in (1, 2, 4, 8)]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, width, 5, 2, 2, bias=False), nn.BatchNorm2d(width),
@@ -463,16 +523,19 @@ class CoarseNet(nn.Module):
                 cin = c
         self.stages = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(self.GRID)
-        self.fc = nn.Linear(cin * self.GRID ** 2, n_params)
+        self.fc = nn.Linear(cin * self.GRID ** 2 + lw, n_params)
         nn.init.normal_(self.fc.weight, 0.0, 0.01)
         nn.init.zeros_(self.fc.bias)
         self.in_channels = in_channels
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, l: torch.Tensor | None = None) -> torch.Tensor:
+        """``x (B, 7, N, N)`` (:func:`coarse_input`), with a landmark input also ``l (B, 272)``
+        (:func:`landmark_feedback`) -> the correction ``(B, P)``."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"input has shape {tuple(x.shape)}; expected (B, {self.in_channels}, N, N): "
                              "grey image, PNCC and normal map (coarse_input)")
-        return self.fc(self.pool(self.stages(self.stem(x))).flatten(1))
+        h, f = _join(self, self.pool(self.stages(self.stem(x))).flatten(1), l)
+        return _output(self, self.fc(h), f)
 
 
 def _vgg_block(cin: int, cout: int, n: int) -> nn.Sequential:
@@ -559,19 +622,47 @@ def make_faces(space: CoarseSpace, batch: int, seed, image_size: int, detail_poo
 
 
 def coarse_step(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: torch.Tensor,
-                image_size: int | None = None) -> torch.Tensor:
+                image_size: int | None = None, landmarks: torch.Tensor | None = None) -> torch.Tensor:
     """One CoarseNet pass: ``r_{t+1} = r_t + CoarseNet(I masked by the feedback of r_t, PNCC, normal
     map)``.  The network outputs the correction to its current estimate, as in the iterative error
     feedback of Carreira et al. that Sec. 3.2 follows; the sum is the prediction of ``r_gt``.
-    ``image (B, 1, N, N)``, ``r_t (B, K + 6)`` -> ``(B, K + 6)``."""
-    fb = render_view(space, r_t.detach(), image_size or image.shape[-1])
-    return r_t + net(coarse_input(image, fb, net.mask_dilate))
+    ``image (B, 1, N, N)``, ``r_t (B, K + 6)`` -> ``(B, K + 6)``.  A network with a landmark input also
+    reads the detected ``landmarks (B, 68, 2)`` (pixels of ``image``) against the feedback's
+    (:func:`landmark_feedback`); a network without one ignores them."""
+    N = image_size or image.shape[-1]
+    fb = render_view(space, r_t.detach(), N)
+    x = coarse_input(image, fb, net.mask_dilate)
+    if not takes_landmarks(net):
+        return r_t + net(x)
+    if landmarks is None:
+        raise ValueError("this CoarseNet reads the detected landmarks as a second input; pass landmarks=(B, 68, 2)")
+    return r_t + net(x, landmark_feedback(space, landmarks, r_t.detach(), N))
+
+
+@torch.no_grad()
+def own_states(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: torch.Tensor, index: torch.Tensor,
+               passes: torch.Tensor, image_size: int | None = None, landmarks: torch.Tensor | None = None) -> torch.Tensor:
+    """Feedback states from the network itself: ``r_t (B, P)`` with the rows ``index (n,)`` replaced by
+    ``net``'s own estimate of their faces after ``passes (n,)`` passes (1 or more) from ``r_0 = 0``
+    (:func:`coarse_iterate`, in eval mode; the net's mode is restored).  ``image (B, 1, N, N)``,
+    ``landmarks (B, 68, 2)`` for a net that reads them."""
+    out = r_t.clone()
+    if len(index) == 0:
+        return out
+    was_training = net.training
+    rs = coarse_iterate(space, net, image[index], int(passes.max()), image_size,
+                        landmarks=None if landmarks is None else landmarks[index])
+    net.train(was_training)
+    for j in range(1, int(passes.max()) + 1):
+        sel = passes == j
+        out[index[sel.to(index.device)]] = rs[j][sel.to(rs[j].device)]
+    return out
 
 
 def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, image_size: int, seed: int = 0,
                      lr: float = 1e-3, progress: bool = True, eval_fn=None, eval_every: int = 0,
                      p_exact: float = P_EXACT, distance: float | None = DISTANCE_MM,
-                     head: bool | None = None) -> dict:
+                     head: bool | None = None, p_own: float = 0.0, own_passes: int = 3) -> dict:
     """Train CoarseNets on synthetic faces (Sec. 3.2.2): each step draws ``r_gt`` and renders it with a
     random appearance, draws a feedback state ``r_t`` (Eq. 3), renders its PNCC and normal map, and
     regresses ``r_gt`` (:func:`coarse_step`).  ``nets``: name -> ``(CoarseNet, kind)`` with ``kind``
@@ -581,7 +672,11 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
     ``loss``, ``geometry`` (the GMSE, mm^2, whatever the criterion), ``pose``, ``pose_weight``).
 
     ``p_exact``: the share of feedback states at the inference start (:func:`feedback_state`).
-    ``distance``, ``head``: how the training pictures are drawn (:func:`make_faces`).
+    ``distance``, ``head``: how the training pictures are drawn (:func:`make_faces`).  Networks with a
+    landmark input read the faces' :func:`detected_landmarks` (drawn only when one of ``nets`` has it).
+    ``p_own``: the share of the states that are instead each network's own estimate after 1 to
+    ``own_passes`` passes from ``r_0 = 0`` (:func:`own_states`; each network then has feedback of its own):
+    the states the passes after the first meet at test time, which Eq. 3 only imitates.
     ``eval_fn(net) -> dict`` of numbers (held-out errors), called in eval mode every ``eval_every``
     steps and after the last, fills ``curve``: ``[{step, train_s, **eval_fn(net)}]`` per net, where
     ``train_s`` is the training time so far (all nets together, evaluation excluded) divided by the
@@ -604,17 +699,31 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
         net.train()
     if eval_fn is not None:
         evaluate(0)
+    read_landmarks = any(takes_landmarks(net) for net, _ in nets.values())
+    g_lm = _detector_gen(g)
+    g_own = torch.Generator().manual_seed((g.initial_seed() * 1_000_003 + 71) % 2 ** 63)
     for step in _progress(range(steps), steps, "CoarseNet", progress):
         t0 = time.perf_counter()
         r_gt, view, _, _ = make_faces(space, batch, g, image_size, distance=distance, head=head)
-        r_t = feedback_state(space, r_gt, g, p_exact)
-        fb = render_view(space, r_t, image_size)
-        xs = {}
+        r_eq3 = feedback_state(space, r_gt, g, p_exact)
+        lm = detected_landmarks(space, r_gt, image_size, g_lm, distance=distance) if read_landmarks else None
+        own = None
+        if p_own > 0:
+            own = (torch.rand(batch, generator=g_own) < p_own).nonzero()[:, 0]
+            passes = torch.randint(1, own_passes + 1, (len(own),), generator=g_own)
+        xs, fb = {}, None
         for k, (net, kind) in nets.items():
             h = hist[k]
-            if net.mask_dilate not in xs:
-                xs[net.mask_dilate] = coarse_input(view.image, fb, net.mask_dilate)
-            r_hat = r_t + net(xs[net.mask_dilate])  # coarse_step with the feedback rendered once for all nets
+            if own is not None and len(own):  # its own estimates: feedback of its own
+                r_t = own_states(space, net, view.image, r_eq3, own, passes, image_size, lm)
+                x = coarse_input(view.image, render_view(space, r_t, image_size), net.mask_dilate)
+            else:  # Eq. 3's states: the feedback rendered once for all nets
+                r_t = r_eq3
+                fb = render_view(space, r_t, image_size) if fb is None else fb
+                if net.mask_dilate not in xs:
+                    xs[net.mask_dilate] = coarse_input(view.image, fb, net.mask_dilate)
+                x = xs[net.mask_dilate]
+            r_hat = r_t + (net(x, landmark_feedback(space, lm, r_t, image_size)) if takes_landmarks(net) else net(x))
             if h["pose_weight"] is None:  # equal initial error for both criteria (Sec. 3.3)
                 _, geo0, pose0 = coarse_loss(space, r_hat.detach(), r_gt, kind)
                 h["pose_weight"] = float(geo0.mean() / pose0.mean().clamp_min(1e-12))
@@ -637,18 +746,92 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
 def train_coarsenet(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int = 0,
                     kind: str = "gmse", lr: float = 1e-3, progress: bool = True, eval_fn=None,
                     eval_every: int = 0, p_exact: float = P_EXACT, distance: float | None = DISTANCE_MM,
-                    head: bool | None = None) -> dict:
+                    head: bool | None = None, p_own: float = 0.0, own_passes: int = 3) -> dict:
     """:func:`train_coarsenets` for one network; returns its history."""
     return train_coarsenets(space, {kind: (net, kind)}, steps, batch, image_size, seed, lr, progress, eval_fn,
-                            eval_every, p_exact, distance, head)[kind]
+                            eval_every, p_exact, distance, head, p_own, own_passes)[kind]
+
+
+def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int = 0,
+                    lr: float = 1e-3, noise: float | None = None, p_exact: float = P_EXACT,
+                    distance: float | None = DISTANCE_MM, progress: bool = True, p_own: float = 0.0,
+                    own_passes: int = 3) -> dict:
+    """Pre-train the landmark branch of CoarseNet ``net`` (its MLP and its read-out) on landmarks alone,
+    before the network sees an image: every step draws ``batch`` faces ``r_gt`` from CoarseNet's prior
+    (:func:`sample_r`) and feedback states ``r_t`` (Eq. 3, :func:`feedback_state`), their
+    :func:`detected_landmarks` (no rendering: the 68 points projected, detector noise ``noise``) and the
+    feedback's (:func:`landmark_feedback`), and regresses the correction ``r_gt - r_t`` with CoarseNet's
+    criterion (:func:`coarse_loss`: GMSE plus the pose MSE weighted to equal initial error).  Adam, 5 %
+    warm-up and cosine decay; seeded by ``seed``; the rest of ``net`` is not touched.  The cascade of
+    supervised descent: each pass reads where the estimate's landmarks lie against the detected ones.
+    ``p_own``: the share of the states that are instead the branch's own estimate after 1 to
+    ``own_passes`` passes of it from ``r_0 = 0`` (as :func:`train_coarsenets`' ``p_own``).
+    Returns ``{"loss": [per step], "train_s": seconds}``."""
+    from ..inversefacenet import lr_at
+
+    if not takes_landmarks(net):
+        raise ValueError("the network has no landmark input to pre-train (make it with landmarks=68)")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    branch = net.landmark_branch
+    g = _gen(seed)
+    flags = [p.requires_grad for p in branch.parameters()]
+    for p in branch.parameters():  # a branch frozen for CoarseNet's training is trained here all the same
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(branch.parameters(), lr=lr)
+    losses, pose_weight, t0 = [], None, time.perf_counter()
+    branch.train()
+    for step in _progress(range(steps), steps, "landmark branch", progress):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, "cosine", 0.05)
+        r_gt = sample_r(space, batch, g)
+        r_t = feedback_state(space, r_gt, g, p_exact)
+        lm = detected_landmarks(space, r_gt, image_size, g, noise, distance)
+        if p_own > 0:  # a share of the states: the branch's own estimate after 1..own_passes passes
+            own = (torch.rand(batch, generator=g) < p_own).nonzero()[:, 0]
+            k = torch.randint(1, own_passes + 1, (len(own),), generator=g)
+            with torch.no_grad():
+                r = torch.zeros_like(r_t[own])
+                for j in range(1, own_passes + 1):
+                    r = r + branch.head(branch(landmark_feedback(space, lm[own], r, image_size))).to(r)
+                    r_t[own[k == j]] = r[k == j]
+        lf = landmark_feedback(space, lm, r_t, image_size)
+        r_hat = r_t + branch.head(branch(lf.to(next(branch.parameters()).device))).to(r_t)
+        if pose_weight is None:  # equal initial error for geometry and pose (Sec. 3.3)
+            _, geo0, pose0 = coarse_loss(space, r_t, r_gt)
+            pose_weight = float(geo0.mean() / pose0.mean().clamp_min(1e-12))
+        loss = coarse_loss(space, r_hat, r_gt, "gmse", pose_weight)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    for p, f in zip(branch.parameters(), flags):
+        p.requires_grad_(f)
+    return {"loss": losses, "train_s": time.perf_counter() - t0}
+
+
+def pretrained_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int,
+                      progress: bool = True, p_own: float = 0.0) -> float:
+    """:func:`pretrain_branch` shared through the cache (the branch does not depend on the image network
+    around it): keyed by the face model, CoarseNet's space, the input size, the branch's shape, steps,
+    batch, seed and share of own states ``p_own`` (:func:`facelib.inversefacenet.pretrained_branch`).
+    Returns the seconds the pre-training took when it ran."""
+    from ..inversefacenet import pretrained_branch as cached
+
+    what = (f"coarsenet landmark branch, {space.n_shape}+{space.n_expression} coefficients, {image_size} px, "
+            f"p_exact {P_EXACT}, distance {DISTANCE_MM}" + (f", own states {p_own}" if p_own else ""))
+    return cached(space.model, net, steps, batch, seed, progress, what=what,
+                  pretrain=lambda: pretrain_branch(space, net, steps, batch, image_size, seed, progress=progress,
+                                                   p_own=p_own))
 
 
 @torch.no_grad()
 def coarse_iterate(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, iterations: int,
-                   image_size: int | None = None, step: float = 1.0) -> list:
+                   image_size: int | None = None, step: float = 1.0, landmarks: torch.Tensor | None = None) -> list:
     """Sec. 3.4: ``r_0 = 0`` (the centred frontal mean face), then ``iterations`` passes of
     :func:`coarse_step`.  ``step`` < 1 damps each pass, ``r_{t+1} = r_t + step (f(I, r_t) - r_t)`` (at
-    test time only; 1, the paper's, takes the network's whole correction).  Returns
+    test time only; 1, the paper's, takes the network's whole correction).  ``landmarks (B, 68, 2)``:
+    the detected landmarks, for a network that reads them (:func:`coarse_step`).  Returns
     ``[r_0, r_1, ..., r_T]``, each ``(B, K + 6)``."""
     if not 0 < step <= 1:
         raise ValueError(f"step must be in (0, 1]; got {step!r}")
@@ -656,19 +839,20 @@ def coarse_iterate(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, iter
     out = [r]
     net.eval()
     for _ in range(iterations):
-        new = coarse_step(space, net, image, r, image_size)
+        new = coarse_step(space, net, image, r, image_size, landmarks)
         r = new if step == 1 else r + step * (new - r)
         out.append(r)
     return out
 
 
 def curve_eval(space: CoarseSpace, image: torch.Tensor, alpha: torch.Tensor, iterations: int,
-               image_size: int | None = None):
+               image_size: int | None = None, landmarks: torch.Tensor | None = None):
     """A learning-curve probe for :func:`train_coarsenets`' ``eval_fn``: ``net ->`` the pooled geometric
     errors (:func:`pooled_rms` of :func:`geometry_errors`, mm) after ``iterations`` passes on held-out
-    faces ``image (B, 1, N, N)`` with true coefficients ``alpha (B, K)``."""
+    faces ``image (B, 1, N, N)`` with true coefficients ``alpha (B, K)`` (and their detected
+    ``landmarks (B, 68, 2)``, for networks that read them)."""
     def probe(net):
-        r_T = coarse_iterate(space, net, image, iterations, image_size)[-1]
+        r_T = coarse_iterate(space, net, image, iterations, image_size, landmarks=landmarks)[-1]
         return pooled_rms(geometry_errors(space, space.split(r_T)[0], alpha))
     return probe
 
@@ -691,18 +875,23 @@ def finenet_data(space: CoarseSpace, net: CoarseNet, n: int, batch: int, image_s
     appearance and detail): the ``image``, the coarse depth ``z0`` of the rendering layer, its ``mask``,
     the texture maps ``mu_T``, ``A_T``, ``pixel_mm`` and the ground-truth ``depth_gt`` and ``mask_gt``
     of the detailed face, so FineNet can work at a finer grid than CoarseNet (the paper: 200 and 400).
-    Returns a dict keyed ``(name, size)`` plus ``r_gt``, ``r_coarse`` ``(n, P)``, ``r_iters
-    (n, T + 1, P)`` and ``coarse_image (n, 1, N, N)``.
+    A CoarseNet with a landmark input reads the faces' :func:`detected_landmarks` (their noise drawn
+    apart from the faces: the faces are the same for any CoarseNet).  Returns a dict keyed ``(name, size)`` plus ``r_gt``, ``r_coarse`` ``(n, P)``,
+    ``r_iters (n, T + 1, P)``, ``coarse_image (n, 1, N, N)`` and ``landmarks (n, 68, 2)`` (pixels of the
+    coarse image; what the detector found, or without a landmark input the exact ones).
     """
     g = _gen(seed)
+    g_lm = _detector_gen(g)
     sizes = tuple(dict.fromkeys(sizes or (image_size,)))  # unique, in order
     keys = ("image", "z0", "mask", "mu_T", "A_T", "pixel_mm", "depth_gt", "mask_gt")
     out = {(k, s): [] for k in keys for s in sizes}
-    out["r_gt"], out["r_coarse"], out["r_iters"], out["coarse_image"] = [], [], [], []
+    out["r_gt"], out["r_coarse"], out["r_iters"], out["coarse_image"], out["landmarks"] = [], [], [], [], []
     for start in _progress(range(0, n, batch), -(-n // batch), "faces", progress):
         b = min(batch, n - start)
         r_gt, view, disp, app = make_faces(space, b, g, image_size, detail_pool)
-        rs = coarse_iterate(space, net, view.image, iterations, image_size)
+        lm = detected_landmarks(space, r_gt, image_size, g_lm) if takes_landmarks(net) else image_landmarks(space, r_gt, image_size)
+        rs = coarse_iterate(space, net, view.image, iterations, image_size, landmarks=lm)
+        out["landmarks"].append(lm)
         out["r_gt"].append(r_gt)
         out["r_coarse"].append(rs[-1])
         out["r_iters"].append(torch.stack(rs, 1))
@@ -770,12 +959,14 @@ def train_end_to_end(space: CoarseSpace, coarse: CoarseNet, fine: FineNet, steps
     """End-to-end training (Sec. 4.4): CoarseNet (``iterations`` passes) -> rendering layer -> FineNet,
     the criterion of Eq. 14 on FineNet's output, plus ``lambda_fidelity`` times the MSE between
     CoarseNet's output and that of its original (frozen) copy.  The gradient reaches CoarseNet through
-    the coarse depth (FineNet's input and ``E_f``) and the rendering layer (Eq. 7); like an unrolled
+    the coarse depth (FineNet's input and ``E_f``) and the rendering layer (Eq. 7) (a CoarseNet with a
+    landmark input reads the faces' :func:`detected_landmarks`); like an unrolled
     RNN the earlier passes only build the feedback, the last one is trained.  CoarseNet sees the faces at
     ``image_size`` pixels, the rendering layer and FineNet work at ``fine_size`` (default the same).
     CoarseNet's batch-norm statistics stay frozen.  ``lambdas``, ``criterion``: as :func:`train_finenet`.
     Returns the per-step history."""
     g = _gen(seed)
+    g_lm = _detector_gen(g)
     original = copy.deepcopy(coarse).eval()
     for p in original.parameters():
         p.requires_grad_(False)
@@ -787,11 +978,13 @@ def train_end_to_end(space: CoarseSpace, coarse: CoarseNet, fine: FineNet, steps
         r_gt, view, disp, app = make_faces(space, batch, g, image_size, detail_pool)
         fs = fine_size or image_size
         image = render_view(space, r_gt, fs, app, disp, app["background"]).image  # FineNet's: Eq. 2's projection
-        rs = coarse_iterate(space, coarse, view.image, iterations - 1, image_size)
+        lm = detected_landmarks(space, r_gt, image_size, g_lm) if takes_landmarks(coarse) else None
+        rs = coarse_iterate(space, coarse, view.image, iterations - 1, image_size, landmarks=lm)
         x = coarse_input(view.image, render_view(space, rs[-1], image_size), coarse.mask_dilate)
-        r = rs[-1] + coarse(x)  # the last pass (coarse_step), with gradients
+        xs = (x,) if lm is None else (x, landmark_feedback(space, lm, rs[-1], image_size))
+        r = rs[-1] + coarse(*xs)  # the last pass (coarse_step), with gradients
         with torch.no_grad():
-            r_orig = rs[-1] + original(x)
+            r_orig = rs[-1] + original(*xs)
         z0, mask, frags = rendering_layer(space, r, fs)  # Eq. 5-7: differentiable in r
         mu, A = texture_maps(space, frags)
         z_hat = fine.refine(image, z0, mask)

@@ -349,13 +349,15 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
 
 
 def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed: int, progress: bool = True,
-                      outputs: tuple | None = None, what: str = "landmark branch") -> float:
+                      outputs: tuple | None = None, what: str = "landmark branch", pretrain=None) -> float:
     """:func:`pretrain_landmarks` of ``net``'s landmark branch, shared through the cache: the branch does not
     depend on the image network around it, so the Table 1 rows of one training seed pre-train it once
     (``checkpoint_dir()/branch-<key>.pt``, keyed by the face model, the branch's shape, steps, batch and
     seed) and load it after that.  Returns the seconds the pre-training took when it ran (each row
     counts them as its own training time).  ``outputs``: as :func:`pretrain_landmarks`'s, with ``what``
-    naming the network kind it is for in the cache key (MoFA's: ``"mofa landmark branch"``)."""
+    naming the network kind it is for in the cache key (MoFA's: ``"mofa landmark branch"``).  ``pretrain``:
+    a call ``() -> {"loss", "train_s"}`` that pre-trains the branch another way (CoarseNet's,
+    :func:`facelib.coarse_fine.pretrain_branch`; ``what`` must then name all it depends on)."""
     from ..data.corpus import _model_key
 
     branch = _branch_of(net)
@@ -369,7 +371,8 @@ def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed:
             return float(ck["train_s"])
         except Exception:  # a damaged file is pre-trained again, not trusted
             path.unlink(missing_ok=True)
-    log = pretrain_landmarks(model, net, steps, batch, seed=seed, progress=progress, outputs=outputs)
+    log = (pretrain() if pretrain is not None else
+           pretrain_landmarks(model, net, steps, batch, seed=seed, progress=progress, outputs=outputs))
     with atomic_path(path) as tmp:
         torch.save({"branch": branch.state_dict(), "train_s": log["train_s"], "loss": log["loss"]}, tmp)
     return log["train_s"]

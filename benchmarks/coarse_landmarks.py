@@ -1,0 +1,134 @@
+"""CoarseNet with the detected landmarks (issue 17): what each change does to its geometry, per pass.
+
+Chapter 7's CoarseNet read a grey 48-pixel picture and, within the `cpu` profile's budget, reached about
+0.92 of the mean face's Eq. 4 RMSE after its first pass and 1.0 after the fourth.  This trains it (the
+chapter's settings: 3,000 steps of 16 faces, width 8, 48 px) in these variants, one training seed per run:
+
+* ``image``: the paper's input, Eq. 3's states;
+* ``image-own``: the same, with half of the states the network's own estimates after 1-3 passes;
+* ``landmarks``: plus the detected landmarks and the feedback's (:func:`facelib.coarse_fine.landmark_feedback`),
+  read by a branch pre-trained on landmarks alone (:func:`facelib.coarse_fine.pretrained_branch`), Eq. 3's states;
+* ``landmarks-own``: both (the book's).
+
+Each is scored on 256 held-out faces (chapter 7's prior and photo camera, the wild detector's noise, a
+seed no chapter draws) after every pass: the RMS vertex error (Eq. 4) and the similarity-aligned error,
+over the mean face's, with the reference rows; for the landmark variants also the pre-trained branch
+alone, before CoarseNet's training.
+
+    FACELIB_THREADS=1 .venv/bin/python benchmarks/coarse_landmarks.py --variants landmarks-own --seeds 0 1 2
+
+Writes ``benchmarks/results/coarse_landmarks/<variant>_s<seed>.json`` (one file per run, so runs can share
+the cores) and ``benchmarks/results/coarse_landmarks/SUMMARY.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import facelib  # noqa: E402
+from facelib import repro  # noqa: E402
+from facelib._atomic import atomic_write_bytes  # noqa: E402
+from facelib.book import settings  # noqa: E402
+from facelib.coarse_fine import (CoarseNet, CoarseSpace, coarse_iterate, detected_landmarks,  # noqa: E402
+                                 geometry_errors, geometry_references, landmark_feedback, make_faces,
+                                 pooled_rms, pretrained_branch, train_coarsenets)
+
+VARIANTS = {  # name: (landmarks, share of own states)
+    "image": (False, 0.0), "image-own": (False, 0.5), "landmarks": (True, 0.0), "landmarks-own": (True, 0.5)}
+LABELS = {"image": "image alone (the paper)", "image-own": "image alone, own states",
+          "landmarks": "+ landmarks, Eq. 3's states", "landmarks-own": "+ landmarks, own states (the book's)"}
+OUT = Path(__file__).resolve().parent / "results" / "coarse_landmarks"
+
+
+def passes(space, rs, alpha, refs):
+    errs = [pooled_rms(geometry_errors(space, space.split(r)[0], alpha)) for r in rs]
+    return {k: [round(e[k] / refs["mean face"][k], 4) for e in errs] for k in ("rmse_mm", "aligned_mm")}
+
+
+def summary(out: Path) -> str:
+    runs = [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
+    lines = ["| variant | seeds | pass 1 | pass 2 | pass 3 | pass 4 | aligned, pass 4 | branch alone, pass 1 / 4 | train [s] |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+    for v in VARIANTS:
+        rs = [r for r in runs if r["variant"] == v]
+        if not rs:
+            continue
+        m = lambda k, t: f"{np.mean([r['passes'][k][t] for r in rs]):.3f} ± {np.std([r['passes'][k][t] for r in rs]):.3f}"
+        br = "-" if "branch_alone" not in rs[0] else " / ".join(
+            f"{np.mean([r['branch_alone']['rmse_mm'][t] for r in rs]):.3f}" for t in (1, 4))
+        lines.append(f"| {LABELS[v]} | {', '.join(str(r['seed']) for r in rs)} | " + " | ".join(m("rmse_mm", t) for t in (1, 2, 3, 4))
+                     + f" | {m('aligned_mm', 4)} | {br} | {np.mean([r['train_s'] for r in rs]):.0f} |")
+    if runs:
+        ref = runs[0]["references"]
+        lines.append("| *mean face* | | 1.000 | | | | 1.000 | | |")
+        t = ref["true coefficients, mean head size"]
+        lines.append(f"| *true coefficients, mean head size* | | {t['rmse_mm_ratio']:.3f} | | | | {t['aligned_mm_ratio']:.3f} | | |")
+    return ("Geometry RMSE (Eq. 4) per pass over the mean face's, mean ± std over seeds, 256 held-out faces "
+            f"(mean face {runs[0]['references']['mean face']['rmse_mm']:.3f} mm RMSE)\n\n" if runs else "") + "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--faces", type=int, default=256)
+    ap.add_argument("--out", default=str(OUT))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = facelib.load_model("open")
+    cfg = settings("07_coarse_fine", "cpu")
+    space = CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
+    N, T = cfg["coarse_size"], cfg["iterations"]
+    r_gt, view, _, _ = make_faces(space, args.faces, 987_654, N)  # held out: a seed no chapter draws
+    alpha = space.split(r_gt)[0]
+    lm = detected_landmarks(space, r_gt, N, 5)
+    refs = {k: pooled_rms(v) for k, v in geometry_references(space, alpha).items()}
+    ref_out = {n: {k: round(v, 4) for k, v in r.items()} | {f"{k}_ratio": round(v / refs["mean face"][k], 4) for k, v in r.items()}
+               for n, r in refs.items()}
+    for v in args.variants:
+        use_lm, p_own = VARIANTS[v]
+        for seed in args.seeds:
+            torch.manual_seed(seed)  # the chapter's initial weights of this seed
+            net = CoarseNet(space.n_params, width=cfg["coarse_width"], blocks=cfg["coarse_blocks"],
+                            landmarks=68 if use_lm else 0)
+            rec = {"variant": v, "label": LABELS[v], "seed": seed, "faces": args.faces, "p_own": p_own,
+                   "landmarks": use_lm, "references": ref_out}
+            branch_s = 0.0
+            if use_lm:
+                branch_s = pretrained_branch(space, net, cfg["landmark_steps"], cfg["landmark_batch"], N, seed,
+                                             progress=False, p_own=p_own)
+                b, r = net.landmark_branch, torch.zeros_like(r_gt)
+                rs = [r]
+                with torch.no_grad():
+                    for _ in range(T):
+                        r = r + b.head(b(landmark_feedback(space, lm, r, N)))
+                        rs.append(r)
+                rec["branch_alone"] = passes(space, rs, alpha, refs)
+            t0 = time.perf_counter()
+            train_coarsenets(space, {"gmse": (net, "gmse")}, cfg["coarse_steps"], cfg["coarse_batch"], N, seed=10 + seed,
+                             lr=cfg["coarse_lr"], progress=False, p_own=p_own)
+            rec["train_s"] = round(time.perf_counter() - t0 + branch_s, 1)
+            rec["branch_s"] = round(branch_s, 1)
+            rec["passes"] = passes(space, coarse_iterate(space, net, view.image, T, N, landmarks=lm), alpha, refs)
+            rec["passes_damped"] = passes(space, coarse_iterate(space, net, view.image, T, N, step=0.5, landmarks=lm), alpha, refs)
+            rec["environment"] = repro.environment(seed=seed)
+            atomic_write_bytes(out / f"{v}_s{seed}.json", (json.dumps(rec, indent=1) + "\n").encode())
+            print(v, seed, rec["passes"]["rmse_mm"], rec.get("branch_alone", {}).get("rmse_mm"), f"{rec['train_s']} s", flush=True)
+    text = summary(out)
+    atomic_write_bytes(out / "SUMMARY.md", text.encode())
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
