@@ -283,8 +283,9 @@ class TrainedNetwork:
         if self.method == "coarsenet":
             from .coarse_fine import coarse_iterate
 
+            lm = c.pop("landmarks")  # the crop's landmarks (read by a CoarseNet with a landmark input)
             r = coarse_iterate(self.meta["space"], self.net, c["crop"].to(dev), int(self.meta["config"]["iterations"]),
-                               self.size, landmarks=c["landmarks"].to(dev))[-1]
+                               self.size, landmarks=lm.to(dev))[-1]
             return {"theta": r.cpu(), **c}
         if self.method == "inversefacenet":
             from .data.corpus import to_network

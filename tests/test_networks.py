@@ -209,6 +209,9 @@ def test_coarsenet_and_finenet_saved_by_their_chapter_load_and_estimate(model, f
     assert torch.allclose(c.crop(frames["image"], frames["landmarks"])["landmarks"], lm_crop, atol=1e-3)
     r = coarse_iterate(space, lmnet.eval(), est["crop"], 2, 32, landmarks=lm_crop)[-1]
     assert torch.allclose(est["theta"], r, atol=1e-4)
+    # the estimate's own landmarks come back in frame pixels (not the crop's)
+    u = space.project(space.geometry(space.split(r)[0])[:, model.landmarks], space.split(r)[1], 32)[..., :2]
+    assert torch.allclose(est["landmarks"], (u - 16) / 32 * est["box"][:, None, 2:3] + est["box"][:, None, :2], atol=1e-2)
     assert not torch.allclose(r, coarse_iterate(space, lmnet, est["crop"], 2, 32, landmarks=lm_crop.flip(1))[-1])
 
 
