@@ -69,6 +69,28 @@ class LandmarkBranch(nn.Module):
         return self.mlp(l)
 
 
+def unfreeze(module: nn.Module) -> list:
+    """Make every parameter of ``module`` trainable; returns their former ``requires_grad`` flags, for
+    :func:`restore_grad` (a branch frozen for a network's training is pre-trained all the same)."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(True)
+    return flags
+
+
+def restore_grad(module: nn.Module, flags: list) -> None:
+    """Set the ``requires_grad`` flags :func:`unfreeze` returned back on ``module``'s parameters."""
+    for p, f in zip(module.parameters(), flags):
+        p.requires_grad_(f)
+
+
+def optimizer_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One step of ``opt`` on ``loss`` (gradients cleared first); returns the loss as a number."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
 def _branch(landmarks: int, width: int, out_dim: int):
     """``(module or None, its feature count)`` for a network's ``landmarks`` argument (0: no branch)."""
     if landmarks == 0:

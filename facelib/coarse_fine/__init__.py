@@ -55,7 +55,7 @@ from ..model.params import rot_xyz
 from ..render.raster import Fragments, interpolate, rasterize
 from ..render import depth_layer, normal_map, pncc_map
 from ..render.shading import shade, vertex_normals
-from ..nets import _branch, _join, _output, takes_landmarks
+from ..nets import _branch, _join, _output, optimizer_step, restore_grad, takes_landmarks, unfreeze
 from . import sfs
 
 __all__ = [
@@ -775,9 +775,7 @@ def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
     branch = net.landmark_branch
     g = _gen(seed)
-    flags = [p.requires_grad for p in branch.parameters()]
-    for p in branch.parameters():  # a branch frozen for CoarseNet's training is trained here all the same
-        p.requires_grad_(True)
+    flags = unfreeze(branch)  # a branch frozen for CoarseNet's training is trained here all the same
     opt = torch.optim.Adam(branch.parameters(), lr=lr)
     losses, pose_weight, t0 = [], None, time.perf_counter()
     branch.train()
@@ -800,13 +798,8 @@ def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
         if pose_weight is None:  # equal initial error for geometry and pose (Sec. 3.3)
             _, geo0, pose0 = coarse_loss(space, r_t, r_gt)
             pose_weight = float(geo0.mean() / pose0.mean().clamp_min(1e-12))
-        loss = coarse_loss(space, r_hat, r_gt, "gmse", pose_weight)[0]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    for p, f in zip(branch.parameters(), flags):
-        p.requires_grad_(f)
+        losses.append(optimizer_step(opt, coarse_loss(space, r_hat, r_gt, "gmse", pose_weight)[0]))
+    restore_grad(branch, flags)
     return {"loss": losses, "train_s": time.perf_counter() - t0}
 
 

@@ -307,7 +307,7 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
 
     from ..data.wild import WILD, detector_noise
     from ..model.params import sample_sec5
-    from ..nets import Standardized
+    from ..nets import Standardized, optimizer_step, restore_grad, unfreeze
     from ..render import project_landmarks
 
     if not takes_landmarks(net):
@@ -324,9 +324,7 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
     cols, to_output = outputs
     noise = WILD["landmark_noise"] if noise is None else float(noise)
     g = torch.Generator().manual_seed(int(seed))
-    flags = [p.requires_grad for p in branch.parameters()]
-    for p in branch.parameters():  # a frozen branch (train_row's landmark_freeze) is trained here all the same
-        p.requires_grad_(True)
+    flags = unfreeze(branch)  # a frozen branch (train_row's landmark_freeze) is trained here all the same
     opt = torch.optim.Adam(branch.parameters(), lr=lr)
     losses, t0 = [], time.perf_counter()
     branch.train()
@@ -338,13 +336,8 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
             lm = detector_noise(project_landmarks(model, theta).double().cpu(), noise, g)
             target = to_output(theta.cpu())
         pred = branch.head(branch(landmark_features(lm).to(device)))[:, cols]
-        loss = (pred - target.to(device)).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    for p, f in zip(branch.parameters(), flags):
-        p.requires_grad_(f)
+        losses.append(optimizer_step(opt, (pred - target.to(device)).square().mean()))
+    restore_grad(branch, flags)
     return {"loss": losses, "train_s": time.perf_counter() - t0}
 
 
