@@ -39,8 +39,8 @@ from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import (CoarseNet, CoarseSpace, coarse_iterate, detected_landmarks,  # noqa: E402
-                                 geometry_errors, geometry_references, landmark_feedback, make_faces,
-                                 pooled_rms, pretrained_branch, train_coarsenets)
+                                 geometry_errors, geometry_references, make_faces,
+                                 pooled_rms, pretrained_branch, train_coarsenets, branch_iterate)
 
 VARIANTS = {  # name: (landmarks, share of own states)
     "image": (False, 0.0), "image-own": (False, 0.5), "landmarks": (True, 0.0), "landmarks-own": (True, 0.5)}
@@ -108,13 +108,7 @@ def main(argv=None):
             if use_lm:
                 branch_s = pretrained_branch(space, net, cfg["landmark_steps"], cfg["landmark_batch"], N, seed,
                                              progress=False, p_own=p_own)
-                b, r = net.landmark_branch, torch.zeros_like(r_gt)
-                rs = [r]
-                with torch.no_grad():
-                    for _ in range(T):
-                        r = r + b.head(b(landmark_feedback(space, lm, r, N)))
-                        rs.append(r)
-                rec["branch_alone"] = passes(space, rs, alpha, refs)
+                rec["branch_alone"] = passes(space, branch_iterate(space, net.landmark_branch, lm, T, N), alpha, refs)
             t0 = time.perf_counter()
             train_coarsenets(space, {"gmse": (net, "gmse")}, cfg["coarse_steps"], cfg["coarse_batch"], N, seed=10 + seed,
                              lr=cfg["coarse_lr"], progress=False, p_own=p_own)

@@ -11,6 +11,10 @@ true coefficients), so CoarseNet's errors play no part, with
   ``benchmarks/sfs_criterion.py`` found the per-face minimum closest to the true detail at
   ``lambda_f = 5`` in our units (mm^2 against grey levels^2), where the paper's ``5e-3`` lets the
   depth bend by millimetres;
+* ``distilled, lambda_f=X, ...`` (``--variant``), not the paper's method but as unsupervised: the
+  criterion is first minimised per training face, pixel by pixel (:func:`facelib.coarse_fine.sfs.criterion_minimum`,
+  no ground truth), and the network is trained on the squared difference to those depth maps.  If the
+  per-face minima follow the detail in part, a network fitted to them averages their noise over faces;
 * a diagnostic that is not the paper's method: the same network trained *supervised*, on the squared
   difference between the depth it adds and the true detail.  If this one learns and the criterion
   does not, the network can represent the detail and the criterion's gradient does not lead it there.
@@ -19,7 +23,7 @@ Every ``--every`` steps: the correlation of the added depth with the true detail
 pixels, and the mean depth error.  Writes ``benchmarks/results/finenet_training.json``.
 
     .venv/bin/python benchmarks/finenet_training.py [--steps 750] [--every 250] [--runs library,paper,supervised]
-        [--lambda-f 5 ...]
+        [--lambda-f 5 ...] [--variant "library, lambda_f=5, lambda_sm=0.1, alternations=10" ...]
 """
 
 from __future__ import annotations
@@ -38,8 +42,8 @@ import facelib  # noqa: E402
 from facelib.coarse_fine import sfs  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
-from facelib.coarse_fine import (CoarseSpace, FineNet, align_depth, depth_errors, finenet_refine,  # noqa: E402
-                                 make_faces, rendering_layer, sfs_mask, texture_maps)
+from facelib.coarse_fine import (CoarseSpace, FineNet, align_depth, depth_errors, detail_correlation,  # noqa: E402
+                                 finenet_refine, make_faces, rendering_layer, sfs_mask, texture_maps)
 from facelib.model.detail import detail_displacement  # noqa: E402
 
 LAM = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM)
@@ -63,11 +67,21 @@ def faces(space, n: int, seed: int, size: int, pool, batch: int = 16) -> dict:
     return {k: torch.cat(v) for k, v in out.items()}
 
 
-def _lambdas(how: str) -> tuple:
-    """``(lambda_sh, lambda_f, lambda_sm)`` of a run named ``"library"`` or ``"library, lambda_f=X"``."""
-    if "lambda_f=" in how:
-        return (LAM[0], float(how.split("lambda_f=")[1]), LAM[2])
-    return LAM
+def _criterion(how: str) -> tuple:
+    """``((lambda_sh, lambda_f, lambda_sm), sfs_loss keywords)`` of a run named ``"library"``, ``"paper"`` or
+    ``"library, lambda_f=X[, lambda_sm=Y][, alternations=N]"``."""
+    lam, kw = list(LAM), ({} if how != "paper" else dict(sfs.PAPER))
+    for part in how.split(",")[1:]:
+        key, value = (t.strip() for t in part.split("="))
+        if key == "lambda_f":
+            lam[1] = float(value)
+        elif key == "lambda_sm":
+            lam[2] = float(value)
+        elif key == "alternations":
+            kw["alternations"] = int(value)
+        else:
+            raise ValueError(f"unknown setting {key!r} in run {how!r}")
+    return tuple(lam), kw
 
 
 def train(fine: FineNet, data: dict, how: str, steps: int, batch: int, lr: float, seed: int, every: int, test: dict):
@@ -82,17 +96,19 @@ def train(fine: FineNet, data: dict, how: str, steps: int, batch: int, lr: float
         if how == "supervised":
             m = data["both"][i]
             loss = ((z_hat - data["z0"][i] - data["detail"][i]) ** 2)[m].mean()
+        elif how.startswith("distilled"):
+            loss = ((z_hat - data["z_min"][i]) ** 2)[data["mask"][i]].mean()
         else:
-            crit = sfs.PAPER if how == "paper" else {}
+            lam, kw = _criterion(how)
             loss = sfs.sfs_loss(z_hat, data["z0"][i], data["image"][i][:, 0], data["mu_T"][i], data["A_T"][i],
-                                sfs_mask(data["mask"][i]), data["pixel_mm"][i], *_lambdas(how), **crit)["loss"].mean()
+                                sfs_mask(data["mask"][i]), data["pixel_mm"][i], *lam, **kw)["loss"].mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         if step % every == 0 or step == steps:
             zf = finenet_refine(fine, {(k, 0): v for k, v in test.items()}, 0)
             b = test["both"]
-            r = float(torch.corrcoef(torch.stack([(zf - test["z0"])[b].double(), test["detail"][b].double()]))[0, 1])
+            r = detail_correlation(zf, test["z0"], test["depth_gt"], test["z0"], b)
             e = depth_errors({"fine": zf}, test["depth_gt"], test["mask_gt"], {"coarse": test["mask"]})[0]
             curve.append(dict(step=step, seconds=round(time.perf_counter() - t0, 1), detail_correlation=round(r, 3),
                               depth_mean_mm=round(e["depth_mean_mm"], 3)))
@@ -109,6 +125,8 @@ def main(argv=None):
                     help="comma-separated: library, paper, supervised")
     ap.add_argument("--lambda-f", type=float, action="append", default=[],
                     help="also train the library's criterion with this lambda_f (repeatable)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help='also train "library, lambda_f=X, lambda_sm=Y, alternations=N" (repeatable)')
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "finenet_training.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
@@ -128,11 +146,32 @@ def main(argv=None):
         if all(old.get(k) == result[k] for k in ("size", "steps", "batch", "lr", "width", "train_faces", "test_faces")) \
                 and old.get("seed", 0) == args.seed:
             result["runs"] = old.get("runs", {})
+            for k, v in old.items():  # notes and other runs' extras (the longer run, the distilled targets)
+                result.setdefault(k, v)
     hows = [h.strip() for h in args.runs.split(",") if h.strip()] + [f"library, lambda_f={x:g}" for x in args.lambda_f]
+    hows += [", ".join(t.strip() for t in v.split(",")) for v in args.variant]
     for how in hows:
-        if how not in ("library", "paper", "supervised") and not how.startswith("library, lambda_f="):
+        if how not in ("library", "paper", "supervised") and not how.startswith(("library, ", "distilled")):
             ap.error(f"unknown run {how!r}")
+        try:
+            _criterion(how)
+        except ValueError as e:
+            ap.error(str(e))
     for how in hows:
+        if how.startswith("distilled"):  # the criterion's per-face minima: the targets, no ground truth
+            lam, kw = _criterion(how)
+            t0 = time.perf_counter()
+            train_set["z_min"] = torch.cat([
+                sfs.criterion_minimum(train_set["z0"][s], train_set["image"][s][:, 0], train_set["mu_T"][s],
+                                      train_set["A_T"][s], sfs_mask(train_set["mask"][s]), train_set["pixel_mm"][s],
+                                      lam, **kw)
+                for s in (slice(a, a + 16) for a in range(0, train_set["z0"].shape[0], 16))])
+            b = train_set["both"]
+            r = detail_correlation(train_set["z_min"], train_set["z0"], train_set["depth_gt"], train_set["z0"], b)
+            print(how, f"per-face minima of {train_set['z0'].shape[0]} training faces in "
+                  f"{time.perf_counter() - t0:.0f} s; r with the true detail {r:.3f}", flush=True)
+            result.setdefault("distilled_targets", {})[how] = dict(
+                detail_correlation=round(r, 3), seconds=round(time.perf_counter() - t0, 1))
         torch.manual_seed(args.seed)
         fine = FineNet(width=cfg["fine_width"], head=cfg["fine_head"])
         result["runs"][how] = train(fine, train_set, how, args.steps, cfg["fine_batch"], cfg["fine_lr"],

@@ -4,6 +4,7 @@ Eq. 3, the renders' conventions against facelib.coarse_fine.sfs, network shapes 
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +14,8 @@ from facelib.coarse_fine import (FineNet, CoarseNet, CoarseSpace, P_EXACT, P_STA
                                  feedback_state, finenet_data, finenet_refine, geometry_errors,
                                  geometry_references, gmse, make_faces, pooled_rms,
                                  render_view, rendering_layer, sample_appearance, sample_r,
-                                 texture_maps, train_coarsenet, train_end_to_end, train_finenet)
+                                 texture_maps, train_coarsenet, train_end_to_end, train_finenet, detail_correlation,
+                                 finenet_curve_eval)
 from facelib.model.detail import detail_displacement
 from facelib.render import depth_layer, depth_map
 
@@ -318,6 +320,20 @@ def test_coarse_loss_and_iterate(space):
         coarse_iterate(space, net, img, 1, step=0.0)
 
 
+def test_detail_correlation_against_numpy():
+    g = torch.Generator().manual_seed(0)
+    gt = 500 + torch.randn(2, 6, 7, generator=g, dtype=torch.float64)
+    fit = gt - 0.3 * torch.randn(2, 6, 7, generator=g, dtype=torch.float64) + 4.0  # off by a constant too
+    z0 = gt + torch.randn(2, 6, 7, generator=g, dtype=torch.float64)
+    fine = z0 + 0.5 * (gt - fit) + 0.1 * torch.randn(2, 6, 7, generator=g, dtype=torch.float64)
+    m = torch.rand(2, 6, 7, generator=g) > 0.2
+    true = np.concatenate([(gt[b] - fit[b] - (gt[b] - fit[b])[m[b]].mean())[m[b]].numpy() for b in range(2)])
+    added = (fine - z0)[m].numpy()
+    assert detail_correlation(fine, z0, gt, fit, m) == pytest.approx(np.corrcoef(added, true)[0, 1], abs=1e-12)
+    assert detail_correlation(z0 + gt - align_depth(fit, gt, m), z0, gt, fit + 2.0, m) == pytest.approx(1.0)
+    assert detail_correlation(z0 + 3.0, z0, gt, fit, m) == 0.0  # nothing added: no correlation, not NaN
+
+
 def test_depth_errors_align_a_constant_offset():
     g = torch.Generator().manual_seed(0)
     gt = 500 + torch.randn(2, 8, 8, generator=g)
@@ -348,6 +364,21 @@ def test_training_loops_run_and_end_to_end_reaches_coarsenet(open_model, space):
     fine = FineNet(width=4, head=8)
     h = train_finenet(fine, data, 32, 2, 4, progress=False)
     assert len(h["E_sh"]) == 2 and all(v == v for v in h["loss"])
+    # with a held-out probe: a curve before training (FineNet's last layer starts at zero: CoarseNet's depth),
+    # every eval_every steps and at the end; the training itself is the same
+    probe = finenet_curve_eval(space, data, 32)
+    torch.manual_seed(1)
+    fa = FineNet(width=4, head=8)
+    fb = copy.deepcopy(fa)
+    ha = train_finenet(fa, data, 32, 3, 4, progress=False, eval_fn=probe, eval_every=2)
+    hb = train_finenet(fb, data, 32, 3, 4, progress=False)
+    assert ha["loss"] == hb["loss"] and "curve" not in hb
+    assert [p["step"] for p in ha["curve"]] == [0, 2, 3] and ha["curve"][0]["train_s"] == 0
+    coarse_only = depth_errors({"c": data[("z0", 32)]}, data[("depth_gt", 32)], data[("mask_gt", 32)],
+                               {"coarse": data[("mask", 32)]})[0]
+    assert ha["curve"][0]["depth_mean_mm"] == pytest.approx(coarse_only["depth_mean_mm"], rel=1e-6)
+    assert ha["curve"][-1] == dict(ha["curve"][-1], **probe(fa))  # the last point is the trained network
+    assert ha["curve"][0]["detail_r"] == 0.0 and -1.0 <= ha["curve"][-1]["detail_r"] <= 1.0
     assert finenet_refine(fine, data, 64).shape == (4, 64, 64)
     before = copy.deepcopy(net.state_dict())
     he = train_end_to_end(space, net, fine, 1, 2, 32, 2, pool, progress=False, coarse_lr=1e-3)

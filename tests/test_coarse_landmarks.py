@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from facelib.coarse_fine import (DISTANCE_MM, CoarseNet, CoarseSpace, coarse_input, coarse_iterate, coarse_loss,
+from facelib.coarse_fine import (DISTANCE_MM, CoarseNet, CoarseSpace, branch_iterate, coarse_input, coarse_inputs, coarse_iterate, coarse_loss,
                                  coarse_step, detected_landmarks, feedback_state, finenet_data, image_landmarks, own_states,
                                  landmark_feedback, make_faces, pretrain_branch, pretrained_branch, render_view,
                                  sample_r, train_coarsenets, train_end_to_end)
@@ -156,3 +156,29 @@ def test_own_states_are_the_networks_own_passes(space):
     assert all(len(h["loss"]) == 2 and all(v == v for v in h["loss"]) for h in hist.values())
     log = pretrain_branch(space, net, 3, 8, 32, seed=0, progress=False, p_own=0.5)
     assert len(log["loss"]) == 3
+
+
+def test_branch_iterate_and_coarse_inputs_against_the_explicit_passes(space):
+    """The branch alone from r_0 = 0, pass by pass; and coarse_step's inputs, for a network with and without
+    the landmark input."""
+    torch.manual_seed(0)
+    net = CoarseNet(space.n_params, width=4, landmarks=68).eval()
+    r_gt = sample_r(space, 3, 1)
+    lm = detected_landmarks(space, r_gt, 32, 2)
+    b = net.landmark_branch.eval()
+    rs = branch_iterate(space, b, lm, 3, 32)
+    assert len(rs) == 4 and torch.equal(rs[0], torch.zeros(3, space.n_params))
+    with torch.no_grad():
+        for t in range(3):
+            assert torch.allclose(rs[t + 1], rs[t] + b.head(b(landmark_feedback(space, lm, rs[t], 32))))
+    image = make_faces(space, 3, 1, 32)[1].image
+    r_t = feedback_state(space, r_gt, 3)
+    x, lf = coarse_inputs(space, net, image, r_t, 32, lm)
+    assert torch.equal(x, coarse_input(image, render_view(space, r_t, 32), net.mask_dilate))
+    assert torch.equal(lf, landmark_feedback(space, lm, r_t, 32))
+    with torch.no_grad():
+        assert torch.equal(coarse_step(space, net, image, r_t, 32, lm), r_t + net(x, lf))
+    plain = CoarseNet(space.n_params, width=4).eval()
+    assert len(coarse_inputs(space, plain, image, r_t, 32, lm)) == 1
+    with pytest.raises(ValueError, match="landmarks"):
+        coarse_inputs(space, net, image, r_t, 32)

@@ -63,10 +63,10 @@ __all__ = [
     "P_EXACT", "MASK_DILATE", "geometry_errors", "geometry_references", "pooled_rms",
     "render_view", "rendering_layer", "texture_maps", "sample_r", "sample_appearance",
     "feedback_state", "own_states", "coarse_input", "image_landmarks", "detected_landmarks", "landmark_feedback",
-    "pretrain_branch", "pretrained_branch", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
-    "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "curve_eval", "now_error_mm",
+    "pretrain_branch", "pretrained_branch", "branch_iterate", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
+    "coarse_inputs", "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "curve_eval", "now_error_mm",
     "make_faces", "finenet_data",
-    "train_finenet", "finenet_refine", "train_end_to_end", "depth_errors", "align_depth",
+    "train_finenet", "finenet_refine", "finenet_curve_eval", "detail_correlation", "train_end_to_end", "depth_errors", "align_depth",
 ]
 
 POSE_NAMES = ("pitch", "yaw", "roll", "t_x", "t_y", "log_scale")
@@ -621,6 +621,21 @@ def make_faces(space: CoarseSpace, batch: int, seed, image_size: int, detail_poo
     return r_gt, view, disp, app
 
 
+def coarse_inputs(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: torch.Tensor,
+                  image_size: int | None = None, landmarks: torch.Tensor | None = None) -> tuple:
+    """What one CoarseNet pass reads at the state ``r_t (B, K + 6)``: ``(x,)`` with ``x (B, 7, N, N)`` the
+    image masked by the feedback of ``r_t``, its PNCC and normal map (:func:`coarse_input`), and for a
+    network with a landmark input also :func:`landmark_feedback` of the detected ``landmarks (B, 68, 2)``
+    (``(x, l)``, ``l (B, 272)``).  ``net(*coarse_inputs(...))`` is the correction of :func:`coarse_step`."""
+    N = image_size or image.shape[-1]
+    x = coarse_input(image, render_view(space, r_t.detach(), N), net.mask_dilate)
+    if not takes_landmarks(net):
+        return (x,)
+    if landmarks is None:
+        raise ValueError("this CoarseNet reads the detected landmarks as a second input; pass landmarks=(B, 68, 2)")
+    return x, landmark_feedback(space, landmarks, r_t.detach(), N)
+
+
 def coarse_step(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: torch.Tensor,
                 image_size: int | None = None, landmarks: torch.Tensor | None = None) -> torch.Tensor:
     """One CoarseNet pass: ``r_{t+1} = r_t + CoarseNet(I masked by the feedback of r_t, PNCC, normal
@@ -628,15 +643,8 @@ def coarse_step(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: to
     feedback of Carreira et al. that Sec. 3.2 follows; the sum is the prediction of ``r_gt``.
     ``image (B, 1, N, N)``, ``r_t (B, K + 6)`` -> ``(B, K + 6)``.  A network with a landmark input also
     reads the detected ``landmarks (B, 68, 2)`` (pixels of ``image``) against the feedback's
-    (:func:`landmark_feedback`); a network without one ignores them."""
-    N = image_size or image.shape[-1]
-    fb = render_view(space, r_t.detach(), N)
-    x = coarse_input(image, fb, net.mask_dilate)
-    if not takes_landmarks(net):
-        return r_t + net(x)
-    if landmarks is None:
-        raise ValueError("this CoarseNet reads the detected landmarks as a second input; pass landmarks=(B, 68, 2)")
-    return r_t + net(x, landmark_feedback(space, landmarks, r_t.detach(), N))
+    (:func:`landmark_feedback`); a network without one ignores them (:func:`coarse_inputs`)."""
+    return r_t + net(*coarse_inputs(space, net, image, r_t, image_size, landmarks))
 
 
 @torch.no_grad()
@@ -788,11 +796,9 @@ def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
         if p_own > 0:  # a share of the states: the branch's own estimate after 1..own_passes passes
             own = (torch.rand(batch, generator=g) < p_own).nonzero()[:, 0]
             k = torch.randint(1, own_passes + 1, (len(own),), generator=g)
-            with torch.no_grad():
-                r = torch.zeros_like(r_t[own])
-                for j in range(1, own_passes + 1):
-                    r = r + branch.head(branch(landmark_feedback(space, lm[own], r, image_size))).to(r)
-                    r_t[own[k == j]] = r[k == j]
+            rs = branch_iterate(space, branch, lm[own], own_passes, image_size)
+            for j in range(1, own_passes + 1):
+                r_t[own[k == j]] = rs[j][k == j]
         lf = landmark_feedback(space, lm, r_t, image_size)
         r_hat = r_t + branch.head(branch(lf.to(next(branch.parameters()).device))).to(r_t)
         if pose_weight is None:  # equal initial error for geometry and pose (Sec. 3.3)
@@ -801,6 +807,21 @@ def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
         losses.append(optimizer_step(opt, coarse_loss(space, r_hat, r_gt, "gmse", pose_weight)[0]))
     restore_grad(branch, flags)
     return {"loss": losses, "train_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def branch_iterate(space: CoarseSpace, branch: nn.Module, landmarks: torch.Tensor, passes: int,
+                   image_size: int) -> list:
+    """CoarseNet's landmark branch alone (``net.landmark_branch``, with its read-out ``branch.head``) applied
+    iteratively from ``r_0 = 0``: ``r_{t+1} = r_t + head(branch(landmark_feedback(landmarks, r_t)))``.
+    ``landmarks (B, 68, 2)`` pixels of an ``image_size`` picture.  Returns ``[r_0, ..., r_passes]``, each
+    ``(B, K + 6)``."""
+    r = torch.zeros(landmarks.shape[0], space.n_params, dtype=space.basis.dtype, device=space.device)
+    rs = [r]
+    for _ in range(passes):
+        r = r + branch.head(branch(landmark_feedback(space, landmarks, r, image_size))).to(r)
+        rs.append(r)
+    return rs
 
 
 def pretrained_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int,
@@ -906,18 +927,30 @@ def sfs_mask(mask: torch.Tensor) -> torch.Tensor:
 
 def train_finenet(fine: FineNet, data: dict, size: int, steps: int, batch: int, seed: int = 0, lr: float = 1e-3,
                   lambdas: tuple = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM), progress: bool = True,
-                  criterion: dict | None = None) -> dict:
+                  criterion: dict | None = None, eval_fn=None, eval_every: int = 0) -> dict:
     """Train FineNet with the unsupervised criterion of Eq. 14 (``lambdas`` = ``(lambda_sh, lambda_f,
     lambda_sm)``; ``criterion``: further keywords of :func:`facelib.coarse_fine.sfs.sfs_loss`, e.g. ``sfs.PAPER``)
     on the ``size``-pixel faces of :func:`finenet_data`: no ground-truth depth is used.
-    Returns the per-step history of ``loss``, ``E_sh``, ``E_f``, ``E_sm``."""
+    Returns the per-step history of ``loss``, ``E_sh``, ``E_f``, ``E_sm``; with ``eval_fn`` (``fine -> dict``,
+    e.g. :func:`finenet_curve_eval`) also ``curve``: its values before training, every ``eval_every`` steps
+    and at the end, each with ``step`` and ``train_s`` (training seconds, the evaluations not counted)."""
     g = _gen(seed)
     opt = torch.optim.Adam(fine.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
     n = data[("image", size)].shape[0]
     hist = {k: [] for k in ("loss", "E_sh", "E_f", "E_sm")}
+    clock = 0.0
+
+    def evaluate(step):
+        fine.eval()
+        hist.setdefault("curve", []).append(dict(step=step, train_s=round(clock, 2), **eval_fn(fine)))
+        fine.train()
+
     fine.train()
-    for _ in _progress(range(steps), steps, "FineNet", progress):
+    if eval_fn is not None:
+        evaluate(0)
+    for step in _progress(range(steps), steps, "FineNet", progress):
+        t0 = time.perf_counter()
         i = torch.randint(0, n, (min(batch, n),), generator=g)
         d = {k: data[(k, size)][i] for k in ("image", "z0", "mask", "mu_T", "A_T", "pixel_mm")}
         mask = sfs_mask(d["mask"])
@@ -929,8 +962,11 @@ def train_finenet(fine: FineNet, data: dict, size: int, steps: int, batch: int, 
         loss.backward()
         opt.step()
         sched.step()
-        for k in hist:
+        for k in ("loss", "E_sh", "E_f", "E_sm"):
             hist[k].append(float(out[k].detach().mean()))
+        clock += time.perf_counter() - t0
+        if eval_fn is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
+            evaluate(step + 1)
     fine.eval()
     return hist
 
@@ -973,8 +1009,7 @@ def train_end_to_end(space: CoarseSpace, coarse: CoarseNet, fine: FineNet, steps
         image = render_view(space, r_gt, fs, app, disp, app["background"]).image  # FineNet's: Eq. 2's projection
         lm = detected_landmarks(space, r_gt, image_size, g_lm) if takes_landmarks(coarse) else None
         rs = coarse_iterate(space, coarse, view.image, iterations - 1, image_size, landmarks=lm)
-        x = coarse_input(view.image, render_view(space, rs[-1], image_size), coarse.mask_dilate)
-        xs = (x,) if lm is None else (x, landmark_feedback(space, lm, rs[-1], image_size))
+        xs = coarse_inputs(space, coarse, view.image, rs[-1], image_size, lm)
         r = rs[-1] + coarse(*xs)  # the last pass (coarse_step), with gradients
         with torch.no_grad():
             r_orig = rs[-1] + original(*xs)
@@ -1002,6 +1037,37 @@ def align_depth(depth: torch.Tensor, depth_gt: torch.Tensor, valid: torch.Tensor
     m = valid.to(depth.dtype)
     off = ((depth_gt - depth) * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1.0)
     return depth + off[:, None, None]
+
+
+def detail_correlation(z_fine: torch.Tensor, z0: torch.Tensor, depth_gt: torch.Tensor, z_fit: torch.Tensor,
+                       valid: torch.Tensor) -> float:
+    """Does the detail FineNet adds follow the true detail?  The correlation, over the ``valid`` pixels of
+    all faces, of ``z_fine - z0`` (FineNet's depth minus its input) with ``depth_gt - z_fit`` (the ground
+    truth minus the depth of the true coefficients, :func:`align_depth`-ed to it: the detail no model
+    coefficient expresses).  All ``(B, H, W)``; ``valid`` where every map is defined.  0 where FineNet adds
+    a constant (nothing: an untrained FineNet), where the correlation is undefined."""
+    added = (z_fine - z0)[valid].double()
+    if float(added.std()) == 0.0:
+        return 0.0
+    true = (depth_gt - align_depth(z_fit, depth_gt, valid))[valid].double()
+    return float(torch.corrcoef(torch.stack([added, true]))[0, 1])
+
+
+def finenet_curve_eval(space: CoarseSpace, data: dict, size: int, batch: int = 16):
+    """A held-out probe for :func:`train_finenet`'s ``eval_fn``: on the faces of :func:`finenet_data`
+    ``data`` at ``size`` pixels, ``fine -> {"depth_mean_mm", "depth_p90_mm", "detail_r"}`` (Table 1's
+    depth error of :func:`depth_errors` on CoarseNet's pixels, and :func:`detail_correlation`)."""
+    with torch.no_grad():
+        z_fit, m_fit, _ = rendering_layer(space, data["r_gt"], size)
+    z0, mask, gt, mask_gt = (data[(k, size)] for k in ("z0", "mask", "depth_gt", "mask_gt"))
+    both = mask & mask_gt & m_fit
+
+    def probe(fine) -> dict:
+        z = finenet_refine(fine, data, size, batch)
+        e = depth_errors({"fine": z}, gt, mask_gt, {"coarse": mask})[0]
+        return dict(depth_mean_mm=e["depth_mean_mm"], depth_p90_mm=e["depth_p90_mm"],
+                    detail_r=detail_correlation(z, z0, gt, z_fit, both))
+    return probe
 
 
 def depth_errors(depths: dict, depth_gt: torch.Tensor, mask_gt: torch.Tensor, masks: dict,

@@ -50,7 +50,7 @@ from ..render.shading import sh_basis, sh_first_order_basis
 __all__ = ["INTENSITY_UNITS", "LAMBDA_SH", "LAMBDA_F", "LAMBDA_SM", "LIGHT_ORDER", "ALTERNATIONS",
            "MAX_LAPLACIAN_PX", "PAPER", "depth_normals", "interior", "laplacian", "smooth_pixels", "sh_light_basis",
            "solve_lighting", "solve_albedo", "recover_light_albedo", "shading_image", "e_sh", "e_f", "e_sm",
-           "sfs_loss"]
+           "sfs_loss", "minimise_depth", "criterion_minimum"]
 
 INTENSITY_UNITS = 255.0  # image in [0, 1] -> 8-bit grey levels for E_sh
 LAMBDA_SH, LAMBDA_F, LAMBDA_SM = 1.0, 5e-3, 1.0  # Eq. 14
@@ -252,3 +252,33 @@ def sfs_loss(z_hat: torch.Tensor, z0: torch.Tensor, image: torch.Tensor, mu_T: t
     E_sm = e_sm(z_hat, mask)
     loss = lambda_sh * E_sh + lambda_f * E_f + lambda_sm * E_sm  # Eq. 14
     return dict(loss=loss, E_sh=E_sh, E_f=E_f, E_sm=E_sm, l=l, alpha_T=alpha, rho=rho, sh_mask=sh_mask)
+
+
+def minimise_depth(loss_fn, z0: torch.Tensor, steps: int = 300) -> torch.Tensor:
+    """A free depth map that minimises ``loss_fn(z) -> dict with "loss" (B,)``, started from ``z0 (B, H, W)``:
+    L-BFGS (strong-Wolfe line search, ``steps`` iterations) on the sum over the batch (the faces are
+    independent, so the sum's minimum is each face's) -> ``(B, H, W)``, detached."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int; got {steps!r}")
+    z = _check_maps("z0", z0).detach().clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([z], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
+                            tolerance_grad=1e-12, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(z)["loss"].sum()
+        loss.backward()
+        return loss
+    with torch.enable_grad():
+        opt.step(closure)
+    return z.detach()
+
+
+def criterion_minimum(z0: torch.Tensor, image: torch.Tensor, mu_T: torch.Tensor, A_T: torch.Tensor,
+                      mask: torch.Tensor, pixel_mm, lambdas: tuple = (LAMBDA_SH, LAMBDA_F, LAMBDA_SM),
+                      steps: int = 300, **criterion) -> torch.Tensor:
+    """The depth map that minimises Eq. 14 (:func:`sfs_loss` with ``lambdas`` and ``criterion`` keywords) for
+    each face, pixel by pixel, from the coarse depth ``z0``: what the criterion asks for, with no network
+    between (:func:`minimise_depth`).  Shapes as :func:`sfs_loss`; returns ``(B, H, W)`` mm."""
+    return minimise_depth(lambda z: sfs_loss(z, z0, image, mu_T, A_T, mask, pixel_mm, *lambdas, **criterion),
+                          z0, steps)
