@@ -22,8 +22,12 @@ true coefficients), so CoarseNet's errors play no part, with
 Every ``--every`` steps: the correlation of the added depth with the true detail over the held-out face
 pixels, and the mean depth error.  Writes ``benchmarks/results/finenet_training.json``.
 
+``--size``: the faces' pixels (chapter 7's ``fine_size`` by default); another size writes
+``finenet_training_<size>.json``, since ``benchmarks/sfs_criterion.py`` finds the criterion's minimum closer
+to the detail at twice the size.
+
     .venv/bin/python benchmarks/finenet_training.py [--steps 750] [--every 250] [--runs library,paper,supervised]
-        [--lambda-f 5 ...] [--variant "library, lambda_f=5, lambda_sm=0.1, alternations=10" ...]
+        [--lambda-f 5 ...] [--variant "library, lambda_f=5, lambda_sm=0.1, alternations=10" ...] [--size 192]
 """
 
 from __future__ import annotations
@@ -127,13 +131,19 @@ def main(argv=None):
                     help="also train the library's criterion with this lambda_f (repeatable)")
     ap.add_argument("--variant", action="append", default=[],
                     help='also train "library, lambda_f=X, lambda_sm=Y, alternations=N" (repeatable)')
-    ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "finenet_training.json"))
+    ap.add_argument("--size", type=int, default=None, help="pixels of the faces (default: chapter 7's fine_size)")
+    ap.add_argument("--out", default=None, help="default: benchmarks/results/finenet_training[_<size>].json")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
     cfg = settings("07_coarse_fine", "cpu")
     model = facelib.load_model("open")
     space = CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
-    NF = cfg["fine_size"]
+    NF = args.size or cfg["fine_size"]
+    if not 32 <= NF <= 512:
+        ap.error(f"--size must be in [32, 512]; got {NF}")
+    if args.out is None:
+        name = "finenet_training" + ("" if NF == cfg["fine_size"] else f"_{NF}") + ".json"
+        args.out = str(Path(__file__).resolve().parent / "results" / name)
     pool = detail_displacement(model, cfg["detail_pool"], seed=args.seed + 1000, amplitude_mm=cfg["detail_mm"])
     train_set = faces(space, cfg["fine_faces"], args.seed + 30_000, NF, pool)
     test = faces(space, cfg["test_faces"], args.seed + 20_000, NF, pool)

@@ -652,18 +652,24 @@ def own_states(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: tor
                passes: torch.Tensor, image_size: int | None = None, landmarks: torch.Tensor | None = None) -> torch.Tensor:
     """Feedback states from the network itself: ``r_t (B, P)`` with the rows ``index (n,)`` replaced by
     ``net``'s own estimate of their faces after ``passes (n,)`` passes (1 or more) from ``r_0 = 0``
-    (:func:`coarse_iterate`, in eval mode; the net's mode is restored).  ``image (B, 1, N, N)``,
-    ``landmarks (B, 68, 2)`` for a net that reads them."""
+    (:func:`coarse_iterate`'s passes, in eval mode; the net's mode is restored).  Pass ``j`` runs only on
+    the rows that still need it.  ``image (B, 1, N, N)``, ``landmarks (B, 68, 2)`` for a net that reads
+    them."""
     out = r_t.clone()
     if len(index) == 0:
         return out
     was_training = net.training
-    rs = coarse_iterate(space, net, image[index], int(passes.max()), image_size,
-                        landmarks=None if landmarks is None else landmarks[index])
-    net.train(was_training)
+    net.eval()
+    index, passes = index.to(r_t.device), passes.to(r_t.device)
+    r = torch.zeros(len(index), space.n_params, dtype=image.dtype, device=image.device)
     for j in range(1, int(passes.max()) + 1):
-        sel = passes == j
-        out[index[sel.to(index.device)]] = rs[j][sel.to(rs[j].device)]
+        todo = (passes >= j).nonzero()[:, 0]  # the rows that want pass j
+        rows = index[todo]
+        r[todo] = coarse_step(space, net, image[rows], r[todo], image_size,
+                              None if landmarks is None else landmarks[rows])
+        done = passes == j
+        out[index[done]] = r[done].to(out)
+    net.train(was_training)
     return out
 
 
