@@ -10,12 +10,15 @@ chapter's settings: 3,000 steps of 16 faces, width 8, 48 px) in these variants, 
   read by a branch pre-trained on landmarks alone (:func:`facelib.coarse_fine.pretrained_branch`), Eq. 3's states;
 * ``landmarks-own``: both (the book's).
 
+``--kind mse`` trains with the plain parameter MSE instead of the GMSE (:func:`facelib.coarse_fine.coarse_loss`;
+chapter 7 compares the two for its first seed only): ``<variant>-mse_s<seed>.json``.
+
 Each is scored on 256 held-out faces (chapter 7's prior and photo camera, the wild detector's noise, a
 seed no chapter draws) after every pass: the RMS vertex error (Eq. 4) and the similarity-aligned error,
 over the mean face's, with the reference rows; for the landmark variants also the pre-trained branch
 alone, before CoarseNet's training.
 
-    FACELIB_THREADS=1 .venv/bin/python benchmarks/coarse_landmarks.py --variants landmarks-own --seeds 0 1 2
+    FACELIB_THREADS=1 .venv/bin/python benchmarks/coarse_landmarks.py --variants landmarks-own --seeds 0 1 2 [--kind mse]
 
 Writes ``benchmarks/results/coarse_landmarks/<variant>_s<seed>.json`` (one file per run, so runs can share
 the cores) and ``benchmarks/results/coarse_landmarks/SUMMARY.md``.
@@ -46,6 +49,7 @@ VARIANTS = {  # name: (landmarks, share of own states)
     "image": (False, 0.0), "image-own": (False, 0.5), "landmarks": (True, 0.0), "landmarks-own": (True, 0.5)}
 LABELS = {"image": "image alone (the paper)", "image-own": "image alone, own states",
           "landmarks": "+ landmarks, Eq. 3's states", "landmarks-own": "+ landmarks, own states (the book's)"}
+KINDS = {"gmse": "", "mse": ", plain MSE"}  # CoarseNet's criterion: label suffix
 OUT = Path(__file__).resolve().parent / "results" / "coarse_landmarks"
 
 
@@ -58,14 +62,14 @@ def summary(out: Path) -> str:
     runs = [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
     lines = ["| variant | seeds | pass 1 | pass 2 | pass 3 | pass 4 | aligned, pass 4 | branch alone, pass 1 / 4 | train [s] |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
-    for v in VARIANTS:
-        rs = [r for r in runs if r["variant"] == v]
+    for v, kind in ((v, k) for v in VARIANTS for k in KINDS):
+        rs = [r for r in runs if r["variant"] == v and r.get("kind", "gmse") == kind]
         if not rs:
             continue
         m = lambda k, t: f"{np.mean([r['passes'][k][t] for r in rs]):.3f} ± {np.std([r['passes'][k][t] for r in rs]):.3f}"
         br = "-" if "branch_alone" not in rs[0] else " / ".join(
             f"{np.mean([r['branch_alone']['rmse_mm'][t] for r in rs]):.3f}" for t in (1, 4))
-        lines.append(f"| {LABELS[v]} | {', '.join(str(r['seed']) for r in rs)} | " + " | ".join(m("rmse_mm", t) for t in (1, 2, 3, 4))
+        lines.append(f"| {LABELS[v]}{KINDS[kind]} | {', '.join(str(r['seed']) for r in rs)} | " + " | ".join(m("rmse_mm", t) for t in (1, 2, 3, 4))
                      + f" | {m('aligned_mm', 4)} | {br} | {np.mean([r['train_s'] for r in rs]):.0f} |")
     if runs:
         ref = runs[0]["references"]
@@ -81,6 +85,7 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--faces", type=int, default=256)
+    ap.add_argument("--kind", default="gmse", choices=list(KINDS), help="the training criterion (the book's: gmse)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
@@ -102,7 +107,7 @@ def main(argv=None):
             torch.manual_seed(seed)  # the chapter's initial weights of this seed
             net = CoarseNet(space.n_params, width=cfg["coarse_width"], blocks=cfg["coarse_blocks"],
                             landmarks=68 if use_lm else 0)
-            rec = {"variant": v, "label": LABELS[v], "seed": seed, "faces": args.faces, "p_own": p_own,
+            rec = {"variant": v, "label": LABELS[v] + KINDS[args.kind], "kind": args.kind, "seed": seed, "faces": args.faces, "p_own": p_own,
                    "landmarks": use_lm, "references": ref_out}
             branch_s = 0.0
             if use_lm:
@@ -110,14 +115,15 @@ def main(argv=None):
                                              progress=False, p_own=p_own)
                 rec["branch_alone"] = passes(space, branch_iterate(space, net.landmark_branch, lm, T, N), alpha, refs)
             t0 = time.perf_counter()
-            train_coarsenets(space, {"gmse": (net, "gmse")}, cfg["coarse_steps"], cfg["coarse_batch"], N, seed=10 + seed,
+            train_coarsenets(space, {args.kind: (net, args.kind)}, cfg["coarse_steps"], cfg["coarse_batch"], N, seed=10 + seed,
                              lr=cfg["coarse_lr"], progress=False, p_own=p_own)
             rec["train_s"] = round(time.perf_counter() - t0 + branch_s, 1)
             rec["branch_s"] = round(branch_s, 1)
             rec["passes"] = passes(space, coarse_iterate(space, net, view.image, T, N, landmarks=lm), alpha, refs)
             rec["passes_damped"] = passes(space, coarse_iterate(space, net, view.image, T, N, step=0.5, landmarks=lm), alpha, refs)
             rec["environment"] = repro.environment(seed=seed)
-            atomic_write_bytes(out / f"{v}_s{seed}.json", (json.dumps(rec, indent=1) + "\n").encode())
+            stem = v + ("" if args.kind == "gmse" else f"-{args.kind}")
+            atomic_write_bytes(out / f"{stem}_s{seed}.json", (json.dumps(rec, indent=1) + "\n").encode())
             print(v, seed, rec["passes"]["rmse_mm"], rec.get("branch_alone", {}).get("rmse_mm"), f"{rec['train_s']} s", flush=True)
     text = summary(out)
     atomic_write_bytes(out / "SUMMARY.md", text.encode())
