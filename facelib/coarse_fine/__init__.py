@@ -662,14 +662,16 @@ def own_states(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: tor
     net.eval()
     index, passes = index.to(r_t.device), passes.to(r_t.device)
     r = torch.zeros(len(index), space.n_params, dtype=image.dtype, device=image.device)
-    for j in range(1, int(passes.max()) + 1):
-        todo = (passes >= j).nonzero()[:, 0]  # the rows that want pass j
-        rows = index[todo]
-        r[todo] = coarse_step(space, net, image[rows], r[todo], image_size,
-                              None if landmarks is None else landmarks[rows])
-        done = passes == j
-        out[index[done]] = r[done].to(out)
-    net.train(was_training)
+    try:
+        for j in range(1, int(passes.max()) + 1):
+            todo = (passes >= j).nonzero()[:, 0]  # the rows that want pass j
+            rows = index[todo]
+            r[todo] = coarse_step(space, net, image[rows], r[todo], image_size,
+                                  None if landmarks is None else landmarks[rows])
+            done = passes == j
+            out[index[done]] = r[done].to(out)
+    finally:  # the net's mode comes back even when a pass fails
+        net.train(was_training)
     return out
 
 
