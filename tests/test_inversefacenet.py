@@ -517,6 +517,22 @@ def test_aligned_geometry_reference_rows_and_verdicts(model):
     assert "*true expression, mean shape*" in md
 
 
+def test_rerun_verdicts_side_by_side():
+    from facelib.inversefacenet import rerun_verdicts, verdict_word
+
+    entry = lambda k, n=3: {"seeds": n, "better_seeds": k, "per_seed": [], "significant_better": 0, "significant_worse": 0}
+    run = {"wild": {"b vs a": {"geometric_mm": entry(3), "photometric_8bit": entry(1)}}}
+    other = {"wild": {"b vs a": {"geometric_mm": entry(3), "photometric_8bit": entry(3), "iou_pct": entry(0)}},
+             "synthetic": {"b vs a": {"geometric_mm": entry(0)}}}
+    rows = rerun_verdicts(run, other)
+    assert [(r["measure"], r["same"]) for r in rows] == [("geometric_mm", True), ("photometric_8bit", False)]
+    assert rows[1]["verdict"] == "better for 1 of 3 seeds only (no verdict)" == verdict_word(entry(1))
+    assert rows[1]["verdict_other"] == "better for every seed" and verdict_word(entry(0)) == "worse for every seed"
+    assert rerun_verdicts(run, {}) == []  # nothing in common
+    two = {"wild": {"b vs a": {"photometric_8bit": entry(2)}}}
+    assert rerun_verdicts(run, two)[0]["same"]  # 1 of 3 and 2 of 3: no verdict in either run
+
+
 def test_size_share_finds_the_head_size_component(model):
     from facelib.inversefacenet import size_share
 

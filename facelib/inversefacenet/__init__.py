@@ -1043,17 +1043,46 @@ def compare_rows(results: dict, a: str, b: str, test_key: str) -> dict:
     return out
 
 
+def verdict_word(c: dict) -> str:
+    """The verdict of one measure of :func:`compare_rows`: ``"better for every seed"``, ``"worse for every
+    seed"`` or ``"better for k of n seeds only (no verdict)"``."""
+    n, k = c["seeds"], c["better_seeds"]
+    return ("better for every seed" if k == n else "worse for every seed" if k == 0
+            else f"better for {k} of {n} seeds only (no verdict)")
+
+
 def verdict(comparison: dict, a: str, b: str, test_key: str) -> str:
     """One sentence per measure, from :func:`compare_rows`: the verdict holds only if every seed agrees."""
     parts = []
     for m, c in comparison.items():
-        n, k = c["seeds"], c["better_seeds"]
         diffs = [t["mean_diff"] for t in c["per_seed"]]
-        word = ("better for every seed" if k == n else "worse for every seed" if k == 0
-                else f"better for {k} of {n} seeds only (no verdict)")
+        word = verdict_word(c)
         parts.append(f"{MEASURE_LABELS[m]} {word} (b - a per seed: " + ", ".join(f"{d:+.2f}" for d in diffs)
                      + f"; significant better/worse in {c['significant_better']}/{c['significant_worse']} seeds)")
     return f"**{test_key}, {b} vs {a}**: " + "; ".join(parts) + "."
+
+
+def rerun_verdicts(paired: dict, paired_other: dict) -> list:
+    """The verdicts of two runs of the same comparisons side by side (does a verdict survive a rerun?).
+
+    ``paired``, ``paired_other``: ``{test_key: {"b vs a": {measure: compare_rows entry}}}``, the
+    ``paired_tests`` of two ``results/inversefacenet.json`` (e.g. the same seeds trained with another
+    thread count, which changes the order of floating-point sums and so every step after the first).
+    Returns ``[{"set", "comparison", "measure", "verdict", "verdict_other", "same"}]`` for the
+    comparisons and measures both runs have; ``same``: both runs reach the same verdict (better for
+    every seed, worse for every seed, or none)."""
+    kind = lambda c: "better" if c["better_seeds"] == c["seeds"] else "worse" if c["better_seeds"] == 0 else None
+    rows = []
+    for key, comps in paired.items():
+        for name, measures in comps.items():
+            other = paired_other.get(key, {}).get(name, {})
+            for m, c in measures.items():
+                if m not in other:
+                    continue
+                a, b = verdict_word(c), verdict_word(other[m])
+                rows.append({"set": key, "comparison": name, "measure": m, "verdict": a, "verdict_other": b,
+                             "same": kind(c) == kind(other[m])})
+    return rows
 
 
 def rows_json(results: dict, refs: dict, names, test_key: str) -> dict:
