@@ -1043,12 +1043,17 @@ def compare_rows(results: dict, a: str, b: str, test_key: str) -> dict:
     return out
 
 
+def _verdict_kind(c: dict) -> str | None:
+    """``"better"`` (every seed), ``"worse"`` (no seed) or None (no verdict) for one measure of :func:`compare_rows`."""
+    return "better" if c["better_seeds"] == c["seeds"] else "worse" if c["better_seeds"] == 0 else None
+
+
 def verdict_word(c: dict) -> str:
     """The verdict of one measure of :func:`compare_rows`: ``"better for every seed"``, ``"worse for every
     seed"`` or ``"better for k of n seeds only (no verdict)"``."""
-    n, k = c["seeds"], c["better_seeds"]
-    return ("better for every seed" if k == n else "worse for every seed" if k == 0
-            else f"better for {k} of {n} seeds only (no verdict)")
+    kind = _verdict_kind(c)
+    return (f"{kind} for every seed" if kind else
+            f"better for {c['better_seeds']} of {c['seeds']} seeds only (no verdict)")
 
 
 def verdict(comparison: dict, a: str, b: str, test_key: str) -> str:
@@ -1071,7 +1076,6 @@ def rerun_verdicts(paired: dict, paired_other: dict) -> list:
     Returns ``[{"set", "comparison", "measure", "verdict", "verdict_other", "same"}]`` for the
     comparisons and measures both runs have; ``same``: both runs reach the same verdict (better for
     every seed, worse for every seed, or none)."""
-    kind = lambda c: "better" if c["better_seeds"] == c["seeds"] else "worse" if c["better_seeds"] == 0 else None
     rows = []
     for key, comps in paired.items():
         for name, measures in comps.items():
@@ -1081,7 +1085,7 @@ def rerun_verdicts(paired: dict, paired_other: dict) -> list:
                     continue
                 a, b = verdict_word(c), verdict_word(other[m])
                 rows.append({"set": key, "comparison": name, "measure": m, "verdict": a, "verdict_other": b,
-                             "same": kind(c) == kind(other[m])})
+                             "same": _verdict_kind(c) == _verdict_kind(other[m])})
     return rows
 
 
