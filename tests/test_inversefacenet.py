@@ -643,3 +643,171 @@ def test_truncation_standing_words():
     assert truncation_standing(0.85, at).startswith("better than knowing the expression exactly")
     assert truncation_standing(0.75, at) == "between knowing shape component 2 and the next point of the curve"
     assert truncation_standing(0.5, at) == "between knowing shape components 2-3 and the next point of the curve"
+
+
+# ------------------------------------------------------------------ what the landmarks alone can tell
+def _landmark_case(model, n=3, noise=0.5, seed=4):
+    """``n`` Sec. 5 faces, their landmarks in another similarity frame with noise, a start and a prior."""
+    from facelib.inversefacenet import expression_moments
+    from facelib.render.formation import project_landmarks
+
+    L = ParamLayout.from_model(model)
+    theta = sample_sec5(model, n, seed=seed)
+    g = torch.Generator().manual_seed(seed)
+    lm = 1.7 * project_landmarks(model, theta, image_size=64) + torch.tensor([5.0, -3.0])
+    lm = lm + 1.7 * noise * torch.randn(lm.shape, generator=g)
+    prior = expression_moments(model, sample_sec5(model, 2000, seed=seed + 1))
+    start = theta.clone()
+    start[:, L["shape"]] = 0
+    start[:, L["expression"]] = prior[0].float()
+    start[:, L["rotation"]] += 0.05
+    return theta, lm, 1.7 * noise, prior, start
+
+
+def _landmark_energy(model, theta, lm, sigma, prior, idx):
+    """The MAP energy of :func:`landmark_map` at ``theta`` with the best scale and translation (closed
+    form, they enter linearly), per face ``(n,)`` float64."""
+    from facelib.render.formation import project_landmarks
+
+    L = ParamLayout.from_model(model)
+    p = project_landmarks(model, theta, image_size=64).double()  # (n, 68, 2)
+    pc, lc = p - p.mean(1, keepdim=True), lm.double() - lm.double().mean(1, keepdim=True)
+    s = (pc * lc).sum((1, 2)) / pc.square().sum((1, 2))
+    data = (s[:, None, None] * pc - lc).square().sum((1, 2)) / sigma ** 2
+    e = theta[:, L["expression"]].double() - prior[0]
+    prior_e = torch.einsum("ni,ij,nj->n", e, torch.linalg.inv(prior[1]), e)
+    return data + theta[:, L["shape"]].double().square().sum(1) + prior_e
+
+
+def test_landmark_map_against_brute_force(model):
+    """Gauss-Newton reaches a minimum of the energy (scale and translation eliminated in closed form):
+    no higher than L-BFGS on the same energy, with a vanishing gradient."""
+    from facelib.inversefacenet import LANDMARK_UNKNOWNS, landmark_map
+
+    theta, lm, sigma, prior, start = _landmark_case(model)
+    L = ParamLayout.from_model(model)
+    idx = torch.cat([torch.arange(L[g].start, L[g].stop) for g in LANDMARK_UNKNOWNS])
+    est = landmark_map(model, lm, start, sigma, prior)
+    x = start[:, idx].clone().requires_grad_(True)
+    opt = torch.optim.LBFGS([x], lr=1, max_iter=2000, tolerance_grad=1e-9, tolerance_change=1e-12,
+                            history_size=50, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        th = start.clone()
+        th[:, idx] = x
+        e = _landmark_energy(model, th, lm, sigma, prior, idx).sum()
+        e.backward()
+        return e
+
+    opt.step(closure)
+    ref = start.clone()
+    ref[:, idx] = x.detach()
+    e_gn = _landmark_energy(model, est, lm, sigma, prior, idx)
+    e_bf = _landmark_energy(model, ref, lm, sigma, prior, idx)
+    e_start = _landmark_energy(model, start, lm, sigma, prior, idx)
+    assert bool((e_gn < 0.5 * e_start).all())
+    assert bool((e_gn <= e_bf * (1 + 1e-4) + 1e-3).all()), (e_gn, e_bf)
+
+    def grad(th):  # the energy's gradient in the unknowns, (n, k)
+        x = th[:, idx].clone().requires_grad_(True)
+        t = th.clone()
+        t[:, idx] = x
+        _landmark_energy(model, t, lm, sigma, prior, idx).sum().backward()
+        return x.grad
+
+    # a stationary point: the gradient is gone (float32 projection) where L-BFGS still has some left
+    g_gn, g_start = grad(est).norm(dim=1), grad(start).norm(dim=1)
+    assert bool((g_gn < 1e-3 * g_start).all()), (g_gn, g_start)
+    # reflectance and light are those of theta0
+    rest = torch.ones(L.size, dtype=torch.bool)
+    rest[idx] = False
+    assert torch.equal(est[:, rest], start[:, rest])
+
+
+def test_landmark_map_frame_and_known_groups(model):
+    """The estimate does not depend on the landmarks' similarity frame (noise scaled with it); groups not
+    in ``unknown`` keep theta0's values; the true shape is found from exact landmarks when only the shape
+    is unknown and its prior is weak next to the data."""
+    from facelib.inversefacenet import landmark_map
+
+    theta, lm, sigma, prior, start = _landmark_case(model)
+    L = ParamLayout.from_model(model)
+    a = landmark_map(model, lm, start, sigma, prior)
+    b = landmark_map(model, 0.5 * lm + torch.tensor([-20.0, 7.0]), start, 0.5 * sigma, prior)
+    assert torch.allclose(a, b, atol=1e-3)
+    known = theta.clone()
+    known[:, L["shape"]] = 0
+    c = landmark_map(model, lm, known, sigma, prior, unknown=("shape",))
+    keep = torch.ones(L.size, dtype=torch.bool)
+    keep[L["shape"]] = False
+    assert torch.equal(c[:, keep], known[:, keep])
+    # more noise -> the estimate shrinks toward the prior mean (0)
+    d = landmark_map(model, lm, known, 20 * sigma, prior, unknown=("shape",))
+    assert float(d[:, L["shape"]].norm()) < float(c[:, L["shape"]].norm())
+
+
+def test_landmark_map_rejects_bad_input(model):
+    from facelib.inversefacenet import expression_moments, landmark_map
+
+    theta, lm, sigma, prior, start = _landmark_case(model, n=2)
+    with pytest.raises(ValueError, match="unknown"):
+        landmark_map(model, lm, start, sigma, prior, unknown=("shape", "light"))
+    with pytest.raises(ValueError, match="unknown"):
+        landmark_map(model, lm, start, sigma, prior, unknown=())
+    with pytest.raises(ValueError, match="sigma_px"):
+        landmark_map(model, lm, start, 0.0, prior)
+    with pytest.raises(ValueError, match="sigma_px"):
+        landmark_map(model, lm, start, [1.0, 2.0, 3.0], prior)
+    with pytest.raises(ValueError, match="landmarks"):
+        landmark_map(model, lm[:, :60], start, sigma, prior)
+    with pytest.raises(ValueError, match="theta0"):
+        landmark_map(model, lm, start[:, :10], sigma, prior)
+    with pytest.raises(ValueError, match="expression_prior"):
+        landmark_map(model, lm, start, sigma, (prior[0][:3], prior[1]))
+    with pytest.raises(ValueError, match="iters"):
+        landmark_map(model, lm, start, sigma, prior, iters=0)
+    with pytest.raises(ValueError, match="2 samples"):
+        expression_moments(model, theta[:1])
+
+
+def test_landmark_limit_rows(model):
+    """The rows of chapter 4's landmark limit on a small wild set: one per prior with the pose estimated,
+    then the true pose, then the true pose and expression; each scored like Table 1."""
+    from facelib.data.wild import sample_wild
+    from facelib.inversefacenet import geometric_errors, landmark_limit
+
+    test = make_test_set(model, "wild", 4, seed=3, size=40)
+    L = ParamLayout.from_model(model)
+    lim = landmark_limit(model, test, {"A": sample_sec5(model, 500, seed=1), "B": sample_wild(model, 500, seed=2)},
+                         iters=4)
+    assert list(lim) == ["landmarks, A, pose and expression estimated", "landmarks, B, pose and expression estimated",
+                         "landmarks, B, true pose", "landmarks, true pose and expression"]
+    last = lim["landmarks, true pose and expression"]["theta"]
+    keep = torch.ones(L.size, dtype=torch.bool)
+    keep[L["shape"]] = False
+    assert torch.equal(last[:, keep], test["theta"][:, keep])
+    assert torch.equal(lim["landmarks, B, true pose"]["theta"][:, L["rotation"]], test["theta"][:, L["rotation"]])
+    for row in lim.values():
+        e = geometric_errors(model, row["theta"], test["verts"])
+        assert abs(row["geometric_mm"]["mean"] - float(e["geometric_mm"].double().mean())) < 1e-6
+        assert row["geometric_aligned_mm"]["mean"] <= row["geometric_mm"]["mean"]
+    with pytest.raises(ValueError, match="prior"):
+        landmark_limit(model, test, {})
+
+
+def test_landmark_limit_markdown():
+    """Chapter 4's table: networks averaged over seeds, landmark rows, references; ratios to the mean face."""
+    from facelib.inversefacenet import landmark_limit_markdown
+
+    t = lambda *v: torch.tensor(v)  # noqa: E731
+    refs = {"mean face": {"wild": {"geometric_mm": t(4.0, 4.0), "geometric_aligned_mm": t(2.0, 2.0)}},
+            "true parameters, mean head size": {"wild": {"geometric_mm": t(2.0, 2.0), "geometric_aligned_mm": t(0.5, 0.5)}}}
+    results = {"net": {0: {"wild": {"geometric_mm": t(3.0, 3.0), "geometric_aligned_mm": t(1.0, 1.0)}},
+                       1: {"wild": {"geometric_mm": t(2.0, 2.0), "geometric_aligned_mm": t(1.0, 2.0)}}}}
+    limit = {"landmarks, X": {"geometric_mm": {"mean": 3.2, "std": 1.0}, "geometric_aligned_mm": {"mean": 1.2, "std": 0.1}}}
+    md = landmark_limit_markdown(limit, results, refs, ["net"]).splitlines()
+    assert md[2] == "| *mean face* | 4.00 (1.00) | 2.00 (1.00) |"
+    assert md[3] == "| net | 2.50 (0.62) | 1.25 (0.62) |"
+    assert md[4] == "| landmarks, X | 3.20 (0.80) | 1.20 (0.60) |"
+    assert md[5] == "| *true parameters, mean head size* | 2.00 (0.50) | 0.50 (0.25) |"

@@ -40,7 +40,9 @@ __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_
            "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
            "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
            "compare_rows", "verdict", "rows_json", "curves_json", "LANDMARK_VARIANTS", "landmark_variants_markdown",
-           "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS"]
+           "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS",
+           "expression_moments", "LANDMARK_UNKNOWNS", "landmark_map", "landmark_limit",
+           "landmark_limit_markdown"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
@@ -693,6 +695,158 @@ def truncation_standing(ratio: float, at: dict) -> str:
     return (f"between knowing {known} and the next point of the curve" if k > 1 else
             "better than knowing the expression exactly and no shape, worse than knowing component 2 as well")
 
+
+# ---------------------------------------------------------------------- what the landmarks alone can tell
+def expression_moments(model, theta: torch.Tensor) -> tuple:
+    """Mean ``(E,)`` and covariance ``(E, E)`` (float64) of the expression coefficients of parameter
+    samples ``theta (n, m)``: a Gaussian stand-in for a prior, for :func:`landmark_map`."""
+    e = ParamLayout.from_model(model).unpack(theta.detach().cpu().double())["expression"]
+    if e.shape[0] < 2:
+        raise ValueError(f"expression_moments needs at least 2 samples; got {e.shape[0]}")
+    mu = e.mean(0)
+    return mu, (e - mu).T @ (e - mu) / (e.shape[0] - 1)
+
+
+LANDMARK_UNKNOWNS = ("shape", "expression", "rotation")
+
+
+def landmark_map(model, landmarks: torch.Tensor, theta0: torch.Tensor, sigma_px, expression_prior: tuple,
+                 unknown=LANDMARK_UNKNOWNS, iters: int = 10) -> torch.Tensor:
+    """The maximum a posteriori estimate of a face from its 68 landmarks alone, with a Gaussian prior:
+    Gauss-Newton on
+
+        sum_k |s P_k(theta) + t - l_k|^2 / sigma^2 + |theta_s|^2 + (theta_e - mu)^T C^-1 (theta_e - mu)
+
+    where ``P`` is :func:`facelib.render.project_landmarks` (the renderer's camera, 64 px), ``s, t`` a free
+    scale and translation (the crop's, flat prior), ``theta_s ~ N(0, I)`` (Eq. 2's units, as both the
+    Sec. 5 prior and the wild faces draw it), ``theta_e ~ N(mu, C)`` (``expression_prior``, e.g. from
+    :func:`expression_moments`) and the head rotation flat.  For a known pose and expression the
+    landmarks are nearly linear in ``theta_s`` and the noise Gaussian, so this is the posterior mean:
+    the best any method that reads the landmarks alone can do, in the mean-squared sense.
+
+    ``landmarks (n, 68, 2)`` pixels (any similarity frame, e.g. a crop's); ``theta0 (n, m)`` start and
+    the values of the groups not in ``unknown`` (a subset of :data:`LANDMARK_UNKNOWNS`); ``sigma_px``
+    float or ``(n,)``: the landmarks' noise per coordinate in their pixels (a detector's common offset
+    is absorbed by ``t``).  Returns ``(n, m)`` float32 (reflectance and light are those of ``theta0``).
+    """
+    from ..render.formation import project_landmarks
+
+    layout = ParamLayout.from_model(model)
+    unknown = tuple(unknown)
+    if not unknown or any(u not in LANDMARK_UNKNOWNS for u in unknown) or len(set(unknown)) != len(unknown):
+        raise ValueError(f"unknown must be distinct names of {LANDMARK_UNKNOWNS}; got {unknown!r}")
+    n = theta0.shape[0]
+    if theta0.ndim != 2 or theta0.shape[1] != layout.size:
+        raise ValueError(f"theta0 has shape {tuple(theta0.shape)}; expected (n, {layout.size})")
+    if landmarks.shape != (n, 68, 2):
+        raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({n}, 68, 2)")
+    sigma = torch.as_tensor(sigma_px, dtype=torch.float64).flatten()
+    sigma = sigma.expand(n) if sigma.numel() == 1 else sigma
+    if sigma.shape != (n,) or not bool((sigma > 0).all()) or not bool(torch.isfinite(sigma).all()):
+        raise ValueError(f"sigma_px must be a positive float or {n} positive values")
+    mu_e, cov_e = (torch.as_tensor(a, dtype=torch.float64) for a in expression_prior)
+    ne = model.n_expression
+    if mu_e.shape != (ne,) or cov_e.shape != (ne, ne):
+        raise ValueError(f"expression_prior must be (mean ({ne},), covariance ({ne}, {ne}))")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be a positive integer; got {iters!r}")
+    idx = torch.cat([torch.arange(layout[g].start, layout[g].stop) for g in unknown])
+    k = idx.numel()
+    prec = torch.zeros(k, k, dtype=torch.float64)  # prior precision and mean of the unknowns
+    mean = torch.zeros(k, dtype=torch.float64)
+    at = 0
+    for g in unknown:
+        w = layout[g].stop - layout[g].start
+        if g == "shape":
+            prec[at:at + w, at:at + w] = torch.eye(w, dtype=torch.float64)
+        elif g == "expression":
+            prec[at:at + w, at:at + w] = torch.linalg.inv(cov_e + 1e-9 * torch.eye(ne, dtype=torch.float64))
+            mean[at:at + w] = mu_e
+        at += w
+    dev = model.device
+    est = theta0.detach().to(dev, torch.float32).clone()
+    obs = landmarks.detach().cpu().double().reshape(n, 136, 1)
+    w = (1.0 / sigma.square())[:, None, None]
+    ex = torch.tensor([1.0, 0.0] * 68, dtype=torch.float64).view(1, 136, 1).expand(n, -1, -1)
+    ey = torch.tensor([0.0, 1.0] * 68, dtype=torch.float64).view(1, 136, 1).expand(n, -1, -1)
+    s = torch.ones(n, dtype=torch.float64)
+    for _ in range(iters):
+        base = est.clone()
+
+        def proj(x):
+            th = base.clone()
+            th[:, idx.to(dev)] = x
+            return project_landmarks(model, th, image_size=64).sum(0)  # faces are independent
+
+        J = torch.autograd.functional.jacobian(proj, base[:, idx.to(dev)], vectorize=True)  # (68, 2, n, k)
+        J = J.permute(2, 0, 1, 3).reshape(n, 136, k).cpu().double()
+        p0 = project_landmarks(model, base, image_size=64).cpu().double().reshape(n, 136, 1)
+        # obs ~ s (p0 + J dx) + t is linear in z = (u = s dx, s, t); the prior on x + dx = x + u / s uses
+        # the previous iteration's s (converged after a few iterations)
+        A = torch.cat([J, p0, ex, ey], 2)  # (n, 136, k + 3)
+        x = base[:, idx.to(dev)].cpu().double()
+        H = w * A.transpose(1, 2) @ A
+        H[:, :k, :k] += prec / s.square()[:, None, None]
+        b = (w * A.transpose(1, 2) @ obs).squeeze(-1)
+        b[:, :k] -= ((x - mean) @ prec) / s[:, None]
+        z = torch.linalg.solve(H, b)
+        s = z[:, k]
+        est[:, idx.to(dev)] = (x + z[:, :k] / s[:, None]).to(dev, torch.float32)
+    return est.cpu()
+
+
+def landmark_limit(model, test: dict, prior_theta: dict, iters: int = 10) -> dict:
+    """How far the 68 landmarks of a :func:`make_test_set` set take a face, read by :func:`landmark_map`
+    with the landmark noise of the set's detector (:data:`facelib.data.wild.WILD` ``landmark_noise``
+    times the crop's landmark box side; the wild set).  One row per prior of ``prior_theta`` ``{name:
+    theta samples (n, m)}`` with pose and expression estimated (started from the true pose; on the
+    book's wild set a frontal start finds the same minimum), then, with the last prior, the true pose given, and the true pose and expression given (shape
+    alone: for the Gaussian shape prior this is the posterior mean).  Returns ``{row: {"theta": (n, m),
+    measure: {mean, std}}}`` for the plain and aligned geometric errors."""
+    from ..data.wild import WILD
+
+    if not prior_theta:
+        raise ValueError("prior_theta needs at least one prior")
+    lm, truth = test["landmarks"], test["theta"]
+    side = (lm.max(1).values - lm.min(1).values).max(-1).values.double()
+    sigma = WILD["landmark_noise"] * side
+    sl = ParamLayout.from_model(model)
+    start = truth.clone()
+    start[:, sl["shape"]] = 0
+    runs = {}
+    for name, th in prior_theta.items():
+        prior = expression_moments(model, th)
+        s0 = start.clone()
+        s0[:, sl["expression"]] = prior[0].float()
+        runs[f"landmarks, {name}, pose and expression estimated"] = landmark_map(
+            model, lm, s0, sigma, prior, LANDMARK_UNKNOWNS, iters)
+    runs[f"landmarks, {name}, true pose"] = landmark_map(model, lm, s0, sigma, prior, ("shape", "expression"), iters)
+    runs["landmarks, true pose and expression"] = landmark_map(model, lm, start, sigma, prior, ("shape",), iters)
+    out = {}
+    for row, th in runs.items():
+        e = geometric_errors(model, th, test["verts"])
+        out[row] = {"theta": th, **{m: summarize(v) for m, v in e.items()}}
+    return out
+
+
+
+def landmark_limit_markdown(limit: dict, results: dict, refs: dict, names, test_key: str = "wild") -> str:
+    """A Markdown table of :func:`landmark_limit` on the ``test_key`` set between the networks of
+    ``names`` (:func:`train_rows`' ``results``, means over the training seeds) and the reference rows
+    "mean face" and "true parameters, mean head size" (:func:`reference_rows`): the plain and aligned
+    geometric errors [mm], each with its ratio to the mean face's."""
+    measures = ("geometric_mm", "geometric_aligned_mm")
+    mf = {m: summarize(refs["mean face"][test_key][m])["mean"] for m in measures}
+
+    def row(name, v):
+        return f"| {name} | " + " | ".join(f"{v[m]:.2f} ({v[m] / mf[m]:.2f})" for m in measures) + " |"
+
+    head = refs["true parameters, mean head size"][test_key]
+    return "\n".join([f"| row ({test_key} test set) | geometric [mm] (x mean face) | aligned [mm] (x mean face) |",
+                      "| --- | ---: | ---: |", row("*mean face*", mf)]
+                     + [row(n, {m: float(seed_means(results[n], test_key, m).mean()) for m in measures}) for n in names]
+                     + [row(n, {m: r[m]["mean"] for m in measures}) for n, r in limit.items()]
+                     + [row("*true parameters, mean head size*", {m: summarize(head[m])["mean"] for m in measures})])
 
 def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:
     """The "mean face" reference of a results table: ``theta (n, m)`` with shape and expression set to 0
