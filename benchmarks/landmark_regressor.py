@@ -13,6 +13,11 @@ diagnostic, not a method of the papers: if a landmark read-out beats the image n
 miss is geometry that the crop's landmarks hold.
 
     FACELIB_THREADS=1 .venv/bin/python benchmarks/landmark_regressor.py [--steps 4000] [--seeds 0 1 2]
+        [--width 256] [--weights equal|geometry] [--out PATH]
+
+``--weights geometry`` weights each coefficient's squared error (in the prior's units) by the mean
+squared vertex displacement it causes (:func:`facelib.inversefacenet.coefficient_displacement`, times the
+prior's spread), as the geometric error counts it, instead of equally (rotation keeps weight 1).
 
 The read-out is InverseFaceNet's landmark branch (:class:`facelib.nets.LandmarkBranch`) alone, trained by
 :func:`facelib.inversefacenet.pretrain_landmarks` as the chapters pre-train it.  Writes
@@ -62,6 +67,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--width", type=int, default=256, help="the branch's width (the chapters': 256)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--weights", choices=("equal", "geometry"), default="equal",
+                    help="the squared errors' weights (the chapters': equal)")
     ap.add_argument("--faces", type=int, default=24, help="chapter 8's held-out wild faces (seed 910000)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "landmark_regressor.json"))
     args = ap.parse_args(argv)
@@ -82,7 +89,16 @@ def main(argv=None):
     refs = compare.reference_points(model, frames)
     wild_x = landmark_features(frames["landmarks"])
     cols = torch.cat([torch.arange(L.size)[L[k]] for k in ifn.GEOMETRY_GROUPS])
+    weights = None
+    if args.weights == "geometry":  # mean squared vertex displacement of one prior std of each coefficient
+        w, disp = torch.ones(L.size), ifn.coefficient_displacement(model)
+        geo = torch.cat([torch.arange(L.size)[L[g]] for g in ("shape", "expression")])
+        for g in ("shape", "expression"):
+            w[L[g]] = (sd[L[g]] * disp[g]) ** 2
+        w[geo] = w[geo] / w[geo].mean()
+        weights = w[cols]
     out = {"what": __doc__.splitlines()[0], "steps": args.steps, "batch": args.batch, "width": args.width,
+           "weights": args.weights,
            "trained_by": "facelib.inversefacenet.pretrain_landmarks",
            "faces": args.faces, "mean_face_now_mm": round(float(refs["mean face"].mean()), 3),
            "floor_now_mm": round(float(refs["true parameters (floor)"].mean()), 3),
@@ -97,7 +113,7 @@ def main(argv=None):
     for seed in args.seeds:
         torch.manual_seed(seed)
         net = Standardized(Readout(L.size, args.width), mu, sd)
-        info = ifn.pretrain_landmarks(model, net, args.steps, args.batch, seed=seed, progress=False)
+        info = ifn.pretrain_landmarks(model, net, args.steps, args.batch, seed=seed, progress=False, weights=weights)
         p = L.unpack(read(net, wild_x))
         verts = model.geometry(p["shape"], p["expression"])
         now = compare.now_mm(model, verts, model.triangles, model.landmarks, frames["verts_model"])

@@ -186,6 +186,19 @@ def test_pretrain_landmarks_trains_the_branch_only(model):
     assert all(torch.equal(a, b) for a, b in zip(after.values(), again.state_dict().values()))
     with pytest.raises(ValueError, match="no landmark input"):
         pretrain_landmarks(model, make_regressor(model, dict(CFG, landmarks=False), "alexnet"), 5)
+    # weights: equal ones are the default; a column weighted 0 is not learned (its head row stays 0)
+    k = sum(layout[g].stop - layout[g].start for g in GEOMETRY_GROUPS)
+    ones = make_regressor(model, CFG, "alexnet", seed=0)
+    pretrain_landmarks(model, ones, 40, batch=32, lr=3e-3, seed=1, progress=False, weights=torch.full((k,), 2.0))
+    assert all(torch.equal(a, b) for a, b in zip(after.values(), ones.state_dict().values()))
+    w = torch.ones(k)
+    w[0] = 0
+    zero = make_regressor(model, CFG, "alexnet", seed=0)
+    pretrain_landmarks(model, zero, 40, batch=32, lr=3e-3, seed=1, progress=False, weights=w)
+    assert not bool((zero.net.landmark_branch.head.weight[layout["rotation"].start] != 0).any())
+    for bad in (torch.ones(k - 1), -w, torch.zeros(k)):
+        with pytest.raises(ValueError, match="weights"):
+            pretrain_landmarks(model, make_regressor(model, CFG, "alexnet", seed=0), 2, weights=bad)
 
 
 def test_a_frozen_branch_stays_as_pre_trained(model, tmp_path, monkeypatch):

@@ -286,7 +286,8 @@ GEOMETRY_GROUPS = ("rotation", "shape", "expression")  # what a face's 68 landma
 
 
 def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256, lr: float = 1e-3, seed: int = 0,
-                       noise: float | None = None, progress: bool = True, outputs: tuple | None = None) -> dict:
+                       noise: float | None = None, progress: bool = True, outputs: tuple | None = None,
+                       weights: torch.Tensor | None = None) -> dict:
     """Pre-train the landmark branch of ``net`` (:class:`facelib.nets.LandmarkBranch`: its MLP and its
     head) on landmarks alone, before the network sees an image.
 
@@ -302,6 +303,8 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
     ``outputs``: for a network whose outputs are not InverseFaceNet's parameters (MoFA's code,
     :func:`facelib.mofa.landmark_outputs`), ``(cols (k,), to_output)``: the output columns the head learns
     and ``to_output(theta (B, m)) -> (B, k)``, their targets for faces ``theta`` of ``model``'s layout.
+
+    ``weights``: ``(k,)`` weights of the learned outputs' squared errors (default equal: the mean).
 
     Returns ``{"loss": [per step], "train_s": seconds}``.
     """
@@ -324,6 +327,11 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
         mean, std = (net.mean.cpu(), net.std.cpu()) if isinstance(net, Standardized) else (0.0, 1.0)
         outputs = (cols, lambda theta: ((theta - mean) / std)[:, cols])
     cols, to_output = outputs
+    if weights is not None:
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if weights.shape != (len(cols),) or not bool((weights >= 0).all()) or not float(weights.sum()) > 0:
+            raise ValueError(f"weights must be {len(cols)} non-negative values, not all 0")
+        weights = (weights / weights.mean()).to(device)
     noise = WILD["landmark_noise"] if noise is None else float(noise)
     g = torch.Generator().manual_seed(int(seed))
     flags = unfreeze(branch)  # a frozen branch (train_row's landmark_freeze) is trained here all the same
@@ -338,7 +346,8 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
             lm = detector_noise(project_landmarks(model, theta).double().cpu(), noise, g)
             target = to_output(theta.cpu())
         pred = branch.head(branch(landmark_features(lm).to(device)))[:, cols]
-        losses.append(optimizer_step(opt, (pred - target.to(device)).square().mean()))
+        err = (pred - target.to(device)).square()
+        losses.append(optimizer_step(opt, (err if weights is None else err * weights).mean()))
     restore_grad(branch, flags)
     return {"loss": losses, "train_s": time.perf_counter() - t0}
 
