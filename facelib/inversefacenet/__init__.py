@@ -773,6 +773,7 @@ def landmark_map(model, landmarks: torch.Tensor, theta0: torch.Tensor, sigma_px,
             mean[at:at + w] = mu_e
         at += w
     dev = model.device
+    idx_d = idx.to(dev)
     est = theta0.detach().to(dev, torch.float32).clone()
     obs = landmarks.detach().cpu().double().reshape(n, 136, 1)
     w = (1.0 / sigma.square())[:, None, None]
@@ -784,23 +785,23 @@ def landmark_map(model, landmarks: torch.Tensor, theta0: torch.Tensor, sigma_px,
 
         def proj(x):
             th = base.clone()
-            th[:, idx.to(dev)] = x
+            th[:, idx_d] = x
             return project_landmarks(model, th, image_size=64).sum(0)  # faces are independent
 
-        J = torch.autograd.functional.jacobian(proj, base[:, idx.to(dev)], vectorize=True)  # (68, 2, n, k)
+        J = torch.autograd.functional.jacobian(proj, base[:, idx_d], vectorize=True)  # (68, 2, n, k)
         J = J.permute(2, 0, 1, 3).reshape(n, 136, k).cpu().double()
         p0 = project_landmarks(model, base, image_size=64).cpu().double().reshape(n, 136, 1)
         # obs ~ s (p0 + J dx) + t is linear in z = (u = s dx, s, t); the prior on x + dx = x + u / s uses
         # the previous iteration's s (converged after a few iterations)
         A = torch.cat([J, p0, ex, ey], 2)  # (n, 136, k + 3)
-        x = base[:, idx.to(dev)].cpu().double()
+        x = base[:, idx_d].cpu().double()
         H = w * A.transpose(1, 2) @ A
         H[:, :k, :k] += prec / s.square()[:, None, None]
         b = (w * A.transpose(1, 2) @ obs).squeeze(-1)
         b[:, :k] -= ((x - mean) @ prec) / s[:, None]
         z = torch.linalg.solve(H, b)
         s = z[:, k]
-        est[:, idx.to(dev)] = (x + z[:, :k] / s[:, None]).to(dev, torch.float32)
+        est[:, idx_d] = (x + z[:, :k] / s[:, None]).to(dev, torch.float32)
     return est.cpu()
 
 
@@ -809,8 +810,9 @@ def landmark_limit(model, test: dict, prior_theta: dict, iters: int = 10) -> dic
     with the landmark noise of the set's detector (:data:`facelib.data.wild.WILD` ``landmark_noise``
     times the crop's landmark box side; the wild set).  One row per prior of ``prior_theta`` ``{name:
     theta samples (n, m)}`` with pose and expression estimated (started from the true pose; on the
-    book's wild set a frontal start finds the same minimum), then, with the last prior, the true pose given, and the true pose and expression given (shape
-    alone: for the Gaussian shape prior this is the posterior mean).  Returns ``{row: {"theta": (n, m),
+    book's wild set a frontal start finds the same minimum), then, with the last prior, the true pose
+    given, and the true pose and expression given (shape alone: for the Gaussian shape prior this is the
+    posterior mean).  Returns ``{row: {"theta": (n, m),
     measure: {mean, std}}}`` for the plain and aligned geometric errors."""
     from ..data.wild import WILD
 
@@ -838,7 +840,6 @@ def landmark_limit(model, test: dict, prior_theta: dict, iters: int = 10) -> dic
     return out
 
 
-
 def landmark_limit_markdown(limit: dict, results: dict, refs: dict, names, test_key: str = "wild") -> str:
     """A Markdown table of :func:`landmark_limit` on the ``test_key`` set between the networks of
     ``names`` (:func:`train_rows`' ``results``, means over the training seeds) and the reference rows
@@ -856,6 +857,7 @@ def landmark_limit_markdown(limit: dict, results: dict, refs: dict, names, test_
                      + [row(n, {m: float(seed_means(results[n], test_key, m).mean()) for m in measures}) for n in names]
                      + [row(n, {m: r[m]["mean"] for m in measures}) for n, r in limit.items()]
                      + [row("*true parameters, mean head size*", {m: summarize(head[m])["mean"] for m in measures})])
+
 
 def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:
     """The "mean face" reference of a results table: ``theta (n, m)`` with shape and expression set to 0
