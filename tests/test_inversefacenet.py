@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import facelib
+import facelib.inversefacenet as ifn
 from facelib.data.corpus import (SyntheticCorpus, crop_to_box, landmark_box, landmark_mask, network_input,
                             polygon_mask, render_crops, to_network)
 from facelib.inversefacenet import (TensorCorpus, breed, coefficient_displacement, euclidean_loss,
@@ -664,7 +665,7 @@ def _landmark_case(model, n=3, noise=0.5, seed=4):
     return theta, lm, 1.7 * noise, prior, start
 
 
-def _landmark_energy(model, theta, lm, sigma, prior, idx):
+def _landmark_energy(model, theta, lm, sigma, prior):
     """The MAP energy of :func:`landmark_map` at ``theta`` with the best scale and translation (closed
     form, they enter linearly), per face ``(n,)`` float64."""
     from facelib.render.formation import project_landmarks
@@ -696,16 +697,16 @@ def test_landmark_map_against_brute_force(model):
         opt.zero_grad()
         th = start.clone()
         th[:, idx] = x
-        e = _landmark_energy(model, th, lm, sigma, prior, idx).sum()
+        e = _landmark_energy(model, th, lm, sigma, prior).sum()
         e.backward()
         return e
 
     opt.step(closure)
     ref = start.clone()
     ref[:, idx] = x.detach()
-    e_gn = _landmark_energy(model, est, lm, sigma, prior, idx)
-    e_bf = _landmark_energy(model, ref, lm, sigma, prior, idx)
-    e_start = _landmark_energy(model, start, lm, sigma, prior, idx)
+    e_gn = _landmark_energy(model, est, lm, sigma, prior)
+    e_bf = _landmark_energy(model, ref, lm, sigma, prior)
+    e_start = _landmark_energy(model, start, lm, sigma, prior)
     assert bool((e_gn < 0.5 * e_start).all())
     assert bool((e_gn <= e_bf * (1 + 1e-4) + 1e-3).all()), (e_gn, e_bf)
 
@@ -713,7 +714,7 @@ def test_landmark_map_against_brute_force(model):
         x = th[:, idx].clone().requires_grad_(True)
         t = th.clone()
         t[:, idx] = x
-        _landmark_energy(model, t, lm, sigma, prior, idx).sum().backward()
+        _landmark_energy(model, t, lm, sigma, prior).sum().backward()
         return x.grad
 
     # a stationary point: the gradient is gone (float32 projection) where L-BFGS still has some left
@@ -811,3 +812,50 @@ def test_landmark_limit_markdown():
     assert md[3] == "| net | 2.50 (0.62) | 1.25 (0.62) |"
     assert md[4] == "| landmarks, X | 3.20 (0.80) | 1.20 (0.60) |"
     assert md[5] == "| *true parameters, mean head size* | 2.00 (0.50) | 0.50 (0.25) |"
+
+
+def test_wild_test_frames_are_the_test_sets_faces(model, monkeypatch):
+    monkeypatch.setattr(ifn, "TEST_CHUNK", 3)  # two chunks of the set, each with its own seed
+    test = ifn.make_test_set(model, "wild", 5, seed=4, size=32)
+    chunks = list(ifn.wild_test_frames(model, 5, 4, test["render_size"]))
+    assert [c["theta"].shape[0] for c in chunks] == [3, 2]
+    assert torch.equal(torch.cat([c["theta"] for c in chunks]).float().cpu(), test["theta"])
+    assert torch.equal(torch.cat([c["verts_model"] for c in chunks]).float().cpu(), test["verts"])
+    # the same faces in a frame twice the size: the detector's noise is relative to the landmark box
+    big = list(ifn.wild_test_frames(model, 5, 4, 2 * test["render_size"]))
+    assert big[0]["image"].shape[-1] == 2 * test["render_size"]
+    for c, b in zip(chunks, big):
+        assert torch.equal(b["theta"], c["theta"])
+        assert torch.allclose(b["landmarks"], 2 * c["landmarks"], atol=1e-3)
+
+
+def test_fit_limit_scores_the_fit_against_the_mean_face(model):
+    from facelib.fit import FIT_WEIGHTS
+
+    test = ifn.make_test_set(model, "wild", 4, seed=2, size=32)
+    mean = ifn.geometric_errors(model, ifn.mean_face_theta(model, test["theta"]), test["verts"])
+    # no iteration: the fit's start is the mean face placed on the landmarks, so it scores the mean face
+    r0 = ifn.fit_limit(model, test, 48, iters=(0, 0), progress=False)
+    assert r0["theta"].shape == test["theta"].shape
+    for m in ("geometric_mm", "geometric_aligned_mm"):
+        assert r0[m]["mean"] == pytest.approx(float(mean[m].mean()), rel=1e-5)
+    # the landmarks alone move it toward the faces (in batches of 3 and 1)
+    r1 = ifn.fit_limit(model, test, 48, iters=(60, 0), weights=FIT_WEIGHTS.replace(photo=0.0), batch=3, progress=False)
+    assert r1["geometric_aligned_mm"]["mean"] < 0.9 * r0["geometric_aligned_mm"]["mean"]
+    assert r1["seconds_per_face"] > 0
+    with pytest.raises(ValueError, match="wild test set"):
+        ifn.fit_limit(model, ifn.make_test_set(model, "synthetic", 2, seed=2, size=32), 48)
+    with pytest.raises(ValueError, match="frame_size"):
+        ifn.fit_limit(model, test, 16)
+    with pytest.raises(ValueError, match="batch"):
+        ifn.fit_limit(model, test, 48, batch=0)
+
+
+def test_fit_limit_rows_only_for_the_same_faces():
+    test = {"kind": "wild", "theta": torch.zeros(8, 3), "seed": 10_000, "size": 64, "render_size": 96}
+    rows = {"fit, landmarks + pixels, 96-px frame": {"geometric_mm": {"mean": 3.0, "std": 0.5}}}
+    record = {"test_set": {"kind": "wild", "faces": 8, "seed": 10_000, "size": 64, "render_size": 96}, "rows": rows}
+    assert ifn.fit_limit_rows(record, test) == rows
+    assert ifn.fit_limit_rows(None, test) == {}
+    for key, other in (("faces", 4), ("seed", 10_001), ("size", 48), ("render_size", 72), ("kind", "synthetic")):
+        assert ifn.fit_limit_rows(dict(record, test_set=dict(record["test_set"], **{key: other})), test) == {}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import facelib
-from facelib.data.corpus import (SyntheticCorpus, landmark_features, landmark_input, network_input,
+from facelib.data.corpus import (SyntheticCorpus, landmark_features, landmark_input, landmark_side, network_input,
                                  to_network)
 from facelib.data.wild import WILD, detector_noise, wild_batch
 import facelib.inversefacenet as ifn
@@ -38,6 +38,17 @@ def test_landmark_features_forget_position_and_size():
     assert torch.allclose((hi - lo).max(-1).values, torch.ones(5, dtype=torch.float64), atol=1e-6)
     with pytest.raises(ValueError, match=r"expected \(B, 68, 2\)"):
         landmark_features(torch.zeros(5, 136))
+
+
+def test_landmark_side_is_the_longer_side_of_the_box():
+    lm = torch.rand(5, 68, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * torch.tensor([30.0, 50.0])
+    lm[2, :, 0] *= 4  # one face wider than tall
+    ref = [max(max(p[0] for p in f) - min(p[0] for p in f), max(p[1] for p in f) - min(p[1] for p in f))
+           for f in lm.tolist()]
+    side = landmark_side(lm)
+    assert side.shape == (5,) and side.dtype == torch.float64
+    assert torch.allclose(side, torch.tensor(ref, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert torch.equal(landmark_side(lm + 7.0), side)  # a shift changes nothing
 
 
 def test_crop_and_frame_landmarks_give_the_same_features(model):

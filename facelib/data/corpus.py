@@ -66,12 +66,18 @@ def landmark_mask(landmarks: torch.Tensor, height: int, width: int) -> torch.Ten
     return outline & ~mouth
 
 
+def landmark_side(landmarks: torch.Tensor) -> torch.Tensor:
+    """The longer side of each face's landmark bounding box: ``(B, K, 2)`` pixels -> ``(B,)`` pixels, in
+    the landmarks' dtype (the unit of the detector's noise, of :func:`landmark_features` and of the crop)."""
+    return (landmarks.max(1).values - landmarks.min(1).values).max(-1).values
+
+
 def landmark_box(landmarks: torch.Tensor, margin: float = CROP_MARGIN) -> torch.Tensor:
     """Square box around the landmarks (Sec. 6.1): ``(B, 68, 2)`` -> ``(B, 3)`` (centre x, centre y,
     side) in pixels; the side is the larger extent times ``1 + 2 margin``."""
     lo, hi = landmarks.min(1).values, landmarks.max(1).values
     centre = (lo + hi) / 2
-    side = (hi - lo).max(-1).values * (1 + 2 * margin)
+    side = landmark_side(landmarks) * (1 + 2 * margin)
     return torch.cat([centre, side[:, None]], dim=1)
 
 
@@ -83,7 +89,7 @@ def landmark_features(landmarks: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected (B, 68, 2)")
     lm = landmarks.float()
     lo, hi = lm.min(1).values, lm.max(1).values
-    side = (hi - lo).max(-1).values.clamp_min(1e-6)
+    side = landmark_side(lm).clamp_min(1e-6)
     return ((lm - (lo + hi)[:, None] / 2) / side[:, None, None]).flatten(1)
 
 

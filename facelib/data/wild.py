@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..render.camera import Camera
+from .corpus import landmark_side
 from ..model.detail import apply_detail, detail_displacement
 from ..model.params import ParamLayout, _uniform
 from ..render import face_camera, landmarks_2d, render
@@ -257,7 +258,7 @@ def detector_noise(landmarks: torch.Tensor, amount: float, generator: torch.Gene
     detector's common offset).  The draws are float64 from ``generator`` (so they do not depend on the
     landmarks' dtype); returns ``(B, K, 2)`` in the landmarks' dtype."""
     B, K = landmarks.shape[:2]
-    side = (landmarks.max(1).values - landmarks.min(1).values).max(-1).values  # (B,)
+    side = landmark_side(landmarks)  # (B,)
     noise = torch.randn(B, K, 2, generator=generator, dtype=torch.float64).to(landmarks) \
         + 0.5 * torch.randn(B, 1, 2, generator=generator, dtype=torch.float64).to(landmarks)
     return landmarks + amount * side[:, None, None] * noise

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path
-from ..data.corpus import landmark_features, landmark_input, network_input, render_crops, to_network
+from ..data.corpus import landmark_features, landmark_input, landmark_side, network_input, render_crops, to_network
 from ..eval.metrics import geometric_rmse, mask_iou, photometric_rmse
 from ..model.params import ParamLayout, breed_children
 from ..nets import takes_landmarks
@@ -42,7 +42,7 @@ __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_
            "compare_rows", "verdict", "rows_json", "curves_json", "LANDMARK_VARIANTS", "landmark_variants_markdown",
            "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS",
            "expression_moments", "LANDMARK_UNKNOWNS", "landmark_map", "landmark_limit",
-           "landmark_limit_markdown"]
+           "landmark_limit_markdown", "TEST_CHUNK", "wild_test_frames", "fit_limit", "fit_limit_rows"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
@@ -495,6 +495,27 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
 
 
 # ------------------------------------------------------------------------------------------- evaluation
+TEST_CHUNK = 128  # faces per rendering chunk of make_test_set; each chunk has its own seed
+
+
+def _test_chunk_seed(seed: int, i: int) -> int:
+    """The seed of chunk ``i`` of a :func:`make_test_set` set of ``seed``."""
+    return seed * 1_000_003 + i
+
+
+def wild_test_frames(model, n: int, seed: int, frame_size: int):
+    """The full frames of a wild :func:`make_test_set` set (same ``n`` and ``seed``) drawn at ``frame_size``
+    pixels, in chunks: yields one :func:`facelib.data.wild.wild_batch` dict per chunk of at most
+    :data:`TEST_CHUNK` faces.  The faces (parameters, detail, albedo, the camera's relative zoom and shift,
+    the detector's noise relative to the landmark box) are those of the test set whatever the size, so a
+    method that reads the whole frame, e.g. :func:`facelib.fit.fit`, can be scored on the same faces as
+    the networks, at their frame size (the set's ``render_size``) or a larger one."""
+    from ..data.wild import wild_batch
+
+    for i, start in enumerate(range(0, n, TEST_CHUNK)):
+        yield wild_batch(model, min(TEST_CHUNK, n - start), seed=_test_chunk_seed(seed, i), size=frame_size)
+
+
 def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: int | None = None,
                   n_now: int = 0) -> dict:
     """A held-out test set with ground truth: ``kind`` ``"synthetic"`` (Sec. 5 prior) or ``"wild"``
@@ -514,9 +535,9 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
 
     render_size = render_size or int(math.ceil(1.5 * size))
     parts = []
-    for i, start in enumerate(range(0, n, 128)):
-        b = min(128, n - start)
-        s = seed * 1_000_003 + i
+    for i, start in enumerate(range(0, n, TEST_CHUNK)):
+        b = min(TEST_CHUNK, n - start)
+        s = _test_chunk_seed(seed, i)
         if kind == "synthetic":
             theta = sample_sec5(model, b, seed=s)
             out = render_crops(model, theta, size, render_size)
@@ -819,7 +840,7 @@ def landmark_limit(model, test: dict, prior_theta: dict, iters: int = 10) -> dic
     if not prior_theta:
         raise ValueError("prior_theta needs at least one prior")
     lm, truth = test["landmarks"], test["theta"]
-    side = (lm.max(1).values - lm.min(1).values).max(-1).values.double()
+    side = landmark_side(lm).double()
     sigma = WILD["landmark_noise"] * side
     sl = ParamLayout.from_model(model)
     start = truth.clone()
@@ -838,6 +859,56 @@ def landmark_limit(model, test: dict, prior_theta: dict, iters: int = 10) -> dic
         e = geometric_errors(model, th, test["verts"])
         out[row] = {"theta": th, **{m: summarize(v) for m, v in e.items()}}
     return out
+
+
+@torch.no_grad()
+def _fit_eq1(model, res) -> torch.Tensor:
+    """The Eq. 1 layout ``(B, m)`` of a :func:`facelib.fit.fit` result (its translation dropped)."""
+    p, eq1 = res.layout.unpack(res.theta), ParamLayout.from_model(model)
+    return eq1.pack({k: p[k] for k in eq1.names})
+
+
+def fit_limit(model, test: dict, frame_size: int, iters: tuple = (200, 80), weights=None, batch: int = 32,
+              seed: int = 0, progress: bool = True) -> dict:
+    """How far chapter 8's analysis-by-synthesis fit (:func:`facelib.fit.fit`: landmark, photometric and
+    prior terms, from the mean face, the renderer's default camera) takes the faces of a wild
+    :func:`make_test_set` set when it reads every pixel of their frames, drawn at ``frame_size``
+    (:func:`wild_test_frames`; the set's ``render_size`` is the frame its network crops come from).
+    ``weights``: :class:`facelib.fit.FitWeights` (default :data:`facelib.fit.FIT_WEIGHTS`; ``photo=0``
+    reads the landmarks alone).  Faces are fitted ``batch`` at a time, each batch with ``seed``.
+    Returns ``{"theta": (n, m) Eq. 1 layout, "seconds_per_face": float, measure: {mean, std}}`` for the
+    plain and aligned geometric errors of :func:`evaluate_theta` against the set's ground truth."""
+    from ..fit import FIT_WEIGHTS, fit
+
+    if test.get("kind") != "wild":
+        raise ValueError(f"fit_limit needs a wild test set (make_test_set(model, 'wild', ...)); got {test.get('kind')!r}")
+    if isinstance(frame_size, bool) or not isinstance(frame_size, int) or frame_size < 32:
+        raise ValueError(f"frame_size must be an integer >= 32; got {frame_size!r}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer; got {batch!r}")
+    n = test["theta"].shape[0]
+    thetas, seconds = [], 0.0
+    for frames in wild_test_frames(model, n, test["seed"], frame_size):
+        for i in range(0, frames["image"].shape[0], batch):
+            res = fit(model, frames["image"][i:i + batch].float(), frames["landmarks"][i:i + batch].float(),
+                      iters=tuple(iters), weights=weights or FIT_WEIGHTS, seed=seed, progress=progress)
+            thetas.append(_fit_eq1(model, res).float().cpu())
+            seconds += res.seconds
+    theta = torch.cat(thetas)
+    e = geometric_errors(model, theta, test["verts"])
+    return {"theta": theta, "seconds_per_face": seconds / n, **{m: summarize(v) for m, v in e.items()}}
+
+
+def fit_limit_rows(record: dict | None, test: dict) -> dict:
+    """The rows of a saved :func:`fit_limit` record (``benchmarks/ifn_fit_limit.py``'s JSON, ``{"test_set":
+    ..., "rows": {name: {measure: {mean, std}, ...}}}``) if it was measured on the faces of ``test`` (the
+    same kind, count, seed, crop and frame size), else ``{}`` (no record, or another profile's set), so a
+    table never puts a fit of other faces beside the networks."""
+    if not record:
+        return {}
+    want = {"kind": test.get("kind"), "faces": int(test["theta"].shape[0]), "seed": test.get("seed"),
+            "size": test.get("size"), "render_size": test.get("render_size")}
+    return dict(record["rows"]) if record.get("test_set") == want else {}
 
 
 def landmark_limit_markdown(limit: dict, results: dict, refs: dict, names, test_key: str = "wild") -> str:
