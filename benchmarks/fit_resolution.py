@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
+from facelib.bench import set_threads  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.data.wild import wild_batch  # noqa: E402
 from facelib.eval import compare  # noqa: E402
@@ -49,11 +49,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if any(s < 32 or s > 512 for s in args.sizes):
         ap.error("sizes must lie in [32, 512]")
-    threads = int(os.environ.get("FACELIB_THREADS", "2"))
-    torch.set_num_threads(threads)
-    import numba
-
-    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # two spinning pools per process: 10x slower
+    set_threads(2)
     cfg = settings("08_fitting", "cpu")
     n = args.faces or cfg["n_faces"]
     model = facelib.load_model("open")

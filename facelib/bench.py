@@ -23,6 +23,18 @@ from ._checks import MAX_IMAGE_SIZE, check_positive_int
 from .device import pick_device
 
 
+def set_threads(default: int = 2) -> int:
+    """A benchmark process's CPU threads: ``$FACELIB_THREADS`` (else ``default``) for PyTorch, and as many
+    for Numba's pool (at most its ``NUMBA_NUM_THREADS``): two pools spinning against each other in one
+    process made the fit about 10x slower on our 2-core machine.  Returns PyTorch's thread count."""
+    import numba
+
+    threads = int(os.environ.get("FACELIB_THREADS", str(default)))
+    torch.set_num_threads(threads)
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    return threads
+
+
 def _rss_mb() -> float:
     """Current resident set size of this process, MiB (Linux; 0 elsewhere)."""
     try:

@@ -843,6 +843,15 @@ def test_fit_limit_scores_the_fit_against_the_mean_face(model):
     r1 = ifn.fit_limit(model, test, 48, iters=(60, 0), weights=FIT_WEIGHTS.replace(photo=0.0), batch=3, progress=False)
     assert r1["geometric_aligned_mm"]["mean"] < 0.9 * r0["geometric_aligned_mm"]["mean"]
     assert r1["seconds_per_face"] > 0
+    # a start of its own (e.g. landmark_map's), per face in the set's order across batches
+    truth = ifn.geometric_errors(model, test["theta"], test["verts"])
+    r2 = ifn.fit_limit(model, test, 48, iters=(0, 0), batch=3, progress=False, theta0=test["theta"])
+    sl = ParamLayout.from_model(model)
+    for name in ("shape", "expression", "rotation"):
+        assert torch.allclose(r2["theta"][:, sl[name]], test["theta"][:, sl[name]])
+    assert r2["geometric_mm"]["mean"] == pytest.approx(float(truth["geometric_mm"].mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="theta0"):
+        ifn.fit_limit(model, test, 48, theta0=test["theta"][:2])
     with pytest.raises(ValueError, match="wild test set"):
         ifn.fit_limit(model, ifn.make_test_set(model, "synthetic", 2, seed=2, size=32), 48)
     with pytest.raises(ValueError, match="frame_size"):

@@ -170,3 +170,20 @@ def test_ci_chapter_results_are_bit_identical_twice(tmp_path):
     assert a["environment"] == b["environment"] and a["environment"]["seed"] == 0
     assert _without_timings(a) == _without_timings(b)
     assert len(json.dumps(_without_timings(a))) > 500  # the comparison covers the chapter's numbers
+
+
+def test_benchmark_threads_follow_the_environment(monkeypatch):
+    import numba
+
+    from facelib.bench import set_threads
+
+    before = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        monkeypatch.setenv("FACELIB_THREADS", "1")
+        assert set_threads(2) == 1
+        assert torch.get_num_threads() == 1 and numba.get_num_threads() == 1  # one pool each, the same size
+        monkeypatch.delenv("FACELIB_THREADS")
+        assert set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before[0])
+        numba.set_num_threads(before[1])

@@ -869,13 +869,17 @@ def _fit_eq1(model, res) -> torch.Tensor:
 
 
 def fit_limit(model, test: dict, frame_size: int, iters: tuple = (200, 80), weights=None, batch: int = 32,
-              seed: int = 0, progress: bool = True) -> dict:
+              seed: int = 0, progress: bool = True, theta0: torch.Tensor | None = None) -> dict:
     """How far chapter 8's analysis-by-synthesis fit (:func:`facelib.fit.fit`: landmark, photometric and
     prior terms, from the mean face, the renderer's default camera) takes the faces of a wild
     :func:`make_test_set` set when it reads every pixel of their frames, drawn at ``frame_size``
     (:func:`wild_test_frames`; the set's ``render_size`` is the frame its network crops come from).
     ``weights``: :class:`facelib.fit.FitWeights` (default :data:`facelib.fit.FIT_WEIGHTS`; ``photo=0``
     reads the landmarks alone).  Faces are fitted ``batch`` at a time, each batch with ``seed``.
+    ``theta0``: ``(n, m)`` Eq. 1 layout start instead of the mean face, e.g. :func:`landmark_map`'s estimate
+    with ``iters=(0, k)`` (the fit's pixel stage alone from it); it is placed on each frame's landmarks
+    and its reflectance and light are used as given (the pixel stage first solves the light in closed
+    form; zero the reflectance to start from the mean albedo).
     Returns ``{"theta": (n, m) Eq. 1 layout, "seconds_per_face": float, measure: {mean, std}}`` for the
     plain and aligned geometric errors of :func:`evaluate_theta` against the set's ground truth."""
     from ..fit import FIT_WEIGHTS, fit
@@ -887,11 +891,16 @@ def fit_limit(model, test: dict, frame_size: int, iters: tuple = (200, 80), weig
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ValueError(f"batch must be a positive integer; got {batch!r}")
     n = test["theta"].shape[0]
-    thetas, seconds = [], 0.0
+    if theta0 is not None and tuple(theta0.shape) != tuple(test["theta"].shape):
+        raise ValueError(f"theta0 has shape {tuple(theta0.shape)}; the test set has {tuple(test['theta'].shape)}")
+    thetas, seconds, done = [], 0.0, 0
     for frames in wild_test_frames(model, n, test["seed"], frame_size):
         for i in range(0, frames["image"].shape[0], batch):
-            res = fit(model, frames["image"][i:i + batch].float(), frames["landmarks"][i:i + batch].float(),
-                      iters=tuple(iters), weights=weights or FIT_WEIGHTS, seed=seed, progress=progress)
+            image, lm = frames["image"][i:i + batch].float(), frames["landmarks"][i:i + batch].float()
+            start = None if theta0 is None else theta0[done:done + image.shape[0]].to(image)
+            res = fit(model, image, lm, theta0=start, iters=tuple(iters), weights=weights or FIT_WEIGHTS, seed=seed,
+                      progress=progress)
+            done += image.shape[0]
             thetas.append(_fit_eq1(model, res).float().cpu())
             seconds += res.seconds
     theta = torch.cat(thetas)
