@@ -90,8 +90,9 @@ def main(argv=None):
                       "seconds_per_face": round(r["seconds_per_face"], 3),
                       "wall_s": round(time.perf_counter() - t0, 1)}
         print(json.dumps({name: rows[name]}), flush=True)
-    out = {"what": "chapter 8's fit (its cpu iterations, from the mean face) on chapter 4's wild test faces "
-                   "(cpu profile), drawn at each frame size; chapter 4's geometric errors [mm], mean and std over the faces",
+    out = {"what": "chapter 8's fit on chapter 4's wild test faces (cpu profile), drawn at each frame size: its cpu "
+                   "iterations from the mean face, or its pixel stage alone from landmark_map (each row's start and "
+                   "iters); chapter 4's geometric errors [mm], mean and std over the faces",
            "test_set": test_set, "iters": list(fit_cfg["iters"]), "mean_face": mean_face, "rows": rows,
            "command": "FACELIB_THREADS=1 NUMBA_NUM_THREADS=1 .venv/bin/python benchmarks/ifn_fit_limit.py "
                       + " ".join(sys.argv[1:] if argv is None else argv),
