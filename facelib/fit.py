@@ -52,6 +52,7 @@ __all__ = [
     "FitResult",
     "fit_layout",
     "to_fit_layout",
+    "from_fit_layout",
     "fit_camera",
     "render_fit",
     "initial_theta",
@@ -141,6 +142,13 @@ def to_fit_layout(model: FaceModel, theta: torch.Tensor) -> torch.Tensor:
                      f"of model {model.name!r}) or {lay.size} (facelib.fit.fit_layout)")
 
 
+def from_fit_layout(model: FaceModel, theta: torch.Tensor) -> torch.Tensor:
+    """``theta (B, m_fit)`` in :func:`fit_layout` -> ``(B, m)`` in the Eq. 1 layout (the translation left
+    out: it is the camera's, :func:`fit_camera`); the inverse of :func:`to_fit_layout` up to it."""
+    p, eq1 = fit_layout(model).unpack(theta), ParamLayout.from_model(model)
+    return eq1.pack({k: p[k] for k in eq1.names})
+
+
 def fit_camera(translation: torch.Tensor, image_size, camera: Camera | None = None) -> Camera:
     """The renderer's camera (default :func:`facelib.render.face_camera`) moved by a per-face
     ``translation (B, 3)`` mm: ``t = camera.t + translation`` ``(B, 3)`` (gradients flow to it)."""
@@ -153,10 +161,9 @@ def render_fit(model: FaceModel, theta: torch.Tensor, image_size, camera: Camera
     """:func:`facelib.render.render` of ``theta (B, m_fit)`` (:func:`fit_layout`): the Eq. 1 part through
     the renderer, the translation through :func:`fit_camera`.  ``kwargs`` go to ``render``."""
     lay = fit_layout(model)
-    p = lay.unpack(lay.check(theta))
-    eq1 = ParamLayout.from_model(model)
-    th = eq1.pack({k: p[k] for k in eq1.names})
-    return render(model, th, image_size, camera=fit_camera(p["translation"], image_size, camera), **kwargs)
+    th = lay.check(theta)
+    return render(model, from_fit_layout(model, th), image_size,
+                  camera=fit_camera(lay.unpack(th)["translation"], image_size, camera), **kwargs)
 
 
 def _pp(cam: Camera, ref: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from facelib.fit import (FIT_WEIGHTS, e_landmark, e_photo_dense, e_prior, fit, fit_layout, init_illumination,
-                         initial_theta, render_fit, to_fit_layout)
+from facelib.fit import (FIT_WEIGHTS, e_landmark, e_photo_dense, e_prior, fit, fit_layout, from_fit_layout,
+                         init_illumination, initial_theta, render_fit, to_fit_layout)
 from facelib.eval.metrics import now_error
 from facelib.model.params import ParamLayout, sample_sec5
 from facelib.render import landmarks_2d, render
@@ -87,6 +87,10 @@ def test_layout_and_render_fit_match_the_renderer(open_model, synthetic):
     th = to_fit_layout(m, synthetic["theta"])
     assert th.shape == (2, ParamLayout.from_model(m).size + 3) and (th[:, 3:6] == 0).all()
     assert torch.equal(to_fit_layout(m, th), th)
+    assert torch.equal(from_fit_layout(m, th), synthetic["theta"])  # back to Eq. 1, the translation left out
+    moved = th.clone()
+    moved[:, 3:6] = 5.0
+    assert torch.equal(from_fit_layout(m, moved), synthetic["theta"])
     with torch.no_grad():
         a = render_fit(m, th, SIZE).image
         b = render(m, synthetic["theta"], SIZE).image

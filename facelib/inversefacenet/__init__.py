@@ -861,13 +861,6 @@ def landmark_limit(model, test: dict, prior_theta: dict, iters: int = 10) -> dic
     return out
 
 
-@torch.no_grad()
-def _fit_eq1(model, res) -> torch.Tensor:
-    """The Eq. 1 layout ``(B, m)`` of a :func:`facelib.fit.fit` result (its translation dropped)."""
-    p, eq1 = res.layout.unpack(res.theta), ParamLayout.from_model(model)
-    return eq1.pack({k: p[k] for k in eq1.names})
-
-
 def fit_limit(model, test: dict, frame_size: int, iters: tuple = (200, 80), weights=None, batch: int = 32,
               seed: int = 0, progress: bool = True, theta0: torch.Tensor | None = None) -> dict:
     """How far chapter 8's analysis-by-synthesis fit (:func:`facelib.fit.fit`: landmark, photometric and
@@ -882,7 +875,7 @@ def fit_limit(model, test: dict, frame_size: int, iters: tuple = (200, 80), weig
     form; zero the reflectance to start from the mean albedo).
     Returns ``{"theta": (n, m) Eq. 1 layout, "seconds_per_face": float, measure: {mean, std}}`` for the
     plain and aligned geometric errors of :func:`evaluate_theta` against the set's ground truth."""
-    from ..fit import FIT_WEIGHTS, fit
+    from ..fit import FIT_WEIGHTS, fit, from_fit_layout
 
     if test.get("kind") != "wild":
         raise ValueError(f"fit_limit needs a wild test set (make_test_set(model, 'wild', ...)); got {test.get('kind')!r}")
@@ -901,7 +894,7 @@ def fit_limit(model, test: dict, frame_size: int, iters: tuple = (200, 80), weig
             res = fit(model, image, lm, theta0=start, iters=tuple(iters), weights=weights or FIT_WEIGHTS, seed=seed,
                       progress=progress)
             done += image.shape[0]
-            thetas.append(_fit_eq1(model, res).float().cpu())
+            thetas.append(from_fit_layout(model, res.theta.detach()).float().cpu())
             seconds += res.seconds
     theta = torch.cat(thetas)
     e = geometric_errors(model, theta, test["verts"])
