@@ -493,7 +493,7 @@ def fit(model: FaceModel, image: torch.Tensor, landmarks: torch.Tensor, theta0: 
             theta = init_illumination(model, theta, image, (H, W), cam)
             theta = _stage(theta, _steps(lay, lay.names, theta, STEP2), iters[1], energy_full, log, 2, bar,
                            tracer)
-    T, B = len(log), image.shape[0]
+    B = image.shape[0]
     nan = torch.full((B,), float("nan"), dtype=dtype, device=dev)
     energy = torch.stack([e for _, e, _ in log]) if log else torch.zeros(0, B)
     terms = {k: torch.stack([t.get(k, nan) for _, _, t in log]) if log else torch.zeros(0, B)

@@ -44,6 +44,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._linalg import solve
 from ..eval.metrics import masked_mean
 from ..render.shading import sh_basis, sh_first_order_basis
 
@@ -140,7 +141,7 @@ def _solve(AtA: torch.Tensor, Atb: torch.Tensor, ridge: float) -> torch.Tensor:
     n = AtA.shape[-1]
     eye = torch.eye(n, dtype=AtA.dtype, device=AtA.device)
     tr = AtA.diagonal(dim1=-2, dim2=-1).sum(-1).clamp_min(1e-30)[:, None, None] / n
-    return torch.linalg.solve(AtA + ridge * tr * eye, Atb.unsqueeze(-1)).squeeze(-1)
+    return solve(AtA + ridge * tr * eye, Atb.unsqueeze(-1)).squeeze(-1)
 
 
 def solve_lighting(image: torch.Tensor, rho: torch.Tensor, normals: torch.Tensor, mask: torch.Tensor,

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .._atomic import atomic_path
+from .._linalg import solve
 from ..data.corpus import landmark_features, landmark_input, landmark_side, network_input, render_crops, to_network
 from ..eval.metrics import geometric_rmse, mask_iou, photometric_rmse
 from ..model.params import ParamLayout, breed_children
@@ -820,7 +821,7 @@ def landmark_map(model, landmarks: torch.Tensor, theta0: torch.Tensor, sigma_px,
         H[:, :k, :k] += prec / s.square()[:, None, None]
         b = (w * A.transpose(1, 2) @ obs).squeeze(-1)
         b[:, :k] -= ((x - mean) @ prec) / s[:, None]
-        z = torch.linalg.solve(H, b)
+        z = solve(H, b)  # one thread for the batched LU: see facelib._linalg
         s = z[:, k]
         est[:, idx_d] = (x + z[:, :k] / s[:, None]).to(dev, torch.float32)
     return est.cpu()
