@@ -4,8 +4,9 @@ PyTorch 2.13's CPU build solves a batch of systems by LU (``getrf``) in a parall
 batch, and MKL's ``getrf`` opens a thread team of its own inside it for matrices of about 150 rows
 and more.  On AMD EPYC machines with two threads this nested team hangs or returns invalid pivots
 (``Intel oneMKL ERROR: Parameter 6 was incorrect on entry to DLASWP``); on Intel Xeons it does not.
-One thread for the factorisation takes the same arithmetic path as the nested, sequential
-``getrf`` of each batch element, so the results do not change where the old call worked.
+One thread for the factorisation runs each batch element through MKL's sequential ``getrf``, which
+is what the nested call does where it works (MKL runs sequentially inside a parallel region), so the
+numbers should not change there; below MKL's threading threshold they are the same bits on any CPU.
 """
 
 from __future__ import annotations
