@@ -21,10 +21,8 @@ def solve(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     a single system, a GPU tensor or a one-thread process calls PyTorch directly.  Differentiable
     as ``torch.linalg.solve`` is (its backward reuses the factorisation, which is not affected).
     """
-    if A.device.type != "cpu" or A.ndim < 3 or A.shape[:-2].numel() <= 1:
-        return torch.linalg.solve(A, B)
     threads = torch.get_num_threads()
-    if threads == 1:
+    if A.device.type != "cpu" or A.ndim < 3 or A.shape[:-2].numel() <= 1 or threads == 1:
         return torch.linalg.solve(A, B)
     torch.set_num_threads(1)
     try:
