@@ -15,20 +15,32 @@ mean face:
 Writes ``benchmarks/results/now_speed.json``.
 
     .venv/bin/python benchmarks/now_speed.py [--faces 16] [--repeats 5] [--brute 2000]
+
+Before/after a change of the search, alternating fresh processes (the 2 cores are shared, so the load
+changes between runs), with a SHA-256 of the ``now_error`` distances of each version (the same digest:
+the same numbers to the bit)::
+
+    mkdir -p /tmp/facelib_before && git archive <commit> facelib | tar -x -C /tmp/facelib_before
+    .venv/bin/python benchmarks/now_speed.py --against /tmp/facelib_before --rounds 3 \\
+        --out benchmarks/results/now_speed_before_after.json
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# FACELIB_TREE: time the facelib of another folder (--against runs this script so for the old version)
+sys.path.insert(0, os.environ.get("FACELIB_TREE") or str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib.eval import metrics  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
@@ -60,7 +72,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--brute", type=int, default=2000, help="points checked against brute force")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "now_speed.json"))
+    ap.add_argument("--against", default=None, help="a folder holding an older facelib: time both, alternating")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of --against")
     a = ap.parse_args(argv)
+    if a.against:
+        return compare(a)
 
     model = facelib.load_model("open")
     face, lm, tri = model.masks["face"], model.landmarks, model.triangles
@@ -85,11 +101,39 @@ def main(argv=None) -> dict:
         "closest_points_aligned_ms": round(1000 * t_aligned, 1),
         "now_error_ms_per_face": round(1000 * t_now, 1),
         "now_error_mean_mm": round(float(e.distance.mean()), 4),
+        "now_error_sha256": hashlib.sha256(e.distance.numpy().tobytes()).hexdigest()[:16],
         "max_abs_diff_to_brute_force_mm": float((d - d_ref).abs().max()),
         "brute_force_points": int(len(sub)),
         "environment": environment(seed=a.seed),
     }
     print(json.dumps({k: v for k, v in record.items() if k != "environment"}, indent=1))
+    atomic_write_bytes(Path(a.out), (json.dumps(record, indent=1) + "\n").encode())
+    print("wrote", a.out)
+    return record
+
+
+def compare(a) -> dict:
+    """``--against``: this script in fresh processes, the old folder's facelib and this one's in turn."""
+    keys = ("closest_points_unaligned_ms", "closest_points_aligned_ms", "now_error_ms_per_face")
+    runs = {"before": [], "after": []}
+    for _ in range(a.rounds):
+        for version, tree in (("before", a.against), ("after", str(Path(__file__).resolve().parent.parent))):
+            env = dict(os.environ, FACELIB_TREE=str(Path(tree).resolve()))
+            out = Path(a.out).with_suffix(f".{version}.tmp")
+            subprocess.run([sys.executable, __file__, "--faces", str(a.faces), "--repeats", str(a.repeats),
+                            "--brute", str(a.brute), "--seed", str(a.seed), "--out", str(out)], env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            r = json.loads(out.read_text())
+            out.unlink()
+            runs[version].append({k: r[k] for k in keys + ("now_error_sha256", "max_abs_diff_to_brute_force_mm")}
+                                 | {"load_avg_1min": round(os.getloadavg()[0], 2)})
+    summary = {v: {k: round(statistics.median(r[k] for r in rs), 1) for k in keys} for v, rs in runs.items()}
+    digests = {v: sorted({r["now_error_sha256"] for r in rs}) for v, rs in runs.items()}
+    record = {"summary": summary, "speedup": {k: round(summary["before"][k] / summary["after"][k], 2) for k in keys},
+              "same_distances": digests["before"] == digests["after"] and len(digests["after"]) == 1,
+              "digests": digests, "runs": runs, "faces": a.faces, "repeats": a.repeats,
+              "command": "benchmarks/now_speed.py " + " ".join(sys.argv[1:]), "environment": environment(seed=a.seed)}
+    print(json.dumps({k: v for k, v in record.items() if k not in ("runs", "environment")}, indent=1))
     atomic_write_bytes(Path(a.out), (json.dumps(record, indent=1) + "\n").encode())
     print("wrote", a.out)
     return record

@@ -339,6 +339,48 @@ def test_now_style_error_on_the_first_n_now_faces(model):
             make_test_set(model, "synthetic", 5, seed=3, size=32, n_now=bad)
 
 
+def test_evaluation_cache_reads_the_same_numbers_and_only_for_the_same_evaluation(model, tmp_path, monkeypatch):
+    """``evaluate_theta(cache=True)`` stores the result under a digest of the estimates and the test set and
+    reads it for the same call (chapter 4 evaluating chapter 3's rows again); other estimates, another test
+    set or a damaged file are measured, never read."""
+    from facelib.inversefacenet import mean_face_theta
+
+    def same(x, y):  # bit for bit, nan where nan (now_mm after the first n_now faces)
+        return x.keys() == y.keys() and all(torch.equal(x[k].nan_to_num(-7.0), y[k].nan_to_num(-7.0)) for k in x)
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    test = make_test_set(model, "synthetic", 4, seed=5, size=32, n_now=2)
+    est = mean_face_theta(model, test["theta"])
+    plain = evaluate_theta(model, est, test)
+    first = evaluate_theta(model, est, test, cache=True)
+    files = list((tmp_path / "checkpoints" / "evaluations").glob("*.pt"))
+    assert len(files) == 1
+    assert same(first, plain)
+    calls = []
+    monkeypatch.setattr(ifn, "now_errors", lambda *a, **k: calls.append(1) or torch.zeros(4))
+    again = evaluate_theta(model, est, test, cache=True)  # read: nothing is measured
+    assert not calls and same(again, plain)
+    other = est.clone()
+    other[0, 0] += 1e-3  # one number of one estimate changes the key
+    evaluate_theta(model, other, test, cache=True)
+    assert calls == [1]
+    test2 = dict(test, verts=test["verts"].clone())
+    test2["verts"][1, 5, 2] += 0.5  # so does any tensor of the test set
+    evaluate_theta(model, est, test2, cache=True)
+    assert calls == [1, 1] and len(list(files[0].parent.glob("*.pt"))) == 3
+    files[0].write_bytes(b"damaged")
+    monkeypatch.undo()
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    healed = evaluate_theta(model, est, test, cache=True)  # measured again and rewritten
+    assert same(healed, plain)
+    assert same(torch.load(files[0], weights_only=True), plain)
+    # error_sources (chapters 3-4's table of where the error comes from) is kept the same way
+    es = ifn.error_sources(model, est, test)
+    assert ifn.error_sources(model, est, test, cache=True) == es
+    assert len(list(files[0].parent.glob("*.pt"))) == 4
+    assert ifn.error_sources(model, est, test, cache=True) == es  # read
+
+
 # ------------------------------------------------------------------------------------------ photos
 def _write_photos(folder, model):
     """Two rendered faces on a grey background as JPEG and PNG, one broken file, one text file."""

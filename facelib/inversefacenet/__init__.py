@@ -559,8 +559,53 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
     return data
 
 
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """SHA-256 of every source file of ``facelib``: an evaluation cached by one version of the code is
+    never read by another."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parent.parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _evaluation_key(what: str, model, theta: torch.Tensor, test: dict, args: tuple) -> str:
+    """What a measure ``what(model, theta, test, *args)`` depends on: the estimates, every tensor and setting
+    of the test set, the face model, the code, PyTorch's version and thread count."""
+    from ..data.corpus import _model_key
+
+    h = hashlib.sha256()
+    for part in (what, _code_digest(), _model_key(model), torch.__version__, str(torch.get_num_threads()), repr(args)):
+        h.update(part.encode() + b"\0")
+    for name, value in sorted({"estimate": theta, **test}.items()):
+        h.update(name.encode() + b"\0")
+        if isinstance(value, torch.Tensor):
+            v = value.detach().cpu().contiguous()
+            h.update(f"{v.dtype}{tuple(v.shape)}".encode() + v.view(-1).view(torch.uint8).numpy().tobytes())
+        else:
+            h.update(repr(value).encode())
+    return h.hexdigest()[:32]
+
+
+def _measured(measure, model, theta: torch.Tensor, test: dict, *args):
+    """``measure(model, theta, test, *args)``, kept in ``checkpoint_dir()/evaluations`` under
+    :func:`_evaluation_key` and read from there when the same measurement is asked for again."""
+    path = checkpoint_dir() / "evaluations" / f"{_evaluation_key(measure.__name__, model, theta, test, args)}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # a damaged file is measured again, not trusted
+            path.unlink(missing_ok=True)
+    out = measure(model, theta, test, *args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        torch.save(out, tmp)
+    return out
+
+
 @torch.no_grad()
-def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> dict:
+def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64, cache: bool = False) -> dict:
     """Sec. 8 errors of estimates ``theta (n, m)`` on a :func:`make_test_set` set, per image.
 
     The estimate is rendered and pre-processed exactly like a training face (cropped to its own
@@ -575,9 +620,16 @@ def evaluate_theta(model, theta: torch.Tensor, test: dict, batch: int = 64) -> d
     Returns ``photometric_8bit``, ``geometric_mm``, ``geometric_aligned_mm``, ``iou_pct``, each ``(n,)``;
     and ``now_mm`` ``(n,)`` when the set has ``n_now > 0`` (:func:`now_errors`; nan after the first
     ``n_now`` faces).
+
+    ``cache``: keep the result in ``checkpoint_dir()/evaluations`` under a digest of the estimates, the whole
+    test set, the face model, facelib's source, PyTorch's version and thread count, and read it from there
+    when the same evaluation is asked for again (chapter 4 evaluates chapter 3's rows and reference rows
+    once more: the same numbers, without measuring them twice).
     """
     if theta.shape != test["theta"].shape:
         raise ValueError(f"theta has shape {tuple(theta.shape)}; the test set has {tuple(test['theta'].shape)}")
+    if cache:
+        return _measured(evaluate_theta, model, theta, test, batch)
     photo, geo, geo_a, iou = [], [], [], []
     for i in range(0, theta.shape[0], batch):
         th = theta[i:i + batch].to(model.device, torch.float32)
@@ -658,12 +710,14 @@ def coefficient_r2(theta: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     return 1 - (theta - truth).square().mean(0) / truth.var(0).clamp_min(1e-12)
 
 
-def error_sources(model, theta: torch.Tensor, test: dict) -> dict:
+def error_sources(model, theta: torch.Tensor, test: dict, cache: bool = False) -> dict:
     """Where the geometric error of estimates ``theta (n, m)`` on a :func:`make_test_set` set comes
     from: the test-set mean [mm] of the plain geometric error of the estimates (``"estimate"``), of the
     estimated shape with the true expression (``"estimated shape, true expression"``) and of the true
     shape (head size at the mean, :func:`truncated_truth`) with the estimated expression (``"true
-    shape, estimated expression"``).  Returns ``{row: float}``."""
+    shape, estimated expression"``).  Returns ``{row: float}``.  ``cache``: as :func:`evaluate_theta`'s."""
+    if cache:
+        return _measured(error_sources, model, theta, test)
     ex = ParamLayout.from_model(model)["expression"]
     truth = test["theta"]
     a = theta.clone()
@@ -680,9 +734,15 @@ ERROR_SOURCES = ("estimate", "estimated shape, true expression", "true shape, es
 
 def error_sources_rows(model, results: dict, names, tests: dict) -> dict:
     """:func:`error_sources` of every row of ``names`` (:func:`train_rows`' ``results``) on every test
-    set, averaged over the row's training seeds: ``{set: {row: {source: mm}}}``."""
-    return {key: {n: {k: float(np.mean([error_sources(model, r[key]["theta"], t)[k] for r in results[n].values()]))
-                      for k in ERROR_SOURCES} for n in names} for key, t in tests.items()}
+    set, averaged over the row's training seeds: ``{set: {row: {source: mm}}}`` (cached, as
+    :func:`evaluate_theta`'s evaluations: chapter 4 reads chapter 3's rows)."""
+    out = {}
+    for key, t in tests.items():
+        out[key] = {}
+        for n in names:
+            per_seed = [error_sources(model, r[key]["theta"], t, cache=True) for r in results[n].values()]
+            out[key][n] = {k: float(np.mean([e[k] for e in per_seed])) for k in ERROR_SOURCES}
+    return out
 
 
 def error_sources_markdown(sources: dict, refs: dict | None = None) -> str:
@@ -944,11 +1004,12 @@ def mean_face_theta(model, theta: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def evaluate(model, net: torch.nn.Module, test: dict, batch: int = 64) -> dict:
-    """:func:`evaluate_theta` of the network's estimates, plus ``theta (n, m)`` and ``test_ms`` (the
-    best-of-20 batch-1 forward time in ms, Table 1's test time)."""
+def evaluate(model, net: torch.nn.Module, test: dict, batch: int = 64, cache: bool = False) -> dict:
+    """:func:`evaluate_theta` of the network's estimates (``cache``: as there), plus ``theta (n, m)`` and
+    ``test_ms`` (the best-of-20 batch-1 forward time in ms, Table 1's test time, always measured)."""
     theta = predict(net, test["x"], landmarks=test.get("landmarks"))
-    return dict(evaluate_theta(model, theta, test, batch), theta=theta, test_ms=test_time_ms(net, test["size"]))
+    return dict(evaluate_theta(model, theta, test, batch, cache=cache), theta=theta,
+                test_ms=test_time_ms(net, test["size"]))
 
 
 def summarize(values: torch.Tensor) -> dict:
@@ -1189,18 +1250,21 @@ def reference_rows(model, tests: dict) -> dict:
     crop hides, at 0: the best a network that sees everything else can score; :func:`size_share`) and
     ``"true expression, mean shape"`` (:func:`truncated_truth` with ``k = 1``: a network that got every
     expression, pose, reflectance and light coefficient right and learned nothing of the shape).
-    Returns ``{row: {set: evaluate_theta(...)}}``."""
+    Returns ``{row: {set: evaluate_theta(...)}}`` (cached: a second chapter on the same test sets reads them).
+    """
     rows = {"mean face": lambda th: mean_face_theta(model, th),
             "true parameters (floor)": lambda th: th,
             "true parameters, mean head size": lambda th: truncated_truth(model, th, model.n_shape),
             "true expression, mean shape": lambda th: truncated_truth(model, th, 1)}
-    return {name: {k: evaluate_theta(model, fn(t["theta"]), t) for k, t in tests.items()} for name, fn in rows.items()}
+    return {name: {k: evaluate_theta(model, fn(t["theta"]), t, cache=True) for k, t in tests.items()}
+            for name, fn in rows.items()}
 
 
 def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device=None, progress: bool = True,
                curves: bool = True, real_landmarks=None) -> dict:
     """Train every row of ``names`` (:data:`TABLE1_ROWS`) for every seed of ``cfg["seeds"]`` and
-    evaluate it on each test set.  Cached runs are loaded (:func:`train_row`).
+    evaluate it on each test set.  Cached runs are loaded (:func:`train_row`), and so are evaluations
+    measured before (:func:`evaluate_theta`'s ``cache``).
 
     Returns ``{name: {seed: {"net", "info", <set>: evaluate(...)}}}``; ``info["curve"]`` holds the
     learning curve on the first ``cfg["n_curve"]`` faces of each test set when ``curves``.
@@ -1213,7 +1277,8 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
         for seed in cfg["seeds"]:
             net, info = train_row(model, cfg, name, corpus, real_x=real_x, seed=seed, device=device,
                                   progress=progress, eval_fn=probe, curve_key=key, real_landmarks=real_landmarks)
-            out[name][seed] = {"net": net, "info": info, **{k: evaluate(model, net, t) for k, t in tests.items()}}
+            out[name][seed] = {"net": net, "info": info,
+                               **{k: evaluate(model, net, t, cache=True) for k, t in tests.items()}}
             print(f"{name}, seed {seed}: {info['iters']} iterations, {info['train_s']:.0f} s"
                   + (" (loaded from the cache)" if info["cached"] else ""))
     return out
