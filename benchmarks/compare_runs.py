@@ -5,8 +5,11 @@ from the book's in the last bits after the first step and drift apart from there
 ``results/inversefacenet.json`` of such a run with the book's: each Table 1 row (mean over the training
 seeds; geometric, aligned and photometric error) on both test sets, its ratio to the mean face, and every
 paired verdict (``ifn.rerun_verdicts``: better for every seed, worse for every seed, or none), flagging a
-verdict that *reverses* (better for every seed in one run, worse for every seed in the other).  With
-``--log``, the per-chapter times that ``scripts/build_book.py execute`` printed for the run.
+verdict that *reverses* (better for every seed in one run, worse for every seed in the other), and how many
+of the measured numbers (:data:`MEASURED`: rows, per-seed rows, mean face, floor, paired tests, error
+sources; timings left out) are the same to the bit: a change that should not change a number (a faster
+search, a cache) is checked by a run against one from before it on the same machine.  With ``--log``, the
+per-chapter times that ``scripts/build_book.py execute`` printed for the run.
 
 A run from an empty cache into folders of its own (the book's files untouched), then the comparison:
 
@@ -32,6 +35,25 @@ from facelib._atomic import atomic_write_bytes  # noqa: E402
 
 MEASURES = ("geometric_mm", "geometric_aligned_mm", "photometric_8bit")
 EVERY = ("better for every seed", "worse for every seed")
+MEASURED = ("rows", "rows_synthetic", "seeds", "mean_face", "floor", "paired_tests", "error_sources")
+TIMINGS = ("train_s", "test_ms")  # wall-clock figures, different in every run
+
+
+def _numbers(x, path=""):
+    """``{path: number}`` of every int or float inside ``x`` (nested dicts and lists), timings left out."""
+    if isinstance(x, dict):
+        return {k: v for key, val in x.items() if key not in TIMINGS for k, v in _numbers(val, f"{path}/{key}").items()}
+    if isinstance(x, list):
+        return {k: v for i, val in enumerate(x) for k, v in _numbers(val, f"{path}[{i}]").items()}
+    return {path: x} if isinstance(x, (int, float)) and not isinstance(x, bool) else {}
+
+
+def identical_numbers(run: dict, book: dict) -> dict:
+    """How many of the :data:`MEASURED` numbers both files hold are the same to the bit (nan equals nan)."""
+    a, b = _numbers({k: run.get(k) for k in MEASURED}), _numbers({k: book.get(k) for k in MEASURED})
+    both = sorted(a.keys() & b.keys())
+    diff = [k for k in both if not (a[k] == b[k] or (a[k] != a[k] and b[k] != b[k]))]
+    return {"compared": len(both), "identical": len(both) - len(diff), "first_differing": diff[:10]}
 
 
 def chapter_seconds(log: str) -> dict:
@@ -65,7 +87,8 @@ def compare(run: dict, book: dict) -> dict:
             "profile": run.get("profile"), "rows": rows, "ratio_to_mean_face_geometric": ratios,
             "verdicts_compared": len(verdicts), "verdicts_same": sum(v["same"] for v in verdicts),
             "verdicts_reversed": sum(v["reversed"] for v in verdicts),
-            "verdicts_differing": [v for v in verdicts if not v["same"]]}
+            "verdicts_differing": [v for v in verdicts if not v["same"]],
+            "numbers": identical_numbers(run, book)}
 
 
 def main(argv=None):
@@ -96,6 +119,7 @@ def main(argv=None):
     for s, rs in out["ratio_to_mean_face_geometric"].items():
         print(f"x mean face ({s}): " + ", ".join(f"{n} {v['run']:.3f} / {v['book']:.3f}" for n, v in rs.items()))
     print(f"verdicts: {out['verdicts_same']} of {out['verdicts_compared']} the same, {out['verdicts_reversed']} reversed")
+    print(f"numbers the same to the bit: {out['numbers']['identical']} of {out['numbers']['compared']}")
     for v in out["verdicts_differing"]:
         print(f"  {v['set']}: {v['comparison']}, {v['measure']}: run {v['verdict']!r}, book {v['verdict_other']!r}")
     atomic_write_bytes(args.out, (json.dumps(out, indent=1) + "\n").encode())

@@ -28,6 +28,18 @@ def test_a_run_against_itself_agrees_everywhere(book):
     assert out["verdicts_reversed"] == 0 and out["verdicts_differing"] == []
     assert [r["name"] for r in out["rows"]["rows"]] == [r["name"] for r in book["rows"]]
     assert all(r[m]["run"] == r[m]["book"] for rs in out["rows"].values() for r in rs for m in r if m != "name")
+    assert out["numbers"]["compared"] > 400 and out["numbers"]["identical"] == out["numbers"]["compared"]
+
+
+def test_numbers_the_same_to_the_bit_count_one_change_and_not_the_timings(book):
+    run = copy.deepcopy(book)
+    seeds = run["seeds"]["wild"] if "wild" in run["seeds"] else run["seeds"]
+    first = seeds[next(iter(seeds))][0]
+    first["train_s"] += 5.0  # a timing: not a measured number
+    first["geometric_mm"]["mean"] = float(first["geometric_mm"]["mean"]) + 1e-12  # one number, in its last bits
+    n = _module().compare(run, book)["numbers"]
+    assert n["identical"] == n["compared"] - 1 and len(n["first_differing"]) == 1
+    assert n["first_differing"][0].endswith("/geometric_mm/mean") and "train_s" not in n["first_differing"][0]
 
 
 def test_a_flipped_verdict_is_reported_as_reversed(book):
