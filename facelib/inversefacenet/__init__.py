@@ -583,6 +583,8 @@ def _evaluation_key(what: str, model, theta: torch.Tensor, test: dict, args: tup
         if isinstance(value, torch.Tensor):
             v = value.detach().cpu().contiguous()
             h.update(f"{v.dtype}{tuple(v.shape)}".encode() + v.view(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, np.ndarray):  # every element, not repr's abbreviation
+            h.update(f"{value.dtype}{value.shape}".encode() + np.ascontiguousarray(value).tobytes())
         else:
             h.update(repr(value).encode())
     return h.hexdigest()[:32]
