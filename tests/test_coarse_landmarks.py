@@ -182,3 +182,36 @@ def test_branch_iterate_and_coarse_inputs_against_the_explicit_passes(space):
     assert len(coarse_inputs(space, plain, image, r_t, 32, lm)) == 1
     with pytest.raises(ValueError, match="landmarks"):
         coarse_inputs(space, net, image, r_t, 32)
+
+
+def test_coarsenets_trained_side_by_side_are_the_nets_trained_one_by_one(space):
+    """``train_coarsenets(workers=2)`` (chapter 7: two threads, one core each) trains every net exactly as
+    ``workers=1`` does, to the bit: the same weights, batch-norm statistics, losses and learning curves
+    (``train_s`` aside), for nets with and without the landmark input, the GMSE and the MSE, with their own
+    feedback states; a bad ``workers`` is refused."""
+    def make():
+        torch.manual_seed(3)
+        return {"a": (CoarseNet(space.n_params, width=4, landmarks=68), "gmse"),
+                "b": (CoarseNet(space.n_params, width=4), "mse"),
+                "c": (CoarseNet(space.n_params, width=4, landmarks=68), "gmse")}
+
+    probe = lambda net: {"w": float(net.fc.weight.sum())}  # noqa: E731 - a held-out number per curve point
+    runs = {}
+    for workers in (1, 2, 5):
+        nets = make()
+        hist = train_coarsenets(space, nets, 3, 4, 32, seed=1, progress=False, p_own=0.5, eval_fn=probe,
+                                eval_every=2, workers=workers)
+        assert list(hist) == list(nets)
+        runs[workers] = (nets, hist)
+    nets1, hist1 = runs[1]
+    for workers in (2, 5):
+        nets2, hist2 = runs[workers]
+        for k in nets1:
+            s1, s2 = nets1[k][0].state_dict(), nets2[k][0].state_dict()
+            assert all(torch.equal(s1[p], s2[p]) for p in s1), (workers, k)
+            for key in ("loss", "geometry", "pose", "pose_weight"):
+                assert hist1[k][key] == hist2[k][key], (workers, k, key)
+            assert [dict(c, train_s=0) for c in hist1[k]["curve"]] == [dict(c, train_s=0) for c in hist2[k]["curve"]]
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="workers"):
+            train_coarsenets(space, make(), 1, 4, 32, workers=bad, progress=False)

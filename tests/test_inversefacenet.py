@@ -381,6 +381,43 @@ def test_evaluation_cache_reads_the_same_numbers_and_only_for_the_same_evaluatio
     assert ifn.error_sources(model, est, test, cache=True) == es  # read
 
 
+def test_test_set_cache_reads_the_same_faces_and_only_for_the_same_set(model, tmp_path, monkeypatch):
+    """``make_test_set(cache=True)`` (chapters 2-4 draw the same wild faces) keeps the set under a digest of
+    its arguments and reads it for the same call, whatever ``n_now`` (a label) says; another seed, size or
+    thread count draws anew; a damaged file is drawn again."""
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    plain = make_test_set(model, "wild", 3, seed=4, size=32)
+    first = make_test_set(model, "wild", 3, seed=4, size=32, cache=True)
+    files = list((tmp_path / "checkpoints" / "test_sets").glob("*.pt"))
+    assert len(files) == 1 and first.keys() == plain.keys()
+    for k, v in plain.items():
+        assert torch.equal(first[k], v) if isinstance(v, torch.Tensor) else first[k] == v, k
+    import facelib.data.wild as wild
+
+    calls = []
+    real_batch = wild.wild_batch
+    monkeypatch.setattr(wild, "wild_batch", lambda *a, **kw: calls.append(1) or real_batch(*a, **kw))
+    again = make_test_set(model, "wild", 3, seed=4, size=32, n_now=2, cache=True)  # read: nothing drawn
+    assert not calls and again["n_now"] == 2 and torch.equal(again["verts"], plain["verts"])
+    assert torch.equal(again["x"], plain["x"]) and torch.equal(again["landmarks"], plain["landmarks"])
+    make_test_set(model, "wild", 3, seed=5, size=32, cache=True)
+    make_test_set(model, "wild", 3, seed=4, size=40, cache=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1 if threads != 1 else 2)  # another thread count: other bits may follow
+    try:
+        make_test_set(model, "wild", 3, seed=4, size=32, cache=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(calls) == 3 and len(list(files[0].parent.glob("*.pt"))) == 4
+    files[0].write_bytes(b"damaged")
+    healed = make_test_set(model, "wild", 3, seed=4, size=32, cache=True)  # drawn again and rewritten
+    assert len(calls) == 4 and torch.equal(healed["x"], plain["x"])
+    assert torch.equal(torch.load(files[0], weights_only=True)["verts"], plain["verts"])
+    with pytest.raises(ValueError, match="unknown test set kind"):  # nothing is kept for a bad kind
+        make_test_set(model, "celeba", 2, seed=0, size=32, cache=True)
+    assert len(list(files[0].parent.glob("*.pt"))) == 4
+
+
 # ------------------------------------------------------------------------------------------ photos
 def _write_photos(folder, model):
     """Two rendered faces on a grey background as JPEG and PNG, one broken file, one text file."""

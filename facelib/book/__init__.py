@@ -60,26 +60,27 @@ SETTINGS = {
     # criterion; each ablation), end-to-end steps, CPU threads (1 on the shared 2-core CPU), the
     # training seeds of the GMSE CoarseNet, held-out faces and steps between points of its learning curves.
     # CoarseNet's landmark input (68 points; 0: the paper's image alone), its branch's pre-training steps and
-    # batch, and the share of training states that are the network's own estimates (coarse_fine.own_states).
+    # batch, and the share of training states that are the network's own estimates (coarse_fine.own_states);
+    # workers: CoarseNets trained side by side (train_coarsenets: one thread, one core each, the same bits).
     "07_coarse_fine": {
         "ci": dict(n_shape=30, n_expression=10, coarse_size=48, fine_size=64, coarse_width=8,
                    coarse_blocks=(1, 1, 1, 1), coarse_steps=30, coarse_batch=8, coarse_lr=1e-3, iterations=4,
                    detail_mm=2.0, detail_pool=8, fine_faces=16, test_faces=8, eval_batch=8, fine_width=8,
                    fine_head=16, fine_steps=15, ablation_steps=6, fine_batch=4, fine_lr=1e-3, e2e_steps=3,
                    e2e_batch=4, threads=1, seeds=(0, 1), curve_faces=8, curve_every=15, landmarks=68,
-                   landmark_steps=30, landmark_batch=32, p_own=0.5),
+                   landmark_steps=30, landmark_batch=32, p_own=0.5, workers=2),
         "cpu": dict(n_shape=30, n_expression=10, coarse_size=48, fine_size=96, coarse_width=8,
                     coarse_blocks=(1, 1, 1, 1), coarse_steps=3000, coarse_batch=16, coarse_lr=1e-3, iterations=4,
                     detail_mm=2.0, detail_pool=48, fine_faces=128, test_faces=48, eval_batch=16, fine_width=8,
                     fine_head=32, fine_steps=250, ablation_steps=80, fine_batch=8, fine_lr=1e-3, e2e_steps=40,
                     e2e_batch=8, threads=1, seeds=(0, 1, 2), curve_faces=64, curve_every=500, landmarks=68,
-                    landmark_steps=4000, landmark_batch=256, p_own=0.5),
+                    landmark_steps=4000, landmark_batch=256, p_own=0.5, workers=2),
         "gpu": dict(n_shape=80, n_expression=20, coarse_size=128, fine_size=200, coarse_width=32,
                     coarse_blocks=(2, 2, 2, 2), coarse_steps=6000, coarse_batch=64, coarse_lr=1e-3, iterations=4,
                     detail_mm=2.0, detail_pool=256, fine_faces=1024, test_faces=256, eval_batch=64,
                     fine_width=32, fine_head=64, fine_steps=1500, ablation_steps=500, fine_batch=16, fine_lr=1e-3,
                     e2e_steps=300, e2e_batch=16, threads=None, seeds=(0, 1, 2), curve_faces=128, curve_every=1000,
-                    landmarks=68, landmark_steps=8000, landmark_batch=256, p_own=0.5),
+                    landmarks=68, landmark_steps=8000, landmark_batch=256, p_own=0.5, workers=1),
     },
     # MoFA / the multi-level model (chapters 5-6; chapter 6 reuses chapter 5's stage-1 network and
     # corpora): input size, decimated template, encoder, wild training / test faces, stage-1 steps,

@@ -39,6 +39,7 @@ components of the model only (the paper: 200 identity + 84 expression coefficien
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -66,7 +67,8 @@ __all__ = [
     "pretrain_branch", "pretrained_branch", "branch_iterate", "sfs_mask", "gmse", "coarse_loss", "CoarseNet", "FineNet",
     "coarse_inputs", "coarse_step", "train_coarsenets", "train_coarsenet", "coarse_iterate", "curve_eval", "now_error_mm",
     "make_faces", "finenet_data",
-    "train_finenet", "finenet_refine", "finenet_curve_eval", "detail_correlation", "train_end_to_end", "depth_errors", "align_depth",
+    "train_finenet", "finenet_refine", "finenet_curve_eval", "true_fit", "detail_correlation", "train_end_to_end", "depth_errors",
+    "align_depth",
 ]
 
 POSE_NAMES = ("pitch", "yaw", "roll", "t_x", "t_y", "log_scale")
@@ -678,7 +680,7 @@ def own_states(space: CoarseSpace, net: CoarseNet, image: torch.Tensor, r_t: tor
 def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, image_size: int, seed: int = 0,
                      lr: float = 1e-3, progress: bool = True, eval_fn=None, eval_every: int = 0,
                      p_exact: float = P_EXACT, distance: float | None = DISTANCE_MM,
-                     head: bool | None = None, p_own: float = 0.0, own_passes: int = 3) -> dict:
+                     head: bool | None = None, p_own: float = 0.0, own_passes: int = 3, workers: int = 1) -> dict:
     """Train CoarseNets on synthetic faces (Sec. 3.2.2): each step draws ``r_gt`` and renders it with a
     random appearance, draws a feedback state ``r_t`` (Eq. 3), renders its PNCC and normal map, and
     regresses ``r_gt`` (:func:`coarse_step`).  ``nets``: name -> ``(CoarseNet, kind)`` with ``kind``
@@ -697,7 +699,25 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
     steps and after the last, fills ``curve``: ``[{step, train_s, **eval_fn(net)}]`` per net, where
     ``train_s`` is the training time so far (all nets together, evaluation excluded) divided by the
     number of nets: a learning curve against training time.
+
+    ``workers``: train the nets in that many groups side by side, one thread each
+    (:func:`facelib._threads.run_in_threads`; nets ``i``, ``i + workers``, ... in group ``i``).  Every group
+    draws the same faces, feedback states and landmarks, so each net is trained exactly as with
+    ``workers=1``, to the bit, on a CPU with a core per group in about ``len(nets) / workers`` of the time
+    (each group renders the faces itself); ``train_s`` is then its group's time per net.
     """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer; got {workers!r}")
+    if workers > 1 and len(nets) > 1:
+        from .._threads import run_in_threads
+
+        items = list(nets.items())
+        groups = [dict(items[i::workers]) for i in range(min(workers, len(items)))]
+        done = run_in_threads([functools.partial(train_coarsenets, space, group, steps, batch, image_size, seed, lr,
+                                                  progress and i == 0, eval_fn, eval_every, p_exact, distance, head,
+                                                  p_own, own_passes) for i, group in enumerate(groups)])
+        merged = {k: h for d in done for k, h in d.items()}
+        return {k: merged[k] for k in nets}
     g = _gen(seed)
     opts = {k: torch.optim.Adam(net.parameters(), lr=lr) for k, (net, _) in nets.items()}
     scheds = {k: torch.optim.lr_scheduler.CosineAnnealingLR(o, steps, eta_min=lr * 0.05) for k, o in opts.items()}
@@ -1061,14 +1081,22 @@ def detail_correlation(z_fine: torch.Tensor, z0: torch.Tensor, depth_gt: torch.T
     return float(torch.corrcoef(torch.stack([added, true]))[0, 1])
 
 
+@torch.no_grad()
+def true_fit(space: CoarseSpace, data: dict, size: int) -> tuple:
+    """The fit of the true coefficients to the faces of :func:`finenet_data` ``data`` at ``size`` pixels
+    (their depth through the rendering layer, no detail): ``z_fit (n, size, size)``, its mask ``m_fit`` and
+    ``detail_pixels``, the pixels where CoarseNet's depth, the ground truth and the fit are all defined (where
+    :func:`detail_correlation` compares the detail FineNet adds with the true detail)."""
+    z_fit, m_fit, _ = rendering_layer(space, data["r_gt"], size)
+    return z_fit, m_fit, data[("mask", size)] & data[("mask_gt", size)] & m_fit
+
+
 def finenet_curve_eval(space: CoarseSpace, data: dict, size: int, batch: int = 16):
     """A held-out probe for :func:`train_finenet`'s ``eval_fn``: on the faces of :func:`finenet_data`
     ``data`` at ``size`` pixels, ``fine -> {"depth_mean_mm", "depth_p90_mm", "detail_r"}`` (Table 1's
     depth error of :func:`depth_errors` on CoarseNet's pixels, and :func:`detail_correlation`)."""
-    with torch.no_grad():
-        z_fit, m_fit, _ = rendering_layer(space, data["r_gt"], size)
+    z_fit, _, both = true_fit(space, data, size)
     z0, mask, gt, mask_gt = (data[(k, size)] for k in ("z0", "mask", "depth_gt", "mask_gt"))
-    both = mask & mask_gt & m_fit
 
     def probe(fine) -> dict:
         z = finenet_refine(fine, data, size, batch)

@@ -518,7 +518,7 @@ def wild_test_frames(model, n: int, seed: int, frame_size: int):
 
 
 def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: int | None = None,
-                  n_now: int = 0) -> dict:
+                  n_now: int = 0, cache: bool = False) -> dict:
     """A held-out test set with ground truth: ``kind`` ``"synthetic"`` (Sec. 5 prior) or ``"wild"``
     (:mod:`facelib.data.wild`, the stand-in for R; landmarks with detector noise, no renderer mask).
 
@@ -527,6 +527,11 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
     ground-truth geometry (with the wild set's out-of-model detail), ``landmarks (n, 68, 2)`` the crops'
     landmarks in crop pixels (wild: the detector's, synthetic: the exact projection); ``n_now``: :func:`evaluate_theta`
     also measures the NoW-style error on the first ``n_now`` faces (about 0.1 s per face).
+
+    ``cache``: keep the set in ``checkpoint_dir()/test_sets`` under a digest of its arguments (``n_now`` aside,
+    a label), the face model, facelib's source and the machine's kernels and threads (:func:`_kept`), and read
+    it from there when the same set is asked for again: chapters 2, 3 and 4 draw the same 256 wild faces
+    (about 40 s of rendering each time), the same tensors to the bit.
     """
     from ..data.wild import wild_batch
     from ..model.params import sample_sec5
@@ -535,6 +540,12 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
         raise ValueError(f"n_now must be an integer in [0, n={n}]; got {n_now!r}")
 
     render_size = render_size or int(math.ceil(1.5 * size))
+    if cache:
+        from ..data.corpus import _model_key
+
+        parts = ("test set", _model_key(model), kind, n, seed, size, render_size, TEST_CHUNK)
+        data = _kept("test_sets", _digest(parts, {}), lambda: make_test_set(model, kind, n, seed, size, render_size))
+        return dict(data, n_now=n_now)
     parts = []
     for i, start in enumerate(range(0, n, TEST_CHUNK)):
         b = min(TEST_CHUNK, n - start)
@@ -570,15 +581,26 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def _evaluation_key(what: str, model, theta: torch.Tensor, test: dict, args: tuple) -> str:
-    """What a measure ``what(model, theta, test, *args)`` depends on: the estimates, every tensor and setting
-    of the test set, the face model, the code, PyTorch's version and thread count."""
-    from ..data.corpus import _model_key
+def _machine() -> tuple:
+    """What a computation's bits depend on besides its inputs: facelib's source, PyTorch's version, its CPU
+    kernels (AVX2 or AVX-512) and threads, and Numba's threads."""
+    try:
+        import numba
 
+        numba_threads = numba.get_num_threads()
+    except ImportError:  # pragma: no cover - numba is a dependency
+        numba_threads = None
+    return (_code_digest(), torch.__version__, torch.backends.cpu.get_cpu_capability(),
+            torch.get_num_threads(), numba_threads)
+
+
+def _digest(parts: tuple, tensors: dict) -> str:
+    """SHA-256 (32 hex digits) of ``parts`` (reprs), :func:`_machine` and the named ``tensors`` / arrays /
+    values, every element of a tensor or array (not repr's abbreviation)."""
     h = hashlib.sha256()
-    for part in (what, _code_digest(), _model_key(model), torch.__version__, str(torch.get_num_threads()), repr(args)):
-        h.update(part.encode() + b"\0")
-    for name, value in sorted({"estimate": theta, **test}.items()):
+    for part in tuple(parts) + _machine():
+        h.update(repr(part).encode() + b"\0")
+    for name, value in sorted(tensors.items()):
         h.update(name.encode() + b"\0")
         if isinstance(value, torch.Tensor):
             v = value.detach().cpu().contiguous()
@@ -590,20 +612,35 @@ def _evaluation_key(what: str, model, theta: torch.Tensor, test: dict, args: tup
     return h.hexdigest()[:32]
 
 
-def _measured(measure, model, theta: torch.Tensor, test: dict, *args):
-    """``measure(model, theta, test, *args)``, kept in ``checkpoint_dir()/evaluations`` under
-    :func:`_evaluation_key` and read from there when the same measurement is asked for again."""
-    path = checkpoint_dir() / "evaluations" / f"{_evaluation_key(measure.__name__, model, theta, test, args)}.pt"
+def _evaluation_key(what: str, model, theta: torch.Tensor, test: dict, args: tuple) -> str:
+    """What a measure ``what(model, theta, test, *args)`` depends on: the estimates, every tensor and setting
+    of the test set, the face model and :func:`_machine` (the code, PyTorch's version, kernels and threads)."""
+    from ..data.corpus import _model_key
+
+    return _digest((what, _model_key(model), args), {"estimate": theta, **test})
+
+
+def _kept(folder: str, key: str, compute):
+    """``compute()``, kept in ``checkpoint_dir()/folder/key.pt`` and read from there when asked for again (a
+    damaged file is computed again, not trusted; the file is written whole or not at all)."""
+    path = checkpoint_dir() / folder / f"{key}.pt"
     if path.exists():
         try:
             return torch.load(path, weights_only=True)
-        except Exception:  # a damaged file is measured again, not trusted
+        except Exception:
             path.unlink(missing_ok=True)
-    out = measure(model, theta, test, *args)
+    out = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(out, tmp)
     return out
+
+
+def _measured(measure, model, theta: torch.Tensor, test: dict, *args):
+    """``measure(model, theta, test, *args)``, kept in ``checkpoint_dir()/evaluations`` under
+    :func:`_evaluation_key` and read from there when the same measurement is asked for again."""
+    return _kept("evaluations", _evaluation_key(measure.__name__, model, theta, test, args),
+                 lambda: measure(model, theta, test, *args))
 
 
 @torch.no_grad()

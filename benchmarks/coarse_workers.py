@@ -1,0 +1,89 @@
+"""Chapter 7's CoarseNets two at a time (issue 17): ``train_coarsenets(workers=2)`` against ``workers=1``.
+
+Chapter 7 trains four CoarseNets (three GMSE seeds and the MSE one) on the same faces, each with one CPU
+thread (``threads=1``: two PyTorch threads on a shared 2-core CPU spin against each other).  With
+``workers=2`` two groups of two nets train side by side, one thread and one core each; each group draws
+the same faces, so every net is the same to the bit.  This trains the chapter's four nets (``cpu``
+profile: width 8, 48 px, batches of 16, the landmark input, half of the states their own) for ``--steps``
+steps with ``workers=1`` and ``workers=2``, alternating, ``--rounds`` times, and reports seconds per
+step, the speed-up and whether every weight, batch-norm statistic and loss agrees to the bit.
+
+    .venv/bin/python benchmarks/coarse_workers.py [--steps 40] [--rounds 2]
+
+Writes ``benchmarks/results/coarse_workers.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numba
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import facelib  # noqa: E402
+from facelib import repro  # noqa: E402
+from facelib._atomic import atomic_write_bytes  # noqa: E402
+from facelib.book import settings  # noqa: E402
+from facelib.coarse_fine import CoarseNet, CoarseSpace, train_coarsenets  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "results" / "coarse_workers.json"
+
+
+def nets(space, cfg, seed: int = 0) -> dict:
+    """The chapter's four nets with their initial weights (the pre-trained branches are left out: they do
+    not change a step's cost)."""
+    out = {}
+    for s in [*cfg["seeds"], "MSE"]:
+        torch.manual_seed(seed + (cfg["seeds"][0] if s == "MSE" else s))
+        net = CoarseNet(space.n_params, width=cfg["coarse_width"], blocks=cfg["coarse_blocks"], landmarks=cfg["landmarks"])
+        out["MSE, seed 0" if s == "MSE" else f"GMSE, seed {s}"] = (net, "mse" if s == "MSE" else "gmse")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=2)
+    args = ap.parse_args()
+    cfg = settings("07_coarse_fine", "cpu")
+    torch.set_num_threads(cfg["threads"])
+    numba.set_num_threads(cfg["threads"])
+    model = facelib.load_model("open")
+    space = CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
+    N = cfg["coarse_size"]
+    runs = {1: [], 2: []}
+    trained = {}
+    train_coarsenets(space, nets(space, cfg), 2, cfg["coarse_batch"], N, seed=10, progress=False,
+                     p_own=cfg["p_own"], workers=2)  # warm-up: Numba's kernels loaded, threads started
+    for r in range(args.rounds):
+        for workers in (1, 2):
+            ns = nets(space, cfg)
+            t0 = time.perf_counter()
+            hist = train_coarsenets(space, ns, args.steps, cfg["coarse_batch"], N, seed=10, lr=cfg["coarse_lr"],
+                                    progress=False, p_own=cfg["p_own"], workers=workers)
+            runs[workers].append(time.perf_counter() - t0)
+            trained[workers] = (ns, hist)
+            print(f"round {r}: workers={workers}: {runs[workers][-1] / args.steps:.3f} s per step of {len(ns)} nets")
+    (n1, h1), (n2, h2) = trained[1], trained[2]
+    same = all(torch.equal(v, n2[k][0].state_dict()[p]) for k in n1 for p, v in n1[k][0].state_dict().items()) \
+        and all(h1[k]["loss"] == h2[k]["loss"] for k in h1)
+    best = {w: min(t) / args.steps for w, t in runs.items()}
+    rec = {"steps": args.steps, "rounds": args.rounds, "nets": list(n1), "threads_per_worker": cfg["threads"],
+           "seconds_per_step": {f"workers={w}": [round(t / args.steps, 4) for t in ts] for w, ts in runs.items()},
+           "best_seconds_per_step": {f"workers={w}": round(b, 4) for w, b in best.items()},
+           "speedup": round(best[1] / best[2], 3), "same_bits": bool(same),
+           "chapter_steps": cfg["coarse_steps"],
+           "chapter_cell_estimate_s": {f"workers={w}": round(b * cfg["coarse_steps"]) for w, b in best.items()},
+           "environment": repro.environment(seed=10)}
+    print(f"best: {best[1]:.3f} -> {best[2]:.3f} s per step ({rec['speedup']}x); the same bits: {same}")
+    atomic_write_bytes(OUT, (json.dumps(rec, indent=1) + "\n").encode())
+    print(f"wrote {OUT}")
+
+
+if __name__ == "__main__":
+    main()
