@@ -15,9 +15,13 @@ import torch
 __all__ = ["run_in_threads"]
 
 
-def run_in_threads(calls: list) -> list:
-    """Run the zero-argument ``calls`` at once, one thread each; returns their results in order (the first
-    call's exception is raised, after every call has ended)."""
+def run_in_threads(calls: list, workers: int | None = None) -> list:
+    """Run the zero-argument ``calls`` side by side, one thread each; returns their results in order (the
+    first call's exception is raised, after every call has ended).  ``workers``: at most that many at once,
+    each thread taking the next call in order when its last one ends (default: all at once).  Which thread
+    runs a call does not change what it computes."""
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ValueError(f"workers must be a positive integer or None; got {workers!r}")
     try:
         import numba
 
@@ -35,8 +39,8 @@ def run_in_threads(calls: list) -> list:
                 return call()
         return run
 
-    if len(calls) <= 1:
+    if len(calls) <= 1 or workers == 1:
         return [call() for call in calls]
-    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+    with ThreadPoolExecutor(max_workers=min(workers or len(calls), len(calls))) as pool:
         futures = [pool.submit(setup_and(call)) for call in calls]
     return [f.result() for f in futures]

@@ -3,11 +3,13 @@ the rendering layer's gradient (Eq. 7) against finite differences, GMSE (Eq. 4) 
 Eq. 3, the renders' conventions against facelib.coarse_fine.sfs, network shapes and one step of each training loop."""
 
 import copy
+import functools
 
 import numpy as np
 import pytest
 import torch
 
+from facelib._threads import run_in_threads
 from facelib.coarse_fine import sfs
 from facelib.coarse_fine import (FineNet, CoarseNet, CoarseSpace, P_EXACT, P_START, align_depth, coarse_input,
                                  coarse_iterate, coarse_loss, coarse_step, depth_errors,
@@ -380,6 +382,22 @@ def test_training_loops_run_and_end_to_end_reaches_coarsenet(open_model, space):
     assert ha["curve"][-1] == dict(ha["curve"][-1], **probe(fa))  # the last point is the trained network
     assert ha["curve"][0]["detail_r"] == 0.0 and -1.0 <= ha["curve"][-1]["detail_r"] <= 1.0
     assert finenet_refine(fine, data, 64).shape == (4, 64, 64)
+    # chapter 7 trains its FineNets two at a time, one thread each: every one exactly as alone, to the bit
+    # (weights, losses, curves; train_s aside), with other criteria and lengths side by side
+    jobs = [dict(steps=3, seed=5, eval_fn=probe, eval_every=2), dict(steps=2, seed=6, lambdas=(0.0, 5e-3, 1.0)),
+            dict(steps=3, seed=7, criterion=sfs.PAPER)]
+    runs = {}
+    for workers in (1, 2):
+        torch.manual_seed(2)
+        fines = [FineNet(width=4, head=8) for _ in jobs]
+        hists = run_in_threads([functools.partial(train_finenet, f, data, 32, batch=4, progress=False, **kw)
+                                for f, kw in zip(fines, jobs)], workers)
+        runs[workers] = fines, hists
+    for f1, h1, f2, h2 in zip(*runs[1], *runs[2]):
+        assert all(torch.equal(a, b) for a, b in zip(f1.state_dict().values(), f2.state_dict().values()))
+        assert h1["loss"] == h2["loss"] and h1["E_sh"] == h2["E_sh"] and h1["train_s"] > 0
+        assert [dict(c, train_s=0) for c in h1.get("curve", [])] == [dict(c, train_s=0) for c in h2.get("curve", [])]
+    assert runs[1][1][0]["curve"] and runs[1][1][0]["loss"] != runs[1][1][2]["loss"]  # the jobs differ
     before = copy.deepcopy(net.state_dict())
     he = train_end_to_end(space, net, fine, 1, 2, 32, 2, pool, progress=False, coarse_lr=1e-3)
     assert he["fidelity"][0] == 0  # the first step starts at the original CoarseNet

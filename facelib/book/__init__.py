@@ -61,7 +61,8 @@ SETTINGS = {
     # training seeds of the GMSE CoarseNet, held-out faces and steps between points of its learning curves.
     # CoarseNet's landmark input (68 points; 0: the paper's image alone), its branch's pre-training steps and
     # batch, and the share of training states that are the network's own estimates (coarse_fine.own_states);
-    # workers: CoarseNets trained side by side (train_coarsenets: one thread, one core each, the same bits).
+    # workers: CoarseNets, their landmark branches and FineNets trained that many side by side (train_coarsenets,
+    # run_in_threads: one thread, one core each, the same bits).
     "07_coarse_fine": {
         "ci": dict(n_shape=30, n_expression=10, coarse_size=48, fine_size=64, coarse_width=8,
                    coarse_blocks=(1, 1, 1, 1), coarse_steps=30, coarse_batch=8, coarse_lr=1e-3, iterations=4,

@@ -959,9 +959,11 @@ def train_finenet(fine: FineNet, data: dict, size: int, steps: int, batch: int, 
     """Train FineNet with the unsupervised criterion of Eq. 14 (``lambdas`` = ``(lambda_sh, lambda_f,
     lambda_sm)``; ``criterion``: further keywords of :func:`facelib.coarse_fine.sfs.sfs_loss`, e.g. ``sfs.PAPER``)
     on the ``size``-pixel faces of :func:`finenet_data`: no ground-truth depth is used.
-    Returns the per-step history of ``loss``, ``E_sh``, ``E_f``, ``E_sm``; with ``eval_fn`` (``fine -> dict``,
-    e.g. :func:`finenet_curve_eval`) also ``curve``: its values before training, every ``eval_every`` steps
-    and at the end, each with ``step`` and ``train_s`` (training seconds, the evaluations not counted)."""
+    Returns the per-step history of ``loss``, ``E_sh``, ``E_f``, ``E_sm`` and ``train_s`` (the training's
+    seconds, evaluations not counted); with ``eval_fn`` (``fine -> dict``, e.g. :func:`finenet_curve_eval`)
+    also ``curve``: its values before training, every ``eval_every`` steps and at the end, each with
+    ``step`` and ``train_s`` so far.  Every draw takes the generator of ``seed``, so FineNets trained side by
+    side (:func:`facelib._threads.run_in_threads`, one thread each) are trained as they are one by one."""
     g = _gen(seed)
     opt = torch.optim.Adam(fine.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=lr * 0.05)
@@ -996,6 +998,7 @@ def train_finenet(fine: FineNet, data: dict, size: int, steps: int, batch: int, 
         if eval_fn is not None and ((eval_every and (step + 1) % eval_every == 0) or step + 1 == steps):
             evaluate(step + 1)
     fine.eval()
+    hist["train_s"] = clock
     return hist
 
 
