@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
+from facelib.bench import one_by_one_vs_side_by_side  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import CoarseNet, CoarseSpace, train_coarsenets  # noqa: E402
 
@@ -56,27 +56,23 @@ def main() -> None:
     model = facelib.load_model("open")
     space = CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
     N = cfg["coarse_size"]
-    runs = {1: [], 2: []}
-    trained = {}
     train_coarsenets(space, nets(space, cfg), 2, cfg["coarse_batch"], N, seed=10, progress=False,
                      p_own=cfg["p_own"], workers=2)  # warm-up: Numba's kernels loaded, threads started
-    for r in range(args.rounds):
-        for workers in (1, 2):
-            ns = nets(space, cfg)
-            t0 = time.perf_counter()
-            hist = train_coarsenets(space, ns, args.steps, cfg["coarse_batch"], N, seed=10, lr=cfg["coarse_lr"],
+
+    def train(workers):
+        ns = nets(space, cfg)
+        return ns, train_coarsenets(space, ns, args.steps, cfg["coarse_batch"], N, seed=10, lr=cfg["coarse_lr"],
                                     progress=False, p_own=cfg["p_own"], workers=workers)
-            runs[workers].append(time.perf_counter() - t0)
-            trained[workers] = (ns, hist)
-            print(f"round {r}: workers={workers}: {runs[workers][-1] / args.steps:.3f} s per step of {len(ns)} nets")
-    (n1, h1), (n2, h2) = trained[1], trained[2]
+    t = one_by_one_vs_side_by_side(train, args.rounds, per=args.steps,
+                                   label=f" per step of {len(cfg['seeds']) + 1} nets")
+    (n1, h1), (n2, h2) = t["trained"][1], t["trained"][2]
     same = all(torch.equal(v, n2[k][0].state_dict()[p]) for k in n1 for p, v in n1[k][0].state_dict().items()) \
         and all(h1[k]["loss"] == h2[k]["loss"] for k in h1)
-    best = {w: min(t) / args.steps for w, t in runs.items()}
+    best = t["best"]
     rec = {"steps": args.steps, "rounds": args.rounds, "nets": list(n1), "threads_per_worker": cfg["threads"],
-           "seconds_per_step": {f"workers={w}": [round(t / args.steps, 4) for t in ts] for w, ts in runs.items()},
+           "seconds_per_step": {f"workers={w}": [round(s, 4) for s in ts] for w, ts in t["seconds"].items()},
            "best_seconds_per_step": {f"workers={w}": round(b, 4) for w, b in best.items()},
-           "speedup": round(best[1] / best[2], 3), "same_bits": bool(same),
+           "speedup": t["speedup"], "same_bits": bool(same),
            "chapter_steps": cfg["coarse_steps"],
            "chapter_cell_estimate_s": {f"workers={w}": round(b * cfg["coarse_steps"]) for w, b in best.items()},
            "environment": repro.environment(seed=10)}

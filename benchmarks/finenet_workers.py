@@ -19,7 +19,6 @@ import argparse
 import functools
 import json
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -30,6 +29,7 @@ import facelib  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib._threads import run_in_threads  # noqa: E402
+from facelib.bench import one_by_one_vs_side_by_side  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import CoarseNet, CoarseSpace, FineNet, finenet_data, sfs, train_finenet  # noqa: E402
 from facelib.model.detail import detail_displacement  # noqa: E402
@@ -68,30 +68,28 @@ def main() -> None:
     model = facelib.load_model("open")
     space = CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
     torch.manual_seed(0)
-    coarse = CoarseNet(space.n_params, width=cfg["coarse_width"], blocks=cfg["coarse_blocks"], landmarks=cfg["landmarks"])
+    coarse = CoarseNet(space.n_params, width=cfg["coarse_width"], blocks=cfg["coarse_blocks"],
+                       landmarks=cfg["landmarks"])
     pool = detail_displacement(model, cfg["detail_pool"], seed=1000, amplitude_mm=cfg["detail_mm"])
     data = finenet_data(space, coarse, args.faces, cfg["eval_batch"], cfg["coarse_size"], cfg["iterations"], 30_000,
                         detail_pool=pool, sizes=(cfg["fine_size"],))
     run_in_threads(jobs(cfg, data, 0.01)[1][:2], 2)  # warm-up: kernels loaded, threads started
-    seconds, trained = {1: [], 2: []}, {}
-    for r in range(args.rounds):
-        for workers in (1, 2):
-            nets, calls = jobs(cfg, data, args.scale)
-            t0 = time.perf_counter()
-            hists = run_in_threads(calls, workers)
-            seconds[workers].append(time.perf_counter() - t0)
-            trained[workers] = (nets, hists)
-            print(f"round {r}: {len(calls)} FineNets, workers={workers}: {seconds[workers][-1]:.1f} s")
-    (n1, h1), (n2, h2) = trained[1], trained[2]
-    same = all(torch.equal(a, b) for x, y in zip(n1, n2) for a, b in zip(x.state_dict().values(), y.state_dict().values())) \
+
+    def train(workers):
+        nets, calls = jobs(cfg, data, args.scale)
+        return nets, run_in_threads(calls, workers)
+    t = one_by_one_vs_side_by_side(train, args.rounds, label=" for the 15 FineNets")
+    (n1, h1), (n2, h2) = t["trained"][1], t["trained"][2]
+    same = all(torch.equal(a, b) for x, y in zip(n1, n2)
+               for a, b in zip(x.state_dict().values(), y.state_dict().values())) \
         and all(a["loss"] == b["loss"] for a, b in zip(h1, h2))
-    best = {w: min(t) for w, t in seconds.items()}
+    best = t["best"]
     steps = sum(len(h["loss"]) for h in h1)
     rec = {"scale": args.scale, "rounds": args.rounds, "faces": args.faces, "trainings": len(n1), "steps": steps,
            "threads_per_worker": cfg["threads"],
-           "seconds": {f"workers={w}": [round(t, 2) for t in ts] for w, ts in seconds.items()},
+           "seconds": {f"workers={w}": [round(s, 2) for s in ts] for w, ts in t["seconds"].items()},
            "best_seconds": {f"workers={w}": round(b, 2) for w, b in best.items()},
-           "speedup": round(best[1] / best[2], 3), "same_bits": bool(same),
+           "speedup": t["speedup"], "same_bits": bool(same),
            "chapter_cell_estimate_s": {f"workers={w}": round(b / args.scale) for w, b in best.items()},
            "environment": repro.environment(seed=0)}
     print(f"best: {best[1]:.1f} -> {best[2]:.1f} s ({rec['speedup']}x); the same bits: {same}")

@@ -35,6 +35,23 @@ def set_threads(default: int = 2) -> int:
     return threads
 
 
+def one_by_one_vs_side_by_side(train, rounds: int, per: float = 1.0, label: str = "") -> dict:
+    """Time ``train(workers)`` (a fresh training of the same nets, returning what it trained) with
+    ``workers`` 1 and 2, alternating, ``rounds`` times (chapter 7's trainings one by one and two at a time,
+    :func:`facelib._threads.run_in_threads`).  ``per``: a divisor for the printed and returned figures
+    (e.g. the steps, for seconds per step).  Returns ``{"seconds": {1: [...], 2: [...]}, "best": {1, 2},
+    "speedup", "trained": {1: the last run's result, 2: ...}}``."""
+    seconds, trained = {1: [], 2: []}, {}
+    for r in range(rounds):
+        for workers in (1, 2):
+            t0 = time.perf_counter()
+            trained[workers] = train(workers)
+            seconds[workers].append((time.perf_counter() - t0) / per)
+            print(f"round {r}: workers={workers}: {seconds[workers][-1]:.3f} s{label}")
+    best = {w: min(t) for w, t in seconds.items()}
+    return {"seconds": seconds, "best": best, "speedup": round(best[1] / best[2], 3), "trained": trained}
+
+
 def _rss_mb() -> float:
     """Current resident set size of this process, MiB (Linux; 0 elsewhere)."""
     try:

@@ -40,3 +40,22 @@ def test_an_exception_reaches_the_caller_and_bad_workers_are_refused():
         with pytest.raises(ValueError, match="workers"):
             run_in_threads([lambda: 1], bad)
     assert run_in_threads([], 2) == []
+
+
+def test_the_benchmarks_time_one_by_one_against_side_by_side(capsys):
+    """``facelib.bench.one_by_one_vs_side_by_side`` (benchmarks/coarse_workers.py, finenet_workers.py): each
+    round runs workers 1 then 2, keeps every time (divided by ``per``), the best and the last results."""
+    from facelib.bench import one_by_one_vs_side_by_side
+
+    calls = []
+
+    def train(workers):
+        calls.append(workers)
+        time.sleep(0.02 * (3 - workers))  # one by one: twice as long
+        return f"nets of workers={workers}"
+    t = one_by_one_vs_side_by_side(train, rounds=2, per=2.0, label=" per step")
+    assert calls == [1, 2, 1, 2] and t["trained"] == {1: "nets of workers=1", 2: "nets of workers=2"}
+    assert all(len(v) == 2 for v in t["seconds"].values())
+    assert t["best"] == {w: min(v) for w, v in t["seconds"].items()} and t["best"][1] >= 0.02 - 1e-3
+    assert t["speedup"] == round(t["best"][1] / t["best"][2], 3) and t["speedup"] > 1
+    assert "round 1: workers=2:" in capsys.readouterr().out
