@@ -17,9 +17,10 @@ __all__ = ["run_in_threads"]
 
 def run_in_threads(calls: list, workers: int | None = None) -> list:
     """Run the zero-argument ``calls`` side by side, one thread each; returns their results in order (the
-    first call's exception is raised, after every call has ended).  ``workers``: at most that many at once,
-    each thread taking the next call in order when its last one ends (default: all at once).  Which thread
-    runs a call does not change what it computes."""
+    first failing call's exception is raised, after every call has ended).  ``workers``: at most that many
+    at once, each thread taking the next call in order when its last one ends (default: all at once;
+    1: one by one in the calling thread, stopping at a failure).  Which thread runs a call does not change
+    what it computes."""
     if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
         raise ValueError(f"workers must be a positive integer or None; got {workers!r}")
     try:
