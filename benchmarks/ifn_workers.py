@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numba
@@ -37,6 +36,7 @@ from facelib import inversefacenet as ifn  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib._threads import run_in_threads  # noqa: E402
+from facelib.bench import time_alternating  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.data.corpus import SyntheticCorpus  # noqa: E402
 
@@ -67,13 +67,8 @@ def measure(model, cfg: dict, corpus, row: str, iters: int, rounds: int) -> dict
             "one by one, 1 thread each": lambda: [one(s, 1)() for s in SEEDS],
             "side by side, 1 thread each": lambda: run_in_threads([one(s, 1) for s in SEEDS], 2)}
     one(0, 2)()  # warm-up: kernels loaded
-    seconds, trained = {w: [] for w in ways}, {}
-    for r in range(rounds):
-        for way, run in ways.items():
-            t0 = time.perf_counter()
-            trained[way] = run()
-            seconds[way].append((time.perf_counter() - t0) / (len(SEEDS) * iters))
-            print(f"{row}, round {r}: {way}: {seconds[way][-1]:.4f} s per mini-batch of one training")
+    t = time_alternating(ways, rounds, per=len(SEEDS) * iters, label=f" per mini-batch of one training ({row})")
+    seconds, trained, best = t["seconds"], t["trained"], t["best"]
     torch.set_num_threads(2)
     numba.set_num_threads(2)
 
@@ -82,7 +77,6 @@ def measure(model, cfg: dict, corpus, row: str, iters: int, rounds: int) -> dict
                    for x, y in zip(na.state_dict().values(), nb.state_dict().values())) and \
             all(la == lb for (_, la), (_, lb) in zip(trained[a], trained[b]))
 
-    best = {w: min(t) for w, t in seconds.items()}
     now, side = best["one by one, 2 threads each"], best["side by side, 1 thread each"]
     rec = {"seconds_per_minibatch": {w: [round(s, 4) for s in ts] for w, ts in seconds.items()},
            "best_seconds_per_minibatch": {w: round(b, 4) for w, b in best.items()},

@@ -35,21 +35,28 @@ def set_threads(default: int = 2) -> int:
     return threads
 
 
-def one_by_one_vs_side_by_side(train, rounds: int, per: float = 1.0, label: str = "") -> dict:
-    """Time ``train(workers)`` (a fresh training of the same nets, returning what it trained) with
-    ``workers`` 1 and 2, alternating, ``rounds`` times (chapter 7's trainings one by one and two at a time,
-    :func:`facelib._threads.run_in_threads`).  ``per``: a divisor for the printed and returned figures
-    (e.g. the steps, for seconds per step).  Returns ``{"seconds": {1: [...], 2: [...]}, "best": {1, 2},
-    "speedup", "trained": {1: the last run's result, 2: ...}}``."""
-    seconds, trained = {1: [], 2: []}, {}
+def time_alternating(ways: dict, rounds: int, per: float = 1.0, label: str = "", show=str) -> dict:
+    """Time each of ``ways`` (name -> a call that trains the same nets afresh and returns them), in turn,
+    ``rounds`` times (alternating, so a machine that slows down charges every way alike).  ``per``: a divisor
+    for the printed and returned figures (e.g. the steps, for seconds per step); ``show``: a way's name as
+    printed.  Returns ``{"seconds": {name: [...]}, "best": {name: min}, "trained": {name: the last run's
+    result}}``."""
+    seconds, trained = {w: [] for w in ways}, {}
     for r in range(rounds):
-        for workers in (1, 2):
+        for way, run in ways.items():
             t0 = time.perf_counter()
-            trained[workers] = train(workers)
-            seconds[workers].append((time.perf_counter() - t0) / per)
-            print(f"round {r}: workers={workers}: {seconds[workers][-1]:.3f} s{label}")
-    best = {w: min(t) for w, t in seconds.items()}
-    return {"seconds": seconds, "best": best, "speedup": round(best[1] / best[2], 3), "trained": trained}
+            trained[way] = run()
+            seconds[way].append((time.perf_counter() - t0) / per)
+            print(f"round {r}: {show(way)}: {seconds[way][-1]:.4f} s{label}")
+    return {"seconds": seconds, "best": {w: min(t) for w, t in seconds.items()}, "trained": trained}
+
+
+def one_by_one_vs_side_by_side(train, rounds: int, per: float = 1.0, label: str = "") -> dict:
+    """:func:`time_alternating` of ``train(workers)`` with ``workers`` 1 and 2 (chapter 7's trainings one by
+    one and two at a time, :func:`facelib._threads.run_in_threads`), keyed by ``workers``, with ``"speedup"``
+    (best of 1 / best of 2)."""
+    t = time_alternating({1: lambda: train(1), 2: lambda: train(2)}, rounds, per, label, show=lambda w: f"workers={w}")
+    return dict(t, speedup=round(t["best"][1] / t["best"][2], 3))
 
 
 def _rss_mb() -> float:
