@@ -3,6 +3,7 @@ landmark branch, corpora, training, breeding, prediction and saved networks."""
 
 from __future__ import annotations
 
+import numba
 import pytest
 import torch
 
@@ -285,3 +286,52 @@ def test_landmark_variants_markdown_rows_and_references():
     assert "0.71 ± 0.00 | 0.60 ± 0.00" in lines[4]
     assert lines[5] == "| *true parameters, mean head size* | - | - | 0.50 | 0.50 | 0.50 | 0.50 | - |"
     assert lines[6].startswith("| *true expression, mean shape* | - | - | 0.75")
+
+
+def test_train_rows_side_by_side_train_each_run_as_alone_with_one_thread(model, tmp_path, monkeypatch):
+    """cfg["workers"] = 2 trains the (row, seed) runs two at a time, one thread each: every run (a landmark
+    branch pre-trained per seed, a breeding row, a ResNet, learning curves) gets the weights, losses and
+    curve points it gets one by one with one thread, the rows come back in order, and the one-thread runs
+    are cached apart from the runs with the caller's threads."""
+    corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
+    real = make_test_set(model, "wild", 6, seed=4, size=32)
+    tests = {"wild": make_test_set(model, "wild", 6, seed=7, size=32)}
+    real_x = real["x"].float() / 255 - 0.5
+    cfg = dict(CFG, seeds=(0, 1), n_curve=3, curve_every=3, iters=4)
+    names = ["+ breeding (= InverseFaceNet)", "ResNet + model-space loss"]
+
+    def rows(workers, cache):
+        monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / cache))
+        return ifn.train_rows(model, dict(cfg, workers=workers), names, corpus, tests, real_x=real_x,
+                              real_landmarks=real["landmarks"], progress=False)
+
+    threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        numba.set_num_threads(1)
+        alone = rows(1, "alone")
+    finally:
+        torch.set_num_threads(threads)
+        numba.set_num_threads(numba_threads)
+    side = rows(2, "side")
+    assert torch.get_num_threads() == threads  # the caller's threads are back
+    assert list(side) == names and all(list(side[n]) == [0, 1] for n in names)
+    for n in names:
+        for s in (0, 1):
+            a, b = alone[n][s], side[n][s]
+            assert not b["info"]["cached"] and len(b["info"]["curve"]) == len(a["info"]["curve"]) > 1
+            assert all(torch.equal(x, y) for x, y in zip(a["net"].state_dict().values(), b["net"].state_dict().values()))
+            assert a["info"]["loss"] == b["info"]["loss"]
+            assert [{k: v for k, v in p.items() if k != "train_s"} for p in a["info"]["curve"]] == \
+                [{k: v for k, v in p.items() if k != "train_s"} for p in b["info"]["curve"]]
+            assert torch.equal(a["wild"]["geometric_mm"], b["wild"]["geometric_mm"])
+    # a second call loads every run; the one-thread runs' keys differ from the caller's-thread runs'
+    again = rows(2, "side")
+    assert all(again[n][s]["info"]["cached"] for n in names for s in (0, 1))
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / "side"))
+    _, info = train_row(model, cfg, names[1], corpus, seed=0, progress=False)
+    assert not info["cached"]
+    with pytest.raises(ValueError, match="workers"):
+        ifn.train_rows(model, dict(cfg, workers=0), names, corpus, tests)
+    with pytest.raises(ValueError, match="unknown Table 1 row"):
+        ifn.train_rows(model, dict(cfg, workers=2), ["VGG"], corpus, tests)

@@ -39,20 +39,22 @@ SETTINGS = {
     # size N of the network input, Sec. 5 corpus size, mini-batches per Table 1 row (ResNet: twice),
     # the regressors' widths, Algorithm 1's rounds, the corpus R and the held-out test sets; the training
     # seeds of every row, the learning-curve probe (faces per set, iterations between points), the test
-    # faces that also get the NoW-style error of chapters 5-8 (n_now), and the training options of issue 15 (batch norm, outputs in prior units, no dropout, warm-up + cosine).
+    # faces that also get the NoW-style error of chapters 5-8 (n_now), and the training options of issue 15 (batch norm, outputs in prior units, no dropout, warm-up + cosine);
+    # workers: (row, seed) runs trained that many side by side on the CPU, one thread each (train_rows).
     "inversefacenet": {
         "ci": dict(size=48, n_train=512, iters=40, batch=16, lr=3e-3, alexnet_width=0.125, alexnet_fc=128,
                    resnet_width=0.125, resnet_blocks=(1, 1, 1, 1), breed_rounds=2, n_real=64, n_test=48,
                    n_hist=500, n_show=8, seeds=(0, 1), n_curve=16, curve_every=20, n_now=8, landmark_steps=100,
-                   landmark_batch=64, **_IFN_OPTIONS),
+                   landmark_batch=64, workers=2, **_IFN_OPTIONS),
         "cpu": dict(size=64, n_train=6144, iters=1800, batch=32, lr=3e-3, alexnet_width=0.25, alexnet_fc=512,
                     resnet_width=0.25, resnet_blocks=(2, 2, 2, 2), breed_rounds=4, n_real=768, n_test=256,
                     n_hist=4000, n_show=16, seeds=(0, 1, 2), n_curve=64, curve_every=300, n_now=64,
-                    landmark_steps=4000, landmark_batch=256, **_IFN_OPTIONS),
+                    landmark_steps=4000, landmark_batch=256, workers=2, **_IFN_OPTIONS),
         "gpu": dict(size=240, n_train=100_000, iters=75_000, batch=32, lr=1e-3, alexnet_width=1.0,
                     alexnet_fc=4096, resnet_width=1.0, resnet_blocks=(3, 4, 6, 3), breed_rounds=8,
                     n_real=5000, n_test=1000, n_hist=20_000, n_show=16, seeds=(0, 1, 2), n_curve=256,
-                    curve_every=5000, n_now=256, landmark_steps=20_000, landmark_batch=256, **_IFN_OPTIONS),
+                    curve_every=5000, n_now=256, landmark_steps=20_000, landmark_batch=256, workers=1,
+                    **_IFN_OPTIONS),
     },
     # Richardson et al. (chapter 7): model components kept, CoarseNet's input size and FineNet's grid,
     # CoarseNet width / blocks / steps (the GMSE and the MSE net each), feedback iterations, the fine

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import json
 import math
+import threading
 import time
 from pathlib import Path
 
@@ -354,7 +355,8 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
 
 
 def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed: int, progress: bool = True,
-                      outputs: tuple | None = None, what: str = "landmark branch", pretrain=None) -> float:
+                      outputs: tuple | None = None, what: str = "landmark branch", pretrain=None,
+                      threads: int | None = None) -> float:
     """:func:`pretrain_landmarks` of ``net``'s landmark branch, shared through the cache: the branch does not
     depend on the image network around it, so the Table 1 rows of one training seed pre-train it once
     (``checkpoint_dir()/branch-<key>.pt``, keyed by the face model, the branch's shape, steps, batch and
@@ -362,12 +364,16 @@ def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed:
     counts them as its own training time).  ``outputs``: as :func:`pretrain_landmarks`'s, with ``what``
     naming the network kind it is for in the cache key (MoFA's: ``"mofa landmark branch"``).  ``pretrain``:
     a call ``() -> {"loss", "train_s"}`` that pre-trains the branch another way (CoarseNet's,
-    :func:`facelib.coarse_fine.pretrain_branch`; ``what`` must then name all it depends on)."""
+    :func:`facelib.coarse_fine.pretrain_branch`; ``what`` must then name all it depends on).  ``threads``:
+    the CPU threads the pre-training runs with where a caller fixes them (:func:`train_rows` side by side),
+    part of the key, since the thread count changes the order of sums and so the bits."""
     from ..data.corpus import _model_key
 
     branch = _branch_of(net)
     key = {"what": what, "version": TRAIN_VERSION, "model": _model_key(model), "steps": int(steps),
            "batch": int(batch), "seed": int(seed), "shape": [branch.landmarks, branch.width, branch.head.out_features]}
+    if threads is not None:
+        key["threads"] = int(threads)
     path = checkpoint_dir() / f"branch-{_key(key)}.pt"
     if path.exists():
         try:
@@ -1155,7 +1161,8 @@ def curve_eval(model, tests: dict, n: int = 64):
 
 def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None = None, seed: int = 0,
               device=None, progress: bool = True, eval_fn=None, curve_key=None,
-              real_landmarks: torch.Tensor | None = None) -> tuple:
+              real_landmarks: torch.Tensor | None = None, net: torch.nn.Module | None = None,
+              threads: int | None = None) -> tuple:
     """Train one row of Table 1 (see :data:`TABLE1_ROWS`) with the profile's budget ``cfg``.
 
     Baselines train ``cfg["iters"]`` mini-batches on the Sec. 5 ``corpus`` (ResNet: twice that).
@@ -1174,13 +1181,18 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     as training time; ``cfg["landmark_freeze"]`` keeps the branch as pre-trained while the rest of the
     network trains (the image path then learns what the landmarks' read-out leaves).
 
+    ``net``: the row's untrained regressor, made by the caller (``make_regressor(model, cfg, kind, seed)``,
+    which seeds PyTorch's global generator and so must not run in two threads at once; default: made here).
+    ``threads``: the CPU threads the training runs with where the caller fixes them (:func:`train_rows`
+    side by side: 1), part of the cache keys, since another thread count gives other bits.
+
     Returns ``(net, info)``; ``info`` has ``train_s``, ``iters``, ``loss``, ``curve`` (held-out errors
     against training seconds) and, for breeding, ``history`` (:func:`breed`'s estimates per round).
     """
     kind, loss, bred = TABLE1_ROWS[name] if name in TABLE1_ROWS else (None, None, None)
     if kind is None:
         raise ValueError(f"unknown Table 1 row {name!r}; expected one of {list(TABLE1_ROWS)}")
-    net = make_regressor(model, cfg, kind, seed).to(device or "cpu")
+    net = (make_regressor(model, cfg, kind, seed) if net is None else net).to(device or "cpu")
     if cfg.get("landmarks") and cfg.get("landmark_freeze"):
         for p in _branch_of(net).parameters():
             p.requires_grad_(False)
@@ -1193,13 +1205,16 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
            "net": [cfg["size"], cfg["alexnet_width"], cfg["alexnet_fc"], cfg["resnet_width"],
                    list(cfg["resnet_blocks"])],
            "options": _options(cfg), "curve": [curve_key, cfg.get("curve_every", 0)]}
+    if threads is not None:
+        key["threads"] = int(threads)
     iters = cfg["iters"] * (2 if kind == "resnet" else 1)
     sched = dict(schedule=cfg.get("schedule", "constant"), warmup=cfg.get("warmup", 0.0))
     every = cfg.get("curve_every", 0) if eval_fn is not None else 0
     init = None
     if cfg.get("landmarks") and cfg.get("landmark_steps"):  # the branch's pre-training, for a run not in the cache
         init = functools.partial(pretrained_branch, model, steps=int(cfg["landmark_steps"]),
-                                 batch=int(cfg.get("landmark_batch", 256)), seed=seed, progress=progress)
+                                 batch=int(cfg.get("landmark_batch", 256)), seed=seed, progress=progress,
+                                 threads=threads)
     if not bred:
         log = train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, device=device,
                     progress=progress, desc=name, cache_key=dict(key, iters=iters), eval_fn=eval_fn,
@@ -1305,20 +1320,84 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
     evaluate it on each test set.  Cached runs are loaded (:func:`train_row`), and so are evaluations
     measured before (:func:`evaluate_theta`'s ``cache``).
 
+    ``cfg["workers"]`` (default 1) on the CPU: train that many (row, seed) runs at once, one thread and
+    one CPU thread each (:func:`facelib._threads.run_in_threads`), and evaluate them one by one afterwards
+    with the caller's threads.  Each run draws its batches, its landmark noise and its bred children from
+    its own seed, so it is trained exactly as alone with one thread, to the bit (not as with two threads:
+    another order of sums); ``info["train_s"]`` is then its own time on its thread while the others ran.
+    The one-thread runs are cached under their own keys (``threads``).  The first row of ``names``
+    pre-trains each seed's landmark branch (:func:`pretrained_branch`, from its own initial weights) and
+    the seed's other rows load it, as one by one: those runs start first, and a later run of the seed
+    waits for its end; the other runs follow, the longest first.
+
     Returns ``{name: {seed: {"net", "info", <set>: evaluate(...)}}}``; ``info["curve"]`` holds the
     learning curve on the first ``cfg["n_curve"]`` faces of each test set when ``curves``.
     """
+    workers = cfg.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"cfg['workers'] must be a positive integer; got {workers!r}")
+    for name in names:
+        if name not in TABLE1_ROWS:
+            raise ValueError(f"unknown Table 1 row {name!r}; expected one of {list(TABLE1_ROWS)}")
     probe = curve_eval(model, tests, cfg["n_curve"]) if curves else None
     key = [cfg["n_curve"], {k: [t["kind"], t["seed"], t["size"]] for k, t in tests.items()}] if curves else None
+    jobs = [(name, seed) for name in names for seed in cfg["seeds"]]
+    common = dict(real_x=real_x, device=device, eval_fn=probe, curve_key=key, real_landmarks=real_landmarks)
+    side = workers > 1 and len(jobs) > 1 and torch.device(device or "cpu").type == "cpu"
+    if side:
+        from tqdm.auto import tqdm
+
+        from .._threads import run_in_threads
+
+        # the nets are made here, one after the other: make_regressor seeds PyTorch's global generator
+        nets = {job: make_regressor(model, cfg, TABLE1_ROWS[job[0]][0], job[1]) for job in jobs}
+        first = [(names[0], seed) for seed in cfg["seeds"]]  # each pre-trains its seed's landmark branch
+        rest = sorted(jobs[len(first):], key=lambda j: -cfg["iters"] * (2 if TABLE1_ROWS[j[0]][0] == "resnet" else 1))
+        branch_ready = {seed: threading.Event() for seed in cfg["seeds"]}
+        bar = tqdm(total=len(jobs), desc=f"Table 1 runs, {workers} at a time", disable=not progress)
+
+        def run(job):
+            def call():
+                if job in first:
+                    try:
+                        done = train_row(model, cfg, job[0], corpus, seed=job[1], progress=False, net=nets[job],
+                                         threads=1, **common)
+                    finally:
+                        branch_ready[job[1]].set()
+                else:
+                    branch_ready[job[1]].wait()
+                    done = train_row(model, cfg, job[0], corpus, seed=job[1], progress=False, net=nets[job],
+                                     threads=1, **common)
+                bar.update(1)
+                return done
+            return call
+
+        threads = torch.get_num_threads()
+        try:
+            import numba
+
+            numba_threads = numba.get_num_threads()
+            numba.set_num_threads(1)
+        except ImportError:  # pragma: no cover - numba is a dependency
+            numba = None
+        torch.set_num_threads(1)
+        try:
+            trained = dict(zip(first + rest, run_in_threads([run(job) for job in first + rest], workers)))
+        finally:
+            torch.set_num_threads(threads)
+            if numba is not None:
+                numba.set_num_threads(numba_threads)
+            bar.close()
     out = {}
     for name in names:
         out[name] = {}
         for seed in cfg["seeds"]:
-            net, info = train_row(model, cfg, name, corpus, real_x=real_x, seed=seed, device=device,
-                                  progress=progress, eval_fn=probe, curve_key=key, real_landmarks=real_landmarks)
+            net, info = (trained[(name, seed)] if side else
+                         train_row(model, cfg, name, corpus, seed=seed, progress=progress, **common))
             out[name][seed] = {"net": net, "info": info,
                                **{k: evaluate(model, net, t, cache=True) for k, t in tests.items()}}
             print(f"{name}, seed {seed}: {info['iters']} iterations, {info['train_s']:.0f} s"
+                  + (" on one thread, side by side" if side else "")
                   + (" (loaded from the cache)" if info["cached"] else ""))
     return out
 
