@@ -1,19 +1,20 @@
-"""Chapters 3-4's rows two at a time? (issue 15: chapters 2-4 within 30 minutes on a slow day)
+"""Chapters 3-4's rows two at a time (issue 15: chapters 2-4 within 30 minutes on a slow day)
 
-Chapters 3-4 train each Table 1 row (AlexNet, ResNet; three seeds each) one after the other with PyTorch's
+Chapters 3-4 trained each Table 1 row (AlexNet, ResNet; three seeds each) one after the other with PyTorch's
 default two CPU threads on our 2-core machine.  Chapter 7 trains its networks two at a time with one
 thread each (``facelib._threads.run_in_threads``), 1.4-1.8x faster there.  This measures what the same
-would give for InverseFaceNet's rows, before anyone changes the chapters: two trainings of a row (seeds 0
+would give for InverseFaceNet's rows: two trainings of a row (seeds 0
 and 1, the ``cpu`` profile's network, batch and loss, ``--iters`` mini-batches, on a ``--faces``-face Sec. 5
 corpus, no landmark pre-training and no learning curve, which do not change a step's cost)
 
-* one by one with 2 threads each (what the chapters do now),
+* one by one with 2 threads each (what the chapters did),
 * one by one with 1 thread each, and
 * side by side, 1 thread each,
 
 alternating, ``--rounds`` times, and reports seconds per mini-batch of one training.  Side by side gives the
-same bits as one by one *with one thread* (checked), not as with two: adopting it would change every
-number of chapters 3-4 (other sums), so it is measured here and not yet taken.
+same bits as one by one *with one thread* (checked), not as with two (other sums).  Chapters 3-4 now train
+side by side (the profiles' ``workers=2``, :func:`facelib.inversefacenet.train_rows`); this record is the
+measurement that decided it.
 
     .venv/bin/python benchmarks/ifn_workers.py [--rows ROW ...] [--iters 60] [--rounds 2] [--faces 1024]
 
