@@ -387,7 +387,8 @@ def load_network(name: str = "inversefacenet", *, row: str | None = None, seed: 
 
     ``name``: one of :data:`NETWORKS`.  ``row``: InverseFaceNet's Table 1 row (default the paper's
     InverseFaceNet, :data:`IFN_DEFAULT_ROW`).  ``seed``: the training seed.  ``profile``: ``"ci"``,
-    ``"cpu"`` or ``"gpu"``; None takes the largest one on disk (:data:`PROFILE_ORDER`).  ``model``: the
+    ``"cpu"`` or ``"gpu"``; None takes the largest one on disk (:data:`PROFILE_ORDER`; of two runs with the
+    same settings, the one saved last).  ``model``: the
     face model (name, path or :class:`facelib.FaceModel`) the network must have been trained with: a
     network of another model is never returned.  Raises :class:`NetworkNotFoundError` (with the command
     that trains it) when there is none, ValueError for a bad name, row or profile.
@@ -418,7 +419,10 @@ def load_network(name: str = "inversefacenet", *, row: str | None = None, seed: 
         if not cands:
             raise _missing(name, f"for row {row!r}, seed {seed}" + (f", profile {profile!r}" if profile else "")
                            + f" and face model {m.name!r}")
-        best = min(cands, key=lambda r: (_rank(r["profile"]), -r["iters"] * r["config"].get("size", 0) ** 2))
+        # the largest profile and budget; of two runs of the same (e.g. trained with 2 threads, then one thread
+        # side by side), the one saved last
+        best = min(cands, key=lambda r: (_rank(r["profile"]), -r["iters"] * r["config"].get("size", 0) ** 2,
+                                         -r["path"].stat().st_mtime))
         net = make_regressor(m, best["config"], best["kind"], seed)
         net.load_state_dict(best["state"])
         meta = {k: best[k] for k in ("row", "seed", "kind", "profile", "iters", "train_s", "config")}

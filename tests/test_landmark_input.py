@@ -291,8 +291,8 @@ def test_landmark_variants_markdown_rows_and_references():
 def test_train_rows_side_by_side_train_each_run_as_alone_with_one_thread(model, tmp_path, monkeypatch):
     """cfg["workers"] = 2 trains the (row, seed) runs two at a time, one thread each: every run (a landmark
     branch pre-trained per seed, a breeding row, a ResNet, learning curves) gets the weights, losses and
-    curve points it gets one by one with one thread, the rows come back in order, and the one-thread runs
-    are cached apart from the runs with the caller's threads."""
+    curve points it gets one by one with one thread, the rows come back in order, the one-thread runs
+    are cached apart from the runs with the caller's threads, and load_network reads the run saved last."""
     corpus = SyntheticCorpus(model, 16, seed=1, size=32, cache=False, chunk=16, progress=False)
     real = make_test_set(model, "wild", 6, seed=4, size=32)
     tests = {"wild": make_test_set(model, "wild", 6, seed=7, size=32)}
@@ -329,8 +329,13 @@ def test_train_rows_side_by_side_train_each_run_as_alone_with_one_thread(model, 
     again = rows(2, "side")
     assert all(again[n][s]["info"]["cached"] for n in names for s in (0, 1))
     monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / "side"))
-    _, info = train_row(model, cfg, names[1], corpus, seed=0, progress=False)
+    plain, info = train_row(model, cfg, names[1], corpus, seed=0, progress=False)
     assert not info["cached"]
+    # of the two saved runs of the same row and seed, load_network takes the one saved last
+    latest = facelib.load_network("inversefacenet", row=names[1], seed=0, model=model).net
+    assert all(torch.equal(a, b) for a, b in zip(latest.state_dict().values(), plain.state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(latest.state_dict().values(),
+                                                     side[names[1]][0]["net"].state_dict().values()))
     with pytest.raises(ValueError, match="workers"):
         ifn.train_rows(model, dict(cfg, workers=0), names, corpus, tests)
     with pytest.raises(ValueError, match="unknown Table 1 row"):

@@ -1358,16 +1358,14 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
 
         def run(job):
             def call():
-                if job in first:
-                    try:
-                        done = train_row(model, cfg, job[0], corpus, seed=job[1], progress=False, net=nets[job],
-                                         threads=1, **common)
-                    finally:
-                        branch_ready[job[1]].set()
-                else:
+                if job not in first:
                     branch_ready[job[1]].wait()
+                try:
                     done = train_row(model, cfg, job[0], corpus, seed=job[1], progress=False, net=nets[job],
                                      threads=1, **common)
+                finally:
+                    if job in first:
+                        branch_ready[job[1]].set()
                 bar.update(1)
                 return done
             return call
