@@ -9,10 +9,28 @@ and each thread gets the caller's Numba thread count (Numba's is per thread) and
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 
 import torch
 
-__all__ = ["run_in_threads"]
+__all__ = ["run_in_threads", "cpu_threads"]
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """PyTorch's CPU threads (the process's) and Numba's (the calling thread's, which
+    :func:`run_in_threads` hands to its threads) set to ``n`` inside the block; the previous counts are
+    restored after it, also when it raises."""
+    import numba
+
+    torch_threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    numba.set_num_threads(n)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(torch_threads)
+        numba.set_num_threads(numba_threads)
 
 
 def run_in_threads(calls: list, workers: int | None = None) -> list:

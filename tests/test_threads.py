@@ -1,12 +1,14 @@
-"""``facelib._threads.run_in_threads``: calls side by side, results in order, at most ``workers`` at once."""
+"""``facelib._threads``: ``run_in_threads`` (calls side by side, results in order, at most ``workers`` at once) and
+``cpu_threads`` (thread counts for a block)."""
 
 import threading
 import time
 
+import numba
 import pytest
 import torch
 
-from facelib._threads import run_in_threads
+from facelib._threads import cpu_threads, run_in_threads
 
 
 def _counting(calls_running: list, peak: list, lock: threading.Lock, value):
@@ -40,6 +42,19 @@ def test_an_exception_reaches_the_caller_and_bad_workers_are_refused():
         with pytest.raises(ValueError, match="workers"):
             run_in_threads([lambda: 1], bad)
     assert run_in_threads([], 2) == []
+
+
+def test_cpu_threads_sets_both_counts_in_the_block_and_restores_them():
+    before = torch.get_num_threads(), numba.get_num_threads()
+    with cpu_threads(1):
+        assert (torch.get_num_threads(), numba.get_num_threads()) == (1, 1)
+        # the threads of run_in_threads get the block's counts
+        assert run_in_threads([lambda: (torch.get_num_threads(), numba.get_num_threads())] * 2, 2) == [(1, 1)] * 2
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before
+    with pytest.raises(KeyError):
+        with cpu_threads(1):
+            raise KeyError("inside")
+    assert (torch.get_num_threads(), numba.get_num_threads()) == before
 
 
 def test_the_benchmarks_time_one_by_one_against_side_by_side(capsys):

@@ -1347,7 +1347,7 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
     if side:
         from tqdm.auto import tqdm
 
-        from .._threads import run_in_threads
+        from .._threads import cpu_threads, run_in_threads
 
         # the nets are made here, one after the other: make_regressor seeds PyTorch's global generator
         nets = {job: make_regressor(model, cfg, TABLE1_ROWS[job[0]][0], job[1]) for job in jobs}
@@ -1370,22 +1370,8 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
                 return done
             return call
 
-        threads = torch.get_num_threads()
-        try:
-            import numba
-
-            numba_threads = numba.get_num_threads()
-            numba.set_num_threads(1)
-        except ImportError:  # pragma: no cover - numba is a dependency
-            numba = None
-        torch.set_num_threads(1)
-        try:
+        with cpu_threads(1), bar:
             trained = dict(zip(first + rest, run_in_threads([run(job) for job in first + rest], workers)))
-        finally:
-            torch.set_num_threads(threads)
-            if numba is not None:
-                numba.set_num_threads(numba_threads)
-            bar.close()
     out = {}
     for name in names:
         out[name] = {}
