@@ -28,7 +28,6 @@ import json
 import sys
 from pathlib import Path
 
-import numba
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -36,7 +35,7 @@ import facelib  # noqa: E402
 from facelib import inversefacenet as ifn  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
-from facelib._threads import run_in_threads  # noqa: E402
+from facelib._threads import cpu_threads, run_in_threads  # noqa: E402
 from facelib.bench import time_alternating  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.data.corpus import SyntheticCorpus  # noqa: E402
@@ -50,28 +49,30 @@ def measure(model, cfg: dict, corpus, row: str, iters: int, rounds: int) -> dict
     kind, loss, _ = ifn.TABLE1_ROWS[row]
     loss_fn = ifn.row_loss(model, loss)
 
-    def one(seed: int, threads: int):
+    def one(seed: int):
         """A training of a net made here, in the calling thread: ``make_regressor`` seeds PyTorch's global
         generator, which two threads must not do at once (the training draws its batches from ``seed``
         and, without dropout, nothing from the global generator)."""
         net = ifn.make_regressor(model, cfg, kind, seed)
 
         def call():
-            torch.set_num_threads(threads)
-            numba.set_num_threads(threads)
             log = ifn.train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, progress=False,
                             schedule=cfg["schedule"], warmup=cfg["warmup"])
             return net, log["loss"]
         return call
 
-    ways = {"one by one, 2 threads each": lambda: [one(s, 2)() for s in SEEDS],
-            "one by one, 1 thread each": lambda: [one(s, 1)() for s in SEEDS],
-            "side by side, 1 thread each": lambda: run_in_threads([one(s, 1) for s in SEEDS], 2)}
-    one(0, 2)()  # warm-up: kernels loaded
+    def with_threads(n: int, run):
+        def way():
+            with cpu_threads(n):
+                return run()
+        return way
+
+    ways = {"one by one, 2 threads each": with_threads(2, lambda: [one(s)() for s in SEEDS]),
+            "one by one, 1 thread each": with_threads(1, lambda: [one(s)() for s in SEEDS]),
+            "side by side, 1 thread each": with_threads(1, lambda: run_in_threads([one(s) for s in SEEDS], 2))}
+    with_threads(2, one(0))()  # warm-up: kernels loaded
     t = time_alternating(ways, rounds, per=len(SEEDS) * iters, label=f" per mini-batch of one training ({row})")
     seconds, trained, best = t["seconds"], t["trained"], t["best"]
-    torch.set_num_threads(2)
-    numba.set_num_threads(2)
 
     def same(a, b) -> bool:
         return all(torch.equal(x, y) for (na, la), (nb, lb) in zip(trained[a], trained[b])

@@ -1159,6 +1159,12 @@ def curve_eval(model, tests: dict, n: int = 64):
     return fn
 
 
+def row_iters(cfg: dict, kind: str) -> int:
+    """The mini-batches of a Table 1 run of ``kind`` in the profile ``cfg``: ``cfg["iters"]``, twice that for the
+    ResNet."""
+    return cfg["iters"] * (2 if kind == "resnet" else 1)
+
+
 def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None = None, seed: int = 0,
               device=None, progress: bool = True, eval_fn=None, curve_key=None,
               real_landmarks: torch.Tensor | None = None, net: torch.nn.Module | None = None,
@@ -1207,7 +1213,7 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
            "options": _options(cfg), "curve": [curve_key, cfg.get("curve_every", 0)]}
     if threads is not None:
         key["threads"] = int(threads)
-    iters = cfg["iters"] * (2 if kind == "resnet" else 1)
+    iters = row_iters(cfg, kind)
     sched = dict(schedule=cfg.get("schedule", "constant"), warmup=cfg.get("warmup", 0.0))
     every = cfg.get("curve_every", 0) if eval_fn is not None else 0
     init = None
@@ -1352,7 +1358,7 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
         # the nets are made here, one after the other: make_regressor seeds PyTorch's global generator
         nets = {job: make_regressor(model, cfg, TABLE1_ROWS[job[0]][0], job[1]) for job in jobs}
         first = [(names[0], seed) for seed in cfg["seeds"]]  # each pre-trains its seed's landmark branch
-        rest = sorted(jobs[len(first):], key=lambda j: -cfg["iters"] * (2 if TABLE1_ROWS[j[0]][0] == "resnet" else 1))
+        rest = sorted(jobs[len(first):], key=lambda j: -row_iters(cfg, TABLE1_ROWS[j[0]][0]))
         branch_ready = {seed: threading.Event() for seed in cfg["seeds"]}
         bar = tqdm(total=len(jobs), desc=f"Table 1 runs, {workers} at a time", disable=not progress)
 
