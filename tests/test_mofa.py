@@ -354,3 +354,62 @@ def test_now_style_error_of_the_decoder_mesh(small):
     assert "now_mm" not in ev["base"] and ev_now["base"]["now_mm"].shape == (6,)
     assert ev_now["final"]["now_mm"].shape == (6,)
     assert torch.equal(ev["base"]["geometric_mm"], ev_now["base"]["geometric_mm"])
+
+
+def test_stage_networks_side_by_side_train_each_run_as_one_by_one(open_model, tmp_path, monkeypatch):
+    """cfg["workers"] = 2 trains chapter 5's seeds (stage 1, landmark branches pre-trained in the runs) and
+    chapter 6's stage-2 runs two at a time, one thread each: every network, history and learning-curve point
+    is the one of one by one (with the profile's one thread), the checkpoints load as one by one's, the
+    caller's thread counts and PyTorch's global generator are as before, and bad settings are refused."""
+    import numba
+
+    from facelib._threads import cpu_threads
+    from facelib.book import settings
+    from facelib.mofa import curve_eval, stage1_networks, stage2_networks
+
+    cfg = {**settings("05_mofa", "ci"), **settings("06_correctives", "ci"), "steps1": 4, "steps2": 3,
+           "landmark_steps": 4, "landmark_batch": 8}
+    corpus = make_corpus(open_model, 6, cfg["size"], seed=0, keep=decimate(open_model, cfg["n_vertices"])[1], chunk=6,
+                         progress=False)
+    probe = curve_eval({k: v[:2] for k, v in corpus.items()})
+
+    def run(workers, cache):
+        monkeypatch.setenv("FACELIB_CACHE", str(tmp_path / cache))
+        c = dict(cfg, workers=workers)
+        s1 = stage1_networks(open_model, c, corpus, [0, 1], "cpu", "ci", progress=False, eval_fn=probe, eval_every=2)
+        runs = {(s, C): dict(stage1=s1[s][0], seed=s, n_corrective=C, name=f"abl_C{C}") for s in (0, 1) for C in (0, 4)}
+        return s1, stage2_networks(open_model, c, corpus, "ci", runs, progress=False, eval_fn=probe, eval_every=2)
+
+    def same(a, b):
+        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+    def records(hist):  # the losses and held-out points, not the seconds
+        return [{k: v for k, v in r.items() if k != "train_s"} for r in hist]
+
+    threads, numba_threads = torch.get_num_threads(), numba.get_num_threads()
+    with cpu_threads(1):
+        alone = run(1, "alone")
+    rng = torch.get_rng_state()
+    side = run(2, "side")
+    assert (torch.get_num_threads(), numba.get_num_threads()) == (threads, numba_threads)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert list(side[0]) == [0, 1] and list(side[1]) == [(0, 0), (0, 4), (1, 0), (1, 4)]
+    for s in (0, 1):
+        (a, _, ha), (b, _, hb) = alone[0][s], side[0][s]
+        assert same(a, b) and records(ha) == records(hb) and len(hb) == 4 and "eval" in hb[-1]
+        assert a.pretrain_s > 0 and b.pretrain_s > 0  # each side-by-side run pre-trained its own branch
+    for key in alone[1]:
+        (a, ha), (b, hb) = alone[1][key], side[1][key]
+        assert same(a, b) and records(ha) == records(hb) and len(hb) == 3 and b.n_corrective == key[1]
+    assert not same(side[0][0][0], side[0][1][0])  # the seeds differ
+    # the side-by-side checkpoints are the finished runs: loaded, not trained again
+    again = run(2, "side")
+    assert all(same(again[1][k][0], side[1][k][0]) and again[1][k][1] == side[1][k][1] for k in side[1])
+    with pytest.raises(ValueError, match="workers"):
+        stage1_networks(open_model, dict(cfg, workers=0), corpus, [0, 1], "cpu", "ci")
+    with pytest.raises(ValueError, match="threads"):
+        stage1_networks(open_model, dict(cfg, workers=2, threads=None), corpus, [0, 1], "cpu", "ci")
+    with pytest.raises(ValueError, match="dropout"):  # AlexNet's dropout masks come from the global generator
+        stage1_networks(open_model, dict(cfg, workers=2, encoder="alexnet", encoder_kwargs={}), corpus, [0, 1], "cpu", "ci")
+    with pytest.raises(ValueError, match="unknown or missing keys"):
+        stage2_networks(open_model, cfg, corpus, "ci", {"x": dict(stage1=side[0][0][0], seed=0, C=4)})

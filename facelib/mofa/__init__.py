@@ -36,7 +36,8 @@ from .evaluation import (GREY_LIGHT, LANDMARK_VARIANTS, curve_eval, encoder_hz, 
 from .network import (AMBIENT, CODE_SCALE, STAGE2_LR, CodeHeads, Decoded, MoFA, build_mofa, init_translation,
                       landmark_outputs, pretrain_branch)
 from .training import (book_corpora, initial_network, learning_curve, loss_terms, settings_steps, stage1_config,
-                       stage1_network, stage2_network, train)
+                       stage1_network, stage1_networks, stage1_start, stage2_network, stage2_networks, stage2_start,
+                       train)
 
 __all__ = [
     "STAGE2_LR",
@@ -60,8 +61,12 @@ __all__ = [
     "book_corpora",
     "stage1_config",
     "initial_network",
+    "stage1_start",
     "stage1_network",
+    "stage1_networks",
+    "stage2_start",
     "stage2_network",
+    "stage2_networks",
     "settings_steps",
     "render_level",
     "panels",

@@ -3,6 +3,7 @@ book's runs (the corpora, stage 1 per seed, stage 2 per seed and variant)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from pathlib import Path
@@ -218,15 +219,25 @@ def stage1_config(full_model: FaceModel, cfg: dict, seed: int) -> dict:
     return config
 
 
-def initial_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, progress: bool = True) -> tuple:
-    """The book's stage-1 network before its self-supervised training (:func:`stage1_config`): the
-    translation start from ``corpus``'s landmarks (:func:`init_translation`) and, with a landmark input,
-    the branch pre-trained on landmarks alone (:func:`facelib.mofa.pretrain_branch`, ``cfg["landmark_steps"]``
-    steps of ``cfg["landmark_batch"]`` faces; cached), kept fixed with ``cfg["landmark_freeze"]``.
-    Returns ``(net, keep)``; ``net.pretrain_s`` holds the pre-training's seconds (0 without)."""
+def stage1_start(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device) -> tuple:
+    """The book's stage-1 network as built (:func:`stage1_config`, initialised with ``seed``), on ``device``,
+    with the translation start from ``corpus``'s landmarks (:func:`init_translation`): ``(net, keep)``.
+    Building draws the weights from PyTorch's global generator (seeded, :class:`MoFA`), so networks trained
+    side by side are built first, one after the other (:func:`stage1_networks`)."""
     net, keep = build_mofa(full_model, stage1_config(full_model, cfg, seed))
     net = net.to(device)
     init_translation(net, corpus["landmarks"])
+    return net, keep
+
+
+def initial_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, progress: bool = True,
+                    start: tuple | None = None) -> tuple:
+    """The book's stage-1 network before its self-supervised training: :func:`stage1_start` (or ``start``,
+    its result made beforehand) and, with a landmark input, the branch pre-trained on landmarks alone
+    (:func:`facelib.mofa.pretrain_branch`, ``cfg["landmark_steps"]`` steps of ``cfg["landmark_batch"]``
+    faces; cached), kept fixed with ``cfg["landmark_freeze"]``.
+    Returns ``(net, keep)``; ``net.pretrain_s`` holds the pre-training's seconds (0 without)."""
+    net, keep = start if start is not None else stage1_start(full_model, cfg, corpus, seed, device)
     net.pretrain_s = 0.0
     if cfg.get("landmarks"):
         net.pretrain_s = pretrain_branch(net, full_model, int(cfg["landmark_steps"]), int(cfg["landmark_batch"]),
@@ -237,15 +248,17 @@ def initial_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, d
 
 
 def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, device, profile: str,
-                   progress: bool = True, eval_fn=None, eval_every: int = 0, name: str | None = None) -> tuple:
+                   progress: bool = True, eval_fn=None, eval_every: int = 0, name: str | None = None,
+                   start: tuple | None = None) -> tuple:
     """Stage 1 (MoFA, the base level) as the book trains it, resumable from
-    ``checkpoint_dir() / <profile>_stage1_s<seed>.pt``: :func:`initial_network` (initialised with ``seed``),
+    ``checkpoint_dir() / <profile>_stage1_s<seed>.pt``: :func:`initial_network` (initialised with ``seed``;
+    ``start``: the network as :func:`stage1_start` built it beforehand),
     then ``cfg["steps1"]`` steps at ``cfg["lr"]`` with batch ``cfg["batch"]`` and the
     :data:`facelib.mofa.selfsup.STAGE1` weights; ``eval_fn``, ``eval_every``: the learning curve
     (:func:`train`).  ``name``: the checkpoint's stem for a variant (default ``<profile>_stage1_s<seed>``,
     the one :func:`facelib.load_network` reads).  Returns ``(net, keep, history)``; ``net.pretrain_s``
     holds the landmark branch's pre-training seconds (0 without)."""
-    net, keep = initial_network(full_model, cfg, corpus, seed, device, progress=progress)
+    net, keep = initial_network(full_model, cfg, corpus, seed, device, progress=progress, start=start)
     hist = train(net, corpus, cfg["steps1"], 1, lr=cfg["lr"], batch=cfg["batch"], seed=seed,
                  checkpoint=checkpoint_dir() / f"{name or f'{profile}_stage1_s{seed}'}.pt", progress=progress,
                  desc=f"stage 1 (MoFA, seed {seed})", threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
@@ -254,22 +267,132 @@ def stage1_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, de
 
 def stage2_network(full_model: FaceModel, stage1: MoFA, cfg: dict, corpus: dict, seed: int, profile: str,
                    n_corrective: int, corrective: str = "linear", weights: LossWeights = STAGE2,
-                   name: str = "final", progress: bool = True, eval_fn=None, eval_every: int = 0) -> tuple:
+                   name: str = "final", progress: bool = True, eval_fn=None, eval_every: int = 0,
+                   net: MoFA | None = None) -> tuple:
     """Stage 2 from a trained stage-1 network: a network with ``n_corrective`` correctives of kind
-    ``corrective`` starts from ``stage1`` (:meth:`MoFA.load_stage1`) and fine-tunes for ``cfg["steps2"]``
+    ``corrective`` starts from ``stage1`` (:func:`stage2_start`; ``net``: that network made beforehand) and
+    fine-tunes for ``cfg["steps2"]``
     steps with ``weights`` (default :data:`facelib.mofa.selfsup.STAGE2`), checkpointed as
     ``checkpoint_dir() / <profile>_<name>_s<seed>.pt`` (the book's final level: ``name="final"``, which
     :func:`facelib.load_network` ``("mofa-final")`` reads); ``eval_fn``, ``eval_every``: the learning
     curve (:func:`train`).  Returns ``(net, history)``."""
-    config = {**stage1.config, "n_corrective": n_corrective, "corrective": corrective}
-    net, _ = build_mofa(full_model, config)
-    net = net.to(stage1.code_offset.device)
-    net.load_stage1(stage1.state_dict())
+    if net is None:
+        net = stage2_start(full_model, stage1, n_corrective, corrective)
     hist = train(net, corpus, cfg["steps2"], 2, lr=cfg["lr"], batch=cfg["batch"], seed=seed + 1, weights=weights,
                  checkpoint=checkpoint_dir() / f"{profile}_{name}_s{seed}.pt", progress=progress,
                  desc=f"stage 2 ({name}, seed {seed})",
                  threads=cfg.get("threads"), eval_fn=eval_fn, eval_every=eval_every)
     return net, hist
+
+
+def stage2_start(full_model: FaceModel, stage1: MoFA, n_corrective: int, corrective: str = "linear") -> MoFA:
+    """A network with ``n_corrective`` correctives of kind ``corrective`` that starts from the trained
+    ``stage1`` (:meth:`MoFA.load_stage1`), on its device, not yet trained.  Building draws the new weights
+    from PyTorch's global generator (seeded), so networks trained side by side are made first, one after the
+    other (:func:`stage2_networks`)."""
+    config = {**stage1.config, "n_corrective": n_corrective, "corrective": corrective}
+    net, _ = build_mofa(full_model, config)
+    net = net.to(stage1.code_offset.device)
+    net.load_stage1(stage1.state_dict())
+    return net
+
+
+def _workers(cfg: dict, device, runs: int) -> int:
+    """How many of ``runs`` trainings go at once: ``cfg["workers"]`` (default 1) on the CPU, else 1."""
+    workers = cfg.get("workers", 1)
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"cfg['workers'] must be a positive integer; got {workers!r}")
+    if workers == 1 or runs < 2 or torch.device(device).type != "cpu":
+        return 1
+    if cfg.get("threads") != 1:
+        raise ValueError(f"cfg['workers'] = {workers} trains each run on one CPU thread, as one by one with "
+                         f"cfg['threads'] = 1; got threads = {cfg.get('threads')!r} (set it to 1, or workers to 1)")
+    return workers
+
+
+def _side_by_side(nets: list, calls: list, workers: int, desc: str, progress: bool) -> list:
+    """The zero-argument trainings ``calls`` of ``nets`` (made beforehand), ``workers`` at a time, one
+    thread and one CPU thread each (:func:`facelib._threads.run_in_threads`), with one progress bar of the
+    finished runs; returns their results in order.  A training step seeds PyTorch's global generator inside
+    ``fork_rng`` for its dropout masks, which two threads would share: networks with dropout are refused
+    (ValueError).  The generator is left as it was (the threads' restores interleave)."""
+    from tqdm.auto import tqdm
+
+    from .._threads import cpu_threads, run_in_threads
+
+    if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for net in nets for m in net.modules()):
+        raise ValueError("cfg['workers'] > 1 needs networks without dropout (e.g. the resnet encoder): its masks "
+                         "come from PyTorch's global generator, which trainings side by side would share; "
+                         "set workers to 1")
+    state = torch.get_rng_state()
+    bar = tqdm(total=len(calls), desc=desc, disable=not progress)
+
+    def counted(call):
+        def run():
+            out = call()
+            bar.update(1)
+            return out
+        return run
+
+    try:
+        with cpu_threads(1), bar:
+            return run_in_threads([counted(c) for c in calls], workers)
+    finally:
+        torch.set_rng_state(state)
+
+
+def stage1_networks(full_model: FaceModel, cfg: dict, corpus: dict, seeds, device, profile: str,
+                    progress: bool = True, eval_fn=None, eval_every: int = 0) -> dict:
+    """:func:`stage1_network` for each of ``seeds``: ``{seed: (net, keep, history)}``.
+
+    ``cfg["workers"]`` (default 1) on the CPU: that many trainings at once, one thread and one CPU thread
+    each (``cfg["threads"]`` must then be 1, as in the ``ci`` and ``cpu`` profiles), each computing exactly
+    what it computes alone (every draw takes the run's own generator; the networks are built first, one
+    after the other, :func:`stage1_start`), so the weights, histories and checkpoints are those of one by
+    one; a history's ``train_s`` is then the run's own time on its thread while the others ran."""
+    seeds = list(seeds)
+    workers = _workers(cfg, device, len(seeds))
+    if workers == 1:
+        return {s: stage1_network(full_model, cfg, corpus, s, device, profile, progress=progress, eval_fn=eval_fn,
+                                  eval_every=eval_every) for s in seeds}
+    starts = {s: stage1_start(full_model, cfg, corpus, s, device) for s in seeds}
+    calls = [functools.partial(stage1_network, full_model, cfg, corpus, s, device, profile, progress=False,
+                               eval_fn=eval_fn, eval_every=eval_every, start=starts[s]) for s in seeds]
+    desc = f"stage 1, {len(seeds)} seeds, {workers} at a time"
+    return dict(zip(seeds, _side_by_side([n for n, _ in starts.values()], calls, workers, desc, progress)))
+
+
+STAGE2_RUN = ("stage1", "seed", "n_corrective", "corrective", "weights", "name")  # a stage2_networks run's keys
+
+
+def stage2_networks(full_model: FaceModel, cfg: dict, corpus: dict, profile: str, runs: dict,
+                    progress: bool = True, eval_fn=None, eval_every: int = 0) -> dict:
+    """:func:`stage2_network` for each of ``runs``, ``{key: dict(stage1=, seed=, n_corrective=,
+    corrective="linear", weights=STAGE2, name="final")}`` (the arguments of :func:`stage2_network`):
+    ``{key: (net, history)}``.  ``cfg["workers"]``: as :func:`stage1_networks` (the networks made first,
+    :func:`stage2_start`; the weights, histories and checkpoints those of one by one), in the order of
+    ``runs``."""
+    for key, r in runs.items():
+        bad = sorted(set(r) - set(STAGE2_RUN)) + [k for k in ("stage1", "seed", "n_corrective") if k not in r]
+        if bad:
+            raise ValueError(f"stage-2 run {key!r}: unknown or missing keys {bad}; expected {list(STAGE2_RUN)}")
+    devices = {r["stage1"].code_offset.device for r in runs.values()}
+    workers = _workers(cfg, devices.pop() if len(devices) == 1 else "cuda", len(runs))
+
+    def call(r, net=None, show=progress):
+        return functools.partial(stage2_network, full_model, r["stage1"], cfg, corpus, r["seed"], profile,
+                                 r["n_corrective"], r.get("corrective", "linear"), r.get("weights", STAGE2),
+                                 name=r.get("name", "final"), progress=show, eval_fn=eval_fn,
+                                 eval_every=eval_every, net=net)
+
+    if workers == 1:
+        return {key: call(r)() for key, r in runs.items()}
+    nets = {key: stage2_start(full_model, r["stage1"], r["n_corrective"], r.get("corrective", "linear"))
+            for key, r in runs.items()}
+    desc = f"stage 2, {len(runs)} runs, {workers} at a time"
+    done = _side_by_side(list(nets.values()), [call(r, nets[key], False) for key, r in runs.items()], workers, desc,
+                         progress)
+    return dict(zip(runs, done))
 
 
 def settings_steps(name: str, profile: str) -> int | None:
