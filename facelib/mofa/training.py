@@ -1,5 +1,5 @@
 """MoFA's training: the loss of Eq. 6-15 for a batch, the two-stage resumable training loop, and the
-book's runs (the corpora, stage 1 per seed, stage 2 per seed and variant)."""
+book's runs (the corpora, stage 1 per seed, stage 2 per seed and variant, side by side on the CPU)."""
 
 from __future__ import annotations
 
