@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
-from facelib.bench import one_by_one_vs_side_by_side  # noqa: E402
+from facelib.bench import one_by_one_vs_side_by_side, same_weights  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import CoarseNet, CoarseSpace, train_coarsenets  # noqa: E402
 
@@ -66,8 +66,7 @@ def main() -> None:
     t = one_by_one_vs_side_by_side(train, args.rounds, per=args.steps,
                                    label=f" per step of {len(cfg['seeds']) + 1} nets")
     (n1, h1), (n2, h2) = t["trained"][1], t["trained"][2]
-    same = all(torch.equal(v, n2[k][0].state_dict()[p]) for k in n1 for p, v in n1[k][0].state_dict().items()) \
-        and all(h1[k]["loss"] == h2[k]["loss"] for k in h1)
+    same = all(same_weights(n1[k][0], n2[k][0]) for k in n1) and all(h1[k]["loss"] == h2[k]["loss"] for k in h1)
     best = t["best"]
     rec = {"steps": args.steps, "rounds": args.rounds, "nets": list(n1), "threads_per_worker": cfg["threads"],
            "seconds_per_step": {f"workers={w}": [round(s, 4) for s in ts] for w, ts in t["seconds"].items()},

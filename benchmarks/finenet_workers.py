@@ -15,7 +15,6 @@ Writes ``benchmarks/results/finenet_workers.json``.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import json
 import sys
@@ -29,7 +28,7 @@ import facelib  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib._threads import run_in_threads  # noqa: E402
-from facelib.bench import one_by_one_vs_side_by_side  # noqa: E402
+from facelib.bench import one_by_one_vs_side_by_side, same_weights, scaled_runs_args  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import CoarseNet, CoarseSpace, FineNet, finenet_data, sfs, train_finenet  # noqa: E402
 from facelib.model.detail import detail_displacement  # noqa: E402
@@ -55,13 +54,7 @@ def jobs(cfg: dict, data: dict, scale: float, seed: int = 0) -> tuple:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", type=float, default=0.1, help="the chapter's FineNet steps times this")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--faces", type=int, default=32, help="training faces (the chapter: 128)")
-    args = ap.parse_args()
-    if args.scale <= 0 or args.rounds < 1 or args.faces < 1:
-        ap.error("--scale, --rounds and --faces must be positive")
+    args = scaled_runs_args(__doc__, 0.1, 32, "the chapter's FineNet steps times this", "training faces (the chapter: 128)")
     cfg = settings("07_coarse_fine", "cpu")
     torch.set_num_threads(cfg["threads"])
     numba.set_num_threads(cfg["threads"])
@@ -80,9 +73,7 @@ def main() -> None:
         return nets, run_in_threads(calls, workers)
     t = one_by_one_vs_side_by_side(train, args.rounds, label=" for the 15 FineNets")
     (n1, h1), (n2, h2) = t["trained"][1], t["trained"][2]
-    same = all(torch.equal(a, b) for x, y in zip(n1, n2)
-               for a, b in zip(x.state_dict().values(), y.state_dict().values())) \
-        and all(a["loss"] == b["loss"] for a, b in zip(h1, h2))
+    same = all(same_weights(x, y) for x, y in zip(n1, n2)) and all(a["loss"] == b["loss"] for a, b in zip(h1, h2))
     best = t["best"]
     steps = sum(len(h["loss"]) for h in h1)
     rec = {"scale": args.scale, "rounds": args.rounds, "faces": args.faces, "trainings": len(n1), "steps": steps,

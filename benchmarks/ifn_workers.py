@@ -28,15 +28,13 @@ import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib import inversefacenet as ifn  # noqa: E402
 from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib._threads import cpu_threads, run_in_threads  # noqa: E402
-from facelib.bench import time_alternating  # noqa: E402
+from facelib.bench import same_weights, time_alternating  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.data.corpus import SyntheticCorpus  # noqa: E402
 
@@ -75,9 +73,7 @@ def measure(model, cfg: dict, corpus, row: str, iters: int, rounds: int) -> dict
     seconds, trained, best = t["seconds"], t["trained"], t["best"]
 
     def same(a, b) -> bool:
-        return all(torch.equal(x, y) for (na, la), (nb, lb) in zip(trained[a], trained[b])
-                   for x, y in zip(na.state_dict().values(), nb.state_dict().values())) and \
-            all(la == lb for (_, la), (_, lb) in zip(trained[a], trained[b]))
+        return all(same_weights(na, nb) and la == lb for (na, la), (nb, lb) in zip(trained[a], trained[b]))
 
     now, side = best["one by one, 2 threads each"], best["side by side, 1 thread each"]
     rec = {"seconds_per_minibatch": {w: [round(s, 4) for s in ts] for w, ts in seconds.items()},

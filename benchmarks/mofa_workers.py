@@ -17,7 +17,6 @@ Writes ``benchmarks/results/mofa_workers.json``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib import mofa, repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
-from facelib.bench import one_by_one_vs_side_by_side  # noqa: E402
+from facelib.bench import one_by_one_vs_side_by_side, same_weights, scaled_runs_args  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.mofa.multilevel import decimate  # noqa: E402
 from facelib.mofa.selfsup import STAGE2  # noqa: E402
@@ -51,13 +50,7 @@ def variants(cfg: dict) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--scale", type=float, default=0.05, help="the chapters' steps times this")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--faces", type=int, default=64, help="training faces (the chapters: 1,536)")
-    args = ap.parse_args()
-    if args.scale <= 0 or args.rounds < 1 or args.faces < 1:
-        ap.error("--scale, --rounds and --faces must be positive")
+    args = scaled_runs_args(__doc__, 0.05, 64, "the chapters' steps times this", "training faces (the chapters: 1,536)")
     base = {**settings("05_mofa", "cpu"), **settings("06_correctives", "cpu")}
     cfg = dict(base, steps1=max(1, round(base["steps1"] * args.scale)), steps2=max(1, round(base["steps2"] * args.scale)),
                landmark_steps=max(1, round(base["landmark_steps"] * args.scale)))
@@ -81,14 +74,11 @@ def main() -> None:
     t = one_by_one_vs_side_by_side(train, args.rounds, label=" for 3 stage-1 seeds and 7 stage-2 runs")
     (a1, a2), (b1, b2) = t["trained"][1], t["trained"][2]
 
-    def same(x, y):
-        return all(torch.equal(p, q) for p, q in zip(x.state_dict().values(), y.state_dict().values()))
-
     def losses(hist):
         return [{k: v for k, v in r.items() if k != "train_s"} for r in hist]
 
-    same_bits = all(same(a1[s][0], b1[s][0]) and losses(a1[s][2]) == losses(b1[s][2]) for s in seeds) and \
-        all(same(a2[k][0], b2[k][0]) and losses(a2[k][1]) == losses(b2[k][1]) for k in a2)
+    same_bits = all(same_weights(a1[s][0], b1[s][0]) and losses(a1[s][2]) == losses(b1[s][2]) for s in seeds) and \
+        all(same_weights(a2[k][0], b2[k][0]) and losses(a2[k][1]) == losses(b2[k][1]) for k in a2)
     best = t["best"]
     rec = {"scale": args.scale, "rounds": args.rounds, "faces": args.faces, "steps1": cfg["steps1"],
            "steps2": cfg["steps2"], "landmark_steps": cfg["landmark_steps"], "stage1_seeds": len(seeds),

@@ -11,6 +11,7 @@ over ``repeats`` runs, and the load average before and after is reported with th
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import resource
@@ -57,6 +58,28 @@ def one_by_one_vs_side_by_side(train, rounds: int, per: float = 1.0, label: str 
     (best of 1 / best of 2)."""
     t = time_alternating({1: lambda: train(1), 2: lambda: train(2)}, rounds, per, label, show=lambda w: f"workers={w}")
     return dict(t, speedup=round(t["best"][1] / t["best"][2], 3))
+
+
+def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    """Whether two networks hold the same tensors under the same names, to the bit."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return list(sa) == list(sb) and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def scaled_runs_args(doc: str, scale: float, faces: int, scale_help: str, faces_help: str,
+                     argv: list | None = None) -> argparse.Namespace:
+    """The command line of a benchmark that trains a chapter's runs one by one and side by side at a fraction
+    of their steps (``doc``: its module docstring, whose first line describes it): ``--scale`` (the
+    chapter's steps times this; default ``scale``), ``--rounds`` (2) and ``--faces`` (training faces; default
+    ``faces``), each checked positive (else argparse's usage error)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--scale", type=float, default=scale, help=scale_help)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--faces", type=int, default=faces, help=faces_help)
+    args = ap.parse_args(argv)
+    if args.scale <= 0 or args.rounds < 1 or args.faces < 1:
+        ap.error("--scale, --rounds and --faces must be positive")
+    return args
 
 
 def _rss_mb() -> float:

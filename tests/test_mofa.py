@@ -364,6 +364,7 @@ def test_stage_networks_side_by_side_train_each_run_as_one_by_one(open_model, tm
     import numba
 
     from facelib._threads import cpu_threads
+    from facelib.bench import same_weights as same
     from facelib.book import settings
     from facelib.mofa import curve_eval, stage1_networks, stage2_networks
 
@@ -379,9 +380,6 @@ def test_stage_networks_side_by_side_train_each_run_as_one_by_one(open_model, tm
         s1 = stage1_networks(open_model, c, corpus, [0, 1], "cpu", "ci", progress=False, eval_fn=probe, eval_every=2)
         runs = {(s, C): dict(stage1=s1[s][0], seed=s, n_corrective=C, name=f"abl_C{C}") for s in (0, 1) for C in (0, 4)}
         return s1, stage2_networks(open_model, c, corpus, "ci", runs, progress=False, eval_fn=probe, eval_every=2)
-
-    def same(a, b):
-        return all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
     def records(hist):  # the losses and held-out points, not the seconds
         return [{k: v for k, v in r.items() if k != "train_s"} for r in hist]

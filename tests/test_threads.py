@@ -1,5 +1,5 @@
 """``facelib._threads``: ``run_in_threads`` (calls side by side, results in order, at most ``workers`` at once) and
-``cpu_threads`` (thread counts for a block)."""
+``cpu_threads`` (thread counts for a block), and the side-by-side benchmarks' helpers in ``facelib.bench``."""
 
 import threading
 import time
@@ -74,3 +74,29 @@ def test_the_benchmarks_time_one_by_one_against_side_by_side(capsys):
     assert t["best"] == {w: min(v) for w, v in t["seconds"].items()} and t["best"][1] >= 0.02 - 1e-3
     assert t["speedup"] == round(t["best"][1] / t["best"][2], 3) and t["speedup"] > 1
     assert "round 1: workers=2:" in capsys.readouterr().out
+
+
+def test_same_weights_compares_names_and_bits():
+    from facelib.bench import same_weights
+
+    torch.manual_seed(0)
+    a = torch.nn.Linear(3, 2)
+    b = torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert same_weights(a, b)
+    with torch.no_grad():
+        b.bias[0] = torch.nextafter(b.bias[0], torch.tensor(1.0))  # one bit of one number
+    assert not same_weights(a, b)
+    assert not same_weights(a, torch.nn.Sequential(a))  # the same tensors under other names
+
+
+def test_scaled_runs_args_defaults_and_checks(capsys):
+    from facelib.bench import scaled_runs_args
+
+    args = scaled_runs_args("Doc line.\nmore", 0.1, 32, "steps times this", "faces", argv=[])
+    assert (args.scale, args.rounds, args.faces) == (0.1, 2, 32)
+    assert scaled_runs_args("d", 0.1, 32, "s", "f", argv=["--scale", "0.5", "--faces", "8"]).scale == 0.5
+    for bad in (["--scale", "0"], ["--rounds", "0"], ["--faces", "-1"]):
+        with pytest.raises(SystemExit):
+            scaled_runs_args("d", 0.1, 32, "s", "f", argv=bad)
+    assert "must be positive" in capsys.readouterr().err
