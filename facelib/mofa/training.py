@@ -376,8 +376,8 @@ def stage2_networks(full_model: FaceModel, cfg: dict, corpus: dict, profile: str
         bad = sorted(set(r) - set(STAGE2_RUN)) + [k for k in ("stage1", "seed", "n_corrective") if k not in r]
         if bad:
             raise ValueError(f"stage-2 run {key!r}: unknown or missing keys {bad}; expected {list(STAGE2_RUN)}")
-    devices = {r["stage1"].code_offset.device for r in runs.values()}
-    workers = _workers(cfg, devices.pop() if len(devices) == 1 else "cuda", len(runs))
+    on_cpu = all(r["stage1"].code_offset.device.type == "cpu" for r in runs.values())
+    workers = _workers(cfg, "cpu" if on_cpu else "cuda", len(runs))  # side by side only on the CPU
 
     def call(r, net=None, show=progress):
         return functools.partial(stage2_network, full_model, r["stage1"], cfg, corpus, r["seed"], profile,
