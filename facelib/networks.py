@@ -30,7 +30,7 @@ import torch
 from .mofa import PHOTO_MARGIN
 
 __all__ = ["NETWORKS", "PROFILE_ORDER", "networks_dir", "publish_inversefacenet", "save_network",
-           "available_networks", "load_network", "TrainedNetwork", "NetworkNotFoundError"]
+           "available_networks", "load_network", "TrainedNetwork", "NetworkNotFoundError", "frames_input"]
 
 NETWORKS = {
     "inversefacenet": "InverseFaceNet, Kim et al. 2018 (chapters 3-4; row= picks a Table 1 row)",
@@ -234,14 +234,11 @@ class TrainedNetwork:
         of the frame with its edge pixels: neither saw a black frame in training (most wild faces' MoFA crops
         run past the frame).  Returns ``crop (B, 3, N, N)`` in
         [0, 1] and ``box (B, 3)`` (centre x, centre y, side) in frame pixels and ``landmarks (B, 68, 2)`` in
-        crop pixels (a network with a landmark input reads them)."""
+        crop pixels (a network with a landmark input reads them).  The inputs are checked and converted by
+        :func:`frames_input` (8-bit frames are divided by 255; values outside [0, 1], NaN: ValueError)."""
         from .data.corpus import _box_points, crop_to_box, landmark_box, network_input
 
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image has shape {tuple(image.shape)}; expected (B, 3, H, W) RGB in [0, 1]")
-        if landmarks.shape != (image.shape[0], 68, 2):
-            raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({image.shape[0]}, 68, 2)")
-        image, landmarks = image.float(), landmarks.float()
+        image, landmarks = frames_input(image, landmarks)
         if self.method == "finenet":
             raise ValueError("FineNet refines CoarseNet's depth map, it has no input of its own from a frame: "
                              "use facelib.coarse_fine.finenet_data and finenet_refine with a CoarseNet")
@@ -366,6 +363,38 @@ class TrainedNetwork:
                 "albedo": albedo.cpu(), "faces": tri.cpu(), "rendering": rgb.clamp(0, 1).cpu(),
                 "albedo_rendering": alb.clamp(0, 1).cpu(), "mask": mask.cpu(),
                 "landmarks": _to_frame(u, c["box"], self.size), **c}
+
+
+FRAME_TOLERANCE = 1e-3  # how far a float frame may stray outside [0, 1] (rounding), before it is refused
+
+
+def frames_input(image, landmarks) -> tuple:
+    """A trained network's inputs, checked and as float tensors: frames ``image (B, 3, H, W)`` RGB in [0, 1]
+    (a ``uint8`` image, 0-255, is divided by 255; NumPy arrays are taken too) and their 68 landmarks
+    ``(B, 68, 2)`` in pixels.  A wrong shape, NaN or infinite values, landmarks that span under 4 pixels
+    (normalised coordinates, say), or a float image outside [0, 1]
+    (by more than :data:`FRAME_TOLERANCE`, e.g. 0-255 values in a float array) raise ValueError, so that a
+    frame in other units is not reconstructed as a wrong face without a word."""
+    image, landmarks = torch.as_tensor(image), torch.as_tensor(landmarks)
+    if image.ndim != 4 or image.shape[1] != 3:
+        raise ValueError(f"image has shape {tuple(image.shape)}; expected (B, 3, H, W) RGB in [0, 1]")
+    if landmarks.shape != (image.shape[0], 68, 2):
+        raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({image.shape[0]}, 68, 2)")
+    image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
+    landmarks = landmarks.float()
+    if not bool(torch.isfinite(image).all()):
+        raise ValueError("image contains NaN or infinite values")
+    if not bool(torch.isfinite(landmarks).all()):
+        raise ValueError("landmarks contain NaN or infinite values")
+    span = float((landmarks.amax(1) - landmarks.amin(1)).amax(-1).min()) if landmarks.shape[0] else 4.0
+    if span < 4.0:
+        raise ValueError(f"a face's 68 landmarks span {span:.3g} pixels; expected pixel coordinates (x, y) of the "
+                         "frame (landmarks normalised to [0, 1]? multiply them by the frame's width and height)")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -FRAME_TOLERANCE or hi > 1 + FRAME_TOLERANCE:
+        raise ValueError(f"image values lie in [{lo:.4g}, {hi:.4g}]; expected RGB in [0, 1] (divide 8-bit values "
+                         "by 255, or pass the uint8 image)")
+    return image, landmarks
 
 
 def _to_frame(u: torch.Tensor, box: torch.Tensor, size: int) -> torch.Tensor:

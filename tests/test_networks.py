@@ -52,6 +52,17 @@ def test_load_network_returns_the_trained_weights_and_never_trains(model, frames
     assert torch.equal(est["theta"], predict(trained["bred"], to_network((crop * 255).round() / 255)))
     assert est["verts"].shape == (3, model.n_vertices, 3) and est["rendering"].shape == (3, 3, 32, 32)
     assert est["landmarks"].shape == (3, 68, 2) and torch.isfinite(est["landmarks"]).all()
+    # the frames as 8-bit values, or as NumPy arrays: the same estimate; values in other units are refused
+    img8 = (frames["image"] * 255).round().to(torch.uint8)
+    as_float = t.estimate(img8.float() / 255, frames["landmarks"])["theta"]
+    assert torch.equal(t.estimate(img8, frames["landmarks"])["theta"], as_float)
+    assert torch.equal(t.estimate(frames["image"].numpy(), frames["landmarks"].double().numpy())["theta"], est["theta"])
+    with pytest.raises(ValueError, match=r"image values lie in \[0, 255\]"):
+        t.estimate(img8.float(), frames["landmarks"])
+    with pytest.raises(ValueError, match="landmarks span 0.5"):  # normalised to [0, 1] instead of pixels
+        t.estimate(frames["image"], frames["landmarks"] / 48)
+    with pytest.raises(ValueError, match="landmarks contain NaN"):
+        t.estimate(frames["image"], frames["landmarks"] * float("nan"))
     a = load_network("inversefacenet", row="AlexNet", model=model)
     for p, q in zip(trained["plain"].state_dict().values(), a.net.state_dict().values()):
         assert torch.equal(p.cpu(), q)
