@@ -366,18 +366,21 @@ class TrainedNetwork:
 
 
 FRAME_TOLERANCE = 1e-3  # how far a float frame may stray outside [0, 1] (rounding), before it is refused
+MIN_LANDMARK_SPAN = 4.0  # pixels: 68 landmarks closer together than this are not a face's in frame pixels
 
 
 def frames_input(image, landmarks) -> tuple:
     """A trained network's inputs, checked and as float tensors: frames ``image (B, 3, H, W)`` RGB in [0, 1]
     (a ``uint8`` image, 0-255, is divided by 255; NumPy arrays are taken too) and their 68 landmarks
-    ``(B, 68, 2)`` in pixels.  A wrong shape, NaN or infinite values, landmarks that span under 4 pixels
-    (normalised coordinates, say), or a float image outside [0, 1]
+    ``(B, 68, 2)`` in pixels.  No frames, a wrong shape, NaN or infinite values, landmarks that span under
+    :data:`MIN_LANDMARK_SPAN` pixels (normalised coordinates, say), or a float image outside [0, 1]
     (by more than :data:`FRAME_TOLERANCE`, e.g. 0-255 values in a float array) raise ValueError, so that a
     frame in other units is not reconstructed as a wrong face without a word."""
     image, landmarks = torch.as_tensor(image), torch.as_tensor(landmarks)
     if image.ndim != 4 or image.shape[1] != 3:
         raise ValueError(f"image has shape {tuple(image.shape)}; expected (B, 3, H, W) RGB in [0, 1]")
+    if image.shape[0] == 0:
+        raise ValueError("image holds no frames (B = 0)")
     if landmarks.shape != (image.shape[0], 68, 2):
         raise ValueError(f"landmarks have shape {tuple(landmarks.shape)}; expected ({image.shape[0]}, 68, 2)")
     image = image.float() / 255 if image.dtype == torch.uint8 else image.float()
@@ -386,8 +389,8 @@ def frames_input(image, landmarks) -> tuple:
         raise ValueError("image contains NaN or infinite values")
     if not bool(torch.isfinite(landmarks).all()):
         raise ValueError("landmarks contain NaN or infinite values")
-    span = float((landmarks.amax(1) - landmarks.amin(1)).amax(-1).min()) if landmarks.shape[0] else 4.0
-    if span < 4.0:
+    span = float((landmarks.amax(1) - landmarks.amin(1)).amax(-1).min())  # the smallest face's larger side
+    if span < MIN_LANDMARK_SPAN:
         raise ValueError(f"a face's 68 landmarks span {span:.3g} pixels; expected pixel coordinates (x, y) of the "
                          "frame (landmarks normalised to [0, 1]? multiply them by the frame's width and height)")
     lo, hi = float(image.min()), float(image.max())

@@ -61,6 +61,8 @@ def test_load_network_returns_the_trained_weights_and_never_trains(model, frames
         t.estimate(img8.float(), frames["landmarks"])
     with pytest.raises(ValueError, match="landmarks span 0.5"):  # normalised to [0, 1] instead of pixels
         t.estimate(frames["image"], frames["landmarks"] / 48)
+    with pytest.raises(ValueError, match="no frames"):
+        t.estimate(frames["image"][:0], frames["landmarks"][:0])
     with pytest.raises(ValueError, match="landmarks contain NaN"):
         t.estimate(frames["image"], frames["landmarks"] * float("nan"))
     a = load_network("inversefacenet", row="AlexNet", model=model)
