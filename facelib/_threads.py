@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 import torch
 
-__all__ = ["run_in_threads", "cpu_threads"]
+__all__ = ["run_in_threads", "cpu_threads", "run_side_by_side"]
 
 
 @contextmanager
@@ -63,3 +63,22 @@ def run_in_threads(calls: list, workers: int | None = None) -> list:
     with ThreadPoolExecutor(max_workers=min(workers or len(calls), len(calls))) as pool:
         futures = [pool.submit(setup_and(call)) for call in calls]
     return [f.result() for f in futures]
+
+
+def run_side_by_side(calls: list, workers: int, desc: str, progress: bool = True) -> list:
+    """Trainings side by side as the book runs them: the zero-argument ``calls``, ``workers`` at a time
+    (:func:`run_in_threads`), with one PyTorch and Numba thread each (:func:`cpu_threads`) and one progress
+    bar ``desc`` of the finished calls; returns their results in order."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(calls), desc=desc, disable=not progress)
+
+    def counted(call):
+        def run():
+            out = call()
+            bar.update(1)
+            return out
+        return run
+
+    with cpu_threads(1), bar:
+        return run_in_threads([counted(c) for c in calls], workers)

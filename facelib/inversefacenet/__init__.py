@@ -1351,16 +1351,13 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
     common = dict(real_x=real_x, device=device, eval_fn=probe, curve_key=key, real_landmarks=real_landmarks)
     side = workers > 1 and len(jobs) > 1 and torch.device(device or "cpu").type == "cpu"
     if side:
-        from tqdm.auto import tqdm
-
-        from .._threads import cpu_threads, run_in_threads
+        from .._threads import run_side_by_side
 
         # the nets are made here, one after the other: make_regressor seeds PyTorch's global generator
         nets = {job: make_regressor(model, cfg, TABLE1_ROWS[job[0]][0], job[1]) for job in jobs}
         first = [(names[0], seed) for seed in cfg["seeds"]]  # each pre-trains its seed's landmark branch
         rest = sorted(jobs[len(first):], key=lambda j: -row_iters(cfg, TABLE1_ROWS[j[0]][0]))
         branch_ready = {seed: threading.Event() for seed in cfg["seeds"]}
-        bar = tqdm(total=len(jobs), desc=f"Table 1 runs, {workers} at a time", disable=not progress)
 
         def run(job):
             def call():
@@ -1372,12 +1369,11 @@ def train_rows(model, cfg: dict, names, corpus, tests: dict, real_x=None, device
                 finally:
                     if job in first:
                         branch_ready[job[1]].set()
-                bar.update(1)
                 return done
             return call
 
-        with cpu_threads(1), bar:
-            trained = dict(zip(first + rest, run_in_threads([run(job) for job in first + rest], workers)))
+        trained = dict(zip(first + rest, run_side_by_side([run(job) for job in first + rest], workers,
+                                                          f"Table 1 runs, {workers} at a time", progress)))
     out = {}
     for name in names:
         out[name] = {}

@@ -312,31 +312,19 @@ def _workers(cfg: dict, device, runs: int) -> int:
 
 def _side_by_side(nets: list, calls: list, workers: int, desc: str, progress: bool) -> list:
     """The zero-argument trainings ``calls`` of ``nets`` (made beforehand), ``workers`` at a time, one
-    thread and one CPU thread each (:func:`facelib._threads.run_in_threads`), with one progress bar of the
-    finished runs; returns their results in order.  A training step seeds PyTorch's global generator inside
+    thread and one CPU thread each, with one progress bar of the finished runs
+    (:func:`facelib._threads.run_side_by_side`); returns their results in order.  A training step seeds PyTorch's global generator inside
     ``fork_rng`` for its dropout masks, which two threads would share: networks with dropout are refused
     (ValueError).  The generator is left as it was (the threads' restores interleave)."""
-    from tqdm.auto import tqdm
-
-    from .._threads import cpu_threads, run_in_threads
+    from .._threads import run_side_by_side
 
     if any(isinstance(m, nn.modules.dropout._DropoutNd) and m.p > 0 for net in nets for m in net.modules()):
         raise ValueError("cfg['workers'] > 1 needs networks without dropout (e.g. the resnet encoder): its masks "
                          "come from PyTorch's global generator, which trainings side by side would share; "
                          "set workers to 1")
     state = torch.get_rng_state()
-    bar = tqdm(total=len(calls), desc=desc, disable=not progress)
-
-    def counted(call):
-        def run():
-            out = call()
-            bar.update(1)
-            return out
-        return run
-
     try:
-        with cpu_threads(1), bar:
-            return run_in_threads([counted(c) for c in calls], workers)
+        return run_side_by_side(calls, workers, desc, progress)
     finally:
         torch.set_rng_state(state)
 
