@@ -27,7 +27,8 @@ def load_model(model: str = "open", device=None) -> FaceModel:
     """A face model by name or path.
 
     ``"open"``: our procedurally built open model (built on first use and cached, see
-    :mod:`facelib.model.open_model`); a ``.npz`` written by :meth:`FaceModel.save`; a Basel Face Model 2009
+    :mod:`facelib.model.open_model`); ``"foreign"``: another population of the same generator, which no
+    network trains on (:mod:`facelib.model.foreign`); a ``.npz`` written by :meth:`FaceModel.save`; a Basel Face Model 2009
     ``.mat``; or a folder of OBJ files (:func:`facelib.model.loaders.load_obj_folder`).
     """
     import os
@@ -45,6 +46,11 @@ def load_model(model: str = "open", device=None) -> FaceModel:
         # the cache file open_model() just used (its name is open_model's; spelt here because any edit of
         # open_model.py renames the cache, which would rebuild the model and orphan the cached networks)
         repro.note_model_file("open", om.cache_dir() / f"open-{om.BUILDER_VERSION}-{om._source_hash()}.npz")
+    elif model == "foreign":  # a stand-in for a model the networks never saw (facelib.model.foreign)
+        from .model import foreign as fm
+
+        m = fm.foreign_model()
+        repro.note_model_file("foreign", fm.cache_path())
     else:
         p = Path(model)
         if p.is_dir():
@@ -58,7 +64,7 @@ def load_model(model: str = "open", device=None) -> FaceModel:
             repro.note_model_file(str(model), p)
         elif not p.exists():
             raise ModelFileError(f"{model}: no such file or folder, and not a built-in model name "
-                                 "(built-in: 'open')")
+                                 "(built-in: 'open', 'foreign')")
         else:
             raise ModelFileError(f"{model}: unknown face-model format {p.suffix!r}; expected 'open', "
                                  "a .npz, a Basel Face Model 2009 .mat or a folder of OBJ files")

@@ -37,11 +37,12 @@ def _model_info(args) -> int:
 def _model_build(args) -> int:
     import time
 
+    from .model.foreign import foreign_model
     from .model.open_model import cache_dir, open_model
 
     t = time.perf_counter()
-    m = open_model(rebuild=True)
-    print(f"built face model 'open' in {time.perf_counter() - t:.1f} s: {m.n_vertices} vertices, "
+    m = (foreign_model if args.model == "foreign" else open_model)(rebuild=True)
+    print(f"built face model {args.model!r} in {time.perf_counter() - t:.1f} s: {m.n_vertices} vertices, "
           f"cached in {cache_dir()}")
     if args.out:
         m.save(args.out)
@@ -142,10 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     model = sub.add_parser("model", help="face models").add_subparsers(dest="sub", required=True)
     info = model.add_parser("info", help="print the size of a face model")
-    info.add_argument("--model", default="open", help="'open' (default), a .npz, a BFM 2009 .mat or an OBJ folder")
+    info.add_argument("--model", default="open", help="'open' (default), 'foreign', a .npz, a BFM 2009 .mat or an OBJ folder")
     info.add_argument("--json", action="store_true", help="print one JSON object")
     info.set_defaults(func=_model_info)
-    build = model.add_parser("build", help="(re)build the open model into the cache")
+    build = model.add_parser("build", help="(re)build the open (or the foreign) model into the cache")
+    build.add_argument("--model", choices=("open", "foreign"), default="open",
+                       help="'open' (default) or 'foreign', a population no network trains on (facelib.model.foreign)")
     build.add_argument("--out", default=None, help="also save the model to this .npz")
     build.set_defaults(func=_model_build)
     prev = model.add_parser("preview", help="picture of the mean face and +-3 sigma components")

@@ -340,3 +340,29 @@ def test_train_rows_side_by_side_train_each_run_as_alone_with_one_thread(model, 
         ifn.train_rows(model, dict(cfg, workers=0), names, corpus, tests)
     with pytest.raises(ValueError, match="unknown Table 1 row"):
         ifn.train_rows(model, dict(cfg, workers=2), ["VGG"], corpus, tests)
+
+
+def test_pretrain_landmarks_spread_widens_the_drawn_shapes_only(model):
+    """``spread``: the faces the branch learns from are the Sec. 5 draws with their shape coefficients times
+    ``spread`` (brute force: the targets it is given against sample_sec5's draws), the rest as drawn."""
+    from facelib.inversefacenet import pretrain_landmarks
+    from facelib.model.params import ParamLayout, sample_sec5
+
+    layout = ParamLayout.from_model(model)
+    seen = []
+    cols = torch.arange(layout.size)
+
+    def to_output(theta):
+        seen.append(theta.clone())
+        return theta[:, cols[:4]]
+
+    pretrain_landmarks(model, make_regressor(model, CFG, "alexnet", seed=0), 2, batch=8, seed=3, progress=False,
+                       outputs=(cols[:4], to_output), spread=2.0)
+    for step, theta in enumerate(seen):
+        drawn = sample_sec5(model, 8, seed=3 * 1_000_003 + step).float()
+        want = drawn.clone()
+        want[:, layout["shape"]] *= 2.0
+        assert torch.allclose(theta, want)
+    for bad in (0, -1.0, True, "2"):
+        with pytest.raises(ValueError, match="spread"):
+            pretrain_landmarks(model, make_regressor(model, CFG, "alexnet", seed=0), 2, spread=bad)

@@ -109,14 +109,15 @@ SETTINGS = {
     },
     # Fitting by optimisation and a real photo (chapter 8): held-out wild faces and their frame size,
     # the fit's two stages and its trace interval, the photo crop and fit of `facelib reconstruct`, CPU
-    # threads (the fit's small tensor ops gain nothing from two on a shared 2-core CPU).
+    # threads (the fit's small tensor ops gain nothing from two on a shared 2-core CPU), and the wild
+    # faces of the foreign model (facelib.model.foreign) and of the open one drawn alike.
     "08_fitting": {
         "ci": dict(n_faces=2, frame_size=64, iters=(16, 4), trace_every=8, photo_size=64, photo_iters=(16, 4),
-                   threads=1),
+                   threads=1, n_foreign=2),
         "cpu": dict(n_faces=24, frame_size=128, iters=(200, 80), trace_every=40, photo_size=128,
-                    photo_iters=(200, 80), threads=1),
+                    photo_iters=(200, 80), threads=1, n_foreign=64),
         "gpu": dict(n_faces=64, frame_size=240, iters=(300, 150), trace_every=25, photo_size=240,
-                    photo_iters=(300, 150), threads=None),
+                    photo_iters=(300, 150), threads=None, n_foreign=128),
     },
     # Correctives (chapter 6): C of the main run, the C sweep, stage-2 steps, encoder-speed repeats,
     # learning-curve interval (on chapter 5's curve faces).

@@ -90,12 +90,14 @@ def fit_curve(model, frames: dict, result, start_seconds: float = 0.0) -> list:
 
 
 @torch.no_grad()
-def network_point(trained, frames: dict) -> dict:
+def network_point(trained, frames: dict, gt_model=None) -> dict:
     """Score a trained network (:class:`facelib.networks.TrainedNetwork`) on ``frames``: ``estimate``
     (its :meth:`~facelib.networks.TrainedNetwork.estimate`), ``seconds_per_face`` (the network's part,
     :meth:`~facelib.networks.TrainedNetwork.predict`: crop and forward pass on a batch of all faces, best
     of 3 after a warm-up), ``now_mm`` and ``photometric_8bit`` ``(B,)`` (its crop rendering
-    resampled into the frame, :func:`facelib.reconstruct.paste_crop`)."""
+    resampled into the frame, :func:`facelib.reconstruct.paste_crop`).  ``gt_model``: the model the
+    frames' faces were drawn from, when not the network's (its face mask and landmarks are the ground
+    truth's points; e.g. :mod:`facelib.model.foreign`)."""
     from ..reconstruct import paste_crop
 
     image, lm = frames["image"].float(), frames["landmarks"].float()
@@ -112,24 +114,37 @@ def network_point(trained, frames: dict) -> dict:
     mask = paste_crop(est["mask"][:, None].float(), est["box"], (H, W))[:, 0] > 0.5
     ids = trained.net.decoder.landmarks if trained.method == "mofa" else trained.model.landmarks
     return {"estimate": est, "seconds_per_face": seconds,
-            "now_mm": now_mm(trained.model, est["verts"], est["faces"], ids, frames["verts_model"]),
+            "now_mm": now_mm(gt_model or trained.model, est["verts"], est["faces"], ids, frames["verts_model"]),
             "photometric_8bit": frame_photometric(image, rgb, mask, frames["landmarks"])}
 
 
 @torch.no_grad()
-def reference_points(model, frames: dict) -> dict:
+def reference_points(model, frames: dict, gt_model=None) -> dict:
     """The reference rows, NoW-style ``(B,)`` mm: ``"mean face"`` (the model's mean geometry) and
     ``"true parameters (floor)"`` (the true shape and expression without the wild faces' detail: the
-    best the model can do)."""
+    best the model can do).
+
+    ``gt_model``: the model the frames' faces were drawn from, when not ``model`` (on the same mesh, e.g.
+    :mod:`facelib.model.foreign`); then ``"true parameters (floor)"`` is that model's own, and ``"best fit of
+    the model"`` (:func:`facelib.model.facemodel.geometry_fit` of ``model`` to the true shape and expression)
+    is the best that ``model``'s coefficients can do."""
+    from ..model.facemodel import geometry_fit
     from ..model.params import ParamLayout
 
+    src = gt_model or model
+    if src.n_vertices != model.n_vertices:
+        raise ValueError(f"gt_model has {src.n_vertices} vertices and model {model.n_vertices}; the reference rows "
+                         "need the same mesh")
     B = frames["image"].shape[0]
-    p = ParamLayout.from_model(model).unpack(frames["theta"].to(model.mean_shape))
+    p = ParamLayout.from_model(src).unpack(frames["theta"].to(src.mean_shape))
     mean = model.mean_shape.expand(B, -1, -1)
-    true = model.geometry(p["shape"], p["expression"])
+    true = src.geometry(p["shape"], p["expression"])
     gt = frames["verts_model"]
-    return {"mean face": now_mm(model, mean, model.triangles, model.landmarks, gt),
-            "true parameters (floor)": now_mm(model, true, model.triangles, model.landmarks, gt)}
+    out = {"mean face": now_mm(src, mean, model.triangles, model.landmarks, gt),
+           "true parameters (floor)": now_mm(src, true, src.triangles, src.landmarks, gt)}
+    if gt_model is not None:
+        out["best fit of the model"] = now_mm(src, geometry_fit(model, true), model.triangles, model.landmarks, gt)
+    return out
 
 
 def verdict(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, unit: str = "mm", alpha: float = 0.05) -> str:

@@ -289,7 +289,7 @@ GEOMETRY_GROUPS = ("rotation", "shape", "expression")  # what a face's 68 landma
 
 def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256, lr: float = 1e-3, seed: int = 0,
                        noise: float | None = None, progress: bool = True, outputs: tuple | None = None,
-                       weights: torch.Tensor | None = None) -> dict:
+                       weights: torch.Tensor | None = None, spread: float = 1.0) -> dict:
     """Pre-train the landmark branch of ``net`` (:class:`facelib.nets.LandmarkBranch`: its MLP and its
     head) on landmarks alone, before the network sees an image.
 
@@ -307,6 +307,9 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
     and ``to_output(theta (B, m)) -> (B, k)``, their targets for faces ``theta`` of ``model``'s layout.
 
     ``weights``: ``(k,)`` weights of the learned outputs' squared errors (default equal: the mean).
+
+    ``spread``: the drawn faces' shape coefficients times ``spread`` (1: the Sec. 5 prior; more: faces
+    further from the mean than the prior draws, ``benchmarks/foreign_prior.py``).
 
     Returns ``{"loss": [per step], "train_s": seconds}``.
     """
@@ -335,6 +338,9 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
             raise ValueError(f"weights must be {len(cols)} non-negative values, not all 0")
         weights = (weights / weights.mean()).to(device)
     noise = WILD["landmark_noise"] if noise is None else float(noise)
+    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not spread > 0:
+        raise ValueError(f"spread must be a positive number; got {spread!r}")
+    shape_cols = ParamLayout.from_model(model)["shape"]
     g = torch.Generator().manual_seed(int(seed))
     flags = unfreeze(branch)  # a frozen branch (train_row's landmark_freeze) is trained here all the same
     opt = torch.optim.Adam(branch.parameters(), lr=lr)
@@ -344,6 +350,8 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, "cosine", 0.05)
         theta = sample_sec5(model, batch, seed=int(seed) * 1_000_003 + step).to(model.device, torch.float32)
+        if spread != 1.0:
+            theta[:, shape_cols] *= spread
         with torch.no_grad():
             lm = detector_noise(project_landmarks(model, theta).double().cpu(), noise, g)
             target = to_output(theta.cpu())

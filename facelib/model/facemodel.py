@@ -32,6 +32,8 @@ __all__ = [
     "LANDMARK_GROUPS",
     "geometry",
     "reflectance",
+    "basis_fit",
+    "geometry_fit",
     "orthonormal_basis",
 ]
 
@@ -346,6 +348,31 @@ def reflectance(model: FaceModel, theta_r: torch.Tensor) -> torch.Tensor:
     """Eq. 3 for a batch: ``(B, n<=N_r)`` -> ``(B, V, 3)`` albedo."""
     nr = theta_r.shape[-1]
     return model.mean_albedo + torch.einsum("bk,kvc->bvc", theta_r * model.sigma_r[:nr], model.albedo_basis[:nr])
+
+
+@torch.no_grad()
+def basis_fit(mean: torch.Tensor, basis: torch.Tensor, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """The closest ``mean + coef @ basis`` to ``x`` over the vertices ``mask``: least squares, no prior.
+
+    ``mean (N * 3,)`` or ``(N, 3)``, ``basis (m, N * 3)`` or ``(m, N, 3)``, ``x (B, N, 3)``, ``mask (N,)`` bool
+    (default all).  Returns ``(B, N, 3)`` (every vertex, from the coefficients fitted on ``mask``)."""
+    B, N = x.shape[0], x.shape[1]
+    a, b = mean.reshape(-1), basis.reshape(basis.shape[0], -1)
+    if a.shape[0] != N * 3 or b.shape[1] != N * 3:
+        raise ValueError(f"mean {tuple(mean.shape)} and basis {tuple(basis.shape)} do not match x {tuple(x.shape)}")
+    mask = torch.ones(N, dtype=torch.bool, device=x.device) if mask is None else mask.to(x.device)
+    sel = mask.repeat_interleave(3)
+    y = (x.reshape(B, -1) - a)[:, sel]
+    coef = torch.linalg.lstsq(b[:, sel].T.double(), y.T.double()).solution.T.to(x.dtype)  # (B, m)
+    return torch.addmm(a, coef, b).view_as(x)
+
+
+def geometry_fit(model: FaceModel, verts: torch.Tensor, region: str = "face") -> torch.Tensor:
+    """The closest geometry of Eq. 2 (every shape and expression component, no prior) to meshes ``verts
+    (B, V, 3)`` in ``model``'s vertex order and frame, fitted over the ``model.masks[region]`` vertices:
+    ``(B, V, 3)`` mm, the best the model can do for them (e.g. faces of another model on the same mesh)."""
+    basis = torch.cat([model.shape_basis, model.expression_basis]).to(verts)
+    return basis_fit(model.mean_shape.to(verts), basis, verts, model.masks[region])
 
 
 def _write_npz_deterministic(path: Path, arrays: dict) -> None:

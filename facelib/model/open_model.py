@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .facemodel import FaceModel, orthonormal_basis, N_CONTOUR
+from .facemodel import FaceModel, orthonormal_basis
 
 BUILDER_VERSION = "open-1"
 R0 = 95.0  # mm, radius that unwraps (U, V) into angles
@@ -157,6 +157,9 @@ def _warp(U, V, p):
           - p["nose_len"] * _g(U, V, 0, -18, 14, 10)
           + p["mouth_height"] * _g(U, V, 0, MOUTH_V, 30, 10)
           - p["chin_height"] * _g(U, V, 0, -82, 30, 14))
+    if "tilt" in p:  # other populations only (facelib.model.foreign): a lopsided face, which the open one lacks
+        dU = dU + p["shear"] * (V / 100.0)
+        dV = dV + p["tilt"] * (U / 70.0)
     return U + dU, V + dV
 
 
@@ -835,26 +838,40 @@ def build_open_model(progress: bool = True) -> FaceModel:
     cache name (issue 20). The bits still depend on the BLAS kernel the CPU gets (OpenBLAS's Haswell
     kernels give other bits than its AVX-512 ones; README, "Reproducibility").
     """
+    return build_population_model("open", SEED, sample_identity, mean_identity(), sample_appearance,
+                                  description=__doc__.split("How it is built")[0].strip(), progress=progress)
+
+
+def build_population_model(name: str, seed: int, identity, mean: dict, appearance, description: str,
+                           progress: bool = True, meta: "dict | None" = None) -> FaceModel:
+    """A face model on the open template from a procedural population (steps 2-4 of the module docstring).
+
+    ``identity(rng) -> dict`` and ``appearance(rng) -> dict`` draw one identity (:func:`sample_identity`'s
+    keys) and one appearance (:func:`sample_appearance`'s) from ``np.random.Generator``s seeded ``seed`` and
+    ``seed + 1``; ``mean`` is the neutral identity the expression blendshapes are made on. The open model is
+    ``build_population_model("open", SEED, sample_identity, mean_identity(), sample_appearance, ...)``;
+    :mod:`facelib.model.foreign` builds another population the same way. BLAS on
+    :data:`BUILD_BLAS_THREADS` threads (see :func:`build_open_model`).
+    """
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - a declared dependency
-        return _build_open_model(progress)
+        return _build_population_model(name, seed, identity, mean, appearance, description, progress, meta)
     with threadpool_limits(limits=BUILD_BLAS_THREADS, user_api="blas"):
-        return _build_open_model(progress)
+        return _build_population_model(name, seed, identity, mean, appearance, description, progress, meta)
 
 
-def _build_open_model(progress: bool) -> FaceModel:
+def _build_population_model(name, seed, identity, mean, appearance, description, progress, meta_extra) -> FaceModel:
     from tqdm.auto import tqdm
 
     T = build_template()
     masks, region = labels_and_regions(T)
-    p0 = mean_identity()
-    P0 = positions(T, p0)
+    p0 = mean
     # shape population (Eq. 2, sigma_s): PCA of N_ID identities
-    rng = np.random.default_rng(SEED)
+    rng = np.random.default_rng(seed)
     X = np.empty((N_ID, T.n_vertices * 3))
-    for i in tqdm(range(N_ID), desc="open model: identities", disable=not progress, leave=False):
-        X[i] = positions(T, sample_identity(rng)).ravel()
+    for i in tqdm(range(N_ID), desc=f"{name} model: identities", disable=not progress, leave=False):
+        X[i] = positions(T, identity(rng)).ravel()
     mean_shape = X.mean(0)
     b_s, sigma_s = orthonormal_basis(X - mean_shape, N_SHAPE, samples=True)
     # expression: PCA of the blendshapes of the mean face (no mean removal; neutral is the origin)
@@ -870,26 +887,26 @@ def _build_open_model(progress: bool) -> FaceModel:
         b_e[mc] *= -1
     rng_e = expression_prior(b_e, sigma_e, D)
     # reflectance population (Eq. 3, sigma_r)
-    rng = np.random.default_rng(SEED + 1)
+    rng = np.random.default_rng(seed + 1)
     A = np.empty((N_APP, T.n_vertices * 3))
-    for i in tqdm(range(N_APP), desc="open model: appearances", disable=not progress, leave=False):
-        A[i] = albedo(T, masks, sample_appearance(rng)).ravel()
+    for i in tqdm(range(N_APP), desc=f"{name} model: appearances", disable=not progress, leave=False):
+        A[i] = albedo(T, masks, appearance(rng)).ravel()
     mean_alb = A.mean(0)
     b_r, sigma_r = orthonormal_basis(A - mean_alb, N_REFL, samples=True)
     Vn = T.n_vertices
     # shift the mean so that the neutral mean identity is the model mean: a_g is the population mean
     tris = T.tris
     lm, sliding, cc = landmarks_and_contours(T, mean_shape.reshape(Vn, 3), tris)
-    meta = dict(builder=BUILDER_VERSION, seed=SEED, n_identities=N_ID, n_appearances=N_APP,
+    meta = dict(builder=BUILDER_VERSION, seed=seed, n_identities=N_ID, n_appearances=N_APP,
                 blendshapes=names, units="mm", frame="head-centred; x right, y up, z towards the camera",
                 mouth_component_note="positive values of expression component mouth_component open the "
                 "jaw (rotation of the mandible about the x axis through JAW_PIVOT)",
                 expression_prior="U(-r_j, r_j) with r_j = max_k |<d_k, b_j>| / sigma_j over the "
                 "blendshapes d_k (the paper's U(-12, 12) rescaled to our blendshapes' full extent); "
                 "mouth bias = 0.4 r_mouth (the paper's 4.8 / 12)",
-                description=__doc__.split("How it is built")[0].strip())
+                description=description, **(meta_extra or {}))
     return FaceModel(
-        name="open",
+        name=name,
         mean_shape=mean_shape.reshape(Vn, 3), shape_basis=b_s.reshape(-1, Vn, 3), sigma_s=sigma_s,
         expression_basis=b_e.reshape(-1, Vn, 3), sigma_e=sigma_e,
         mean_albedo=mean_alb.reshape(Vn, 3), albedo_basis=b_r.reshape(-1, Vn, 3), sigma_r=sigma_r,
@@ -916,19 +933,25 @@ def open_model(rebuild: bool = False, progress: bool = True) -> FaceModel:
     The cache file name carries a hash of the builder's source, so a changed builder rebuilds. A cache
     folder that cannot be written to (read-only) gives a warning and the model built in memory.
     """
-    path = cache_dir() / f"open-{BUILDER_VERSION}-{_source_hash()}.npz"
+    return cached_model(cache_dir() / f"open-{BUILDER_VERSION}-{_source_hash()}.npz",
+                        lambda: build_open_model(progress=progress), rebuild)
+
+
+def cached_model(path: Path, build, rebuild: bool = False) -> FaceModel:
+    """The model cached at ``path``, or ``build()`` saved there (a corrupt file is rebuilt, never trusted;
+    a folder that cannot be written to gives a warning and the model built in memory)."""
     if path.exists() and not rebuild:
         try:
             return FaceModel.load(path)
         except Exception:  # a corrupt cache is rebuilt, never trusted
             with contextlib.suppress(OSError):  # (a read-only cache keeps it; the save below warns)
                 path.unlink(missing_ok=True)
-    m = build_open_model(progress=progress)
+    m = build()
     try:
         m.save(path)
     except OSError as e:
         import warnings
 
-        warnings.warn(f"the open model was built but not cached: {e}; set FACELIB_CACHE to a writable "
-                      "folder to build it only once", stacklevel=2)
+        warnings.warn(f"the {m.name} model was built but not cached: {e}; set FACELIB_CACHE to a writable "
+                      "folder to build it only once", stacklevel=3)
     return m

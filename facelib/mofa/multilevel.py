@@ -199,14 +199,9 @@ def best_base_fit(ml: MultiLevelModel, v: torch.Tensor, r: torch.Tensor, mask: t
     """The closest the base level can come to given meshes: least-squares coefficients of Eq. 3-4 for
     model-space vertices ``v (B, N, 3)`` and reflectance ``r (B, N, 3)`` over ``mask (N,)`` (default all).
     Returns ``(v_fit, r_fit)`` ``(B, N, 3)``; ``v - v_fit`` is what no code of the 3DMM can express."""
-    mask = torch.ones(ml.n_vertices, dtype=torch.bool, device=v.device) if mask is None else mask
-    sel = mask.repeat_interleave(3)
-    out = []
-    for x, a, b in ((v, ml.a_g, ml.b_g), (r, ml.a_r, ml.b_r)):
-        y = (x.reshape(x.shape[0], -1) - a)[:, sel]
-        coef = torch.linalg.lstsq(b[:, sel].T.double(), y.T.double()).solution.T.to(x.dtype)  # (B, m)
-        out.append(torch.addmm(a, coef, b).view_as(x))
-    return tuple(out)
+    from ..model.facemodel import basis_fit
+
+    return basis_fit(ml.a_g, ml.b_g, v, mask), basis_fit(ml.a_r, ml.b_r, r, mask)
 
 
 # ---------------------------------------------------------------------------------- mesh helpers
