@@ -111,3 +111,26 @@ def test_foreign_is_a_built_in_model_name(tmp_path):
         build_parser().parse_args(["model", "build", "--model", "bfm"])
     with pytest.raises(facelib.ModelFileError, match="'open', 'foreign'"):
         facelib.load_model(str(tmp_path / "nothing"))
+
+
+def test_cached_model_loads_rebuilds_a_corrupt_file_and_warns_when_it_cannot_save(tmp_path, open_model):
+    import warnings
+
+    from facelib.model.open_model import cached_model
+
+    calls = []
+    build = lambda: calls.append(1) or open_model  # noqa: E731
+    path = tmp_path / "m.npz"
+    m = cached_model(path, build)
+    assert path.exists() and len(calls) == 1 and m is open_model
+    again = cached_model(path, build)  # from the file: no build
+    assert len(calls) == 1 and torch.equal(again.mean_shape.cpu(), open_model.mean_shape.cpu())
+    path.write_bytes(b"not a model")  # a corrupt cache is rebuilt, never trusted
+    cached_model(path, build)
+    assert len(calls) == 2 and facelib.load_model(str(path)).n_vertices == open_model.n_vertices
+    blocked = tmp_path / "a file"  # a cache "folder" that is a file: no one can save there, root neither
+    blocked.write_text("")
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        assert cached_model(blocked / "m.npz", build) is open_model
+    assert any("built but not cached" in str(x.message) for x in w)
