@@ -145,7 +145,7 @@ def test_spoilt_model_file(files, case):
 @pytest.mark.parametrize("model, pattern", [
     ("missing.npz", r"missing\.npz: no such face-model file"),
     ("missing.mat", r"missing\.mat: no such \.mat file"),
-    ("missing", r"missing: no such file or folder, and not a built-in model name \(built-in: 'open'\)"),
+    ("missing", r"missing: no such file or folder, and not a built-in model name \(built-in: 'open', 'foreign'\)"),
     ("", r"model must be 'open' or the path of a \.npz, a \.mat or a folder of OBJ files; got ''"),
     ("notes.txt", r"notes\.txt: unknown face-model format '\.txt'"),
 ])
