@@ -4,15 +4,19 @@
 normalised, as the Sec. 6.1 crop is) beats every image network of chapters 3-4 on the wild faces.  This
 trains the chapters' own rows (the ``cpu`` profile of :data:`facelib.book.SETTINGS`, the chapters' Sec. 5
 corpus, test sets and seeds) in the variants of :data:`VARIANTS`: ``off``, the crop alone as the paper
-has it; ``pretrained``, the book's setting (:mod:`facelib.nets`: a two-layer MLP on the 136 coordinates
+has it; ``pretrained`` (:mod:`facelib.nets`: a two-layer MLP on the 136 coordinates
 whose features join the image features before the fully connected layers and whose head adds a
-read-out to the output, pre-trained on landmarks alone by :func:`facelib.inversefacenet.pretrain_landmarks`,
-then trained with the rest; on the corpus the landmarks carry the wild set's detector noise,
-:func:`facelib.data.corpus.landmark_input`); ``pretrained, frozen``, the branch kept as pre-trained.
-Runs are cached by :func:`facelib.inversefacenet.train_row` under the same keys the chapters use, so a
-chapter run afterwards loads them.
+read-out to the output, pre-trained on landmarks alone by :func:`facelib.inversefacenet.pretrain_landmarks`
+on faces of the Sec. 5 prior, then trained with the rest; on the corpus the landmarks carry the wild set's
+detector noise, :func:`facelib.data.corpus.landmark_input`); ``pretrained, frozen``, the branch kept as
+pre-trained; ``pretrained, prior x2``, the book's setting: the branch pre-trained on faces whose shape
+coefficients are drawn twice as wide (``landmark_spread``).  Runs are cached by
+:func:`facelib.inversefacenet.train_row` under the same keys the chapters use, so a chapter run afterwards
+loads them.  ``--foreign N`` also scores every run on N pairs of wild faces of the open and the foreign model
+(:func:`facelib.eval.compare.paired_frames`, seed 950000: faces of a population no network trains on).
 
-    FACELIB_THREADS=1 .venv/bin/python benchmarks/ifn_landmarks.py [--rows ...] [--landmarks off pretrained] [--out F]
+    FACELIB_THREADS=1 .venv/bin/python benchmarks/ifn_landmarks.py [--rows ...] [--landmarks off pretrained]
+        [--foreign 64] [--out F]
 
 Writes ``benchmarks/results/ifn_landmarks.json`` (adding to the runs already there): per row, variant
 and seed the wild and synthetic test sets' geometric error (plain, aligned, NoW-style) and photometric
@@ -40,10 +44,12 @@ import facelib.inversefacenet as ifn  # noqa: E402
 
 MEASURES = ("geometric_mm", "geometric_aligned_mm", "now_mm", "photometric_8bit")
 # off: the paper's input (the crop alone); joined: the landmark branch trained with the network from the
-# start (no pre-training); pretrained: the profile's setting; frozen: the branch kept as pre-trained
+# start (no pre-training); pretrained: the branch pre-trained on the Sec. 5 prior; frozen: that branch kept as
+# pre-trained; prior x2: pre-trained on shapes drawn twice as wide, the profiles' setting
 VARIANTS = {"off": dict(landmarks=False), "joined": dict(landmarks=True, landmark_steps=0),
-            "pretrained": dict(landmarks=True, landmark_freeze=False),
-            "pretrained, frozen": dict(landmarks=True, landmark_freeze=True)}
+            "pretrained": dict(landmarks=True, landmark_freeze=False, landmark_spread=1.0),
+            "pretrained, frozen": dict(landmarks=True, landmark_freeze=True, landmark_spread=1.0),
+            "pretrained, prior x2": dict(landmarks=True, landmark_freeze=False, landmark_spread=2.0)}
 
 
 def main(argv=None):
@@ -53,6 +59,9 @@ def main(argv=None):
     ap.add_argument("--landmarks", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--profile", default="cpu", choices=["ci", "cpu"])
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the profile's)")
+    ap.add_argument("--foreign", type=int, default=0,
+                    help="also score each run on this many pairs of wild faces of the open and the foreign model "
+                         "(chapter 8's kind of frames, seed 950000; NoW-style error over the open mean face's)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ifn_landmarks.json"))
     args = ap.parse_args(argv)
     threads = int(os.environ.get("FACELIB_THREADS", "2"))
@@ -80,6 +89,12 @@ def main(argv=None):
     refs = ifn.reference_rows(model, tests)
     ref_means = {r: {k: {m: ifn.summarize(v[k][m])["mean"] for m in MEASURES} for k in tests}
                  for r, v in refs.items()}
+    pairs = None
+    if args.foreign:  # frames as chapter 8's, of both models, scored as there (compare.network_point)
+        from facelib.eval import compare
+        from facelib.networks import TrainedNetwork
+
+        pairs = compare.paired_frames(model, facelib.load_model("foreign"), args.foreign, seed=950_000)
     out = {"what": __doc__.splitlines()[0], "profile": args.profile, "threads": threads,
            "budget": {k: base[k] for k in ("size", "n_train", "iters", "batch", "lr", "n_test", "n_now")},
            "references": ref_means, "runs": []}
@@ -102,13 +117,19 @@ def main(argv=None):
                         v = ifn.summarize(r[k][m])["mean"]
                         rec[k][m] = round(v, 4)
                         rec[k][m + "_ratio"] = round(v / ref_means["mean face"][k][m], 4)
+                if pairs is not None:
+                    t = TrainedNetwork("inversefacenet", "inversefacenet", r["net"].eval(), model, cfg["size"], {})
+                    for kind, v in compare.paired_scores(t, pairs).items():
+                        rec[f"{kind}_pairs"] = v
                 out["runs"] = [x for x in out["runs"] if (x["row"], x["landmarks"], x["seed"]) != (row, variant, s)]
                 out["runs"].append(rec)
                 print(f"{row:32s} {variant:18s} seed {s}: wild {rec['wild']['geometric_mm']:.3f} mm "
                       f"({rec['wild']['geometric_mm_ratio']:.3f}), "
                       f"aligned {rec['wild']['geometric_aligned_mm_ratio']:.3f}, "
                       f"NoW {rec['wild']['now_mm_ratio']:.3f}; synthetic {rec['synthetic']['geometric_mm_ratio']:.3f}; "
-                      f"{rec['train_s']:.0f} s", flush=True)
+                      f"{rec['train_s']:.0f} s"
+                      + "".join(f"; {k} pairs {rec[k + '_pairs']['over_mean_face']:.3f}" for k in ("open", "foreign")
+                                if k + "_pairs" in rec), flush=True)
         print(f"variant {variant}: {time.perf_counter() - t0:.0f} s")
     out["environment"] = repro.environment()
     atomic_write_bytes(path, (json.dumps(out, indent=1) + "\n").encode())

@@ -8,10 +8,14 @@ face.  This trains chapter 5's stage 1 (the ``cpu`` profile of :data:`facelib.bo
 test faces and seeds) in the variants of :data:`VARIANTS`: ``off``, the image alone as the papers have
 it; ``pretrained``, the book's setting (the encoder's :class:`facelib.nets.LandmarkBranch`, pre-trained by
 :func:`facelib.mofa.pretrain_branch`, then trained with the rest by the self-supervised loss alone);
-``pretrained, frozen``, the branch kept as pre-trained while the rest trains.  Each run is checkpointed
-under :func:`facelib.mofa.checkpoint_dir` (``pretrained`` under the chapter's name, so chapter 5 loads it).
+``pretrained, frozen``, the branch kept as pre-trained while the rest trains; ``geometry from the
+landmarks``, the shape and expression read by the branch alone; ``..., prior x2``, that with the branch
+pre-trained on faces whose shape coefficients are drawn twice as wide (``landmark_spread``), the book's
+setting.  Each run is checkpointed under :func:`facelib.mofa.checkpoint_dir` (the book's setting under the
+chapter's name, so chapter 5 loads it).  ``--foreign N`` also scores every run on N pairs of wild faces of the
+open and the foreign model (:func:`facelib.eval.compare.paired_frames`, seed 950000).
 
-    FACELIB_THREADS=1 .venv/bin/python benchmarks/mofa_landmarks.py [--variants ...] [--seeds 0 1 2]
+    FACELIB_THREADS=1 .venv/bin/python benchmarks/mofa_landmarks.py [--variants ...] [--seeds 0 1 2] [--foreign 64]
 
 Writes ``benchmarks/results/mofa_landmarks.json`` (adding to the runs already there): per variant and
 seed the held-out geometric (similarity-aligned and NoW-style), photometric and landmark errors, the
@@ -36,11 +40,13 @@ from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.mofa.multilevel import decimate  # noqa: E402
 
-VARIANTS = {"off": dict(landmarks=False), "pretrained": dict(landmarks=True, landmark_freeze=False),
-            "pretrained, frozen": dict(landmarks=True, landmark_freeze=True),
-            "geometry from the landmarks": dict(landmarks=True, landmark_geometry=True)}
+VARIANTS = {"off": dict(landmarks=False),
+            "pretrained": dict(landmarks=True, landmark_freeze=False, landmark_spread=1.0),
+            "pretrained, frozen": dict(landmarks=True, landmark_freeze=True, landmark_spread=1.0),
+            "geometry from the landmarks": dict(landmarks=True, landmark_geometry=True, landmark_spread=1.0),
+            "geometry from the landmarks, prior x2": dict(landmarks=True, landmark_geometry=True, landmark_spread=2.0)}
 STEMS = {"off": "image-only", "pretrained": "joined", "pretrained, frozen": "frozen",
-         "geometry from the landmarks": None}
+         "geometry from the landmarks": "geometry", "geometry from the landmarks, prior x2": None}
 
 
 def summary(ev: dict) -> dict:
@@ -56,6 +62,9 @@ def main(argv=None):
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--profile", default="cpu", choices=["ci", "cpu"])
     ap.add_argument("--seeds", type=int, nargs="+", default=None, help="training seeds (default: the profile's)")
+    ap.add_argument("--foreign", type=int, default=0,
+                    help="also score each run on this many pairs of wild faces of the open and the foreign model "
+                         "(chapter 8's kind of frames, seed 950000; NoW-style error over the open mean face's)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "mofa_landmarks.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
@@ -64,6 +73,12 @@ def main(argv=None):
     _, keep = decimate(full, base_cfg["n_vertices"])
     train_set, test_set = mofa.book_corpora(full, base_cfg, 0, keep, progress=False)  # chapter 5's (seed 0)
     seeds = args.seeds or list(base_cfg["seeds"])
+    pairs = None
+    if args.foreign:  # frames as chapter 8's, of both models, scored as there (compare.network_point)
+        from facelib.eval import compare
+        from facelib.networks import TrainedNetwork
+
+        pairs = compare.paired_frames(full, facelib.load_model("foreign"), args.foreign, seed=950_000)
     out_path = Path(args.out)
     record = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
     for variant in args.variants:
@@ -85,10 +100,16 @@ def main(argv=None):
                  "stage1": summary(ev), "before_stage1": summary(ev0), "references": refs,
                  "train_s": round(hist[-1]["train_s"] + net.pretrain_s, 1) if hist else None,
                  "pretrain_s": round(net.pretrain_s, 1), "curve": mofa.learning_curve(hist)}
+            if pairs is not None:
+                t = TrainedNetwork("mofa", "mofa", net.eval(), full, int(net.config["size"]),
+                                   {"seed": seed, "config": net.config, "keep": keep})
+                for kind, v in compare.paired_scores(t, pairs).items():
+                    r[f"{kind}_pairs"] = v
             for part in ("stage1", "before_stage1"):
                 for k in ("geometric_mm", "now_mm"):
                     r[part][k + "_ratio"] = round(r[part][k] / refs["mean face"][k], 4)
-            print(variant, seed, json.dumps({k: r[k] for k in ("stage1", "before_stage1", "train_s")}), flush=True)
+            print(variant, seed, json.dumps({k: r[k] for k in ("stage1", "before_stage1", "train_s", "open_pairs",
+                                                                "foreign_pairs") if k in r}), flush=True)
             record["runs"] = [x for x in record["runs"] if (x["variant"], x["seed"], x["profile"]) != (variant, seed, args.profile)]
             record["runs"].append(r)
             record["environment"] = repro.environment(seed=seeds)

@@ -73,19 +73,27 @@ def _slug(text: str) -> str:
 
 
 def _profile_of(chapter: str, cfg: dict) -> str | None:
-    """The book profile whose settings ``cfg`` holds unchanged, or None (a custom budget)."""
+    """The book profile whose settings ``cfg`` holds unchanged, or None (a custom budget).  For InverseFaceNet
+    the training options (:data:`facelib.inversefacenet.TRAIN_OPTIONS`) must be the profile's too: a run with
+    an option of its own (a benchmark's variant, e.g. ``landmark_spread``) is not the profile's network."""
     from .book import PROFILES, SETTINGS
 
     for p in PROFILES:
         s = SETTINGS.get(chapter, {}).get(p)
         if s is not None and all(k in cfg and cfg[k] == v for k, v in s.items()):
+            if chapter == "inversefacenet":
+                from .inversefacenet import _options
+
+                if _options(cfg) != _options(s):
+                    continue
             return p
     return None
 
 
 def publish_inversefacenet(model, cfg: dict, row: str, seed: int, kind: str, net: torch.nn.Module, info: dict,
                            key: str) -> Path:
-    """Save one trained Table 1 network for :func:`load_network` (atomically; kept when already there):
+    """Save one trained Table 1 network for :func:`load_network` (atomically; kept when already there with the
+    same profile):
     its weights (on the CPU), the regressor's configuration (:func:`facelib.inversefacenet.make_regressor`
     keys of ``cfg``), ``kind``, ``row``, ``seed``, iterations and training seconds from ``info``, the
     face model's key and name, and the book profile ``cfg`` belongs to.  ``key``: the training cache's
@@ -94,13 +102,14 @@ def publish_inversefacenet(model, cfg: dict, row: str, seed: int, kind: str, net
     from .data.corpus import _model_key
 
     path = networks_dir() / "inversefacenet" / f"{_slug(row)}-s{int(seed)}-{key}.pt"
-    if path.exists():
-        return path
+    profile = _profile_of("inversefacenet", cfg)
+    if path.exists() and (_read(path) or {}).get("profile", profile) == profile:
+        return path  # the same run, saved before (a profile that came to hold its settings since: saved again)
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     record = {"format": FORMAT, "method": "inversefacenet", "row": row, "seed": int(seed), "kind": kind,
               "config": {k: cfg[k] for k in _REGRESSOR_KEYS if k in cfg}, "iters": int(info.get("iters", 0)),
               "train_s": float(info.get("train_s", 0.0)), "model_key": _model_key(model), "model_name": model.name,
-              "profile": _profile_of("inversefacenet", cfg), "state": state}
+              "profile": profile, "state": state}
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         torch.save(record, tmp)

@@ -134,3 +134,41 @@ def test_cached_model_loads_rebuilds_a_corrupt_file_and_warns_when_it_cannot_sav
         warnings.simplefilter("always")
         assert cached_model(blocked / "m.npz", build) is open_model
     assert any("built but not cached" in str(x.message) for x in w)
+
+
+def test_paired_frames_and_scores_of_a_network_that_answers_the_mean_face(foreign_model, open_model):
+    """paired_frames: the same seed's draws of both models with the open mean face's error on each; paired_scores of
+    a stand-in network that always answers the open mean face is that error (ratio 1 on both kinds of faces);
+    pairs_markdown tabulates runs and counts the seeds below a baseline."""
+    from facelib.eval import compare
+
+    pairs = compare.paired_frames(open_model, foreign_model, 2, seed=77, size=64)
+    assert set(pairs) == {"open", "foreign"} and pairs["open"]["gt_model"] is None
+    assert not torch.allclose(pairs["open"]["frames"]["verts_model"], pairs["foreign"]["frames"]["verts_model"])
+    for kind, p in pairs.items():
+        want = compare.reference_points(open_model, p["frames"], gt_model=p["gt_model"])["mean face"].mean()
+        assert p["mean_face_mm"] == pytest.approx(float(want), rel=1e-12)
+    m, N = open_model, 16
+
+    class MeanFace:  # the parts of a TrainedNetwork that compare.network_point uses
+        method, model = "inversefacenet", open_model
+
+        def predict(self, image, lm):
+            return {}
+
+        def estimate(self, image, lm):
+            B = image.shape[0]
+            return {"verts": m.mean_shape.expand(B, -1, -1), "faces": m.triangles,
+                    "rendering": torch.full((B, 3, N, N), 0.5), "mask": torch.ones(B, N, N, dtype=torch.bool),
+                    "box": torch.tensor([[32.0, 32.0, 40.0]]).expand(B, 3)}
+
+    scores = compare.paired_scores(MeanFace(), pairs)
+    for kind in ("open", "foreign"):
+        assert scores[kind]["faces"] == 2 and scores[kind]["over_mean_face"] == pytest.approx(1.0, abs=1e-4)
+        assert scores[kind]["now_mm"] == pytest.approx(pairs[kind]["mean_face_mm"], abs=1e-4)
+    run = lambda seed, o, f: {"seed": seed, "open_pairs": {"over_mean_face": o}, "foreign_pairs": {"over_mean_face": f}}
+    text = compare.pairs_markdown({"base": [run(0, 0.6, 0.7), run(1, 0.62, 0.7)],
+                                   "wide": [run(1, 0.61, 0.65), run(0, 0.61, 0.66)]}, baseline="base")
+    lines = text.splitlines()
+    assert lines[2] == "| base | 0, 1 | 0.610 ± 0.010 | 0.700 ± 0.000 |"
+    assert lines[-1] == "wide against base: lower for 1 of 2 seeds on the open faces, 2 of 2 on the foreign ones."

@@ -239,3 +239,23 @@ def test_networks_command_lists_every_kind(model, trained, capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "inversefacenet [AlexNet] seed 0, profile custom, 10 iterations" in out
     assert "finenet seed 0, profile ci:" in out
+
+
+def test_publish_saves_again_a_run_whose_settings_became_a_profile(model, tmp_path, monkeypatch):
+    """A Table 1 run saved under a custom budget (a benchmark's variant) is the profile's network once the
+    profile holds its settings (e.g. a new training option adopted): publishing it again relabels the file;
+    publishing it with the same profile leaves the file as it is."""
+    from facelib.book import SETTINGS
+    from facelib.networks import _read, publish_inversefacenet
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    custom = dict(SETTINGS["inversefacenet"]["cpu"], landmark_spread=7.0)
+    net, info = torch.nn.Linear(2, 2), {"iters": 1, "train_s": 1.0}
+    path = publish_inversefacenet(model, custom, "AlexNet", 0, "alexnet", net, info, "k")
+    assert _read(path)["profile"] is None
+    monkeypatch.setitem(SETTINGS["inversefacenet"], "cpu", custom)  # the profile adopts the variant
+    assert publish_inversefacenet(model, custom, "AlexNet", 0, "alexnet", net, info, "k") == path
+    assert _read(path)["profile"] == "cpu"
+    stamp = path.stat().st_mtime_ns
+    publish_inversefacenet(model, custom, "AlexNet", 0, "alexnet", net, info, "k")
+    assert path.stat().st_mtime_ns == stamp  # the same profile: kept

@@ -24,8 +24,10 @@ PROFILES = ("ci", "cpu", "gpu")
 _RUN: dict = {}  # what setup() was given (the seed), for the results' environment record
 
 # InverseFaceNet's training recipe (chapter 3, "what changed"); landmarks: the crop's 68 landmarks as a
-# second input, its branch pre-trained on landmarks alone for landmark_steps x landmark_batch faces.
-_IFN_OPTIONS = dict(norm="batch", standardize=True, dropout=0.0, schedule="cosine", warmup=0.05, landmarks=True)
+# second input, its branch pre-trained on landmarks alone for landmark_steps x landmark_batch faces whose
+# shape coefficients are drawn landmark_spread times as wide as the Sec. 5 prior's (benchmarks/ifn_landmarks.py).
+_IFN_OPTIONS = dict(norm="batch", standardize=True, dropout=0.0, schedule="cosine", warmup=0.05, landmarks=True,
+                    landmark_spread=2.0)
 
 # One table of sizes per chapter and profile: "ci" runs in minutes on a 2-core CPU, "cpu" is the
 # published book on a laptop, "gpu" is paper scale.
@@ -90,22 +92,24 @@ SETTINGS = {
     # batch, learning rate, training seeds, learning-curve faces and interval, analysis-by-synthesis
     # steps (mofa.fit_codes) and CPU threads (1: on a shared 2-core CPU two threads spin against each
     # other and a step takes 100x longer); the landmark input (mofa.MoFA landmarks, landmark_geometry:
-    # the base geometry read from the detected landmarks) and its branch's pre-training steps and batch;
+    # the base geometry read from the detected landmarks) and its branch's pre-training steps, batch and the
+    # spread of its faces' shape coefficients (2: twice the prior's, benchmarks/mofa_landmarks.py);
     # workers: the seeds' stage-1 trainings and chapter 6's stage-2 runs that many side by side
     # (mofa.stage1_networks, stage2_networks: one thread, one core each, the same bits as one by one).
     "05_mofa": {
         "ci": dict(size=64, n_vertices=600, encoder="resnet", width=0.125, encoder_kwargs=dict(blocks=(1, 1, 1, 1)),
                    train_images=48, test_images=16, steps1=50, batch=8, lr=1e-3, threads=1, seeds=(0, 1),
                    curve_faces=8, curve_every=25, fit_steps=20, landmarks=True, landmark_geometry=True,
-                   landmark_steps=100, landmark_batch=64, workers=2),
+                   landmark_steps=100, landmark_batch=64, landmark_spread=2.0, workers=2),
         "cpu": dict(size=64, n_vertices=1500, encoder="resnet", width=0.25, encoder_kwargs=dict(blocks=(1, 1, 1, 1)),
                     train_images=1536, test_images=128, steps1=4000, batch=8, lr=1e-3, threads=1, seeds=(0, 1, 2),
                     curve_faces=32, curve_every=500, fit_steps=400, landmarks=True, landmark_geometry=True,
-                    landmark_steps=4000, landmark_batch=256, workers=2),
+                    landmark_steps=4000, landmark_batch=256, landmark_spread=2.0, workers=2),
         "gpu": dict(size=128, n_vertices=22594, encoder="alexnet", width=1.0, encoder_kwargs={},
                     train_images=8192, test_images=512, steps1=12000, batch=16, lr=1e-3, threads=None,
                     seeds=(0, 1, 2), curve_faces=128, curve_every=1000, fit_steps=600, landmarks=True,
-                    landmark_geometry=True, landmark_steps=20000, landmark_batch=256, workers=1),
+                    landmark_geometry=True, landmark_steps=20000, landmark_batch=256, landmark_spread=2.0,
+                    workers=1),
     },
     # Fitting by optimisation and a real photo (chapter 8): held-out wild faces and their frame size,
     # the fit's two stages and its trace interval, the photo crop and fit of `facelib reconstruct`, CPU

@@ -23,7 +23,8 @@ import time
 
 import torch
 
-__all__ = ["now_mm", "frame_photometric", "fit_frames", "fit_curve", "network_point", "reference_points", "verdict"]
+__all__ = ["now_mm", "frame_photometric", "fit_frames", "fit_curve", "network_point", "reference_points", "verdict",
+           "paired_frames", "paired_scores", "pairs_markdown"]
 
 
 def now_mm(model, verts: torch.Tensor, faces: torch.Tensor, landmark_ids: torch.Tensor,
@@ -145,6 +146,62 @@ def reference_points(model, frames: dict, gt_model=None) -> dict:
     if gt_model is not None:
         out["best fit of the model"] = now_mm(src, geometry_fit(model, true), model.triangles, model.landmarks, gt)
     return out
+
+
+@torch.no_grad()
+def paired_frames(model, other, n: int, seed: int, size: int = 128) -> dict:
+    """The same ``n`` wild draws (:func:`facelib.data.wild.wild_batch`, ``seed``, ``size`` px frames) made with
+    ``model`` (the networks' own, e.g. the open model) and with ``other`` (a model on the same mesh they never
+    saw, e.g. :mod:`facelib.model.foreign`): ``{"open": pair, "foreign": pair}``, each ``pair`` ``{"frames",
+    "gt_model" (None for ``model``), "mean_face_mm"}`` (the mean NoW-style error of ``model``'s mean face on
+    them, :func:`reference_points`), for :func:`paired_scores`."""
+    from ..data.wild import wild_batch
+
+    out = {}
+    for kind, m, gm in (("open", model, None), ("foreign", other, other)):
+        frames = wild_batch(m, n, seed=seed, size=size)
+        mf = float(reference_points(model, frames, gt_model=gm)["mean face"].mean())
+        out[kind] = {"frames": frames, "gt_model": gm, "mean_face_mm": mf}
+    return out
+
+
+def paired_scores(trained, pairs: dict) -> dict:
+    """A trained network (:class:`facelib.networks.TrainedNetwork`) on :func:`paired_frames`' faces:
+    ``{"open": {...}, "foreign": {...}}``, each ``{"faces", "now_mm", "over_mean_face"}`` (means over the faces;
+    :func:`network_point`'s NoW-style error and its ratio to the mean face's on the same faces)."""
+    out = {}
+    for kind, p in pairs.items():
+        now = float(network_point(trained, p["frames"], gt_model=p["gt_model"])["now_mm"].mean())
+        out[kind] = {"faces": int(p["frames"]["image"].shape[0]), "now_mm": round(now, 4),
+                     "over_mean_face": round(now / p["mean_face_mm"], 4)}
+    return out
+
+
+def pairs_markdown(groups: dict, baseline: str | None = None) -> str:
+    """A table of training runs scored by :func:`paired_scores` (each run a dict with ``"seed"``,
+    ``"open_pairs"`` and ``"foreign_pairs"``): one row per ``groups`` entry ``{label: [run, ...]}``, the
+    seeds and the mean ± std over them of the error over the mean face on the open and on the foreign faces;
+    with ``baseline`` (a label of ``groups``), then a line per other group saying for how many seeds (paired
+    by seed) it is lower than the baseline on each kind of face."""
+    from ..book import markdown_table, pm
+
+    rows = []
+    for label, runs in groups.items():
+        runs = sorted(runs, key=lambda r: r["seed"])
+        rows.append([label, ", ".join(str(r["seed"]) for r in runs)]
+                    + [pm([r[f"{k}_pairs"]["over_mean_face"] for r in runs], ".3f") for k in ("open", "foreign")])
+    text = markdown_table(["run", "seeds", "open faces / mean face", "foreign faces / mean face"], rows)
+    if baseline is not None:
+        base = {r["seed"]: r for r in groups[baseline]}
+        for label, runs in groups.items():
+            paired = [(base[r["seed"]], r) for r in runs if r["seed"] in base]
+            if label == baseline or not paired:
+                continue
+            counts = [sum(b[f"{k}_pairs"]["over_mean_face"] < a[f"{k}_pairs"]["over_mean_face"] for a, b in paired)
+                      for k in ("open", "foreign")]
+            text += (f"\n\n{label} against {baseline}: lower for {counts[0]} of {len(paired)} seeds on the open faces, "
+                     f"{counts[1]} of {len(paired)} on the foreign ones.")
+    return text
 
 
 def verdict(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, unit: str = "mm", alpha: float = 0.05) -> str:

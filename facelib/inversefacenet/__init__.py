@@ -364,7 +364,7 @@ def pretrain_landmarks(model, net: torch.nn.Module, steps: int, batch: int = 256
 
 def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed: int, progress: bool = True,
                       outputs: tuple | None = None, what: str = "landmark branch", pretrain=None,
-                      threads: int | None = None) -> float:
+                      threads: int | None = None, spread: float = 1.0) -> float:
     """:func:`pretrain_landmarks` of ``net``'s landmark branch, shared through the cache: the branch does not
     depend on the image network around it, so the Table 1 rows of one training seed pre-train it once
     (``checkpoint_dir()/branch-<key>.pt``, keyed by the face model, the branch's shape, steps, batch and
@@ -374,7 +374,8 @@ def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed:
     a call ``() -> {"loss", "train_s"}`` that pre-trains the branch another way (CoarseNet's,
     :func:`facelib.coarse_fine.pretrain_branch`; ``what`` must then name all it depends on).  ``threads``:
     the CPU threads the pre-training runs with where a caller fixes them (:func:`train_rows` side by side),
-    part of the key, since the thread count changes the order of sums and so the bits."""
+    part of the key, since the thread count changes the order of sums and so the bits.  ``spread``: as
+    :func:`pretrain_landmarks`'s (part of the key where it is not 1)."""
     from ..data.corpus import _model_key
 
     branch = _branch_of(net)
@@ -382,6 +383,8 @@ def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed:
            "batch": int(batch), "seed": int(seed), "shape": [branch.landmarks, branch.width, branch.head.out_features]}
     if threads is not None:
         key["threads"] = int(threads)
+    if float(spread) != 1.0:
+        key["spread"] = float(spread)
     path = checkpoint_dir() / f"branch-{_key(key)}.pt"
     if path.exists():
         try:
@@ -391,7 +394,8 @@ def pretrained_branch(model, net: torch.nn.Module, steps: int, batch: int, seed:
         except Exception:  # a damaged file is pre-trained again, not trusted
             path.unlink(missing_ok=True)
     log = (pretrain() if pretrain is not None else
-           pretrain_landmarks(model, net, steps, batch, seed=seed, progress=progress, outputs=outputs))
+           pretrain_landmarks(model, net, steps, batch, seed=seed, progress=progress, outputs=outputs,
+                              spread=spread))
     with atomic_path(path) as tmp:
         torch.save({"branch": branch.state_dict(), "train_s": log["train_s"], "loss": log["loss"]}, tmp)
     return log["train_s"]
@@ -1099,15 +1103,16 @@ TABLE1_ROWS = {
     "ResNet + model-space loss": ("resnet", "model_space_rms", False),
 }
 TRAIN_OPTIONS = ("norm", "standardize", "dropout", "schedule", "warmup", "landmarks", "landmark_steps",
-                 "landmark_batch", "landmark_freeze")  # cfg keys that change a run
-_NEW_OPTIONS = ("landmarks", "landmark_steps", "landmark_batch", "landmark_freeze")
+                 "landmark_batch", "landmark_freeze", "landmark_spread")  # cfg keys that change a run
+_NEW_OPTIONS = ("landmarks", "landmark_steps", "landmark_batch", "landmark_freeze", "landmark_spread")
 
 
 def _options(cfg: dict) -> dict:
     """The :data:`TRAIN_OPTIONS` of ``cfg`` for a cache key; the landmark options only where they are set
     and the network has a landmark input, so runs without one keep the keys they had before the options
-    existed."""
-    return {k: cfg.get(k) for k in TRAIN_OPTIONS if k not in _NEW_OPTIONS or (cfg.get(k) and cfg.get("landmarks"))}
+    existed (``landmark_spread`` only where it is not 1, the Sec. 5 prior's)."""
+    return {k: cfg.get(k) for k in TRAIN_OPTIONS if k not in _NEW_OPTIONS
+            or (cfg.get(k) and cfg.get("landmarks") and not (k == "landmark_spread" and float(cfg[k]) == 1.0))}
 
 
 def make_regressor(model, cfg: dict, kind: str, seed: int = 0) -> torch.nn.Module:
@@ -1193,7 +1198,9 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     that is not in the cache first pre-trains the landmark branch (:func:`pretrain_landmarks`,
     ``cfg["landmark_steps"]`` steps of ``cfg["landmark_batch"]`` faces, 0 or absent: none), which counts
     as training time; ``cfg["landmark_freeze"]`` keeps the branch as pre-trained while the rest of the
-    network trains (the image path then learns what the landmarks' read-out leaves).
+    network trains (the image path then learns what the landmarks' read-out leaves); ``cfg["landmark_spread"]``
+    pre-trains it on faces whose shape coefficients are that many times the prior's (``spread`` of
+    :func:`pretrain_landmarks`; default 1).
 
     ``net``: the row's untrained regressor, made by the caller (``make_regressor(model, cfg, kind, seed)``,
     which seeds PyTorch's global generator and so must not run in two threads at once; default: made here).
@@ -1228,7 +1235,7 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     if cfg.get("landmarks") and cfg.get("landmark_steps"):  # the branch's pre-training, for a run not in the cache
         init = functools.partial(pretrained_branch, model, steps=int(cfg["landmark_steps"]),
                                  batch=int(cfg.get("landmark_batch", 256)), seed=seed, progress=progress,
-                                 threads=threads)
+                                 threads=threads, spread=float(cfg.get("landmark_spread", 1.0)))
     if not bred:
         log = train(net, corpus, loss_fn, iters, cfg["batch"], cfg["lr"], seed=seed, device=device,
                     progress=progress, desc=name, cache_key=dict(key, iters=iters), eval_fn=eval_fn,
@@ -1530,8 +1537,9 @@ def target_ratios(results: dict, refs: dict, names, test_key: str, measure: str 
     return out
 
 
-LANDMARK_VARIANTS = {"off": "the crop (the paper)", "pretrained": "crop + landmarks (this book)",
-                     "pretrained, frozen": "crop + landmarks, branch frozen after its pre-training"}
+LANDMARK_VARIANTS = {"off": "the crop (the paper)", "pretrained": "crop + landmarks, branch on the Sec. 5 prior",
+                     "pretrained, frozen": "crop + landmarks, branch frozen after its pre-training",
+                     "pretrained, prior x2": "crop + landmarks, branch on a prior twice as wide (this book)"}
 _VARIANT_COLUMNS = (("wild", "geometric_mm"), ("wild", "geometric_aligned_mm"), ("wild", "now_mm"),
                     ("synthetic", "geometric_mm"))
 

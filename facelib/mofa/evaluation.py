@@ -233,7 +233,9 @@ def encoder_hz(net: nn.Module, batch: int, size: int, device="cpu", repeats: int
 LANDMARK_VARIANTS = {"off": "the image (the papers)",
                      "pretrained": "image + landmarks, branch trained on",
                      "pretrained, frozen": "image + landmarks, branch fixed",
-                     "geometry from the landmarks": "image + landmarks, shape and expression from the branch (this book)"}
+                     "geometry from the landmarks": "image + landmarks, shape and expression from the branch",
+                     "geometry from the landmarks, prior x2":
+                         "image + landmarks, shape and expression from a branch on a prior twice as wide (this book)"}
 
 
 def landmark_variants_markdown(record: dict) -> str:

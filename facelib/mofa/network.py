@@ -260,20 +260,22 @@ def landmark_outputs(net: MoFA, model: FaceModel) -> tuple:
     return cols, lambda theta: (theta[:, src].to(offset) - offset) / scale
 
 
-def pretrain_branch(net: MoFA, model: FaceModel, steps: int, batch: int, seed: int, progress: bool = True) -> float:
+def pretrain_branch(net: MoFA, model: FaceModel, steps: int, batch: int, seed: int, progress: bool = True,
+                    spread: float = 1.0) -> float:
     """Pre-train the landmark branch of ``net`` on landmarks alone, as chapter 3 pre-trains
     InverseFaceNet's (:func:`facelib.inversefacenet.pretrained_branch`: faces from the Sec. 5 prior, their
     projected landmarks with the detector's noise, no rendering, no image), to the code entries of
     :func:`landmark_outputs`; cached per face model, branch shape, steps, batch and seed.  Call it after
-    :func:`init_translation` (the targets are relative to the code offsets).  Returns the seconds the
-    pre-training took when it ran."""
+    :func:`init_translation` (the targets are relative to the code offsets).  ``spread``: the drawn faces'
+    shape coefficients times ``spread`` (:func:`facelib.inversefacenet.pretrain_landmarks`; 1: the prior).
+    Returns the seconds the pre-training took when it ran."""
     from ..inversefacenet import pretrained_branch
 
     if not net.n_landmarks:
         raise ValueError("this MoFA network has no landmark input to pre-train (build it with landmarks=68)")
     return pretrained_branch(model, net, steps, batch, seed, progress=progress,
                              outputs=landmark_outputs(net, model),
-                             what=f"mofa landmark branch, rotation scale {CODE_SCALE['rotation']}")
+                             what=f"mofa landmark branch, rotation scale {CODE_SCALE['rotation']}", spread=spread)
 
 
 def init_translation(net: MoFA, landmarks: torch.Tensor) -> torch.Tensor:

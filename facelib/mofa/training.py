@@ -110,6 +110,8 @@ def train(net: MoFA, corpus: dict, steps: int, stage: int, lr: float = 1e-3, bat
             "landmark_scale": landmark_scale, "augment": augment,
             "corpus": [int(corpus["image"].shape[0]), round(float(corpus["landmarks"].double().sum()), 3)],
             "weights": weights.__dict__}
+    if float(getattr(net, "landmark_spread", 1.0)) != 1.0:  # a branch pre-trained on a wider prior: another run
+        meta["landmark_spread"] = float(net.landmark_spread)
     if stage == 2:  # stage 2 starts from a trained stage 1: a checkpoint fine-tuned from another one is not resumed
         meta["start"] = _fingerprint(net)
     fixed = [k for k, p in net.named_parameters() if not p.requires_grad]
@@ -235,13 +237,16 @@ def initial_network(full_model: FaceModel, cfg: dict, corpus: dict, seed: int, d
     """The book's stage-1 network before its self-supervised training: :func:`stage1_start` (or ``start``,
     its result made beforehand) and, with a landmark input, the branch pre-trained on landmarks alone
     (:func:`facelib.mofa.pretrain_branch`, ``cfg["landmark_steps"]`` steps of ``cfg["landmark_batch"]``
-    faces; cached), kept fixed with ``cfg["landmark_freeze"]``.
-    Returns ``(net, keep)``; ``net.pretrain_s`` holds the pre-training's seconds (0 without)."""
+    faces; cached; ``cfg["landmark_spread"]``: its faces' shape coefficients that many times the prior's, default 1),
+    kept fixed with ``cfg["landmark_freeze"]``.
+    Returns ``(net, keep)``; ``net.pretrain_s`` holds the pre-training's seconds (0 without), ``net.landmark_spread``
+    the spread its branch was pre-trained with (:func:`train` keys a checkpoint by it where it is not 1)."""
     net, keep = start if start is not None else stage1_start(full_model, cfg, corpus, seed, device)
     net.pretrain_s = 0.0
     if cfg.get("landmarks"):
+        net.landmark_spread = float(cfg.get("landmark_spread", 1.0))
         net.pretrain_s = pretrain_branch(net, full_model, int(cfg["landmark_steps"]), int(cfg["landmark_batch"]),
-                                         seed, progress=progress)
+                                         seed, progress=progress, spread=net.landmark_spread)
         if cfg.get("landmark_freeze"):
             net.landmark_branch.requires_grad_(False)
     return net, keep
