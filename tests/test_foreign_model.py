@@ -171,4 +171,4 @@ def test_paired_frames_and_scores_of_a_network_that_answers_the_mean_face(foreig
                                    "wide": [run(1, 0.61, 0.65), run(0, 0.61, 0.66)]}, baseline="base")
     lines = text.splitlines()
     assert lines[2] == "| base | 0, 1 | 0.610 ± 0.010 | 0.700 ± 0.000 |"
-    assert lines[-1] == "wide against base: lower for 1 of 2 seeds on the open faces, 2 of 2 on the foreign ones."
+    assert lines[-1] == "Paired by seed, wide against base: lower for 1 of 2 seeds on the open faces, 2 of 2 on the foreign ones."

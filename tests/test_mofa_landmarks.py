@@ -155,3 +155,19 @@ def test_landmark_geometry_takes_shape_and_expression_from_the_branch_alone(smal
     assert w[geo].abs().max() == 0 and w[net.layout["reflectance"]].abs().max() > 0
     with pytest.raises(ValueError, match="needs the landmark input"):
         MoFA(model, SIZE, "alexnet", width=0.125, landmark_geometry=True)
+
+
+def test_landmark_variants_markdown_has_a_read_out_row_per_prior():
+    """Chapter 5's table: one stage-1 row per variant present, then the read-out before stage 1 of each
+    branch prior (the Sec. 5 prior's and the wider one), then the mean face."""
+    from facelib.mofa import landmark_variants_markdown
+
+    part = lambda g: {"geometric_mm_ratio": g, "now_mm_ratio": g, "photometric_rgb": 0.15, "landmark_px": 1.2}
+    run = lambda v, s, g0, g1: {"variant": v, "seed": s, "stage1": part(g1), "before_stage1": part(g0), "train_s": 10.0}
+    record = {"runs": [run("geometry from the landmarks", 0, 0.69, 0.69),
+                       run("geometry from the landmarks, prior x2", 0, 0.62, 0.63)]}
+    lines = landmark_variants_markdown(record).splitlines()
+    assert len(lines) == 2 + 2 + 2 + 1
+    assert "landmarks, branch on the prior |" in lines[4] and "0.69 ± 0.00" in lines[4]
+    assert "landmarks, branch on a prior twice as wide |" in lines[5] and "0.62 ± 0.00" in lines[5]
+    assert lines[6].startswith("| *mean face")

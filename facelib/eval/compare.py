@@ -199,8 +199,8 @@ def pairs_markdown(groups: dict, baseline: str | None = None) -> str:
                 continue
             counts = [sum(b[f"{k}_pairs"]["over_mean_face"] < a[f"{k}_pairs"]["over_mean_face"] for a, b in paired)
                       for k in ("open", "foreign")]
-            text += (f"\n\n{label} against {baseline}: lower for {counts[0]} of {len(paired)} seeds on the open faces, "
-                     f"{counts[1]} of {len(paired)} on the foreign ones.")
+            text += (f"\n\nPaired by seed, {label} against {baseline}: lower for {counts[0]} of {len(paired)} seeds "
+                     f"on the open faces, {counts[1]} of {len(paired)} on the foreign ones.")
     return text
 
 

@@ -243,7 +243,8 @@ def landmark_variants_markdown(record: dict) -> str:
     :data:`LANDMARK_VARIANTS` the stage-1 network's held-out errors (geometric and NoW-style as fractions of
     the mean face's, photometric RGB distance, landmark pixels; mean ± std over the seeds) and its mean
     training seconds (with the branch's pre-training); then the networks before stage 1 (the untrained
-    image-only encoder; the pre-trained landmark read-out alone) and the mean face."""
+    image-only encoder; the pre-trained landmark read-out alone, one row per prior its branch learned from) and
+    the mean face."""
     from ..book import markdown_table, pm
 
     runs = {}
@@ -259,9 +260,11 @@ def landmark_variants_markdown(record: dict) -> str:
     rows = [row("MoFA stage 1", label, runs[v], "stage1") for v, label in LANDMARK_VARIANTS.items() if v in runs]
     if "off" in runs:
         rows.append(row("*untrained encoder (before stage 1)*", "the image", runs["off"], "before_stage1", False))
-    lm = runs.get("geometry from the landmarks") or runs.get("pretrained")
-    if lm:
-        rows.append(row("*landmark read-out alone (pre-trained, before stage 1)*", "landmarks", lm, "before_stage1", False))
+    readouts = [(v, inp) for v, inp in (("geometry from the landmarks", "landmarks, branch on the prior"),
+                                        ("geometry from the landmarks, prior x2", "landmarks, branch on a prior twice as wide"))
+                if v in runs] or [(v, "landmarks") for v in ("pretrained",) if v in runs]
+    for v, inp in readouts:
+        rows.append(row("*landmark read-out alone (pre-trained, before stage 1)*", inp, runs[v], "before_stage1", False))
     rows.append(["*mean face (shape, expression 0)*", "-", "-", "1.00", "1.00", "-", "-", "-"])
     return markdown_table(["network", "input", "seeds", "geometric × mean face", "NoW-style × mean face",
                            "photometric RGB", "landmarks [px]", "training [s]"], rows)
