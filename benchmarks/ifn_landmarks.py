@@ -41,6 +41,8 @@ from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import SETTINGS  # noqa: E402
 from facelib.data.corpus import SyntheticCorpus  # noqa: E402
 import facelib.inversefacenet as ifn  # noqa: E402
+from facelib.eval import compare  # noqa: E402
+from facelib.networks import TrainedNetwork  # noqa: E402
 
 MEASURES = ("geometric_mm", "geometric_aligned_mm", "now_mm", "photometric_8bit")
 # off: the paper's input (the crop alone); joined: the landmark branch trained with the network from the
@@ -89,12 +91,7 @@ def main(argv=None):
     refs = ifn.reference_rows(model, tests)
     ref_means = {r: {k: {m: ifn.summarize(v[k][m])["mean"] for m in MEASURES} for k in tests}
                  for r, v in refs.items()}
-    pairs = None
-    if args.foreign:  # frames as chapter 8's, of both models, scored as there (compare.network_point)
-        from facelib.eval import compare
-        from facelib.networks import TrainedNetwork
-
-        pairs = compare.paired_frames(model, facelib.load_model("foreign"), args.foreign, seed=950_000)
+    pairs = compare.foreign_pairs(model, args.foreign)  # None without --foreign
     out = {"what": __doc__.splitlines()[0], "profile": args.profile, "threads": threads,
            "budget": {k: base[k] for k in ("size", "n_train", "iters", "batch", "lr", "n_test", "n_now")},
            "references": ref_means, "runs": []}
@@ -119,8 +116,7 @@ def main(argv=None):
                         rec[k][m + "_ratio"] = round(v / ref_means["mean face"][k][m], 4)
                 if pairs is not None:
                     t = TrainedNetwork("inversefacenet", "inversefacenet", r["net"].eval(), model, cfg["size"], {})
-                    for kind, v in compare.paired_scores(t, pairs).items():
-                        rec[f"{kind}_pairs"] = v
+                    rec.update({f"{kind}_pairs": v for kind, v in compare.paired_scores(t, pairs).items()})
                 out["runs"] = [x for x in out["runs"] if (x["row"], x["landmarks"], x["seed"]) != (row, variant, s)]
                 out["runs"].append(rec)
                 print(f"{row:32s} {variant:18s} seed {s}: wild {rec['wild']['geometric_mm']:.3f} mm "

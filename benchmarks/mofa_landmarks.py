@@ -38,7 +38,9 @@ import facelib  # noqa: E402
 from facelib import mofa, repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
+from facelib.eval import compare  # noqa: E402
 from facelib.mofa.multilevel import decimate  # noqa: E402
+from facelib.networks import TrainedNetwork  # noqa: E402
 
 VARIANTS = {"off": dict(landmarks=False),
             "pretrained": dict(landmarks=True, landmark_freeze=False, landmark_spread=1.0),
@@ -73,12 +75,7 @@ def main(argv=None):
     _, keep = decimate(full, base_cfg["n_vertices"])
     train_set, test_set = mofa.book_corpora(full, base_cfg, 0, keep, progress=False)  # chapter 5's (seed 0)
     seeds = args.seeds or list(base_cfg["seeds"])
-    pairs = None
-    if args.foreign:  # frames as chapter 8's, of both models, scored as there (compare.network_point)
-        from facelib.eval import compare
-        from facelib.networks import TrainedNetwork
-
-        pairs = compare.paired_frames(full, facelib.load_model("foreign"), args.foreign, seed=950_000)
+    pairs = compare.foreign_pairs(full, args.foreign)  # None without --foreign
     out_path = Path(args.out)
     record = json.loads(out_path.read_text()) if out_path.exists() else {"runs": []}
     for variant in args.variants:
@@ -103,8 +100,7 @@ def main(argv=None):
             if pairs is not None:
                 t = TrainedNetwork("mofa", "mofa", net.eval(), full, int(net.config["size"]),
                                    {"seed": seed, "config": net.config, "keep": keep})
-                for kind, v in compare.paired_scores(t, pairs).items():
-                    r[f"{kind}_pairs"] = v
+                r.update({f"{kind}_pairs": v for kind, v in compare.paired_scores(t, pairs).items()})
             for part in ("stage1", "before_stage1"):
                 for k in ("geometric_mm", "now_mm"):
                     r[part][k + "_ratio"] = round(r[part][k] / refs["mean face"][k], 4)

@@ -112,6 +112,41 @@ def test_pretraining_the_branch_on_landmarks_alone(space, tmp_path, monkeypatch)
         pretrain_branch(space, CoarseNet(space.n_params, width=4), 1, 4, 32, progress=False)
 
 
+def test_branch_on_a_wider_prior_draws_wider_faces_and_has_a_cache_file_of_its_own(space, tmp_path, monkeypatch):
+    """spread: the first step's faces are sample_r's with the identity coefficients times spread (brute force: the same
+    generator's draw); spread 1 is the default to the bit and keeps the old cache key; another spread has its own."""
+    import facelib.coarse_fine as cf
+
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    seen = []
+    real = cf.detected_landmarks
+    monkeypatch.setattr(cf, "detected_landmarks", lambda sp, r, *a, **k: (seen.append(r.clone()), real(sp, r, *a, **k))[1])
+    nets = {}
+    for spread in (None, 1.0, 2.0):
+        torch.manual_seed(0)
+        nets[spread] = CoarseNet(space.n_params, width=4, landmarks=68)
+        pretrain_branch(space, nets[spread], 2, 8, 32, seed=4, progress=False, **({} if spread is None else {"spread": spread}))
+    want = sample_r(space, 8, torch.Generator().manual_seed(4))
+    assert torch.equal(seen[0], want) and torch.equal(seen[2], want)
+    wide = want.clone()
+    wide[:, :space.n_shape] *= 2
+    assert torch.equal(seen[4], wide)
+    assert all(torch.equal(a, b) for a, b in zip(nets[None].state_dict().values(), nets[1.0].state_dict().values()))
+    assert not all(torch.equal(a, b) for a, b in zip(nets[None].state_dict().values(), nets[2.0].state_dict().values()))
+    for spread in (0, -1.0, True, "2"):
+        with pytest.raises(ValueError, match="spread"):
+            pretrain_branch(space, nets[None], 1, 4, 32, progress=False, spread=spread)
+    # the cache: spread 1 is the key without it, spread 2 another file, loaded again without training
+    for spread in (1.0, 1.0, 2.0, 2.0):
+        torch.manual_seed(0)
+        pretrained_branch(space, CoarseNet(space.n_params, width=4, landmarks=68), 2, 8, 32, seed=4, progress=False,
+                          spread=spread)
+    assert len(list(tmp_path.rglob("branch-*.pt"))) == 2
+    n = len(seen)
+    pretrained_branch(space, CoarseNet(space.n_params, width=4, landmarks=68), 2, 8, 32, seed=4, progress=False)
+    assert len(seen) == n and len(list(tmp_path.rglob("branch-*.pt"))) == 2  # spread 1's file, not trained again
+
+
 def test_training_loops_feed_the_landmarks(open_model, space):
     torch.manual_seed(0)
     nets = {"image": (CoarseNet(space.n_params, width=4), "gmse"),

@@ -172,3 +172,24 @@ def test_paired_frames_and_scores_of_a_network_that_answers_the_mean_face(foreig
     lines = text.splitlines()
     assert lines[2] == "| base | 0, 1 | 0.610 ± 0.010 | 0.700 ± 0.000 |"
     assert lines[-1] == "Paired by seed, wide against base: lower for 1 of 2 seeds on the open faces, 2 of 2 on the foreign ones."
+    refs = compare.pair_references(open_model, pairs)
+    assert refs["mean face"] == {"open": 1.0, "foreign": 1.0} and refs["best fit of the model"]["open"] is None
+    assert 0 <= refs["best fit of the model"]["foreign"] < 1 and 0 <= refs["true parameters (floor)"]["open"] < 1
+    lines = compare.pairs_markdown({"base": [run(0, 0.6, 0.7)]}, references=refs).splitlines()
+    assert lines[2] == "| *mean face* | - | 1.000 | 1.000 |" and lines[4].startswith("| *best fit of the model* | - | - | 0.")
+    assert lines[5] == "| base | 0 | 0.600 ± 0.000 | 0.700 ± 0.000 |"
+
+
+def test_foreign_pairs_are_the_benchmarks_paired_frames(foreign_model, open_model):
+    from facelib.eval import compare
+
+    assert compare.foreign_pairs(open_model, 0) is None
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ValueError, match="non-negative integer"):
+            compare.foreign_pairs(open_model, bad)
+    got = compare.foreign_pairs(open_model, 2, seed=78, size=64)
+    want = compare.paired_frames(open_model, foreign_model, 2, seed=78, size=64)
+    for kind in ("open", "foreign"):
+        # the same draws; the sums' order may follow the thread count another test left behind
+        assert got[kind]["mean_face_mm"] == pytest.approx(want[kind]["mean_face_mm"], rel=1e-9)
+        assert torch.allclose(got[kind]["frames"]["image"], want[kind]["frames"]["image"], atol=1e-5)

@@ -791,7 +791,7 @@ def train_coarsenet(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
 def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int = 0,
                     lr: float = 1e-3, noise: float | None = None, p_exact: float = P_EXACT,
                     distance: float | None = DISTANCE_MM, progress: bool = True, p_own: float = 0.0,
-                    own_passes: int = 3) -> dict:
+                    own_passes: int = 3, spread: float = 1.0) -> dict:
     """Pre-train the landmark branch of CoarseNet ``net`` (its MLP and its read-out) on landmarks alone,
     before the network sees an image: every step draws ``batch`` faces ``r_gt`` from CoarseNet's prior
     (:func:`sample_r`) and feedback states ``r_t`` (Eq. 3, :func:`feedback_state`), their
@@ -802,6 +802,9 @@ def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
     supervised descent: each pass reads where the estimate's landmarks lie against the detected ones.
     ``p_own``: the share of the states that are instead the branch's own estimate after 1 to
     ``own_passes`` passes of it from ``r_0 = 0`` (as :func:`train_coarsenets`' ``p_own``).
+    ``spread``: the faces' identity coefficients ``r_gt[:, :K_shape]`` times ``spread`` (1: :func:`sample_r`'s
+    prior; 2: faces twice as far from the mean, as :func:`facelib.inversefacenet.pretrain_landmarks`' ``spread``;
+    the feedback states are drawn around those faces as ever).
     Returns ``{"loss": [per step], "train_s": seconds}``."""
     from ..inversefacenet import lr_at
 
@@ -809,6 +812,8 @@ def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
         raise ValueError("the network has no landmark input to pre-train (make it with landmarks=68)")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive integer; got {steps!r}")
+    if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not spread > 0:
+        raise ValueError(f"spread must be a positive number; got {spread!r}")
     branch = net.landmark_branch
     g = _gen(seed)
     flags = unfreeze(branch)  # a branch frozen for CoarseNet's training is trained here all the same
@@ -819,6 +824,8 @@ def pretrain_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, 
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, "cosine", 0.05)
         r_gt = sample_r(space, batch, g)
+        if spread != 1.0:
+            r_gt[:, :space.n_shape] *= spread
         r_t = feedback_state(space, r_gt, g, p_exact)
         lm = detected_landmarks(space, r_gt, image_size, g, noise, distance)
         if p_own > 0:  # a share of the states: the branch's own estimate after 1..own_passes passes
@@ -853,18 +860,18 @@ def branch_iterate(space: CoarseSpace, branch: nn.Module, landmarks: torch.Tenso
 
 
 def pretrained_branch(space: CoarseSpace, net: CoarseNet, steps: int, batch: int, image_size: int, seed: int,
-                      progress: bool = True, p_own: float = 0.0) -> float:
+                      progress: bool = True, p_own: float = 0.0, spread: float = 1.0) -> float:
     """:func:`pretrain_branch` shared through the cache (the branch does not depend on the image network
     around it): keyed by the face model, CoarseNet's space, the input size, the branch's shape, steps,
-    batch, seed and share of own states ``p_own`` (:func:`facelib.inversefacenet.pretrained_branch`).
-    Returns the seconds the pre-training took when it ran."""
+    batch, seed, share of own states ``p_own`` and ``spread`` where it is not 1
+    (:func:`facelib.inversefacenet.pretrained_branch`).  Returns the seconds the pre-training took when it ran."""
     from ..inversefacenet import pretrained_branch as cached
 
     what = (f"coarsenet landmark branch, {space.n_shape}+{space.n_expression} coefficients, {image_size} px, "
             f"p_exact {P_EXACT}, distance {DISTANCE_MM}" + (f", own states {p_own}" if p_own else ""))
-    return cached(space.model, net, steps, batch, seed, progress, what=what,
+    return cached(space.model, net, steps, batch, seed, progress, what=what, spread=spread,
                   pretrain=lambda: pretrain_branch(space, net, steps, batch, image_size, seed, progress=progress,
-                                                   p_own=p_own))
+                                                   p_own=p_own, spread=spread))
 
 
 @torch.no_grad()

@@ -165,6 +165,21 @@ def paired_frames(model, other, n: int, seed: int, size: int = 128) -> dict:
     return out
 
 
+PAIR_SEED = 950_000  # the benchmarks' held-out pairs (``--foreign N``): a seed no chapter draws
+
+
+def foreign_pairs(model, n: int, seed: int = PAIR_SEED, size: int = 128) -> dict | None:
+    """The benchmarks' ``--foreign N`` faces: :func:`paired_frames` of ``model`` and of the foreign model
+    (:mod:`facelib.model.foreign`), ``n`` draws of ``seed``; ``None`` when ``n`` is 0 (nothing to score)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative integer; got {n!r}")
+    if n == 0:
+        return None
+    from .. import load_model
+
+    return paired_frames(model, load_model("foreign"), n, seed=seed, size=size)
+
+
 def paired_scores(trained, pairs: dict) -> dict:
     """A trained network (:class:`facelib.networks.TrainedNetwork`) on :func:`paired_frames`' faces:
     ``{"open": {...}, "foreign": {...}}``, each ``{"faces", "now_mm", "over_mean_face"}`` (means over the faces;
@@ -177,15 +192,31 @@ def paired_scores(trained, pairs: dict) -> dict:
     return out
 
 
-def pairs_markdown(groups: dict, baseline: str | None = None) -> str:
+def pair_references(model, pairs: dict) -> dict:
+    """The reference rows of :func:`paired_frames`' faces over the open mean face's error on them:
+    ``{"mean face", "true parameters (floor)", "best fit of the model": {"open": ratio or None, "foreign": ratio
+    or None}}`` (:func:`reference_points`; the best fit only on the other model's faces: on ``model``'s own it is
+    the true parameters), for :func:`pairs_markdown`'s ``references``."""
+    out = {}
+    for kind, p in pairs.items():
+        refs = reference_points(model, p["frames"], gt_model=p["gt_model"])
+        for name in ("mean face", "true parameters (floor)", "best fit of the model"):
+            v = refs.get(name)
+            out.setdefault(name, {})[kind] = None if v is None else round(float(v.mean()) / p["mean_face_mm"], 4)
+    return out
+
+
+def pairs_markdown(groups: dict, baseline: str | None = None, references: dict | None = None) -> str:
     """A table of training runs scored by :func:`paired_scores` (each run a dict with ``"seed"``,
     ``"open_pairs"`` and ``"foreign_pairs"``): one row per ``groups`` entry ``{label: [run, ...]}``, the
     seeds and the mean ± std over them of the error over the mean face on the open and on the foreign faces;
     with ``baseline`` (a label of ``groups``), then a line per other group saying for how many seeds (paired
-    by seed) it is lower than the baseline on each kind of face."""
+    by seed) it is lower than the baseline on each kind of face.  ``references``: rows printed first, in
+    italics, ``{label: {"open": ratio or None, "foreign": ratio or None}}`` (:func:`pair_references`; None: "-")."""
     from ..book import markdown_table, pm
 
-    rows = []
+    rows = [[f"*{label}*", "-"] + ["-" if r.get(k) is None else f"{r[k]:.3f}" for k in ("open", "foreign")]
+            for label, r in (references or {}).items()]
     for label, runs in groups.items():
         runs = sorted(runs, key=lambda r: r["seed"])
         rows.append([label, ", ".join(str(r["seed"]) for r in runs)]
