@@ -25,6 +25,7 @@ open and the foreign model (:func:`facelib.eval.compare.foreign_pairs`, NoW-styl
 as chapter 8 scores the book's CoarseNet).
 
     FACELIB_THREADS=1 .venv/bin/python benchmarks/coarse_landmarks.py --variants landmarks-own --seeds 0 1 2 [--kind mse] [--foreign 64]
+    .venv/bin/python benchmarks/coarse_landmarks.py --summary-only --foreign 64   # SUMMARY.md again, with the pairs' reference rows
 
 Writes ``benchmarks/results/coarse_landmarks/<variant>_s<seed>.json`` (one file per run, so runs can share
 the cores) and ``benchmarks/results/coarse_landmarks/SUMMARY.md``.
@@ -68,7 +69,9 @@ def passes(space, rs, alpha, refs):
     return {k: [round(e[k] / refs["mean face"][k], 4) for e in errs] for k in ("rmse_mm", "aligned_mm")}
 
 
-def summary(out: Path) -> str:
+def summary(out: Path, references: dict | None = None) -> str:
+    """SUMMARY.md of the runs in ``out``; ``references``: :func:`facelib.eval.compare.pair_references` of the
+    ``--foreign`` pairs, the reference rows of the pairs tables."""
     every = [json.loads(p.read_text()) for p in sorted(out.glob("*_s*.json"))]
     runs = [r for r in every if not r.get("branch_only")]  # whole CoarseNets; --branch-only runs: below
     lines = ["| variant | seeds | pass 1 | pass 2 | pass 3 | pass 4 | aligned, pass 4 | branch alone, pass 1 / 4 | train [s] |",
@@ -100,7 +103,7 @@ def summary(out: Path) -> str:
             text += (f"\n{what[0].upper() + what[1:]}, NoW-style error over the open mean face's on "
                      f"{next(iter(paired.values()))[0]['foreign_pairs']['faces']} pairs of held-out wild faces of the open "
                      "and the foreign model (`--foreign`):\n\n"
-                     + compare.pairs_markdown(paired, baseline=base if base in paired else None) + "\n")
+                     + compare.pairs_markdown(paired, baseline=base if base in paired else None, references=references) + "\n")
     return text
 
 
@@ -115,6 +118,8 @@ def main(argv=None):
     ap.add_argument("--branch-only", action="store_true",
                     help="pre-train the landmark branch only and score it alone (CoarseNet's image read-out set to 0): "
                          "<variant>-branch_s<seed>.json")
+    ap.add_argument("--summary-only", action="store_true",
+                    help="train nothing: write SUMMARY.md again from the saved runs (with --foreign N: its reference rows)")
     ap.add_argument("--profile", default="cpu", help="chapter 7's settings of this profile (the book's: cpu; ci: a smoke run)")
     ap.add_argument("--out", default=str(OUT))
     args = ap.parse_args(argv)
@@ -134,7 +139,8 @@ def main(argv=None):
     refs = {k: pooled_rms(v) for k, v in geometry_references(space, alpha).items()}
     ref_out = {n: {k: round(v, 4) for k, v in r.items()} | {f"{k}_ratio": round(v / refs["mean face"][k], 4) for k, v in r.items()}
                for n, r in refs.items()}
-    for v in args.variants:
+    pair_refs = None if pairs is None else compare.pair_references(model, pairs)  # mean face, floor, best fit
+    for v in ([] if args.summary_only else args.variants):
         use_lm, p_own, spread = VARIANTS[v]
         for seed in args.seeds:
             torch.manual_seed(seed)  # the chapter's initial weights of this seed
@@ -170,7 +176,7 @@ def main(argv=None):
             print(v, seed, rec["passes"]["rmse_mm"], rec.get("branch_alone", {}).get("rmse_mm"), f"{rec['train_s']} s",
                   *(f"{k} pairs {rec[k + '_pairs']['over_mean_face']:.3f}" for k in ("open", "foreign") if k + "_pairs" in rec),
                   flush=True)
-    text = summary(out)
+    text = summary(out, pair_refs)
     atomic_write_bytes(out / "SUMMARY.md", text.encode())
     print(text)
 
