@@ -26,6 +26,7 @@ as chapter 8 scores the book's CoarseNet).
 
     FACELIB_THREADS=1 .venv/bin/python benchmarks/coarse_landmarks.py --variants landmarks-own --seeds 0 1 2 [--kind mse] [--foreign 64]
     .venv/bin/python benchmarks/coarse_landmarks.py --summary-only --foreign 64   # SUMMARY.md again, with the pairs' reference rows
+                                                                                 # (also saved: pair_references_64.json)
 
 Writes ``benchmarks/results/coarse_landmarks/<variant>_s<seed>.json`` (one file per run, so runs can share
 the cores) and ``benchmarks/results/coarse_landmarks/SUMMARY.md``.
@@ -140,6 +141,10 @@ def main(argv=None):
     ref_out = {n: {k: round(v, 4) for k, v in r.items()} | {f"{k}_ratio": round(v / refs["mean face"][k], 4) for k, v in r.items()}
                for n, r in refs.items()}
     pair_refs = None if pairs is None else compare.pair_references(model, pairs)  # mean face, floor, best fit
+    if pair_refs is not None:  # the same pairs as every --foreign run of the three landmark benchmarks: chapter 8 reads them
+        rec = {"faces": args.foreign, "seed": compare.PAIR_SEED, "references": pair_refs,
+               "environment": repro.environment(seed=compare.PAIR_SEED)}
+        atomic_write_bytes(out / f"pair_references_{args.foreign}.json", (json.dumps(rec, indent=1) + "\n").encode())
     for v in ([] if args.summary_only else args.variants):
         use_lm, p_own, spread = VARIANTS[v]
         for seed in args.seeds:
