@@ -195,6 +195,19 @@ def test_benchmark_results_reads_this_checkout_from_any_folder(tmp_path, monkeyp
     assert benchmark_results("no_such_benchmark.json") is None
 
 
+def test_benchmark_records_are_every_run_file_of_a_pattern_in_path_order(tmp_path, monkeypatch):
+    from facelib.book import benchmark_records
+
+    monkeypatch.chdir(tmp_path)
+    root = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+    paths = sorted(root.glob("coarse_landmarks/landmarks-own-branch_s*.json"))
+    assert len(paths) >= 2  # the saved runs chapter 8 reads
+    assert benchmark_records("coarse_landmarks/landmarks-own-branch_s*.json") == [json.loads(p.read_text()) for p in paths]
+    assert [r["seed"] for r in benchmark_records("coarse_landmarks/landmarks-own-branch_s*.json")] == sorted(
+        json.loads(p.read_text())["seed"] for p in paths)
+    assert benchmark_records("no_such_benchmark_*.json") == []
+
+
 def test_mean_std_and_markdown_table():
     """The results files' {mean, std} entries (sample std, rounded) and the chapters' Markdown tables."""
     import numpy as np

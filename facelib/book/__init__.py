@@ -179,12 +179,23 @@ def chapter(name: str, profile: str, seed: int = 0, device="auto", base: str | N
     return cfg, dev
 
 
+def _benchmarks_root() -> Path:
+    return Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
 def benchmark_results(name: str):
     """The record ``benchmarks/results/<name>`` of this checkout, parsed (what a chapter quotes from a
     benchmark script), or None where there is no such file (an installed package has no benchmarks).
     Found from the package's location, so it does not depend on where the notebook runs."""
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / name
+    path = _benchmarks_root() / name
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def benchmark_records(pattern: str) -> list:
+    """Every record ``benchmarks/results/<pattern>`` of this checkout (a glob, e.g.
+    ``"coarse_landmarks/landmarks-own-branch_s*.json"``: one file per run), parsed, in the order of their
+    paths; an empty list where none matches (or in an installed package)."""
+    return [json.loads(p.read_text()) for p in sorted(_benchmarks_root().glob(pattern)) if p.is_file()]
 
 
 def markdown_table(header, rows) -> str:
