@@ -206,6 +206,39 @@ def test_rigid_transform():
     assert torch.allclose(rigid_transform(v, torch.eye(3, dtype=D), torch.zeros(3, dtype=D)), v)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rigid_transform_and_rotate_twin_give_the_reference_numbers(dtype):
+    """Without gradients on the CPU rigid_transform and rotate run a Numba twin (facelib.render.fast.twins):
+    the same three products and sums in the same order as ``v @ R^T + t``, so the same numbers, for one
+    rotation per face or one for all, a translation per face or one for all; with a gradient asked for,
+    the PyTorch product runs (and gradcheck passes through it, test_gradcheck_projections)."""
+    from facelib.render import _twins
+    from facelib.render.camera import rotate
+
+    g = torch.Generator().manual_seed(5)
+    v = (torch.randn(3, 2000, 3, generator=g, dtype=D) * 80).to(dtype)
+    cases = [(rot_xyz(torch.randn(3, 3, generator=g, dtype=D)), torch.randn(3, 3, generator=g, dtype=D) * 100),
+             (rot_xyz(torch.randn(1, 3, generator=g, dtype=D))[0], torch.randn(3, generator=g, dtype=D)),
+             (rot_xyz(torch.randn(1, 3, generator=g, dtype=D)), torch.randn(1, 3, generator=g, dtype=D))]
+    for R, t in cases:
+        with torch.no_grad():
+            fast = rigid_transform(v, R, t), rotate(v, R)
+            with _twins.twins_disabled():
+                ref = rigid_transform(v, R, t), rotate(v, R)
+        Rb = R.to(dtype).reshape(-1, 3, 3)[:, None]  # (1 or B, 1, 3, 3)
+        Rv = (v[..., 0:1] * Rb[..., 0] + v[..., 1:2] * Rb[..., 1]) + v[..., 2:3] * Rb[..., 2]  # the kernel's order
+        want = (Rv + t.to(dtype).reshape(-1, 1, 3), Rv)
+        for a, b, w in zip(fast, ref, want):
+            assert a.dtype == dtype and a.shape == v.shape
+            assert torch.equal(a, w)  # to the bit
+            torch.testing.assert_close(a, b)  # the BLAS product: the same here, to the bit on our CPUs
+    if _twins.TWINS:
+        assert _twins.twin("rigid_transform", v) is not None
+        assert _twins.twin("rigid_transform", v, R.requires_grad_(True)) is None  # a gradient is asked for
+    with pytest.raises(ValueError, match="R has shape"):
+        rotate(v, torch.eye(4))
+
+
 def test_perspective_projection_by_hand():
     v = torch.tensor([[[0.0, 0.0, -500.0], [100.0, 50.0, -500.0], [-10.0, -20.0, -1000.0]]], dtype=D)
     s = perspective_project(v, 1000.0, image_size=(240, 320))

@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..render.camera import image_hw, perspective_project, rigid_transform, weak_perspective_project
+from ..render.camera import image_hw, perspective_project, rigid_transform, rotate, weak_perspective_project
 from ..model.detail import apply_detail, detail_displacement
 from ..eval.metrics import similarity_align
 from ..model.params import rot_xyz
@@ -238,7 +238,7 @@ def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance
         screen = space.project(verts, pose, image_size)
         frags = rasterize(screen, space.faces, image_size, perspective_correct=False, cull_backfaces=True)
         mask = frags.pix_to_face[..., 0] >= 0
-        normals = vertex_normals(verts, tri) @ R.transpose(1, 2)  # camera frame
+        normals = rotate(vertex_normals(verts, tri), R)  # camera frame
         nmap = normal_map(space.model, frags, normals, space.faces)
         pncc = pncc_map(space.model, frags, space.faces)
         depth = torch.where(mask, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))

@@ -2,8 +2,9 @@
 
 Each kernel computes what a reference function computes in PyTorch, with the same formulas, without an
 autograd graph: :func:`facelib.render.raster.rasterize`'s fragments (barycentrics, depth, edge
-distances), :func:`facelib.render.raster.interpolate`, :func:`facelib.render.shading.vertex_normals`
-and :func:`facelib.render.shading.shade` (Tewari Eq. 5).  :func:`register` lends them to the reference
+distances), :func:`facelib.render.raster.interpolate`, :func:`facelib.render.shading.vertex_normals`,
+:func:`facelib.render.shading.shade` (Tewari Eq. 5) and :func:`facelib.render.camera.rigid_transform` (and
+:func:`facelib.render.camera.rotate`), whose product with ``K = 3`` the BLAS runs several times slower.  :func:`register` lends them to the reference
 through :mod:`facelib.render._twins`; ``facelib.render`` calls it on import.  The reference's PyTorch
 lines stay the definition: ``tests/test_raster.py`` and ``tests/test_camera_shading.py`` compare the
 two with the twins switched off (:func:`facelib.render._twins.twins_disabled`).
@@ -21,7 +22,7 @@ from ..raster import HAVE_NUMBA, Fragments
 from ..shading import (_C1, _C2, _C20, _C22, _Y00, N_SH, SH_IRRADIANCE_CONSTANTS,  # noqa: F401
                        SH_SHADING_SCALE)
 
-__all__ = ["register", "fragments", "interpolate", "vertex_normals", "shade"]
+__all__ = ["register", "fragments", "interpolate", "vertex_normals", "shade", "rigid_transform"]
 
 if HAVE_NUMBA:
     from numba import njit, prange
@@ -161,6 +162,48 @@ if HAVE_NUMBA:
                     out[b, p, c] = albedo[b, p, c] * e
 
 
+    @njit(parallel=True, cache=True)
+    def _rigid_kernel(v, R, t, has_t, out):
+        """No-grad twin of ``v @ R^T (+ t)`` (:func:`facelib.render.camera.rigid_transform`): each output
+        coordinate ``((v_0 R_j0 + v_1 R_j1) + v_2 R_j2) (+ t_j)``, the order of the reference's product;
+        ``R (1 or B, 3, 3)``, ``t (1 or B, 3)``."""
+        B, V = v.shape[0], v.shape[1]
+        for b in prange(B):
+            rb = b % R.shape[0]  # R and t: one per face, or one for all
+            tb = b % t.shape[0]
+            r00, r01, r02 = R[rb, 0, 0], R[rb, 0, 1], R[rb, 0, 2]
+            r10, r11, r12 = R[rb, 1, 0], R[rb, 1, 1], R[rb, 1, 2]
+            r20, r21, r22 = R[rb, 2, 0], R[rb, 2, 1], R[rb, 2, 2]
+            t0, t1, t2 = t[tb, 0], t[tb, 1], t[tb, 2]
+            for i in range(V):
+                x = v[b, i, 0]
+                y = v[b, i, 1]
+                z = v[b, i, 2]
+                q0 = (x * r00 + y * r01) + z * r02
+                q1 = (x * r10 + y * r11) + z * r12
+                q2 = (x * r20 + y * r21) + z * r22
+                if has_t:
+                    q0 = q0 + t0
+                    q1 = q1 + t1
+                    q2 = q2 + t2
+                out[b, i, 0] = q0
+                out[b, i, 1] = q1
+                out[b, i, 2] = q2
+
+
+def rigid_transform(v, R, t) -> torch.Tensor:
+    """Twin of :func:`facelib.render.camera.rigid_transform`'s product for checked inputs: ``v (B, V, 3)``,
+    ``R (1 or B, 3, 3)`` and ``t (1 or B, 1, 3)`` (or None: ``v @ R^T`` alone, :func:`facelib.render.camera.rotate`),
+    all of ``v``'s dtype -> ``(B, V, 3)``."""
+    B, V = v.shape[:2]
+    out = torch.empty(B, V, 3, dtype=v.dtype)
+    tt = torch.zeros(1, 3, dtype=v.dtype) if t is None else t.detach().reshape(-1, 3)
+    if B and V:
+        _rigid_kernel(v.detach().contiguous().numpy(), R.detach().contiguous().numpy(), tt.contiguous().numpy(),
+                      t is not None, out.numpy())
+    return out
+
+
 def fragments(verts_screen, faces, pix_to_face, perspective_correct) -> Fragments:
     """Twin of :func:`facelib.render.raster.fragments_from_pix_to_face` (``faces`` int64 ``(F, 3)``)."""
     N, H, W, K = pix_to_face.shape
@@ -210,5 +253,5 @@ def register() -> None:
     """Lend the reference renderer these twins (a no-op without Numba)."""
     if HAVE_NUMBA:
         for name, fn in (("fragments", fragments), ("interpolate", interpolate),
-                         ("vertex_normals", vertex_normals), ("shade", shade)):
+                         ("vertex_normals", vertex_normals), ("shade", shade), ("rigid_transform", rigid_transform)):
             _twins.register(name, fn)
