@@ -1,17 +1,21 @@
-"""Chapter 7's CoarseNet training step with and without the rigid-transform twin (issue 17's 30 minutes).
+"""Chapter 7's CoarseNet training step with and without the camera's Numba twins (issue 17's 30 minutes).
 
 A CoarseNet training step is mostly rendering: the training picture and, for every feedback state, the
 mean-face, PNCC and normal-map render of :func:`facelib.coarse_fine.render_view` (about five renders a step at
 the chapter's settings).  Two of each render's products were ``v @ R^T`` with ``K = 3`` (the rigid transform of
 Eq. 2 / 5 and the rotation of the normals into the camera), which the BLAS runs several times slower than the
-arithmetic needs; :func:`facelib.render.camera.rigid_transform` and :func:`facelib.render.camera.rotate` now
-lend them to a Numba twin without gradients (:mod:`facelib.render.fast.twins`, the same products and sums in the
-same order).  This times, alternating ``--rounds`` times, with the twin and without it (removed from the
-registry, so the PyTorch product runs; every other twin stays):
+arithmetic needs, and the projections to the image plane made a tensor per operation;
+:func:`facelib.render.camera.rigid_transform`, :func:`facelib.render.camera.rotate`,
+:func:`facelib.render.camera.weak_perspective_project` and :func:`facelib.render.camera.perspective_project` now
+lend them to Numba twins without gradients (:mod:`facelib.render.fast.twins`: the same operations in the same
+order, so the same bits).  The training pictures are also drawn without the maps no one reads
+(``make_faces(..., maps=False)``: the same image).  This times, alternating ``--rounds`` times, with the camera's
+twins and without them (removed from the registry, so the PyTorch lines run; every other twin stays; the
+pictures image-only both ways):
 
 * ``rigid_transform`` of 16 faces of the open model (22,594 vertices) and ``rotate`` of their normals;
 * ``render_view`` at the chapter's ``coarse_size``: a feedback render (16 states) and a training picture
-  (appearance, whole head, the photo camera);
+  (appearance, whole head, the photo camera, image only);
 * ``--steps`` steps of :func:`facelib.coarse_fine.train_coarsenets` (the chapter's network, batch, own states
   and landmark input), one thread, and whether the trained weights and losses agree to the bit.
 
@@ -48,15 +52,17 @@ from facelib.render.camera import rigid_transform, rotate  # noqa: E402
 from facelib.render.shading import vertex_normals  # noqa: E402
 
 
+CAMERA_TWINS = ("rigid_transform", "weak_perspective", "perspective")
+
+
 @contextlib.contextmanager
-def without_rigid_twin():
-    """The PyTorch product instead of the rigid-transform twin; the other twins stay lent."""
-    fn = _twins.TWINS.pop("rigid_transform", None)
+def without_camera_twins():
+    """The PyTorch lines instead of the camera's twins (:data:`CAMERA_TWINS`); the other twins stay lent."""
+    fns = {k: _twins.TWINS.pop(k) for k in CAMERA_TWINS if k in _twins.TWINS}
     try:
         yield
     finally:
-        if fn is not None:
-            _twins.TWINS["rigid_transform"] = fn
+        _twins.TWINS.update(fns)
 
 
 def best_ms(call, repeats: int) -> float:
@@ -79,8 +85,8 @@ def main(argv=None) -> None:
     cfg = settings("07_coarse_fine", "cpu")
     torch.set_num_threads(cfg["threads"])
     numba.set_num_threads(cfg["threads"])
-    if "rigid_transform" not in _twins.TWINS:
-        sys.exit("the rigid-transform twin is not registered (no Numba?): nothing to compare")
+    if not all(k in _twins.TWINS for k in CAMERA_TWINS):
+        sys.exit("the camera's twins are not registered (no Numba?): nothing to compare")
     model = facelib.load_model("open")
     space = CoarseSpace.from_model(model, cfg["n_shape"], cfg["n_expression"])
     N, B = cfg["coarse_size"], cfg["coarse_batch"]
@@ -94,12 +100,12 @@ def main(argv=None) -> None:
         "rigid_transform (16 faces) [ms]": lambda: rigid_transform(verts, R, t),
         "rotate (16 faces' normals) [ms]": lambda: rotate(normals, R),
         f"render_view, feedback ({B} states, {N} px) [ms]": lambda: render_view(space, r, N),
-        f"render_view, training picture ({B} faces, {N} px, head, photo camera) [ms]":
-            lambda: render_view(space, r, N, app, head=True, distance=600),
+        f"render_view, training picture ({B} faces, {N} px, head, photo camera, image only) [ms]":
+            lambda: render_view(space, r, N, app, head=True, distance=600, maps=False),
     }
     renders = {}
     with torch.no_grad():
-        for way, ctx in (("twin", contextlib.nullcontext), ("PyTorch product", without_rigid_twin)):
+        for way, ctx in (("twins", contextlib.nullcontext), ("PyTorch lines", without_camera_twins)):
             with ctx():
                 renders[way] = {k: round(best_ms(f, args.repeats), 3) for k, f in figures.items()}
                 print(way, json.dumps(renders[way]))
@@ -112,20 +118,21 @@ def main(argv=None) -> None:
         return net, hist["gmse"]["loss"]
 
     def train_without():
-        with without_rigid_twin():
+        with without_camera_twins():
             return train()
 
     train()  # warm-up: kernels compiled or loaded, the branch's shapes allocated
-    t_ = time_alternating({"twin": train, "PyTorch product": train_without}, args.rounds, per=args.steps,
+    t_ = time_alternating({"twins": train, "PyTorch lines": train_without}, args.rounds, per=args.steps,
                           label=" per step")
-    (na, la), (nb, lb) = t_["trained"]["twin"], t_["trained"]["PyTorch product"]
+    (na, la), (nb, lb) = t_["trained"]["twins"], t_["trained"]["PyTorch lines"]
     rec = {
-        "what": "chapter 7's CoarseNet training step and renders, with the rigid-transform twin and with the PyTorch product",
+        "what": "chapter 7's CoarseNet training step and renders, with the camera's Numba twins (rigid transform, "
+                "rotation, projections) and with the PyTorch lines",
         "steps": args.steps, "rounds": args.rounds, "batch": B, "size": N, "threads": cfg["threads"],
         "renders_ms": renders,
         "train_ms_per_step": {w: round(1000 * s, 1) for w, s in t_["best"].items()},
         "train_ms_per_step_runs": {w: [round(1000 * s, 1) for s in v] for w, v in t_["seconds"].items()},
-        "speedup_train_step": round(t_["best"]["PyTorch product"] / t_["best"]["twin"], 3),
+        "speedup_train_step": round(t_["best"]["PyTorch lines"] / t_["best"]["twins"], 3),
         "same_weights_and_losses": bool(same_weights(na, nb) and la == lb),
         "command": "python benchmarks/bench_coarse_step.py --steps S --rounds R",
         "environment": repro.environment(seed=0),

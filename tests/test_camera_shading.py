@@ -239,6 +239,38 @@ def test_rigid_transform_and_rotate_twin_give_the_reference_numbers(dtype):
         rotate(v, torch.eye(4))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_projection_twins_give_the_reference_numbers(dtype):
+    """Without gradients on the CPU the image-plane steps of weak_perspective_project and perspective_project
+    run Numba twins (one pass instead of a tensor per operation, each product and sum rounded as the
+    reference's): the same numbers to the bit as the PyTorch lines, for per-face and shared scales, offsets,
+    focal lengths and principal points, and for points at or behind the camera (depth below eps)."""
+    from facelib.render import _twins
+
+    g = torch.Generator().manual_seed(6)
+    B, V = 3, 500
+    v = (torch.randn(B, V, 3, generator=g, dtype=D) * 80).to(dtype)
+    R = rot_xyz(torch.randn(B, 3, generator=g, dtype=D) * 0.4)
+    t2 = (torch.randn(B, 2, generator=g, dtype=D) * 3).to(dtype)
+    s = (torch.rand(B, generator=g, dtype=D) + 0.1).to(dtype)
+    vc = v.clone()
+    vc[..., 2] -= 600
+    vc[0, :3, 2] = torch.tensor([0.0, 1e-9, 5.0], dtype=dtype)  # on, just before and behind the camera
+    calls = [lambda: weak_perspective_project(v, R, t2, s, 48),
+             lambda: weak_perspective_project(v, R[0], t2[0], 2.5, (48, 40), depth_offset=700.0),
+             lambda: perspective_project(vc, s * 600, torch.tensor([24.0, 20.0], dtype=dtype) + t2),
+             lambda: perspective_project(vc, 500.0, image_size=(40, 48))]
+    for call in calls:
+        with torch.no_grad():
+            fast = call()
+            with _twins.twins_disabled():
+                ref = call()
+        assert fast.dtype == dtype and torch.equal(fast, ref)
+    if _twins.TWINS:
+        assert _twins.twin("perspective", vc) is not None
+        assert _twins.twin("perspective", vc.clone().requires_grad_(True)) is None
+
+
 def test_perspective_projection_by_hand():
     v = torch.tensor([[[0.0, 0.0, -500.0], [100.0, 50.0, -500.0], [-10.0, -20.0, -1000.0]]], dtype=D)
     s = perspective_project(v, 1000.0, image_size=(240, 320))

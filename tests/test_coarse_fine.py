@@ -195,6 +195,27 @@ def test_render_view_head_draws_the_whole_mesh_around_the_same_face(space):
     assert extra > 0.1 * m.sum() and (face.image[~m] == 0).all()
 
 
+@pytest.mark.parametrize("head, distance", [(True, 600.0), (False, 600.0), (True, None), (False, None)])
+def test_an_image_only_render_draws_the_same_image(space, head, distance):
+    """``maps=False`` (CoarseNet's training pictures, ``make_faces(..., maps=False)``) skips the PNCC, the
+    normal map and, where the image has a raster of its own, the face region's: the image is the same to the
+    bit, the maps it did not draw are None."""
+    r = sample_r(space, 3, 4)
+    app = sample_appearance(space, 3, 5)
+    full, lean = (render_view(space, r, 40, app, background=0.2, head=head, distance=distance, maps=m)
+                  for m in (True, False))
+    assert torch.equal(full.image, lean.image) and torch.equal(full.pixel_mm, lean.pixel_mm)
+    assert lean.pncc is None and lean.normal_map is None
+    own_raster = head or distance is not None
+    assert (lean.mask is None and lean.depth is None and lean.fragments is None) if own_raster else \
+        (torch.equal(lean.mask, full.mask) and torch.equal(lean.depth, full.depth))
+    r_a, v_a, _, _ = make_faces(space, 2, 9, 40)
+    r_b, v_b, _, _ = make_faces(space, 2, 9, 40, maps=False)
+    assert torch.equal(r_a, r_b) and torch.equal(v_a.image, v_b.image)
+    with pytest.raises(ValueError, match="appearance"):
+        render_view(space, r, 40, maps=False)
+
+
 def test_the_photo_camera_is_a_perspective_with_eq2s_scale_at_the_origin(space):
     """``project(..., distance=d)``: a point in the plane of the model origin lands where Eq. 2 puts it, a
     point ``z`` mm nearer the camera is magnified by ``d / (d - z)`` about the principal point (the image

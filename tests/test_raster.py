@@ -384,7 +384,8 @@ def test_no_grad_twins_are_lent_by_the_fast_path_and_can_be_switched_off(face48)
     if not raster.HAVE_NUMBA:
         assert _twins.TWINS == {}
         return
-    assert set(_twins.TWINS) == {"fragments", "interpolate", "vertex_normals", "shade", "rigid_transform"}
+    assert set(_twins.TWINS) == {"fragments", "interpolate", "vertex_normals", "shade", "rigid_transform",
+                                 "weak_perspective", "perspective"}
     assert all(fn.__module__ == "facelib.render.fast.twins" for fn in _twins.TWINS.values())
     v, faces = face48
     v = v.repeat(2, 1, 1).double() + torch.tensor([[[0.0, 0, 0]], [[1.1, -0.4, 0]]], dtype=torch.float64)

@@ -202,7 +202,8 @@ class View(NamedTuple):
     ``image (B, 1, H, W)`` grey in [0, 1] (None without an appearance); ``mask (B, H, W)`` face pixels;
     ``depth (B, H, W)`` mm (0 outside); ``pncc (B, 3, H, W)`` in [0, 1] and ``normal_map (B, 3, H, W)``
     in [-1, 1] (camera frame, x right, y up, z to the viewer), 0 outside; ``fragments``;
-    ``pixel_mm (B,)``.
+    ``pixel_mm (B,)``.  An image-only render (:func:`render_view` ``maps=False``) leaves the maps it did not
+    draw None.
     """
 
     image: torch.Tensor | None
@@ -216,7 +217,7 @@ class View(NamedTuple):
 
 def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance: dict | None = None,
                 displacement: torch.Tensor | None = None, background: torch.Tensor | float = 0.0,
-                head: bool | None = None, distance: float | None = None) -> View:
+                head: bool | None = None, distance: float | None = None, maps: bool = True) -> View:
     """Render ``r (B, K + 6)``: depth, PNCC and normal map (Sec. 3.2.1), and with ``appearance`` (from
     :func:`sample_appearance`: ``theta_r (B, N_r)``, monochrome ``gamma (B, 9)``) the grey image.
 
@@ -226,8 +227,13 @@ def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance
     either way (None: :data:`HEAD`).  ``distance`` (mm): the grey image is taken by a real camera that
     far away (:meth:`CoarseSpace.project`), as a photo is; the other maps stay in Eq. 2's weak
     perspective, the representation's own.  No gradients (the training-data and feedback renders;
-    :func:`rendering_layer` is the differentiable one).
+    :func:`rendering_layer` is the differentiable one).  ``maps=False`` (with an ``appearance``): only the
+    grey image is wanted (CoarseNet's training pictures); the PNCC and normal map are not drawn, nor, where
+    the image has a raster of its own (``head`` or ``distance``), the face region's mask, depth and
+    fragments (those fields None; the image is the same to the bit).
     """
+    if not maps and appearance is None:
+        raise ValueError("maps=False leaves only the grey image; give an appearance")
     with torch.no_grad():
         alpha, pose = space.split(r)
         verts = space.geometry(alpha)
@@ -235,13 +241,19 @@ def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance
         if displacement is not None:
             verts = apply_detail(verts, tri, displacement.to(verts.dtype))
         R = space.camera(pose, image_size)[0]
-        screen = space.project(verts, pose, image_size)
-        frags = rasterize(screen, space.faces, image_size, perspective_correct=False, cull_backfaces=True)
-        mask = frags.pix_to_face[..., 0] >= 0
+        head = HEAD if head is None else head
+        region = maps or not (head or distance is not None)  # the face region's raster is wanted
+        screen = space.project(verts, pose, image_size) if region or distance is None else None
+        frags = mask = depth = nmap = pncc = None
+        if region:
+            frags = rasterize(screen, space.faces, image_size, perspective_correct=False, cull_backfaces=True)
+            mask = frags.pix_to_face[..., 0] >= 0
         normals = rotate(vertex_normals(verts, tri), R)  # camera frame
-        nmap = normal_map(space.model, frags, normals, space.faces)
-        pncc = pncc_map(space.model, frags, space.faces)
-        depth = torch.where(mask, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))
+        if maps:
+            nmap = normal_map(space.model, frags, normals, space.faces)
+            pncc = pncc_map(space.model, frags, space.faces)
+        if frags is not None:
+            depth = torch.where(mask, frags.zbuf[..., 0], torch.zeros_like(frags.zbuf[..., 0]))
         image = None
         if appearance is not None:
             theta_r = appearance["theta_r"].to(verts.dtype)
@@ -250,7 +262,6 @@ def render_view(space: CoarseSpace, r: torch.Tensor, image_size: int, appearance
             grey_v = shade(albedo[..., None].expand(-1, -1, 3).contiguous(), normals,
                            appearance["gamma"].to(verts.dtype))
             f_img, drawn = frags, mask
-            head = HEAD if head is None else head
             if head or distance is not None:
                 s_img = screen if distance is None else space.project(verts, pose, image_size, distance)
                 f_img = rasterize(s_img, tri if head else space.faces, image_size, perspective_correct=False,
@@ -603,12 +614,14 @@ def _progress(it, total, desc, progress):
 
 
 def make_faces(space: CoarseSpace, batch: int, seed, image_size: int, detail_pool: torch.Tensor | None = None,
-               detail_mm: float = 0.0, distance: float | None = DISTANCE_MM, head: bool | None = None) -> tuple:
+               detail_mm: float = 0.0, distance: float | None = DISTANCE_MM, head: bool | None = None,
+               maps: bool = True) -> tuple:
     """Synthetic training or test faces: ``r_gt``, an appearance and (with ``detail_pool (P, V)`` or
     ``detail_mm > 0``) a fine-detail displacement; returns ``(r_gt, View with the image, displacement,
     appearance)``.  ``distance``: the camera of the image (:func:`render_view`): by default
     :data:`DISTANCE_MM`, a photo's perspective; None: Eq. 2's weak perspective, the world of the depth
-    maps and of FineNet's shape from shading; ``head`` as :func:`render_view`."""
+    maps and of FineNet's shape from shading; ``head`` and ``maps`` as :func:`render_view` (``maps=False``: the
+    image alone, as CoarseNet's training reads it)."""
     g = _gen(seed)
     r_gt = sample_r(space, batch, g)
     app = sample_appearance(space, batch, g)
@@ -619,7 +632,7 @@ def make_faces(space: CoarseSpace, batch: int, seed, image_size: int, detail_poo
     elif detail_mm > 0:
         disp = detail_displacement(space.model, batch, int(torch.randint(0, 2 ** 31 - 1, (1,), generator=g)),
                                    amplitude_mm=detail_mm, device=space.device, dtype=space.basis.dtype)
-    view = render_view(space, r_gt, image_size, app, disp, app["background"], head=head, distance=distance)
+    view = render_view(space, r_gt, image_size, app, disp, app["background"], head=head, distance=distance, maps=maps)
     return r_gt, view, disp, app
 
 
@@ -740,7 +753,7 @@ def train_coarsenets(space: CoarseSpace, nets: dict, steps: int, batch: int, ima
     g_own = torch.Generator().manual_seed((g.initial_seed() * 1_000_003 + 71) % 2 ** 63)
     for step in _progress(range(steps), steps, "CoarseNet", progress):
         t0 = time.perf_counter()
-        r_gt, view, _, _ = make_faces(space, batch, g, image_size, distance=distance, head=head)
+        r_gt, view, _, _ = make_faces(space, batch, g, image_size, distance=distance, head=head, maps=False)
         r_eq3 = feedback_state(space, r_gt, g, p_exact)
         lm = detected_landmarks(space, r_gt, image_size, g_lm, distance=distance) if read_landmarks else None
         own = None

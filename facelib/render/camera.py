@@ -158,6 +158,9 @@ def perspective_project(v_cam: torch.Tensor, focal, principal_point=None, image_
     if (f <= 0).any():
         raise ValueError(f"focal must be positive (pixels); got {focal!r}")
     c = _principal_point(principal_point, image_size, B, v_cam)
+    tw = _twins.twin("perspective", v_cam, f, c)
+    if tw is not None:  # the Numba twin: the same operations in one pass (facelib.render.fast.twins)
+        return tw(v_cam, f, c, eps)
     depth = -v_cam[..., 2]
     inv = 1.0 / depth.clamp(min=eps)
     x = c[..., 0] + f * v_cam[..., 0] * inv
@@ -183,6 +186,9 @@ def weak_perspective_project(v: torch.Tensor, R: torch.Tensor, t2d, scale, image
     H, W = image_hw(image_size)
     if not math.isfinite(depth_offset):
         raise ValueError(f"depth_offset must be finite; got {depth_offset!r}")
+    tw = _twins.twin("weak_perspective", q, s, t)
+    if tw is not None:  # the Numba twin: the same operations in one pass (facelib.render.fast.twins)
+        return tw(q, s, t, W / 2.0, H / 2.0, depth_offset)
     x = W / 2.0 + s * q[..., 0] + t[..., 0]
     y = H / 2.0 - s * q[..., 1] + t[..., 1]  # Eq. 5 in the image plane, y flipped to point down
     return torch.stack([x, y, depth_offset - q[..., 2]], dim=-1)

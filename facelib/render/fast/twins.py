@@ -3,8 +3,10 @@
 Each kernel computes what a reference function computes in PyTorch, with the same formulas, without an
 autograd graph: :func:`facelib.render.raster.rasterize`'s fragments (barycentrics, depth, edge
 distances), :func:`facelib.render.raster.interpolate`, :func:`facelib.render.shading.vertex_normals`,
-:func:`facelib.render.shading.shade` (Tewari Eq. 5) and :func:`facelib.render.camera.rigid_transform` (and
-:func:`facelib.render.camera.rotate`), whose product with ``K = 3`` the BLAS runs several times slower.  :func:`register` lends them to the reference
+:func:`facelib.render.shading.shade` (Tewari Eq. 5), :func:`facelib.render.camera.rigid_transform` (and
+:func:`facelib.render.camera.rotate`), whose product with ``K = 3`` the BLAS runs several times slower, and the
+image-plane steps of :func:`facelib.render.camera.perspective_project` and
+:func:`facelib.render.camera.weak_perspective_project` (one pass instead of a tensor per operation).  :func:`register` lends them to the reference
 through :mod:`facelib.render._twins`; ``facelib.render`` calls it on import.  The reference's PyTorch
 lines stay the definition: ``tests/test_raster.py`` and ``tests/test_camera_shading.py`` compare the
 two with the twins switched off (:func:`facelib.render._twins.twins_disabled`).
@@ -22,7 +24,8 @@ from ..raster import HAVE_NUMBA, Fragments
 from ..shading import (_C1, _C2, _C20, _C22, _Y00, N_SH, SH_IRRADIANCE_CONSTANTS,  # noqa: F401
                        SH_SHADING_SCALE)
 
-__all__ = ["register", "fragments", "interpolate", "vertex_normals", "shade", "rigid_transform"]
+__all__ = ["register", "fragments", "interpolate", "vertex_normals", "shade", "rigid_transform", "weak_perspective",
+           "perspective"]
 
 if HAVE_NUMBA:
     from numba import njit, prange
@@ -191,6 +194,67 @@ if HAVE_NUMBA:
                 out[b, i, 2] = q2
 
 
+    @njit(parallel=True, cache=True)
+    def _weak_kernel(q, s, t, c, out):
+        """No-grad twin of :func:`facelib.render.camera.weak_perspective_project` after its rigid transform
+        ``q (B, V, 3)``: ``x = (c_0 + s q_x) + t_x``, ``y = (c_1 - s q_y) + t_y``, ``depth = c_2 - q_z``, each
+        product and sum rounded as the reference's tensor operations round them; ``s (1 or B, 1)``,
+        ``t (1 or B, 1, 2)``, ``c = (W / 2, H / 2, depth_offset)`` of ``q``'s dtype."""
+        B, V = q.shape[0], q.shape[1]
+        cx, cy, off = c[0], c[1], c[2]
+        for b in prange(B):
+            sb = s[b % s.shape[0], 0]
+            tx = t[b % t.shape[0], 0, 0]
+            ty = t[b % t.shape[0], 0, 1]
+            for i in range(V):
+                out[b, i, 0] = (cx + sb * q[b, i, 0]) + tx
+                out[b, i, 1] = (cy - sb * q[b, i, 1]) + ty
+                out[b, i, 2] = off - q[b, i, 2]
+
+    @njit(parallel=True, cache=True)
+    def _perspective_kernel(v, f, c, eps, out):
+        """No-grad twin of :func:`facelib.render.camera.perspective_project`: ``depth = -z``,
+        ``inv = 1 / max(depth, eps)``, ``x = c_x + (f x) inv``, ``y = c_y - (f y) inv`` in the reference's
+        order; ``f (1 or B, 1)``, ``c (1 or B, 1, 2)``, ``eps (1,)``, all of ``v``'s dtype."""
+        B, V = v.shape[0], v.shape[1]
+        e = eps[0]
+        for b in prange(B):
+            fb = f[b % f.shape[0], 0]
+            cx = c[b % c.shape[0], 0, 0]
+            cy = c[b % c.shape[0], 0, 1]
+            for i in range(V):
+                d = -v[b, i, 2]
+                dc = d if d >= e else e
+                inv = e / e / dc  # 1 / dc in v's dtype (e / e is exactly 1)
+                out[b, i, 0] = cx + (fb * v[b, i, 0]) * inv
+                out[b, i, 1] = cy - (fb * v[b, i, 1]) * inv
+                out[b, i, 2] = d
+
+
+def weak_perspective(q, s, t, cx: float, cy: float, depth_offset: float) -> torch.Tensor:
+    """Twin of :func:`facelib.render.camera.weak_perspective_project`'s image-plane step for checked inputs:
+    ``q (B, V, 3)`` (the rotated vertices), ``s (1 or B, 1)``, ``t (1 or B, 1, 2)`` -> ``(B, V, 3)``."""
+    B, V = q.shape[:2]
+    out = torch.empty(B, V, 3, dtype=q.dtype)
+    if B and V:
+        c = torch.tensor([cx, cy, depth_offset], dtype=q.dtype)
+        _weak_kernel(q.detach().contiguous().numpy(), s.detach().reshape(-1, 1).contiguous().numpy(),
+                     t.detach().reshape(-1, 1, 2).contiguous().numpy(), c.numpy(), out.numpy())
+    return out
+
+
+def perspective(v, f, c, eps: float) -> torch.Tensor:
+    """Twin of :func:`facelib.render.camera.perspective_project` for checked inputs: ``v (B, V, 3)`` camera
+    space, ``f (1 or B, 1)``, ``c (1 or B, 1, 2)`` -> ``(B, V, 3)``."""
+    B, V = v.shape[:2]
+    out = torch.empty(B, V, 3, dtype=v.dtype)
+    if B and V:
+        _perspective_kernel(v.detach().contiguous().numpy(), f.detach().reshape(-1, 1).contiguous().numpy(),
+                            c.detach().reshape(-1, 1, 2).contiguous().numpy(),
+                            torch.tensor([eps], dtype=v.dtype).numpy(), out.numpy())
+    return out
+
+
 def rigid_transform(v, R, t) -> torch.Tensor:
     """Twin of :func:`facelib.render.camera.rigid_transform`'s product for checked inputs: ``v (B, V, 3)``,
     ``R (1 or B, 3, 3)`` and ``t (1 or B, 1, 3)`` (or None: ``v @ R^T`` alone, :func:`facelib.render.camera.rotate`),
@@ -253,5 +317,6 @@ def register() -> None:
     """Lend the reference renderer these twins (a no-op without Numba)."""
     if HAVE_NUMBA:
         for name, fn in (("fragments", fragments), ("interpolate", interpolate),
-                         ("vertex_normals", vertex_normals), ("shade", shade), ("rigid_transform", rigid_transform)):
+                         ("vertex_normals", vertex_normals), ("shade", shade), ("rigid_transform", rigid_transform),
+                         ("weak_perspective", weak_perspective), ("perspective", perspective)):
             _twins.register(name, fn)
