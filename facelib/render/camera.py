@@ -107,27 +107,25 @@ def rigid_transform(v: torch.Tensor, R: torch.Tensor, t: torch.Tensor) -> torch.
 
     ``v (B, V, 3)`` mm, ``R (B, 3, 3)`` (or ``(3, 3)``), ``t (B, 3)`` (or ``(3,)``) mm -> ``(B, V, 3)``.
     """
-    _check_points(v, "v")
-    B = v.shape[0]
-    if not isinstance(R, torch.Tensor) or R.shape[-2:] != (3, 3) or R.ndim not in (2, 3) \
-            or (R.ndim == 3 and R.shape[0] not in (1, B)):
-        got = tuple(R.shape) if isinstance(R, torch.Tensor) else type(R).__name__
-        raise ValueError(f"R has shape {got}; expected ({B}, 3, 3) or (3, 3)")
-    _check_finite(R, "R")
-    t = _per_batch(t, B, v, "t", size=3)
-    return _rotate(v, R, t)
+    R = _check_rotation(v, R)
+    return _rotate(v, R, _per_batch(t, v.shape[0], v, "t", size=3))
 
 
 def rotate(v: torch.Tensor, R: torch.Tensor) -> torch.Tensor:
     """``R v`` for each point or direction: ``v (B, V, 3)`` (e.g. normals), ``R (B, 3, 3)`` (or ``(3, 3)``)
     -> ``(B, V, 3)`` (``v @ R^T``; :func:`rigid_transform` without the translation)."""
+    return _rotate(v, _check_rotation(v, R))
+
+
+def _check_rotation(v: torch.Tensor, R) -> torch.Tensor:
+    """Checks points ``v (B, V, 3)`` and ``R (B, 3, 3)``, ``(1, 3, 3)`` or ``(3, 3)`` (finite); returns ``R``."""
     _check_points(v, "v")
     B = v.shape[0]
     if not isinstance(R, torch.Tensor) or R.shape[-2:] != (3, 3) or R.ndim not in (2, 3) \
             or (R.ndim == 3 and R.shape[0] not in (1, B)):
         got = tuple(R.shape) if isinstance(R, torch.Tensor) else type(R).__name__
         raise ValueError(f"R has shape {got}; expected ({B}, 3, 3) or (3, 3)")
-    return _rotate(v, _check_finite(R, "R"))
+    return _check_finite(R, "R")
 
 
 def _rotate(v: torch.Tensor, R: torch.Tensor, t: torch.Tensor | None = None) -> torch.Tensor:
