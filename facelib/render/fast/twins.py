@@ -6,10 +6,11 @@ distances), :func:`facelib.render.raster.interpolate`, :func:`facelib.render.sha
 :func:`facelib.render.shading.shade` (Tewari Eq. 5), :func:`facelib.render.camera.rigid_transform` (and
 :func:`facelib.render.camera.rotate`), whose product with ``K = 3`` the BLAS runs several times slower, and the
 image-plane steps of :func:`facelib.render.camera.perspective_project` and
-:func:`facelib.render.camera.weak_perspective_project` (one pass instead of a tensor per operation).  :func:`register` lends them to the reference
-through :mod:`facelib.render._twins`; ``facelib.render`` calls it on import.  The reference's PyTorch
-lines stay the definition: ``tests/test_raster.py`` and ``tests/test_camera_shading.py`` compare the
-two with the twins switched off (:func:`facelib.render._twins.twins_disabled`).
+:func:`facelib.render.camera.weak_perspective_project` (one pass instead of a tensor per operation).
+:func:`register` lends them to the reference through :mod:`facelib.render._twins`; ``facelib.render`` calls it
+on import.  The reference's PyTorch lines stay the definition: ``tests/test_raster.py`` and
+``tests/test_camera_shading.py`` compare the two with the twins switched off
+(:func:`facelib.render._twins.twins_disabled`).
 """
 
 from __future__ import annotations
@@ -164,7 +165,6 @@ if HAVE_NUMBA:
                          + h8 * g[b, 8, c])
                     out[b, p, c] = albedo[b, p, c] * e
 
-
     @njit(parallel=True, cache=True)
     def _rigid_kernel(v, R, t, has_t, out):
         """No-grad twin of ``v @ R^T (+ t)`` (:func:`facelib.render.camera.rigid_transform`): each output
@@ -192,7 +192,6 @@ if HAVE_NUMBA:
                 out[b, i, 0] = q0
                 out[b, i, 1] = q1
                 out[b, i, 2] = q2
-
 
     @njit(parallel=True, cache=True)
     def _weak_kernel(q, s, t, c, out):
