@@ -45,7 +45,7 @@ from facelib import repro  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.bench import same_weights, time_alternating  # noqa: E402
 from facelib.book import settings  # noqa: E402
-from facelib.coarse_fine import (CoarseNet, CoarseSpace, render_view, sample_appearance, sample_r,  # noqa: E402
+from facelib.coarse_fine import (DISTANCE_MM, CoarseNet, CoarseSpace, render_view, sample_appearance, sample_r,  # noqa: E402
                                  train_coarsenets)
 from facelib.render import _twins  # noqa: E402
 from facelib.render.camera import rigid_transform, rotate  # noqa: E402
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         "rotate (16 faces' normals) [ms]": lambda: rotate(normals, R),
         f"render_view, feedback ({B} states, {N} px) [ms]": lambda: render_view(space, r, N),
         f"render_view, training picture ({B} faces, {N} px, head, photo camera, image only) [ms]":
-            lambda: render_view(space, r, N, app, head=True, distance=600, maps=False),
+            lambda: render_view(space, r, N, app, head=True, distance=DISTANCE_MM, maps=False),
     }
     renders = {}
     with torch.no_grad():

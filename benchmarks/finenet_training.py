@@ -24,10 +24,13 @@ pixels, and the mean depth error.  Writes ``benchmarks/results/finenet_training.
 
 ``--size``: the faces' pixels (chapter 7's ``fine_size`` by default); another size writes
 ``finenet_training_<size>.json``, since ``benchmarks/sfs_criterion.py`` finds the criterion's minimum closer
-to the detail at twice the size.
+to the detail at twice the size.  ``--start coarsenet``: FineNet's input depth is what chapter 7 gives it,
+the depth of the saved CoarseNet's estimate (the chapter's training and held-out faces; ``detail_correlation``
+against the fit of the true coefficients, as the chapter's); writes ``finenet_training_coarsenet[_<size>].json``.
 
     .venv/bin/python benchmarks/finenet_training.py [--steps 750] [--every 250] [--runs library,paper,supervised]
         [--lambda-f 5 ...] [--variant "library, lambda_f=5, lambda_sm=0.1, alternations=10" ...] [--size 192]
+        [--start coarsenet]
 """
 
 from __future__ import annotations
@@ -47,14 +50,16 @@ from facelib.coarse_fine import sfs  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
 from facelib.coarse_fine import (CoarseSpace, FineNet, align_depth, depth_errors, detail_correlation,  # noqa: E402
-                                 finenet_refine, make_faces, rendering_layer, sfs_mask, texture_maps)
+                                 finenet_data, finenet_refine, make_faces, rendering_layer, sfs_mask, texture_maps,
+                                 true_fit)
 from facelib.model.detail import detail_displacement  # noqa: E402
 
 LAM = (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM)
 
 
 def faces(space, n: int, seed: int, size: int, pool, batch: int = 16) -> dict:
-    """Detailed faces at ``size`` pixels with the true coarse depth as ``z0`` and the true detail."""
+    """Detailed faces at ``size`` pixels with the true coarse depth as ``z0`` (and as ``z_fit``, the fit of
+    the true coefficients) and the true detail."""
     keys = ("image", "z0", "mask", "mu_T", "A_T", "pixel_mm", "depth_gt", "mask_gt", "detail", "both")
     out = {k: [] for k in keys}
     g = torch.Generator().manual_seed(seed)
@@ -68,7 +73,24 @@ def faces(space, n: int, seed: int, size: int, pool, batch: int = 16) -> dict:
         for k, v in zip(keys, (view.image, z0, mask, mu, A, space.pixel_mm(r_gt, size), view.depth, view.mask,
                                detail, both)):
             out[k].append(v)
-    return {k: torch.cat(v) for k, v in out.items()}
+    out = {k: torch.cat(v) for k, v in out.items()}
+    return dict(out, z_fit=out["z0"])
+
+
+def coarsenet_faces(space, coarse, cfg: dict, n: int, seed: int, size: int, pool) -> dict:
+    """The same keys as :func:`faces`, but ``z0`` is what FineNet really gets in chapter 7: the depth of
+    CoarseNet's estimate after its passes (:func:`facelib.coarse_fine.finenet_data`, the chapter's faces for
+    the chapter's seeds); ``z_fit`` is the fit of the true coefficients, ``detail`` the true detail (the ground
+    truth less the aligned fit, what :func:`facelib.coarse_fine.detail_correlation` compares with: the supervised
+    twin learns to add it, not CoarseNet's error) and ``both`` where ``z0``, the ground truth and the fit are all
+    defined."""
+    d = finenet_data(space, coarse, n, cfg["eval_batch"], cfg["coarse_size"], cfg["iterations"], seed,
+                     detail_pool=pool, sizes=(size,))
+    z_fit, _, both = true_fit(space, d, size)
+    out = {k: d[(k, size)] for k in ("image", "z0", "mask", "mu_T", "A_T", "pixel_mm", "depth_gt", "mask_gt")}
+    out["detail"] = torch.where(both, out["depth_gt"] - align_depth(z_fit, out["depth_gt"], both),
+                                torch.zeros_like(out["z0"]))
+    return dict(out, z_fit=z_fit, both=both)
 
 
 def _criterion(how: str) -> tuple:
@@ -112,7 +134,7 @@ def train(fine: FineNet, data: dict, how: str, steps: int, batch: int, lr: float
         if step % every == 0 or step == steps:
             zf = finenet_refine(fine, {(k, 0): v for k, v in test.items()}, 0)
             b = test["both"]
-            r = detail_correlation(zf, test["z0"], test["depth_gt"], test["z0"], b)
+            r = detail_correlation(zf, test["z0"], test["depth_gt"], test["z_fit"], b)
             e = depth_errors({"fine": zf}, test["depth_gt"], test["mask_gt"], {"coarse": test["mask"]})[0]
             curve.append(dict(step=step, seconds=round(time.perf_counter() - t0, 1), detail_correlation=round(r, 3),
                               depth_mean_mm=round(e["depth_mean_mm"], 3)))
@@ -132,7 +154,11 @@ def main(argv=None):
     ap.add_argument("--variant", action="append", default=[],
                     help='also train "library, lambda_f=X, lambda_sm=Y, alternations=N" (repeatable)')
     ap.add_argument("--size", type=int, default=None, help="pixels of the faces (default: chapter 7's fine_size)")
-    ap.add_argument("--out", default=None, help="default: benchmarks/results/finenet_training[_<size>].json")
+    ap.add_argument("--start", choices=("truth", "coarsenet"), default="truth",
+                    help="FineNet's input depth: the fit of the true coefficients (default) or chapter 7's saved "
+                         "CoarseNet (cpu profile, first seed; execute chapter 7 first), as the chapter trains it")
+    ap.add_argument("--out", default=None,
+                    help="default: benchmarks/results/finenet_training[_coarsenet][_<size>].json")
     args = ap.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("FACELIB_THREADS", "2")))
     cfg = settings("07_coarse_fine", "cpu")
@@ -142,19 +168,25 @@ def main(argv=None):
     if not 32 <= NF <= 512:
         ap.error(f"--size must be in [32, 512]; got {NF}")
     if args.out is None:
-        name = "finenet_training" + ("" if NF == cfg["fine_size"] else f"_{NF}") + ".json"
+        name = ("finenet_training" + ("" if args.start == "truth" else "_coarsenet")
+                + ("" if NF == cfg["fine_size"] else f"_{NF}") + ".json")
         args.out = str(Path(__file__).resolve().parent / "results" / name)
     pool = detail_displacement(model, cfg["detail_pool"], seed=args.seed + 1000, amplitude_mm=cfg["detail_mm"])
-    train_set = faces(space, cfg["fine_faces"], args.seed + 30_000, NF, pool)
-    test = faces(space, cfg["test_faces"], args.seed + 20_000, NF, pool)
+    if args.start == "truth":
+        train_set = faces(space, cfg["fine_faces"], args.seed + 30_000, NF, pool)
+        test = faces(space, cfg["test_faces"], args.seed + 20_000, NF, pool)
+    else:
+        net = facelib.load_network("coarsenet", profile="cpu", seed=cfg["seeds"][0]).net
+        train_set = coarsenet_faces(space, net, cfg, cfg["fine_faces"], args.seed + 30_000, NF, pool)
+        test = coarsenet_faces(space, net, cfg, cfg["test_faces"], args.seed + 20_000, NF, pool)
     coarse = depth_errors({"coarse": test["z0"]}, test["depth_gt"], test["mask_gt"], {"coarse": test["mask"]})[0]
     result = dict(size=NF, steps=args.steps, batch=cfg["fine_batch"], lr=cfg["fine_lr"], width=cfg["fine_width"],
                   train_faces=cfg["fine_faces"], test_faces=cfg["test_faces"],
-                  coarse_depth_mean_mm=round(coarse["depth_mean_mm"], 3), seed=args.seed, runs={})
+                  coarse_depth_mean_mm=round(coarse["depth_mean_mm"], 3), seed=args.seed, start=args.start, runs={})
     if Path(args.out).exists():  # keep the runs of earlier calls with the same settings
         old = json.loads(Path(args.out).read_text())
         if all(old.get(k) == result[k] for k in ("size", "steps", "batch", "lr", "width", "train_faces", "test_faces")) \
-                and old.get("seed", 0) == args.seed:
+                and old.get("seed", 0) == args.seed and old.get("start", "truth") == args.start:
             result["runs"] = old.get("runs", {})
             for k, v in old.items():  # notes and other runs' extras (the longer run, the distilled targets)
                 result.setdefault(k, v)
@@ -177,7 +209,7 @@ def main(argv=None):
                                       lam, **kw)
                 for s in (slice(a, a + 16) for a in range(0, train_set["z0"].shape[0], 16))])
             b = train_set["both"]
-            r = detail_correlation(train_set["z_min"], train_set["z0"], train_set["depth_gt"], train_set["z0"], b)
+            r = detail_correlation(train_set["z_min"], train_set["z0"], train_set["depth_gt"], train_set["z_fit"], b)
             print(how, f"per-face minima of {train_set['z0'].shape[0]} training faces in "
                   f"{time.perf_counter() - t0:.0f} s; r with the true detail {r:.3f}", flush=True)
             result.setdefault("distilled_targets", {})[how] = dict(

@@ -8,7 +8,9 @@ This starts from what FineNet really gets: chapter 7's CoarseNet (the saved ``cp
 free depth map is moved from ``z0`` to the criterion's minimum, pixel by pixel
 (:func:`facelib.coarse_fine.sfs.criterion_minimum`, L-BFGS, 300 iterations), for several weights.  No network
 can do better than the criterion asks, so the depth error of these minima against CoarseNet's says what a
-FineNet trained with the criterion could gain.  Writes ``benchmarks/results/sfs_from_coarsenet.json``.
+FineNet trained with the criterion could gain, and the correlation of the depth each minimum adds with the true
+detail (``detail_r``, :func:`facelib.coarse_fine.detail_correlation`, on the pixels where CoarseNet's depth, the
+ground truth and the fit of the true coefficients are all defined) how much of the detail it could find there.  Writes ``benchmarks/results/sfs_from_coarsenet.json``.
 
     .venv/bin/python benchmarks/sfs_from_coarsenet.py [--faces 16] [--steps 300]
 """
@@ -28,7 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import facelib  # noqa: E402
 from facelib._atomic import atomic_write_bytes  # noqa: E402
 from facelib.book import settings  # noqa: E402
-from facelib.coarse_fine import CoarseSpace, depth_errors, finenet_data, sfs, sfs_mask  # noqa: E402
+from facelib.coarse_fine import (CoarseSpace, depth_errors, detail_correlation, finenet_data, sfs, sfs_mask,  # noqa: E402
+                                 true_fit)
 from facelib.model.detail import detail_displacement  # noqa: E402
 
 WEIGHTS = [  # name, (lambda_sh, lambda_f, lambda_sm), sfs_loss keywords
@@ -58,6 +61,7 @@ def main(argv=None):
     d = {k: test[(k, NF)] for k in ("image", "z0", "mask", "mu_T", "A_T", "pixel_mm", "depth_gt", "mask_gt")}
     masks = {"coarse": d["mask"]}
     first = depth_errors({"CoarseNet": d["z0"]}, d["depth_gt"], d["mask_gt"], masks)[0]
+    z_fit, _, both = true_fit(space, test, NF)
     rows = [dict(name="CoarseNet (the start)", depth_mean_mm=round(first["depth_mean_mm"], 3),
                  depth_p90_mm=round(first["depth_p90_mm"], 3))]
     print(json.dumps(rows[0]), flush=True)
@@ -69,6 +73,7 @@ def main(argv=None):
         rows.append(dict(name=f"minimum of the criterion, {name}", lambdas=list(lam), **kw,
                          depth_mean_mm=round(e["depth_mean_mm"], 3), depth_p90_mm=round(e["depth_p90_mm"], 3),
                          change=round(e["depth_mean_mm"] / first["depth_mean_mm"] - 1.0, 4),
+                         detail_r=round(detail_correlation(z, d["z0"], d["depth_gt"], z_fit, both), 4),
                          seconds=round(time.perf_counter() - t0, 1)))
         print(json.dumps(rows[-1]), flush=True)
     result = dict(faces=args.faces, size=NF, steps=args.steps, coarsenet="cpu, seed %d" % cfg["seeds"][0], rows=rows)
