@@ -10,7 +10,9 @@ free depth map is moved from ``z0`` to the criterion's minimum, pixel by pixel
 can do better than the criterion asks, so the depth error of these minima against CoarseNet's says what a
 FineNet trained with the criterion could gain, and the correlation of the depth each minimum adds with the true
 detail (``detail_r``, :func:`facelib.coarse_fine.detail_correlation`, on the pixels where CoarseNet's depth, the
-ground truth and the fit of the true coefficients are all defined) how much of the detail it could find there.  Writes ``benchmarks/results/sfs_from_coarsenet.json``.
+ground truth and the fit of the true coefficients are all defined) how much of the detail it could find there.
+``highpass_rows``: the same with E_sh on the shading residual less its blur (``sfs_loss(..., highpass_px=)``, not in
+the paper), in case the smooth error CoarseNet's coarse shape leaves is what hides the detail.  Writes ``benchmarks/results/sfs_from_coarsenet.json``.
 
     .venv/bin/python benchmarks/sfs_from_coarsenet.py [--faces 16] [--steps 300]
 """
@@ -41,6 +43,12 @@ WEIGHTS = [  # name, (lambda_sh, lambda_f, lambda_sm), sfs_loss keywords
     ("lambda_f = 0.5, lambda_sm = 0.1", (1.0, 0.5, 0.1), {}),
     ("lambda_f = 5, lambda_sm = 0.1", (1.0, 5.0, 0.1), {}),
 ]
+HIGHPASS = [  # not in the paper: E_sh on the residual less its blur (sfs.high_pass), so that the smooth shading
+    # error CoarseNet's coarse shape leaves does not count, only errors finer than the blur (the detail's)
+    (f"E_sh high-passed ({px:g} px), {name}", lam, dict(highpass_px=px))
+    for px in (1.5, 3.0) for name, lam in (("the paper's lambdas", (sfs.LAMBDA_SH, sfs.LAMBDA_F, sfs.LAMBDA_SM)),
+                                            ("lambda_f = 5, lambda_sm = 0.1", (1.0, 5.0, 0.1)))
+]
 
 
 def main(argv=None):
@@ -65,18 +73,21 @@ def main(argv=None):
     rows = [dict(name="CoarseNet (the start)", depth_mean_mm=round(first["depth_mean_mm"], 3),
                  depth_p90_mm=round(first["depth_p90_mm"], 3))]
     print(json.dumps(rows[0]), flush=True)
-    for name, lam, kw in WEIGHTS:
+    hp_rows = []
+    for name, lam, kw in WEIGHTS + HIGHPASS:
         t0 = time.perf_counter()
         z = sfs.criterion_minimum(d["z0"], d["image"][:, 0], d["mu_T"], d["A_T"], sfs_mask(d["mask"]), d["pixel_mm"],
                                   lam, args.steps, **kw)
         e = depth_errors({name: z}, d["depth_gt"], d["mask_gt"], masks)[0]
-        rows.append(dict(name=f"minimum of the criterion, {name}", lambdas=list(lam), **kw,
+        out = hp_rows if "highpass_px" in kw else rows
+        out.append(dict(name=f"minimum of the criterion, {name}", lambdas=list(lam), **kw,
                          depth_mean_mm=round(e["depth_mean_mm"], 3), depth_p90_mm=round(e["depth_p90_mm"], 3),
                          change=round(e["depth_mean_mm"] / first["depth_mean_mm"] - 1.0, 4),
                          detail_r=round(detail_correlation(z, d["z0"], d["depth_gt"], z_fit, both), 4),
                          seconds=round(time.perf_counter() - t0, 1)))
-        print(json.dumps(rows[-1]), flush=True)
-    result = dict(faces=args.faces, size=NF, steps=args.steps, coarsenet="cpu, seed %d" % cfg["seeds"][0], rows=rows)
+        print(json.dumps(out[-1]), flush=True)
+    result = dict(faces=args.faces, size=NF, steps=args.steps, coarsenet="cpu, seed %d" % cfg["seeds"][0], rows=rows,
+                  highpass_rows=hp_rows)
     atomic_write_bytes(args.out, (json.dumps(result, indent=1) + "\n").encode())
     print(f"wrote {args.out}")
 

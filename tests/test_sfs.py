@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from facelib.coarse_fine.sfs import (LAMBDA_F, LAMBDA_SH, LAMBDA_SM, PAPER, criterion_minimum, depth_normals, e_f,
-                                     e_sh, e_sm, interior, laplacian, minimise_depth, recover_light_albedo, sfs_loss,
-                                     shading_image, smooth_pixels, solve_albedo, solve_lighting)
+                                     e_sh, e_sm, high_pass, interior, laplacian, minimise_depth, recover_light_albedo,
+                                     sfs_loss, shading_image, smooth_pixels, solve_albedo, solve_lighting)
 from facelib.render.shading import sh_basis, sh_first_order_basis
 
 D = torch.float64
@@ -233,8 +233,56 @@ def test_criterion_minimum_finds_a_bump_the_image_shows():
     assert (end < 0.5 * start).all()
 
 
+def test_high_pass_against_a_brute_force_normalised_convolution():
+    """x less the Gaussian-weighted mean of x over the valid pixels within 3 sigma, pixel by pixel."""
+    g = torch.Generator().manual_seed(5)
+    B, H, W, sigma = 2, 9, 11, 1.5
+    x = torch.randn(B, H, W, generator=g, dtype=D)
+    valid = torch.rand(B, H, W, generator=g) > 0.3
+    half = int(3 * sigma + 0.5)
+    ref = torch.empty_like(x)
+    for b in range(B):
+        for i in range(H):
+            for j in range(W):
+                num = den = 0.0
+                for di in range(-half, half + 1):
+                    for dj in range(-half, half + 1):
+                        ii, jj = i + di, j + dj
+                        if 0 <= ii < H and 0 <= jj < W and valid[b, ii, jj]:
+                            w = np.exp(-0.5 * (di * di + dj * dj) / sigma ** 2)
+                            num, den = num + w * float(x[b, ii, jj]), den + w
+                ref[b, i, j] = x[b, i, j] - (num / den if den > 0 else 0.0)
+    assert torch.allclose(high_pass(x, valid, sigma), ref, atol=1e-12)
+    # a constant over the valid pixels leaves nothing there
+    assert high_pass(torch.full_like(x, 7.0), valid, sigma)[valid].abs().max() < 1e-12
+
+
+def test_high_pass_e_sh_ignores_smooth_residuals():
+    """E_sh with highpass_px: a residual that is constant over the face costs nothing, a fine one costs about
+    as much as without; highpass_px=None is Eq. 8; the gradient is exact."""
+    s = _scene(K=3)
+    p = 1.5
+    n, valid = depth_normals(s["depth"], p)
+    rho = s["mu"]
+    img = rho * shading_image(s["l"], n)
+    mask = torch.ones_like(valid)
+    assert e_sh(s["depth"], img + 0.3, rho, s["l"], p, mask).min() > 0.08  # 0.3^2 without the high-pass
+    assert e_sh(s["depth"], img + 0.3, rho, s["l"], p, mask, highpass_px=2.0).max() < 1e-20
+    fine = 0.3 * (-1.0) ** torch.arange(img.shape[-1], dtype=D)  # alternating columns
+    a = e_sh(s["depth"], img + fine, rho, s["l"], p, mask)
+    b = e_sh(s["depth"], img + fine, rho, s["l"], p, mask, highpass_px=2.0)
+    assert torch.allclose(b, a, rtol=0.1)
+    out = sfs_loss(s["depth"], s["depth"], img + 0.3, s["mu"], s["A"], mask, p, highpass_px=2.0)
+    assert torch.equal(out["E_sh"], e_sh(s["depth"], (img + 0.3) * 255, out["rho"], out["l"], p, out["sh_mask"], 2.0))
+    z = (s["depth"][:, :6, :7] + 0.3 * torch.randn(2, 6, 7, dtype=D)).requires_grad_(True)
+    sub = (img[:, :6, :7], rho[:, :6, :7], s["l"], p, mask[:, :6, :7])
+    assert torch.autograd.gradcheck(lambda z: e_sh(z, *sub, highpass_px=1.0), (z,))
+
+
 def test_errors():
     z = torch.zeros(1, 4, 4)
+    with pytest.raises(ValueError, match="sigma_px"):
+        high_pass(z, z.bool(), 0.0)
     with pytest.raises(ValueError, match="steps"):
         minimise_depth(lambda z: dict(loss=z.sum((1, 2))), z, steps=0)
     with pytest.raises(ValueError, match="depth"):

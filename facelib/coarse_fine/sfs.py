@@ -37,6 +37,10 @@ depth, against the true detail); ``PAPER`` holds the literal reading:
   order, the light model of our renders (and of InverseFaceNet and MoFA).
 * ``alternations``: after Eq. 11 (light with the mean albedo) and Eq. 12 (albedo), solve the light
   again with the recovered albedo and the albedo with that light, this many times.
+
+A fourth, ``highpass_px``, is off by default: E_sh on the shading residual less its blur (:func:`high_pass`),
+so that the smooth error a wrong coarse shape leaves does not count; ``benchmarks/sfs_from_coarsenet.py``
+measures its minimum from CoarseNet's depth (chapter 7).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from ..eval.metrics import masked_mean
 from ..render.shading import sh_basis, sh_first_order_basis
 
 __all__ = ["INTENSITY_UNITS", "LAMBDA_SH", "LAMBDA_F", "LAMBDA_SM", "LIGHT_ORDER", "ALTERNATIONS",
-           "MAX_LAPLACIAN_PX", "PAPER", "depth_normals", "interior", "laplacian", "smooth_pixels", "sh_light_basis",
+           "MAX_LAPLACIAN_PX", "PAPER", "depth_normals", "interior", "laplacian", "smooth_pixels", "sh_light_basis", "high_pass",
            "solve_lighting", "solve_albedo", "recover_light_albedo", "shading_image", "e_sh", "e_f", "e_sm",
            "sfs_loss", "minimise_depth", "criterion_minimum"]
 
@@ -206,11 +210,37 @@ def recover_light_albedo(image: torch.Tensor, mu_T: torch.Tensor, A_T: torch.Ten
     return l, alpha, rho
 
 
+def high_pass(x: torch.Tensor, valid: torch.Tensor, sigma_px: float) -> torch.Tensor:
+    """``x (B, H, W)`` less its Gaussian blur (standard deviation ``sigma_px`` pixels) over the ``valid (B, H, W)``
+    pixels only (a normalised convolution: the blur of ``x * valid`` over the blur of ``valid``; the truncated
+    kernel reaches 3 sigma), so what is left are the details finer than ``sigma_px``, and a constant over the valid
+    pixels leaves 0.  Same shape; where no valid pixel is within reach, ``x`` itself."""
+    if isinstance(sigma_px, bool) or not isinstance(sigma_px, (int, float)) or not sigma_px > 0:
+        raise ValueError(f"sigma_px must be a positive number; got {sigma_px!r}")
+    _check_maps("x", x)
+    v = _check_maps("valid", valid, x).to(x.dtype)
+    half = int(3.0 * sigma_px + 0.5)
+    t = torch.arange(-half, half + 1, dtype=x.dtype, device=x.device)
+    g = torch.exp(-0.5 * (t / sigma_px) ** 2)
+    g = g / g.sum()
+
+    def blur(y):  # separable, zero outside the image
+        y = F.conv2d(y[:, None], g.view(1, 1, 1, -1), padding=(0, half))
+        return F.conv2d(y, g.view(1, 1, -1, 1), padding=(half, 0))[:, 0]
+
+    w = blur(v)
+    return x - blur(x * v) / w.clamp_min(torch.finfo(x.dtype).tiny) * (w > 0)
+
+
 def e_sh(z_hat: torch.Tensor, image: torch.Tensor, rho: torch.Tensor, l: torch.Tensor, pixel_mm,
-         mask: torch.Tensor) -> torch.Tensor:
-    """Eq. 8: ``|| rho <l, Y(z_hat)> - I ||^2`` per pixel, averaged over the valid pixels -> ``(B,)``."""
+         mask: torch.Tensor, highpass_px: float | None = None) -> torch.Tensor:
+    """Eq. 8: ``|| rho <l, Y(z_hat)> - I ||^2`` per pixel, averaged over the valid pixels -> ``(B,)``.
+    ``highpass_px``: the residual's :func:`high_pass` instead (not in the paper: only shading errors finer than
+    that many pixels count, not the smooth ones a wrong coarse shape, light or albedo leaves)."""
     n, valid = depth_normals(z_hat, pixel_mm, mask)
     r = rho * shading_image(l, n) - image
+    if highpass_px is not None:
+        r = high_pass(r, valid, highpass_px)
     return masked_mean(r * r, valid, empty=0.0)
 
 
@@ -229,7 +259,8 @@ def sfs_loss(z_hat: torch.Tensor, z0: torch.Tensor, image: torch.Tensor, mu_T: t
              A_T: torch.Tensor, mask: torch.Tensor, pixel_mm, lambda_sh: float = LAMBDA_SH,
              lambda_f: float = LAMBDA_F, lambda_sm: float = LAMBDA_SM,
              intensity_units: float = INTENSITY_UNITS, order: int = LIGHT_ORDER,
-             alternations: int = ALTERNATIONS, max_laplacian_px: float | None = MAX_LAPLACIAN_PX) -> dict:
+             alternations: int = ALTERNATIONS, max_laplacian_px: float | None = MAX_LAPLACIAN_PX,
+             highpass_px: float | None = None) -> dict:
     """Eq. 14: ``lambda_sh E_sh + lambda_f E_f + lambda_sm E_sm``, with ``l*`` (Eq. 11) and ``alpha_T*``
     (Eq. 12) solved on the coarse depth ``z0`` and held fixed (no gradient flows through them).
 
@@ -237,7 +268,8 @@ def sfs_loss(z_hat: torch.Tensor, z0: torch.Tensor, image: torch.Tensor, mu_T: t
     ``mu_T (B, H, W)``, ``A_T (B, K, H, W)`` the texture subspace seen at each pixel; ``mask (B, H, W)``
     the face pixels; ``pixel_mm`` float or ``(B,)``.  ``order``, ``alternations``, ``max_laplacian_px``:
     the choices beyond the paper (module docstring; ``**PAPER`` is the literal Sec. 4.3): E_sh and the
-    solve use the pixels of :func:`smooth_pixels`, E_f and E_sm all of ``mask``.  Returns a dict of
+    solve use the pixels of :func:`smooth_pixels`, E_f and E_sm all of ``mask``.  ``highpass_px``: E_sh on
+    the residual's :func:`high_pass` (:func:`e_sh`; ``benchmarks/sfs_from_coarsenet.py``).  Returns a dict of
     ``(B,)`` tensors ``loss``, ``E_sh``, ``E_f``, ``E_sm`` and the recovered ``l (B, 4 or 9)``,
     ``alpha_T (B, K)``, ``rho (B, H, W)``, and ``sh_mask (B, H, W)`` the pixels of E_sh.
     """
@@ -248,7 +280,7 @@ def sfs_loss(z_hat: torch.Tensor, z0: torch.Tensor, image: torch.Tensor, mu_T: t
         sh_mask = mask if max_laplacian_px is None else smooth_pixels(z0.detach(), pixel_mm, mask, max_laplacian_px)
         n0, valid0 = depth_normals(z0.detach(), pixel_mm, sh_mask)
         l, alpha, rho = recover_light_albedo(I, mu_T, A_T, n0, valid0, order, alternations)  # Eq. 11-12
-    E_sh = e_sh(z_hat, I, rho, l, pixel_mm, sh_mask)
+    E_sh = e_sh(z_hat, I, rho, l, pixel_mm, sh_mask, highpass_px)
     E_f = e_f(z_hat, z0, mask)
     E_sm = e_sm(z_hat, mask)
     loss = lambda_sh * E_sh + lambda_f * E_f + lambda_sm * E_sm  # Eq. 14
