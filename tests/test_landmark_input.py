@@ -319,6 +319,32 @@ def test_landmark_variants_markdown_rows_and_references():
     assert lines[6].startswith("| *true expression, mean shape* | - | - | 0.75")
 
 
+def test_budget_markdown_rows_settings_and_mean_face():
+    from facelib.inversefacenet import budget_markdown
+
+    base = dict(n_train=6144, iters=1800, batch=32, lr=0.003, landmark_steps=4000, landmark_batch=256, n_real=768)
+    bred = "+ breeding (= InverseFaceNet)"
+
+    def run(variant, seed, synth, wild, row="AlexNet"):
+        return {"variant": variant, "row": row, "seed": seed, "train_s": 100.0 + seed,
+                "synthetic": {"over_mean_face": synth}, "wild": {"over_mean_face": wild}}
+
+    record = {"mean_face": {"synthetic": {"geometric_mm": 8.7}, "wild": {"geometric_mm": 4.4}},
+              "summary": [{"variant": "before", "row": "AlexNet", "settings": base},
+                          {"variant": "more", "row": "AlexNet", "settings": dict(base, n_train=24576)},
+                          {"variant": "more", "row": bred, "settings": dict(base, n_train=24576, n_real=4096)},
+                          {"variant": "not run", "row": "AlexNet", "settings": base}],
+              "runs": [run("before", 0, 0.41, 0.72), run("before", 1, 0.43, 0.70), run("more", 0, 0.40, 0.71),
+                       run("more", 0, 0.47, 0.90, bred)]}
+    lines = budget_markdown(record, current=dict(base, n_train=24576, seeds=(0, 1))).splitlines()
+    assert len(lines) == 6  # header, rule, three (variant, row) pairs that ran, the mean face
+    assert lines[2] == ("| before | AlexNet | 2 | 6,144 | 1,800 x 32 | 0.003 | 4,000 x 256 | - | 0.420 ± 0.010 | "
+                        "0.710 ± 0.010 | 100 |")
+    assert lines[3].startswith("| **more** | AlexNet | 1 | 24,576 |")
+    assert lines[4].startswith(f"| more | {bred} | 1 | 24,576 |") and "| 4,096 | 0.470 ± 0.000 |" in lines[4]
+    assert lines[5].startswith("| *mean face* |") and "1 (8.70 mm)" in lines[5] and "1 (4.40 mm)" in lines[5]
+
+
 def test_train_rows_side_by_side_train_each_run_as_alone_with_one_thread(model, tmp_path, monkeypatch):
     """cfg["workers"] = 2 trains the (row, seed) runs two at a time, one thread each: every run (a landmark
     branch pre-trained per seed, a breeding row, a ResNet, learning curves) gets the weights, losses and

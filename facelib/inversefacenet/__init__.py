@@ -44,7 +44,8 @@ __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_
            "compare_rows", "verdict", "rows_json", "curves_json", "LANDMARK_VARIANTS", "landmark_variants_markdown",
            "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS",
            "expression_moments", "LANDMARK_UNKNOWNS", "landmark_map", "landmark_limit",
-           "landmark_limit_markdown", "TEST_CHUNK", "wild_test_frames", "fit_limit", "fit_limit_rows"]
+           "landmark_limit_markdown", "TEST_CHUNK", "wild_test_frames", "fit_limit", "fit_limit_rows",
+           "budget_markdown"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
 MSL_WEIGHTS = {"rotation": 400.0, "shape": 50.0, "expression": 50.0, "reflectance": 100.0, "illumination": 20.0}
@@ -1569,6 +1570,40 @@ def landmark_variants_markdown(record: dict, readout: dict | None = None) -> str
                                                for k, m in _VARIANT_COLUMNS] + ["-"])
     return markdown_table(["row", "input", "seeds", "wild, plain", "wild, aligned", "wild, NoW", "synthetic, plain",
                            "training [s]"], rows)
+
+
+def budget_markdown(record: dict, current: dict | None = None) -> str:
+    """Chapter 3's table of ``benchmarks/ifn_budget.py``'s ``record``: per variant and row (in the order of the
+    record's ``summary``) the settings it trained with (corpus faces, mini-batches x batch, learning rate, the
+    landmark branch's pre-training steps x faces, and for a bred row the faces of R), its geometric error on the
+    synthetic and the wild test faces as a fraction of the mean face's (mean ± std over the seeds) and its mean
+    training seconds per run; then the mean face's row (its errors in mm).  Variants whose settings are
+    ``current``'s (a profile, e.g. ``cfg``) are set in bold."""
+    from ..book import markdown_table, pm
+
+    runs = {}
+    for r in record["runs"]:
+        runs.setdefault((r["variant"], r["row"]), []).append(r)
+    rows = []
+    for s in record["summary"]:
+        rs, st = runs.get((s["variant"], s["row"])), s["settings"]
+        if not rs:
+            continue
+        mine = current is not None and all(current.get(k) == v for k, v in st.items())
+        rows.append([f"**{s['variant']}**" if mine else s["variant"], s["row"], len(rs),
+                     f"{st['n_train']:,}", f"{row_iters(st, TABLE1_ROWS[s['row']][0]):,} x {st['batch']}",
+                     f"{st['lr']:g}",
+                     f"{st['landmark_steps']:,} x {st['landmark_batch']}",
+                     f"{st['n_real']:,}" if TABLE1_ROWS[s["row"]][2] else "-",
+                     pm([r["synthetic"]["over_mean_face"] for r in rs], ".3f"),
+                     pm([r["wild"]["over_mean_face"] for r in rs], ".3f"),
+                     f"{np.mean([r['train_s'] for r in rs]):.0f}"])
+    mf = record["mean_face"]
+    rows.append(["*mean face*", "-", "-", "-", "-", "-", "-", "-", f"1 ({mf['synthetic']['geometric_mm']:.2f} mm)",
+                 f"1 ({mf['wild']['geometric_mm']:.2f} mm)", "-"])
+    return markdown_table(["variant", "row", "seeds", "corpus faces", "mini-batches x batch", "learning rate",
+                           "branch pre-training, steps x faces", "faces of R", "synthetic, x mean face",
+                           "wild, x mean face", "training per run [s]"], rows)
 
 
 def curves_json(results: dict, names) -> dict:
