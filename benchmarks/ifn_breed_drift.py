@@ -60,11 +60,8 @@ def main(argv=None):
     model = facelib.load_model("open")
     layout = ParamLayout.from_model(model)
     corpus = SyntheticCorpus(model, cfg["n_train"], seed=0, size=cfg["size"], progress=False)
-    tests = {"synthetic": ifn.make_test_set(model, "synthetic", cfg["n_test"], seed=20_000, size=cfg["size"],
-                                            n_now=cfg["n_now"]),
-             "wild": ifn.make_test_set(model, "wild", cfg["n_test"], seed=10_000, size=cfg["size"],
-                                       n_now=cfg["n_now"], cache=True)}
-    real = ifn.make_test_set(model, "wild", cfg["n_real"], seed=30_000, size=cfg["size"])
+    tests = ifn.chapter_test_sets(model, cfg, seed=0)  # chapter 4's (seed parameter 0)
+    real = ifn.corpus_real(model, cfg, seed=0)
     probe = ifn.curve_eval(model, tests, cfg["n_curve"])  # the chapters' probe, so their runs load from the cache
     key = [cfg["n_curve"], {k: [t["kind"], t["seed"], t["size"]] for k, t in tests.items()}]
     truth = layout.unpack(real["theta"])

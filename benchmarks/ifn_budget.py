@@ -82,10 +82,7 @@ def main(argv=None):
     model = facelib.load_model("open")
     seed = 0  # the chapters' seed parameter
     corpora = {}  # n_train -> the chapters' Sec. 5 corpus of that size
-    tests = {"synthetic": ifn.make_test_set(model, "synthetic", base["n_test"], seed=seed + 20_000, size=base["size"],
-                                            n_now=base["n_now"]),
-             "wild": ifn.make_test_set(model, "wild", base["n_test"], seed=seed + 10_000, size=base["size"],
-                                       n_now=base["n_now"], cache=True)}
+    tests = ifn.chapter_test_sets(model, base, seed)
     refs = ifn.reference_rows(model, tests)
     mean_face = {k: {m: ifn.summarize(refs["mean face"][k][m])["mean"] for m in MEASURES} for k in tests}
     path = Path(args.out)
@@ -99,7 +96,7 @@ def main(argv=None):
             corpora[cfg["n_train"]] = SyntheticCorpus(model, cfg["n_train"], seed=seed, size=cfg["size"])
         real_x = real_lm = None
         if any(ifn.TABLE1_ROWS[r][2] for r in args.rows):  # chapter 4's corpus R, cfg["n_real"] wild faces
-            real = ifn.make_test_set(model, "wild", cfg["n_real"], seed=seed + 30_000, size=cfg["size"])
+            real = ifn.corpus_real(model, cfg, seed)
             real_x, real_lm = real["x"].float() / 255 - 0.5, real["landmarks"]
         res = ifn.train_rows(model, cfg, args.rows, corpora[cfg["n_train"]], tests, real_x=real_x,
                              real_landmarks=real_lm, curves=args.curves)

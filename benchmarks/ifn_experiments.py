@@ -147,8 +147,8 @@ def main(argv=None):
             cfg["size"] = args.size
         key = (cfg["size"],)
         if key not in tests:
-            tests[key] = {k: ifn.make_test_set(model, k, args.n_test, seed=args.seed + off, size=cfg["size"])
-                          for k, off in (("synthetic", 20_000), ("wild", 10_000))}
+            tests[key] = {k: ifn.make_test_set(model, k, args.n_test, seed=args.seed + ifn.TEST_SEEDS[k],
+                                               size=cfg["size"]) for k in ("synthetic", "wild")}
             mean_face[key] = {k: round(ifn.summarize(ifn.evaluate_theta(
                 model, ifn.mean_face_theta(model, t["theta"]), t)["geometric_mm"])["mean"], 3)
                 for k, t in tests[key].items()}  # the reference row, once per test set

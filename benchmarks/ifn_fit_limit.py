@@ -58,7 +58,7 @@ def main(argv=None):
     if not 1 <= n <= cfg["n_test"]:
         ap.error(f"faces must lie in [1, {cfg['n_test']}]")
     model = facelib.load_model("open")
-    test = ifn.make_test_set(model, "wild", n, seed=args.seed + 10_000, size=cfg["size"])
+    test = ifn.make_test_set(model, "wild", n, seed=args.seed + ifn.TEST_SEEDS["wild"], size=cfg["size"])
     mf = ifn.evaluate_theta(model, ifn.mean_face_theta(model, test["theta"]), test)
     mean_face = {m: round(float(mf[m].mean()), 4) for m in MEASURES}
     print(f"mean face: {mean_face}", flush=True)
@@ -76,7 +76,7 @@ def main(argv=None):
         runs += [(f"landmark_map, then the fit's pixel stage, {s0}-px frame", s0, FIT_WEIGHTS, (0, iters[1]), start),
                  (f"landmark_map, then the same stage without pixels, {s0}-px frame", s0, no_photo, (0, iters[1]), start)]
     old = json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}
-    test_set = {"kind": "wild", "faces": n, "seed": args.seed + 10_000, "size": cfg["size"],
+    test_set = {"kind": "wild", "faces": n, "seed": args.seed + ifn.TEST_SEEDS["wild"], "size": cfg["size"],
                 "render_size": test["render_size"]}
     kept = bool(old) and old.get("test_set") == test_set  # an earlier record of the same faces: keep its other rows
     rows = dict(old["rows"]) if kept else {}

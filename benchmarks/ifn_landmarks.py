@@ -80,13 +80,10 @@ def main(argv=None):
         base["seeds"] = tuple(args.seeds)
     seed = 0  # the chapters' seed parameter
     corpus = SyntheticCorpus(model, base["n_train"], seed=seed, size=base["size"])
-    tests = {"wild": ifn.make_test_set(model, "wild", base["n_test"], seed=seed + 10_000, size=base["size"],
-                                       n_now=base["n_now"]),
-             "synthetic": ifn.make_test_set(model, "synthetic", base["n_test"], seed=seed + 20_000,
-                                            size=base["size"], n_now=base["n_now"])}
+    tests = ifn.chapter_test_sets(model, base, seed, kinds=("wild", "synthetic"))
     real_x = real_lm = None
     if any(ifn.TABLE1_ROWS[r][2] for r in args.rows):  # chapter 4's corpus R
-        real = ifn.make_test_set(model, "wild", base["n_real"], seed=seed + 30_000, size=base["size"])
+        real = ifn.corpus_real(model, base, seed)
         real_x, real_lm = real["x"].float() / 255 - 0.5, real["landmarks"]
     refs = ifn.reference_rows(model, tests)
     ref_means = {r: {k: {m: ifn.summarize(v[k][m])["mean"] for m in MEASURES} for k in tests}

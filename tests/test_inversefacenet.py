@@ -418,6 +418,32 @@ def test_test_set_cache_reads_the_same_faces_and_only_for_the_same_set(model, tm
     assert len(list(files[0].parent.glob("*.pt"))) == 4
 
 
+def test_chapter_test_sets_are_the_chapters_draws(model, tmp_path, monkeypatch):
+    """``chapter_test_sets`` and ``corpus_real`` (chapters 2-4 and the benchmarks that load their runs) are
+    ``make_test_set`` at the chapter's seed + ``TEST_SEEDS[kind]`` with the profile's sizes, in the order of
+    ``kinds``, ``n_now`` the profile's unless given; a kind other than the two is refused before anything is
+    drawn."""
+    monkeypatch.setenv("FACELIB_CACHE", str(tmp_path))
+    cfg = dict(n_test=3, size=32, n_now=1, n_real=2)
+    sets = ifn.chapter_test_sets(model, cfg, seed=7, kinds=("wild", "synthetic"))
+    assert list(sets) == ["wild", "synthetic"]
+    for kind, t in sets.items():
+        ref = make_test_set(model, kind, 3, seed=7 + ifn.TEST_SEEDS[kind], size=32)
+        assert t["n_now"] == 1 and t["seed"] == 7 + ifn.TEST_SEEDS[kind] and t["kind"] == kind
+        for k in ("x", "theta", "verts", "landmarks", "mask"):
+            assert torch.equal(t[k], ref[k]), (kind, k)
+    assert ifn.chapter_test_sets(model, cfg, seed=7, kinds=("wild",), n_now=0)["wild"]["n_now"] == 0
+    assert ifn.chapter_test_sets(model, dict(n_test=3, size=32), seed=7, kinds=("wild",))["wild"]["n_now"] == 0
+    real = ifn.corpus_real(model, cfg, seed=7)
+    ref = make_test_set(model, "wild", 2, seed=7 + ifn.TEST_SEEDS["real"], size=32)
+    assert torch.equal(real["x"], ref["x"]) and torch.equal(real["landmarks"], ref["landmarks"])
+    assert len(set(ifn.TEST_SEEDS.values())) == 3  # three disjoint draws
+    kept = len(list((tmp_path / "checkpoints" / "test_sets").glob("*.pt")))
+    with pytest.raises(ValueError, match="kinds must be"):
+        ifn.chapter_test_sets(model, cfg, seed=7, kinds=("wild", "celeba"))
+    assert len(list((tmp_path / "checkpoints" / "test_sets").glob("*.pt"))) == kept == 3
+
+
 # ------------------------------------------------------------------------------------------ photos
 def _write_photos(folder, model):
     """Two rendered faces on a grey background as JPEG and PNG, one broken file, one text file."""

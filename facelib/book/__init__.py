@@ -25,7 +25,8 @@ _RUN: dict = {}  # what setup() was given (the seed), for the results' environme
 
 # InverseFaceNet's training recipe (chapter 3, "what changed"); landmarks: the crop's 68 landmarks as a
 # second input, its branch pre-trained on landmarks alone for landmark_steps x landmark_batch faces whose
-# shape coefficients are drawn landmark_spread times as wide as the Sec. 5 prior's (benchmarks/ifn_landmarks.py).
+# shape coefficients are drawn landmark_spread times as wide as the Sec. 5 prior's (benchmarks/ifn_landmarks.py);
+# the cpu profile's 8,000 steps (4,000 until 2026-12-07) measured in benchmarks/ifn_budget.py (chapter 3, point 8).
 _IFN_OPTIONS = dict(norm="batch", standardize=True, dropout=0.0, schedule="cosine", warmup=0.05, landmarks=True,
                     landmark_spread=2.0)
 
@@ -51,7 +52,7 @@ SETTINGS = {
         "cpu": dict(size=64, n_train=6144, iters=1800, batch=32, lr=3e-3, alexnet_width=0.25, alexnet_fc=512,
                     resnet_width=0.25, resnet_blocks=(2, 2, 2, 2), breed_rounds=4, n_real=768, n_test=256,
                     n_hist=4000, n_show=16, seeds=(0, 1, 2), n_curve=64, curve_every=300, n_now=64,
-                    landmark_steps=4000, landmark_batch=256, workers=2, **_IFN_OPTIONS),
+                    landmark_steps=8000, landmark_batch=256, workers=2, **_IFN_OPTIONS),
         "gpu": dict(size=240, n_train=100_000, iters=75_000, batch=32, lr=1e-3, alexnet_width=1.0,
                     alexnet_fc=4096, resnet_width=1.0, resnet_blocks=(3, 4, 6, 3), breed_rounds=8,
                     n_real=5000, n_test=1000, n_hist=20_000, n_show=16, seeds=(0, 1, 2), n_curve=256,

@@ -37,7 +37,7 @@ from ..nets import takes_landmarks
 
 __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_loss", "coefficient_displacement",
            "TensorCorpus", "lr_at", "train", "GEOMETRY_GROUPS", "pretrain_landmarks", "pretrained_branch", "predict",
-           "test_time_ms", "breed", "make_test_set", "evaluate_theta", "now_errors",
+           "test_time_ms", "breed", "make_test_set", "TEST_SEEDS", "chapter_test_sets", "corpus_real", "evaluate_theta", "now_errors",
            "evaluate", "mean_face_theta",
            "summarize", "paired_test", "checkpoint_dir", "TABLE1_ROWS", "TRAIN_OPTIONS", "make_regressor", "row_loss",
            "train_row", "curve_eval", "reference_rows", "train_rows", "seed_means", "table1_markdown",
@@ -587,6 +587,30 @@ def make_test_set(model, kind: str, n: int, seed: int, size: int, render_size: i
     data["target"] = data["x"].float() / 255.0
     data.update(kind=kind, seed=seed, size=size, render_size=render_size, n_now=n_now)
     return data
+
+
+# the chapters' held-out sets and corpus R: offsets of their draws from a chapter's ``seed`` parameter
+TEST_SEEDS = {"wild": 10_000, "synthetic": 20_000, "real": 30_000}
+
+
+def chapter_test_sets(model, cfg: dict, seed: int = 0, kinds=("synthetic", "wild"), n_now: int | None = None) -> dict:
+    """The held-out test sets of chapters 2-4, and of the benchmarks that load their runs: for each of
+    ``kinds``, ``cfg["n_test"]`` faces of that kind at ``cfg["size"]`` pixels drawn from ``seed +``
+    :data:`TEST_SEEDS` ``[kind]`` (:func:`make_test_set`, kept in the cache), the NoW-style error measured on
+    the first ``n_now`` faces (default ``cfg["n_now"]``, 0 if ``cfg`` has none).  Returns ``{kind: set}`` in the
+    order of ``kinds``."""
+    bad = [k for k in kinds if k not in ("synthetic", "wild")]
+    if bad:
+        raise ValueError(f"kinds must be 'synthetic' or 'wild'; got {bad}")
+    return {k: make_test_set(model, k, cfg["n_test"], seed=seed + TEST_SEEDS[k], size=cfg["size"],
+                             n_now=cfg.get("n_now", 0) if n_now is None else n_now, cache=True) for k in kinds}
+
+
+def corpus_real(model, cfg: dict, seed: int = 0) -> dict:
+    """Chapter 4's corpus R (Sec. 7), the stand-in for real photographs that breeding reads:
+    ``cfg["n_real"]`` wild faces at ``cfg["size"]`` drawn from ``seed +`` :data:`TEST_SEEDS` ``["real"]``
+    (:func:`make_test_set`'s dict; ``x`` uint8 crops, ``landmarks (n_real, 68, 2)`` the detector's)."""
+    return make_test_set(model, "wild", cfg["n_real"], seed=seed + TEST_SEEDS["real"], size=cfg["size"], cache=True)
 
 
 @functools.lru_cache(maxsize=1)
