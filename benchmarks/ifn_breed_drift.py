@@ -9,7 +9,7 @@ of shape coefficient 1 (the head size, which no crop shows) and the spread of th
 the true ones.
 
     FACELIB_CACHE=... .venv/bin/python benchmarks/ifn_breed_drift.py [--n-train 24576] [--landmark-steps 8000]
-        [--label NAME]
+        [--breed-keep 0.5] [--label NAME]
 
 Adds ``{label: {seed: [per round]}}`` to ``benchmarks/results/ifn_breed_drift.json``.
 """
@@ -51,12 +51,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-train", type=int, default=base["n_train"])
     ap.add_argument("--landmark-steps", type=int, default=base["landmark_steps"])
+    ap.add_argument("--breed-keep", type=float, default=0.0,
+                    help="share of Sec. 5 faces beside the children in each round (breed(keep=); 0: the paper's rounds)")
     ap.add_argument("--label", default=None, help="the record's name (default: the two settings)")
     ap.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "ifn_breed_drift.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     cfg = dict(base, n_train=args.n_train, landmark_steps=args.landmark_steps)
-    label = args.label or f"n_train {args.n_train}, landmark_steps {args.landmark_steps}"
+    if args.breed_keep:
+        cfg["breed_keep"] = args.breed_keep
+    label = args.label or (f"n_train {args.n_train}, landmark_steps {args.landmark_steps}"
+                           + (f", breed_keep {args.breed_keep}" if args.breed_keep else ""))
     model = facelib.load_model("open")
     layout = ParamLayout.from_model(model)
     corpus = SyntheticCorpus(model, cfg["n_train"], seed=0, size=cfg["size"], progress=False)
@@ -76,7 +81,8 @@ def main(argv=None):
             print(f"{label}, seed {seed}, round {k}: " + ", ".join(f"{n} {v}" for n, v in r.items()), flush=True)
     path = Path(args.out)
     out = json.loads(path.read_text()) if path.exists() else {"what": __doc__.splitlines()[0], "runs": {}}
-    out["runs"][label] = {"settings": {"n_train": args.n_train, "landmark_steps": args.landmark_steps}, "seeds": record}
+    out["runs"][label] = {"settings": dict({"n_train": args.n_train, "landmark_steps": args.landmark_steps},
+                                                **({"breed_keep": args.breed_keep} if args.breed_keep else {})), "seeds": record}
     atomic_write_bytes(path, (json.dumps(out, indent=1) + "\n").encode())
     print("wrote", path)
 

@@ -71,7 +71,7 @@ def main(argv=None):
     variants = [parse_variant(v) for v in args.variants]
     base = dict(SETTINGS["inversefacenet"]["cpu"])
     for name, changes in variants:
-        unknown = set(changes) - set(base) - set(ifn.TRAIN_OPTIONS)
+        unknown = set(changes) - set(base) - set(ifn.TRAIN_OPTIONS) - set(ifn.BREED_OPTIONS)
         if unknown:
             raise SystemExit(f"variant {name!r}: unknown settings {sorted(unknown)}")
         if changes.get("size", base["size"]) != base["size"]:
@@ -115,7 +115,7 @@ def main(argv=None):
                       + (" (cached)" if rec["cached"] else ""), flush=True)
             out["runs"] = [x for x in out["runs"] if (x["variant"], x["row"]) != (name, row)] + recs
             summ = {"variant": name, "changes": changes, "row": row, "seeds": [r["seed"] for r in recs],
-                    "settings": {k: cfg[k] for k in SETTING_KEYS},
+                    "settings": {k: cfg[k] for k in SETTING_KEYS + tuple(k for k in ifn.BREED_OPTIONS if cfg.get(k))},
                     "train_s": round(float(np.mean([r["train_s"] for r in recs])), 1)}
             for k in tests:
                 v = np.array([r[k]["over_mean_face"] for r in recs])

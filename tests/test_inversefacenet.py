@@ -295,6 +295,38 @@ def test_breed_runs_algorithm_1(model):
     assert not torch.allclose(hist["theta_r"][2], hist["theta_r"][1])
 
 
+def test_breed_keep_puts_sec5_faces_beside_the_children(model, monkeypatch):
+    """``breed(keep=)`` (not in the paper): each round trains on the children and ``keep / (1 - keep)`` times as
+    many faces of the Sec. 5 corpus, drawn without replacement from a seeded stream; the children are those of
+    ``keep=0``; bad ``keep`` values and a missing corpus are refused before any training."""
+    layout = ParamLayout.from_model(model)
+    real = wild_batch(model, 3, seed=1, size=48)
+    x = to_network(network_input(real["image"], real["landmarks"], 32)["crop"])
+    sec5 = SyntheticCorpus(model, 20, seed=3, size=32, progress=False)
+    seen = []
+    real_train = ifn.train
+    monkeypatch.setattr(ifn, "train", lambda net, corpus, *a, **kw: seen.append(corpus) or real_train(net, corpus, *a, **kw))
+    torch.manual_seed(0)
+    net = make_encoder("alexnet", layout.size, 32, width=0.05, fc=16)
+    net_plain = copy.deepcopy(net)
+    hist = breed(net, model, x, rounds=2, iters=1, loss_fn=euclidean_loss, size=32, batch=4, progress=False,
+                 keep=0.5, keep_corpus=sec5)
+    assert [len(c) for c in seen] == [12, 12]  # 6 children + 6 Sec. 5 faces per round
+    for k, c in enumerate(seen):
+        assert torch.equal(c.theta[:6], hist["children"][k].float())
+        kept = c.theta[6:]
+        rows = [int(torch.nonzero((sec5.theta.float() == t).all(1))[0]) for t in kept]
+        assert len(set(rows)) == 6  # distinct faces of the corpus, images and landmarks with them
+        assert torch.equal(c.images[6:], sec5.images[rows]) and torch.equal(c.landmarks[6:], sec5.landmarks[rows].float())
+    plain = breed(net_plain, model, x, rounds=1, iters=1, loss_fn=euclidean_loss, size=32, batch=4, progress=False)
+    assert torch.equal(plain["children"][0], hist["children"][0])  # the same parents, the same children
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="keep must lie"):
+            breed(net, model, x, rounds=1, iters=1, loss_fn=euclidean_loss, size=32, keep=bad, keep_corpus=sec5)
+    with pytest.raises(ValueError, match="keep_corpus"):
+        breed(net, model, x, rounds=1, iters=1, loss_fn=euclidean_loss, size=32, keep=0.5)
+
+
 def test_evaluate_oracle_and_paired_test(model):
     test = make_test_set(model, "synthetic", 6, seed=2, size=40)
     e = evaluate_theta(model, test["theta"], test)

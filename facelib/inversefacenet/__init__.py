@@ -44,7 +44,7 @@ __all__ = ["MSL_WEIGHTS", "model_space_weights", "model_space_loss", "euclidean_
            "compare_rows", "verdict", "rows_json", "curves_json", "LANDMARK_VARIANTS", "landmark_variants_markdown",
            "size_share", "target_ratios", "truncation_standing", "MEASURES", "MEASURE_LABELS",
            "expression_moments", "LANDMARK_UNKNOWNS", "landmark_map", "landmark_limit",
-           "landmark_limit_markdown", "TEST_CHUNK", "wild_test_frames", "fit_limit", "fit_limit_rows",
+           "landmark_limit_markdown", "TEST_CHUNK", "BREED_OPTIONS", "wild_test_frames", "fit_limit", "fit_limit_rows",
            "budget_markdown"]
 
 # Sec. 6.2: (w_R, w_s, w_e, w_r, w_i)
@@ -462,7 +462,8 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
           batch: int = 32, lr: float = 1e-3, seed: int = 0, children: int = 2, progress: bool = True,
           optimizer_state: dict | None = None, render_size: int | None = None, schedule: str = "constant",
           warmup: float = 0.0, total_iters: int | None = None, start_iter: int = 0, eval_fn=None,
-          eval_every: int = 0, real_landmarks: torch.Tensor | None = None) -> dict:
+          eval_every: int = 0, real_landmarks: torch.Tensor | None = None, keep: float = 0.0,
+          keep_corpus=None) -> dict:
     """Algorithm 1, breeding with real images: for each of ``rounds`` (N_breed) rounds,
 
     1. ``theta_r = N(R)``: regress parameters for the images of R (``real_x (n, 3, N, N)``);
@@ -475,12 +476,22 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
     as in :func:`train` (a point at the end of every round at least).  A net with a landmark input needs
     ``real_landmarks (n, 68, 2)``, the landmarks of R's crops; the children train with their own.
 
+    ``keep`` (not in the paper, whose step 4 trains on the children alone): the fraction of each round's
+    training set drawn from ``keep_corpus`` (the Sec. 5 corpus the network was pre-trained on; its
+    ``images``, ``theta`` and ``landmarks``), so that a round cannot teach the network its own bias on R
+    without the prior's faces to hold it: ``round(keep / (1 - keep) * children)`` of them per round, drawn
+    without replacement with seed ``seed * 1000 + k + 500``.
+
     Returns a dict with ``theta_r`` (list of ``(n, m)`` estimates per round, before its training),
     ``children`` (list of the bred parameter sets), ``train_s`` (seconds, all four steps, without the
     evaluations), ``loss``, ``curve``.
     """
     from tqdm.auto import tqdm
 
+    if not 0.0 <= keep < 1.0:
+        raise ValueError(f"keep must lie in [0, 1); got {keep!r}")
+    if keep and keep_corpus is None:
+        raise ValueError("keep > 0 needs the Sec. 5 corpus to keep faces from (keep_corpus)")
     t0 = time.perf_counter()
     total_iters = total_iters or start_iter + rounds * iters
     history = {"theta_r": [], "children": [], "loss": [], "curve": []}
@@ -495,7 +506,15 @@ def breed(net: torch.nn.Module, model, real_x: torch.Tensor, rounds: int, iters:
             out = render_crops(model, kids[i:i + 256].to(device), size, render_size)
             imgs.append((out["crop"] * 255).round().to(torch.uint8).cpu())
             lms.append(out["landmarks"].float().cpu())
-        corpus = TensorCorpus(torch.cat(imgs), kids.float().cpu(), torch.cat(lms), seed=seed * 1000 + k)
+        imgs, theta, lms = torch.cat(imgs), kids.float().cpu(), torch.cat(lms)
+        n_keep = min(round(keep / (1.0 - keep) * kids.shape[0]), len(keep_corpus)) if keep else 0
+        if n_keep:  # Sec. 5 faces beside the children
+            g = torch.Generator().manual_seed(seed * 1000 + k + 500)
+            idx = torch.randperm(len(keep_corpus), generator=g)[:n_keep]
+            imgs = torch.cat([imgs, keep_corpus.images[idx]])
+            theta = torch.cat([theta, keep_corpus.theta[idx].float()])
+            lms = torch.cat([lms, keep_corpus.landmarks[idx].float()])
+        corpus = TensorCorpus(imgs, theta, lms, seed=seed * 1000 + k)
         t_round = time.perf_counter()
         log = train(net, corpus, loss_fn, iters, batch=batch, lr=lr, seed=seed * 1000 + k, progress=progress,
                     desc=f"round {k + 1}/{rounds}", optimizer_state=opt_state, schedule=schedule, warmup=warmup,
@@ -1129,6 +1148,9 @@ TABLE1_ROWS = {
 }
 TRAIN_OPTIONS = ("norm", "standardize", "dropout", "schedule", "warmup", "landmarks", "landmark_steps",
                  "landmark_batch", "landmark_freeze", "landmark_spread")  # cfg keys that change a run
+# cfg keys that change only the bred row's rounds (in its breeding key, where set): breed_keep, the fraction of
+# Sec. 5 faces beside the children in each round's training set (breed(keep=); not in the paper)
+BREED_OPTIONS = ("breed_keep",)
 _NEW_OPTIONS = ("landmarks", "landmark_steps", "landmark_batch", "landmark_freeze", "landmark_spread")
 
 
@@ -1276,8 +1298,10 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     pre = iters // 5
     rounds = cfg["breed_rounds"]
     per_round = (iters - pre) // rounds
+    keep = float(cfg.get("breed_keep", 0.0))
     bkey = dict(key, iters=pre, breed=[rounds, per_round, real_x.shape[0],
-                                       hashlib.sha256(real_x.cpu().numpy().tobytes()).hexdigest()[:16]])
+                                       hashlib.sha256(real_x.cpu().numpy().tobytes()).hexdigest()[:16]]
+                + ([keep] if keep else []))  # runs without breed_keep keep their keys
     path = checkpoint_dir() / f"{_key(bkey)}.pt"
     if path.exists():
         try:
@@ -1294,7 +1318,7 @@ def train_row(model, cfg: dict, name: str, corpus, real_x: torch.Tensor | None =
     hist = breed(net, model, real_x, rounds, per_round, loss_fn, cfg["size"], cfg["batch"], cfg["lr"],
                  seed=seed, progress=progress, optimizer_state=log["optimizer"], render_size=corpus.render_size,
                  total_iters=total, start_iter=pre, eval_fn=eval_fn, eval_every=every, real_landmarks=real_landmarks,
-                 **sched)
+                 keep=keep, keep_corpus=corpus if keep else None, **sched)
     t_pre = log["train_s"]
     curve = log["curve"] + [dict(r, train_s=r["train_s"] + t_pre) for r in hist["curve"]]
     info = {"train_s": log["train_s"] + hist["train_s"], "iters": total,
@@ -1599,7 +1623,8 @@ def landmark_variants_markdown(record: dict, readout: dict | None = None) -> str
 def budget_markdown(record: dict, current: dict | None = None) -> str:
     """Chapter 3's table of ``benchmarks/ifn_budget.py``'s ``record``: per variant and row (in the order of the
     record's ``summary``) the settings it trained with (corpus faces, mini-batches x batch, learning rate, the
-    landmark branch's pre-training steps x faces, and for a bred row the faces of R), its geometric error on the
+    landmark branch's pre-training steps x faces, and for a bred row the faces of R and the share of Sec. 5 faces
+    kept in each round, ``breed_keep``), its geometric error on the
     synthetic and the wild test faces as a fraction of the mean face's (mean ± std over the seeds) and its mean
     training seconds per run; then the mean face's row (its errors in mm).  Variants whose settings are
     ``current``'s (a profile, e.g. ``cfg``) are set in bold."""
@@ -1618,7 +1643,8 @@ def budget_markdown(record: dict, current: dict | None = None) -> str:
                      f"{st['n_train']:,}", f"{row_iters(st, TABLE1_ROWS[s['row']][0]):,} x {st['batch']}",
                      f"{st['lr']:g}",
                      f"{st['landmark_steps']:,} x {st['landmark_batch']}",
-                     f"{st['n_real']:,}" if TABLE1_ROWS[s["row"]][2] else "-",
+                     (f"{st['n_real']:,}" + (f" + {st['breed_keep']:.0%} Sec. 5" if st.get("breed_keep") else ""))
+                     if TABLE1_ROWS[s["row"]][2] else "-",
                      pm([r["synthetic"]["over_mean_face"] for r in rs], ".3f"),
                      pm([r["wild"]["over_mean_face"] for r in rs], ".3f"),
                      f"{np.mean([r['train_s'] for r in rs]):.0f}"])
