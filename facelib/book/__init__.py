@@ -27,8 +27,10 @@ _RUN: dict = {}  # what setup() was given (the seed), for the results' environme
 # second input, its branch pre-trained on landmarks alone for landmark_steps x landmark_batch faces whose
 # shape coefficients are drawn landmark_spread times as wide as the Sec. 5 prior's (benchmarks/ifn_landmarks.py);
 # the cpu profile's 8,000 steps (4,000 until 2026-12-07) measured in benchmarks/ifn_budget.py (chapter 3, point 8).
+# breed_keep: each breeding round trains on the children and as many Sec. 5 faces (not in the paper; ifn.breed(keep=),
+# measured in benchmarks/ifn_budget.py: the bred row stops drifting, chapter 3 point 8).
 _IFN_OPTIONS = dict(norm="batch", standardize=True, dropout=0.0, schedule="cosine", warmup=0.05, landmarks=True,
-                    landmark_spread=2.0)
+                    landmark_spread=2.0, breed_keep=0.5)
 
 # One table of sizes per chapter and profile: "ci" runs in minutes on a 2-core CPU, "cpu" is the
 # published book on a laptop, "gpu" is paper scale.

@@ -1638,7 +1638,8 @@ def budget_markdown(record: dict, current: dict | None = None) -> str:
         rs, st = runs.get((s["variant"], s["row"])), s["settings"]
         if not rs:
             continue
-        mine = current is not None and all(current.get(k) == v for k, v in st.items())
+        mine = current is not None and all(current.get(k) == v for k, v in st.items()) and (
+            not TABLE1_ROWS[s["row"]][2] or float(current.get("breed_keep") or 0) == float(st.get("breed_keep") or 0))
         rows.append([f"**{s['variant']}**" if mine else s["variant"], s["row"], len(rs),
                      f"{st['n_train']:,}", f"{row_iters(st, TABLE1_ROWS[s['row']][0]):,} x {st['batch']}",
                      f"{st['lr']:g}",
